@@ -1,0 +1,123 @@
+"""
+Application credentials: each app has an id, a public key and a secret.
+
+One app is configured by default. Credentials come from options, from a secret file or the
+``PUSHSVC_APP_SECRET`` environment variable, or are generated on first start and kept in the data
+directory (the secret in a file of mode 0600) so that later starts reuse them.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+SECRET_ENV = "PUSHSVC_APP_SECRET"
+DEFAULT_MAX_DATA_BYTES = 10 * 1024
+
+
+@dataclass(frozen=True)
+class App:
+    """One application: publishes and subscriptions are signed with its secret."""
+
+    id: str
+    key: str
+    secret: str = field(repr=False)
+    enabled: bool = True
+    maxDataBytes: int = DEFAULT_MAX_DATA_BYTES
+
+
+class Apps:
+    """The configured apps, looked up by id (HTTP API) or by key (WebSocket path)."""
+
+    def __init__(self, apps: Iterable[App]) -> None:
+        self._all = list(apps)
+        if not self._all:
+            raise ValueError("at least one app is needed")
+        self._byId = {a.id: a for a in self._all}
+        self._byKey = {a.key: a for a in self._all}
+
+    @property
+    def default(self) -> App:
+        return self._all[0]
+
+    def __iter__(self):  # type: ignore[no-untyped-def]
+        return iter(self._all)
+
+    def byId(self, appId: str) -> App | None:
+        return self._byId.get(appId)
+
+    def byKey(self, key: str) -> App | None:
+        return self._byKey.get(key)
+
+
+def _writePrivate(path: Path, text: str) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+    os.chmod(path, 0o600)
+
+
+def readSecretFile(path: Path) -> str:
+    """The secret kept in C{path}, stripped of surrounding white space."""
+    secret = path.read_text().strip()
+    if not secret:
+        raise ValueError(f"the secret file {path} is empty")
+    return secret
+
+
+def loadOrCreateApp(
+    dataDir: Path,
+    appId: str | None,
+    appKey: str | None,
+    secretFile: Path | None,
+    environ: Mapping[str, str],
+    maxDataBytes: int = DEFAULT_MAX_DATA_BYTES,
+) -> tuple[App, bool]:
+    """
+    The app from options, environment or the data directory, generating what is missing.
+
+    @return: the app and whether credentials were generated now.
+    """
+    credsPath = dataDir / "app.json"
+    secretPath = dataDir / "app-secret"
+    stored: dict[str, str] = {}
+    if credsPath.exists():
+        stored = json.loads(credsPath.read_text())
+    generated = False
+    if secretFile is not None:
+        secret = readSecretFile(secretFile)
+    elif environ.get(SECRET_ENV):
+        secret = environ[SECRET_ENV].strip()
+    elif secretPath.exists():
+        secret = readSecretFile(secretPath)
+    else:
+        secret = secrets.token_hex(16)
+        _writePrivate(secretPath, secret + "\n")
+        generated = True
+    appId = appId or stored.get("app_id") or str(secrets.randbelow(900000) + 100000)
+    appKey = appKey or stored.get("app_key") or secrets.token_hex(10)
+    if stored.get("app_id") != appId or stored.get("app_key") != appKey:
+        credsPath.write_text(json.dumps({"app_id": appId, "app_key": appKey}) + "\n")
+        generated = generated or not stored
+    return App(id=appId, key=appKey, secret=secret, maxDataBytes=maxDataBytes), generated
+
+
+def loadOrCreateKey(dataDir: Path, name: str, keyFile: Path | None, envValue: str | None) -> bytes:
+    """
+    A server-side key (e.g. for session cookies): from a file, the environment, or generated once
+    into C{dataDir/name} with mode 0600.
+    """
+    if keyFile is not None:
+        return readSecretFile(keyFile).encode()
+    if envValue:
+        return envValue.strip().encode()
+    path = dataDir / name
+    if path.exists():
+        return readSecretFile(path).encode()
+    key = secrets.token_hex(32)
+    _writePrivate(path, key + "\n")
+    return key.encode()

@@ -1,0 +1,74 @@
+"""The chat message store seam: one Deferred-based interface, several engines."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from zope.interface import Attribute, Interface
+
+
+@dataclass(frozen=True)
+class Message:
+    """A stored chat message; C{id} increases within a room, starting at 1."""
+
+    id: int
+    room: str
+    author: str
+    text: str
+    createdAt: float  # seconds since the epoch, UTC
+
+    def toJSON(self) -> dict[str, Any]:
+        at = datetime.fromtimestamp(self.createdAt, UTC)
+        return {
+            "id": self.id,
+            "room": self.room,
+            "author": self.author,
+            "text": self.text,
+            "created_at": at.isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+        }
+
+
+@dataclass(frozen=True)
+class RoomSummary:
+    name: str
+    lastId: int
+    lastAt: float
+
+    def toJSON(self) -> dict[str, Any]:
+        return {"name": self.name, "last_id": self.lastId}
+
+
+class StoreUnavailable(Exception):
+    """The store's engine cannot be reached; the caller should answer 503."""
+
+
+class IStore(Interface):
+    """
+    Durable chat messages. Every method returns a Deferred; engines that do I/O run it off the
+    reactor thread. A Deferred that fires means the write is durable.
+    """
+
+    description = Attribute("A short human description of the engine, e.g. 'sqlite:/path'.")
+
+    def open() -> Any:  # type: ignore[misc]
+        """Connect and migrate the schema to the newest version. Fires with None."""
+
+    def close() -> Any:  # type: ignore[misc]
+        """Release connections. Fires with None."""
+
+    def append(room: str, author: str, text: str, createdAt: float) -> Any:  # type: ignore[misc]
+        """Store a message with the next id of C{room}. Fires with the stored L{Message}."""
+
+    def messages(room: str, after: int, limit: int) -> Any:  # type: ignore[misc]
+        """Fires with up to C{limit} messages of C{room} with id > C{after}, oldest first."""
+
+    def latest(room: str, limit: int) -> Any:  # type: ignore[misc]
+        """Fires with the newest C{limit} messages of C{room}, oldest first."""
+
+    def rooms(limit: int) -> Any:  # type: ignore[misc]
+        """Fires with up to C{limit} L{RoomSummary}s, most recently active first."""
+
+    def ping() -> Any:  # type: ignore[misc]
+        """Fires with None when the engine answers; fails with L{StoreUnavailable} otherwise."""
