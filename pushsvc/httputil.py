@@ -157,12 +157,10 @@ def respond(request: Request, handler: Handler) -> bytes | int:
     def failed(f: Failure) -> None:
         if finished[0]:
             return
-        if f.check(HTTPError):
+        if isinstance(f.value, HTTPError):
             body = errorBody(request, f.value)
         else:
-            log.failure(
-                "error handling {method} {uri}", f, method=request.method, uri=request.uri
-            )
+            log.failure("error handling {method} {uri}", f, method=request.method, uri=request.uri)
             body = writeJSON(request, 500, {"error": "Internal server error."})
         request.write(body)
         request.finish()
@@ -173,11 +171,11 @@ def respond(request: Request, handler: Handler) -> bytes | int:
 
 
 class JSONResource(Resource):
-    """A leaf whose C{render_*} methods are replaced by C{handle_GET} etc. run through L{respond}."""
+    """A leaf whose C{handle_GET} etc. methods are run through L{respond}."""
 
     isLeaf = True
 
-    def render(self, request: Request) -> bytes | int:  # type: ignore[override]
+    def render(self, request: Request) -> bytes | int:
         method = request.method.decode("ascii", "replace")
         handler = getattr(self, "handle_" + method, None)
         if handler is None:

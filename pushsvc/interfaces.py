@@ -48,29 +48,35 @@ class IBroker(Interface):
 
     healthy = Attribute("True while publishes can be carried.")
 
-    def start() -> Any:  # type: ignore[misc]
+    def start() -> Any:
         """Connect. Fires with None."""
 
-    def stop() -> Any:  # type: ignore[misc]
+    def stop() -> Any:
         """Disconnect. Fires with None."""
 
-    def publish(appId: str, channel: str, message: bytes) -> Any:  # type: ignore[misc]
+    def setReceiver(receive: Any) -> None:
+        """
+        Hand every message that reaches this process to C{receive(message: bytes)} (the hub's
+        C{receive}); the hub calls this once when it is built.
+        """
+
+    def publish(appId: str, channel: str, message: bytes) -> Any:
         """
         Carry C{message} (an opaque encoded envelope) to every process subscribed to C{channel}.
         Fires with None once accepted; fails with L{BrokerUnavailable}.
         """
 
-    def subscribe(appId: str, channel: str) -> Any:  # type: ignore[misc]
+    def subscribe(appId: str, channel: str) -> Any:
         """This process has its first local subscriber on C{channel}. Fires with None."""
 
-    def unsubscribe(appId: str, channel: str) -> Any:  # type: ignore[misc]
+    def unsubscribe(appId: str, channel: str) -> Any:
         """This process has no local subscriber left on C{channel}. Fires with None."""
 
 
 class IHub(Interface):
-    """What the HTTP resources (Pusher API, webhook, chat) use to publish and to ask about channels."""
+    """What the HTTP resources (Pusher API, webhook, chat) publish and ask through."""
 
-    def publish(  # type: ignore[misc]
+    def publish(
         app: Any, channels: Any, event: str, data: str, exceptSocketId: str | None = None
     ) -> Any:
         """
@@ -79,17 +85,17 @@ class IHub(Interface):
         L{BrokerUnavailable}.
         """
 
-    def channelInfo(app: Any, channel: str) -> Any:  # type: ignore[misc]
+    def channelInfo(app: Any, channel: str) -> Any:
         """Fires with a L{ChannelInfo}."""
 
-    def occupiedChannels(app: Any, prefix: str | None) -> Any:  # type: ignore[misc]
+    def occupiedChannels(app: Any, prefix: str | None) -> Any:
         """Fires with a dict channel name -> L{ChannelInfo} of the occupied channels."""
 
-    def presenceUserIds(app: Any, channel: str) -> Any:  # type: ignore[misc]
+    def presenceUserIds(app: Any, channel: str) -> Any:
         """Fires with the list of user ids present on a presence channel."""
 
-    def terminateUserConnections(app: Any, userId: str) -> Any:  # type: ignore[misc]
+    def terminateUserConnections(app: Any, userId: str) -> Any:
         """Close every connection signed in as C{userId}, on every process. Fires with None."""
 
-    def health() -> Any:  # type: ignore[misc]
+    def health() -> Any:
         """A dict of dependency name -> 'ok' or a sentence saying what is wrong (synchronous)."""

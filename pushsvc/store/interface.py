@@ -1,5 +1,8 @@
 """The chat message store seam: one Deferred-based interface, several engines."""
 
+# zope.interface methods are declared without self.
+# ruff: noqa: N805
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -40,7 +43,7 @@ class RoomSummary:
         return {"name": self.name, "last_id": self.lastId}
 
 
-class StoreUnavailable(Exception):
+class StoreUnavailable(Exception):  # noqa: N818 -- named for what the caller answers (503)
     """The store's engine cannot be reached; the caller should answer 503."""
 
 
@@ -52,23 +55,23 @@ class IStore(Interface):
 
     description = Attribute("A short human description of the engine, e.g. 'sqlite:/path'.")
 
-    def open() -> Any:  # type: ignore[misc]
+    def open() -> Any:
         """Connect and migrate the schema to the newest version. Fires with None."""
 
-    def close() -> Any:  # type: ignore[misc]
+    def close() -> Any:
         """Release connections. Fires with None."""
 
-    def append(room: str, author: str, text: str, createdAt: float) -> Any:  # type: ignore[misc]
+    def append(room: str, author: str, text: str, createdAt: float) -> Any:
         """Store a message with the next id of C{room}. Fires with the stored L{Message}."""
 
-    def messages(room: str, after: int, limit: int) -> Any:  # type: ignore[misc]
+    def messages(room: str, after: int, limit: int) -> Any:
         """Fires with up to C{limit} messages of C{room} with id > C{after}, oldest first."""
 
-    def latest(room: str, limit: int) -> Any:  # type: ignore[misc]
+    def latest(room: str, limit: int) -> Any:
         """Fires with the newest C{limit} messages of C{room}, oldest first."""
 
-    def rooms(limit: int) -> Any:  # type: ignore[misc]
+    def rooms(limit: int) -> Any:
         """Fires with up to C{limit} L{RoomSummary}s, most recently active first."""
 
-    def ping() -> Any:  # type: ignore[misc]
+    def ping() -> Any:
         """Fires with None when the engine answers; fails with L{StoreUnavailable} otherwise."""

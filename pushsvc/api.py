@@ -1,0 +1,350 @@
+"""
+The Pusher-compatible HTTP API that server SDKs call, mounted at C{/apps}:
+
+    POST /apps/{id}/events           {name, data, channel | channels, socket_id?, info?}
+    POST /apps/{id}/batch_events     {batch: [{channel, name, data, socket_id?, info?}]} (1..10)
+    GET  /apps/{id}/channels?filter_by_prefix=P&info=user_count    occupied channels
+    GET  /apps/{id}/channels/{name}?info=user_count,subscription_count
+    GET  /apps/{id}/channels/{name}/users                          presence channels only
+    POST /apps/{id}/users/{user_id}/terminate_connections
+
+Every request is signed (L{pushsvc.apiauth}). The checks run in this order, each failure answering
+C{{"error": "..."}}: unknown app or endpoint 404, wrong method 405, body too large 413, signature
+401, app disabled 403, malformed body or parameters 400, C{data} too large 413, broker down 503.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Coroutine, Mapping
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import parse_qsl, unquote_to_bytes
+
+from twisted.internet.defer import maybeDeferred
+from twisted.logger import Logger
+from twisted.web.resource import IResource, Resource
+from twisted.web.server import Request
+
+from pushsvc.apiauth import ApiAuthError, verifyApiRequest
+from pushsvc.apps import App, Apps
+from pushsvc.httputil import DEFAULT_MAX_BODY, HTTPError, parseJSONObject, readBody, respond
+from pushsvc.interfaces import BrokerUnavailable, ChannelInfo, IHub
+
+log = Logger()
+
+MAX_NAME = 200
+MAX_CHANNELS = 100
+MAX_BATCH = 10
+MAX_BODY = DEFAULT_MAX_BODY
+MAX_BATCH_BODY = 10 * DEFAULT_MAX_BODY
+SERVER_TO_USER = "#server-to-user-"
+INFO_ATTRIBUTES = ("subscription_count", "user_count")
+
+_channelName = re.compile(r"\A[-a-zA-Z0-9_=@,.;]+\Z")
+_socketId = re.compile(r"\A\d+\.\d+\Z")
+
+Reply = tuple[int, Any]
+
+
+# Validation: pure, raises HTTPError.
+
+
+def validChannel(name: object, allowUser: bool = True) -> str:
+    """C{name} if it is a valid channel name (C{#server-to-user-{id}} too when C{allowUser})."""
+    if not isinstance(name, str):
+        raise HTTPError(400, "A channel name must be a string.")
+    if not 0 < len(name) <= MAX_NAME:
+        raise HTTPError(400, f"A channel name must be 1 to {MAX_NAME} characters long.")
+    rest = name[len(SERVER_TO_USER) :] if allowUser and name.startswith(SERVER_TO_USER) else name
+    if not _channelName.match(rest):
+        raise HTTPError(
+            400, f"The channel name {name!r} may only hold letters, digits and -_=@,.; characters."
+        )
+    return name
+
+
+def validUserId(userId: str) -> str:
+    if not 0 < len(userId) <= MAX_NAME or not _channelName.match(userId):
+        raise HTTPError(
+            400, f"A user id is 1 to {MAX_NAME} letters, digits and -_=@,.; characters."
+        )
+    return userId
+
+
+def parseInfo(raw: object) -> frozenset[str]:
+    """The attributes asked for by an C{info} parameter: a comma-separated list."""
+    if raw is None:
+        return frozenset()
+    if not isinstance(raw, str):
+        raise HTTPError(400, "info must be a comma-separated string of attributes.")
+    asked = frozenset(a.strip() for a in raw.split(",") if a.strip())
+    unknown = asked.difference(INFO_ATTRIBUTES)
+    if unknown:
+        raise HTTPError(
+            400,
+            f"Unknown info attribute(s) {', '.join(sorted(unknown))}: "
+            f"the known ones are {', '.join(INFO_ATTRIBUTES)}.",
+        )
+    return asked
+
+
+@dataclass(frozen=True)
+class Event:
+    """One event to publish, validated."""
+
+    channels: list[str]
+    name: str
+    data: str
+    socketId: str | None
+    info: frozenset[str]
+
+
+def parseEvent(obj: Mapping[str, Any], app: App, batchItem: bool = False) -> Event:
+    """
+    Validate one event of C{POST /events} (C{channel} or C{channels}) or of a batch (C{channel}).
+    Unknown keys are ignored, as other SDKs may send more than ours knows.
+
+    @raise HTTPError: 400 for a bad field, 413 when C{data} is over C{app.maxDataBytes}.
+    """
+    name = obj.get("name")
+    if not isinstance(name, str) or not name:
+        raise HTTPError(400, "name (the event name) must be a non-empty string.")
+    if len(name) > MAX_NAME:
+        raise HTTPError(400, f"The event name is longer than {MAX_NAME} characters.")
+    data = obj.get("data")
+    if not isinstance(data, str):
+        raise HTTPError(400, "data must be a string (JSON-encode objects first).")
+    if len(data.encode("utf-8")) > app.maxDataBytes:
+        raise HTTPError(413, f"data is larger than {app.maxDataBytes} bytes.")
+    if batchItem:
+        if "channel" not in obj:
+            raise HTTPError(400, "channel is missing.")
+        channels = [validChannel(obj["channel"])]
+    else:
+        channels = _eventChannels(obj)
+    if len(channels) > 1 and any(c.startswith("private-encrypted-") for c in channels):
+        raise HTTPError(400, "An event on an encrypted channel can be sent to that channel only.")
+    socketId = obj.get("socket_id")
+    if socketId is not None and (not isinstance(socketId, str) or not _socketId.match(socketId)):
+        raise HTTPError(400, "socket_id must look like 123.456.")
+    return Event(channels, name, data, socketId, parseInfo(obj.get("info")))
+
+
+def _eventChannels(obj: Mapping[str, Any]) -> list[str]:
+    if ("channel" in obj) == ("channels" in obj):
+        raise HTTPError(400, "Give either channel (a name) or channels (a list of names).")
+    if "channel" in obj:
+        return [validChannel(obj["channel"])]
+    channels = obj["channels"]
+    if not isinstance(channels, list) or not 0 < len(channels) <= MAX_CHANNELS:
+        raise HTTPError(400, f"channels must be a list of 1 to {MAX_CHANNELS} channel names.")
+    # A channel named twice would deliver the event twice to its subscribers.
+    return list(dict.fromkeys(validChannel(c) for c in channels))
+
+
+def attributes(info: ChannelInfo, asked: frozenset[str], channel: str) -> dict[str, int]:
+    """The asked-for attributes of a channel; C{user_count} exists for presence channels only."""
+    out: dict[str, int] = {}
+    if "user_count" in asked and channel.startswith("presence-"):
+        out["user_count"] = info.userCount or 0
+    if "subscription_count" in asked:
+        out["subscription_count"] = info.subscriptionCount
+    return out
+
+
+def queryParams(uri: bytes) -> dict[str, str]:
+    """
+    The query parameters of C{uri}, one value each, percent-decoded. (Not C{request.args}:
+    twisted.web merges form bodies into it, and those are not part of the signed query.)
+    """
+    query = uri.partition(b"?")[2]
+    try:
+        pairs = parse_qsl(query.decode("utf-8"), keep_blank_values=True, errors="strict")
+    except (UnicodeDecodeError, ValueError):
+        raise HTTPError(400, "The query string is not valid UTF-8.") from None
+    params: dict[str, str] = {}
+    for key, value in pairs:
+        if key in params:
+            raise HTTPError(400, f"The parameter {key!r} is given more than once.")
+        params[key] = value
+    return params
+
+
+async def brokerCall(f: Callable[..., Any], *args: Any) -> Any:
+    """C{f(*args)}'s result; a L{BrokerUnavailable} failure becomes a 503 (never a 2xx)."""
+    try:
+        return await maybeDeferred(f, *args)
+    except BrokerUnavailable as e:
+        raise HTTPError(503, f"The broker is unavailable, try again later: {e}") from None
+
+
+# The resource.
+
+
+@dataclass(frozen=True)
+class Call:
+    """A request that passed the checks every endpoint shares."""
+
+    app: App
+    args: list[str]  # the path segments matched by "*"
+    params: dict[str, str]
+    body: bytes
+
+
+Handler = Callable[[Call], Coroutine[Any, Any, Reply]]
+
+
+class PusherAPI(Resource):
+    """Everything below C{/apps}; see the module docstring."""
+
+    isLeaf = True
+
+    def __init__(self, apps: Apps, hub: IHub, now: Callable[[], float]) -> None:
+        super().__init__()
+        self.apps = apps
+        self.hub = hub
+        self.now = now
+        self.routes: dict[tuple[str, ...], dict[bytes, tuple[Handler, int]]] = {
+            ("events",): {b"POST": (self.events, MAX_BODY)},
+            ("batch_events",): {b"POST": (self.batchEvents, MAX_BATCH_BODY)},
+            ("channels",): {b"GET": (self.channels, MAX_BODY)},
+            ("channels", "*"): {b"GET": (self.channel, MAX_BODY)},
+            ("channels", "*", "users"): {b"GET": (self.users, MAX_BODY)},
+            ("users", "*", "terminate_connections"): {b"POST": (self.terminate, MAX_BODY)},
+        }
+
+    def render(self, request: Request) -> bytes | int:
+        return respond(request, self.dispatch)
+
+    def route(self, segments: list[str], method: bytes) -> tuple[Handler, int, list[str]]:
+        for pattern, methods in self.routes.items():
+            if len(pattern) != len(segments):
+                continue
+            if all(p == "*" or p == s for p, s in zip(pattern, segments, strict=True)):
+                if method not in methods:
+                    allowed = ", ".join(m.decode() for m in methods)
+                    raise HTTPError(405, f"Use {allowed} here.", headers={"Allow": allowed})
+                handler, limit = methods[method]
+                args = [s for p, s in zip(pattern, segments, strict=True) if p == "*"]
+                return handler, limit, args
+        raise HTTPError(404, "There is no such endpoint in the HTTP API.")
+
+    def dispatch(self, request: Request) -> Coroutine[Any, Any, Reply]:
+        """The shared checks; then the endpoint's coroutine."""
+        try:
+            segments = [bytes(s).decode("utf-8") for s in request.postpath or []]
+            rawPath = request.path.decode("utf-8")
+            path = unquote_to_bytes(rawPath).decode("utf-8")
+        except UnicodeDecodeError:
+            raise HTTPError(400, "The path is not valid UTF-8.") from None
+        if not segments or not segments[0]:
+            raise HTTPError(404, "Say which app: /apps/{app_id}/...")
+        app = self.apps.byId(segments[0])
+        if app is None:
+            raise HTTPError(404, f"There is no app with id {segments[0]!r}.")
+        handler, limit, args = self.route(segments[1:], request.method)
+        body = readBody(request, limit)
+        params = queryParams(request.uri)
+        try:
+            method = request.method.decode("ascii")
+            verifyApiRequest(app, method, path, params, body, self.now(), rawPath=rawPath)
+        except ApiAuthError as e:
+            raise HTTPError(e.status, e.message) from None
+        if not app.enabled:
+            raise HTTPError(403, "This app is disabled.")
+        return handler(Call(app, args, params, body))
+
+    async def publish(self, app: App, event: Event) -> None:
+        await brokerCall(
+            self.hub.publish, app, event.channels, event.name, event.data, event.socketId
+        )
+        log.debug(
+            "published {event} on {n} channel(s) of app {app}",
+            event=event.name,
+            n=len(event.channels),
+            app=app.id,
+        )
+
+    async def channelAttributes(self, app: App, event: Event) -> dict[str, dict[str, int]]:
+        out = {}
+        for channel in event.channels:
+            info = await brokerCall(self.hub.channelInfo, app, channel)
+            out[channel] = attributes(info, event.info, channel)
+        return out
+
+    async def events(self, call: Call) -> Reply:
+        event = parseEvent(parseJSONObject(call.body), call.app)
+        await self.publish(call.app, event)
+        if not event.info:
+            return 200, {}
+        return 200, {"channels": await self.channelAttributes(call.app, event)}
+
+    async def batchEvents(self, call: Call) -> Reply:
+        batch = parseJSONObject(call.body).get("batch")
+        if not isinstance(batch, list) or not 0 < len(batch) <= MAX_BATCH:
+            raise HTTPError(400, f"batch must be a list of 1 to {MAX_BATCH} events.")
+        events = []
+        for i, item in enumerate(batch):
+            try:
+                if not isinstance(item, dict):
+                    raise HTTPError(400, "an event must be a JSON object.")
+                events.append(parseEvent(item, call.app, batchItem=True))
+            except HTTPError as e:
+                raise HTTPError(e.status, f"batch[{i}]: {e.message}") from None
+        # All are validated before any is published, so a bad one does not leave half a batch.
+        for event in events:
+            await self.publish(call.app, event)
+        if not any(event.info for event in events):
+            return 200, {}
+        replies = []
+        for event in events:
+            attrs = await self.channelAttributes(call.app, event) if event.info else {}
+            replies.append(attrs.get(event.channels[0], {}))
+        return 200, {"batch": replies}
+
+    async def channels(self, call: Call) -> Reply:
+        prefix = call.params.get("filter_by_prefix") or None
+        if prefix is not None and len(prefix) > MAX_NAME:
+            raise HTTPError(400, f"filter_by_prefix is longer than {MAX_NAME} characters.")
+        asked = parseInfo(call.params.get("info"))
+        if "user_count" in asked and not (prefix or "").startswith("presence-"):
+            raise HTTPError(
+                400, "info=user_count needs filter_by_prefix=presence- (presence channels only)."
+            )
+        occupied = await brokerCall(self.hub.occupiedChannels, call.app, prefix)
+        return 200, {
+            "channels": {
+                name: attributes(info, asked, name) for name, info in sorted(occupied.items())
+            }
+        }
+
+    async def channel(self, call: Call) -> Reply:
+        name = validChannel(call.args[0])
+        asked = parseInfo(call.params.get("info"))
+        if "user_count" in asked and not name.startswith("presence-"):
+            raise HTTPError(400, "info=user_count is for presence channels only.")
+        info = await brokerCall(self.hub.channelInfo, call.app, name)
+        return 200, {"occupied": info.occupied, **attributes(info, asked, name)}
+
+    async def users(self, call: Call) -> Reply:
+        name = validChannel(call.args[0])
+        if not name.startswith("presence-"):
+            raise HTTPError(400, "Only presence channels have users.")
+        ids = await brokerCall(self.hub.presenceUserIds, call.app, name)
+        return 200, {"users": [{"id": userId} for userId in ids]}
+
+    async def terminate(self, call: Call) -> Reply:
+        userId = validUserId(call.args[0])
+        if call.body.strip():
+            parseJSONObject(call.body)
+        await brokerCall(self.hub.terminateUserConnections, call.app, userId)
+        log.info(
+            "terminated the connections of user {user} of app {app}", user=userId, app=call.app.id
+        )
+        return 200, {}
+
+
+def makeApiResource(apps: Apps, hub: IHub, now: Callable[[], float]) -> IResource:
+    """The resource to mount at C{/apps}."""
+    return PusherAPI(apps, hub, now)

@@ -1,0 +1,258 @@
+"""
+The PostgreSQL L{IStore}: one database shared by any number of pushsvc processes.
+
+SQL runs in a small thread pool of our own (never on the reactor thread), each call holding one
+psycopg 3 connection for one transaction. Connections are made on demand and dropped when they
+fail, so the store heals by itself: while the server is unreachable every call fails quickly with
+L{StoreUnavailable} (C{connect_timeout}), and the first call after it is back succeeds. A pooled
+connection that died while idle (server restart, proxy cut) is noticed at C{BEGIN}, before any of
+the caller's SQL was sent, and replaced once, so no statement is ever sent twice.
+
+psycopg's own pool is not used: it reconnects in the background with an exponential back-off,
+which would keep calls failing for a while after the server is back.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from importlib.resources.abc import Traversable
+from typing import Any, TypeVar
+from urllib.parse import urlsplit
+
+import psycopg
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
+from twisted.internet.defer import Deferred, fail, succeed
+from twisted.internet.threads import deferToThreadPool
+from twisted.python.threadpool import ThreadPool
+from zope.interface import implementer
+
+from pushsvc.store.interface import IStore, Message, RoomSummary, StoreUnavailable
+from pushsvc.store.schema import defaultSchema, loadScripts, pendingScripts
+
+T = TypeVar("T")
+
+CONNECT_TIMEOUT = 5  # seconds; libpq's default is to wait for as long as TCP does
+
+
+def parseConninfo(conninfo: str) -> dict[str, Any]:
+    """
+    Parse a URL or C{key=value} string without connecting.
+
+    @raise ValueError: with a sentence for the user that never contains the password.
+    """
+    try:
+        return conninfo_to_dict(conninfo)
+    except psycopg.Error as e:
+        message = str(e).strip().rstrip(".")
+        password = urlsplit(conninfo).password if "://" in conninfo else None
+        if password:
+            message = message.replace(password, "***")
+        raise ValueError(f"The PostgreSQL URL cannot be parsed: {message}.") from None
+
+
+def describe(params: dict[str, Any]) -> str:
+    """C{postgresql://host:port/db} for logs and health output: no user, password or options."""
+    host = params.get("host") or params.get("hostaddr") or "localhost"
+    return f"postgresql://{host}:{params.get('port') or 5432}/{params.get('dbname') or ''}"
+
+
+@implementer(IStore)
+class PostgreSQLStore:
+    def __init__(
+        self,
+        conninfo: str,
+        reactor: Any,
+        schema: Traversable | None = None,
+        maxConnections: int = 4,
+    ) -> None:
+        """
+        @param conninfo: a C{postgresql://} URL or libpq C{key=value} string, parsed but not used.
+        @param schema: the directory of versioned C{.sql} scripts (tests pass their own).
+        @param maxConnections: at most this many connections (and threads) at once.
+        @raise ValueError: C{conninfo} cannot be parsed.
+        """
+        params = parseConninfo(conninfo)
+        params.setdefault("connect_timeout", CONNECT_TIMEOUT)
+        params.setdefault("application_name", "pushsvc")
+        self._conninfo = make_conninfo("", **params)
+        self.description = describe(params)
+        self._reactor = reactor
+        self._schema = schema if schema is not None else defaultSchema("postgresql")
+        self._maxConnections = maxConnections
+        self._threads: ThreadPool | None = None
+        self._idle: list[psycopg.Connection[Any]] = []
+        self._lock = threading.Lock()
+
+    def open(self) -> Deferred[None]:
+        """Migrate the schema. Fires with None; fails with L{StoreUnavailable} when the server
+        cannot be reached, or a SchemaError."""
+        if self._threads is None:
+            self._threads = ThreadPool(0, self._maxConnections, name="pushsvc-postgresql")
+            self._threads.start()
+        return self._run(_migrate, self._schema)
+
+    def close(self) -> Deferred[None]:
+        """Let running calls finish, then close every connection. Fires with None."""
+        threads, self._threads = self._threads, None
+        if threads is None:
+            return succeed(None)
+
+        def stop() -> None:
+            threads.stop()  # waits for the running calls
+            with self._lock:
+                idle, self._idle = self._idle, []
+            for connection in idle:
+                connection.close()
+
+        # Joining threads blocks, so do it from the reactor's pool rather than the reactor.
+        d: Deferred[None] = deferToThreadPool(self._reactor, self._reactor.getThreadPool(), stop)
+        return d
+
+    def append(self, room: str, author: str, text: str, createdAt: float) -> Deferred[Message]:
+        return self._run(_append, room, author, text, createdAt)
+
+    def messages(self, room: str, after: int, limit: int) -> Deferred[list[Message]]:
+        return self._run(_messages, room, after, limit)
+
+    def latest(self, room: str, limit: int) -> Deferred[list[Message]]:
+        return self._run(_latest, room, limit)
+
+    def rooms(self, limit: int) -> Deferred[list[RoomSummary]]:
+        return self._run(_rooms, limit)
+
+    def ping(self) -> Deferred[None]:
+        return self._run(_ping)
+
+    def _run(self, work: Callable[..., T], *args: Any) -> Deferred[T]:
+        if self._threads is None:
+            return fail(StoreUnavailable(f"{self.description} is not open"))
+        return deferToThreadPool(self._reactor, self._threads, self._transaction, work, *args)
+
+    # -- in a worker thread --------------------------------------------------------------------
+
+    def _connect(self) -> psycopg.Connection[Any]:
+        try:
+            return psycopg.connect(self._conninfo, autocommit=True)
+        except psycopg.OperationalError as e:
+            raise StoreUnavailable(f"{self.description}: {_firstLine(e)}") from e
+
+    def _begin(self) -> psycopg.Connection[Any]:
+        """A connection inside a new transaction: an idle one that still answers, or a new one."""
+        with self._lock:
+            connection = self._idle.pop() if self._idle else None
+        if connection is not None:
+            try:
+                connection.execute("BEGIN")
+                return connection
+            except psycopg.OperationalError:
+                connection.close()
+        connection = self._connect()
+        try:
+            connection.execute("BEGIN")
+        except psycopg.OperationalError as e:
+            connection.close()
+            raise StoreUnavailable(f"{self.description}: {_firstLine(e)}") from e
+        return connection
+
+    def _transaction(self, work: Callable[..., T], *args: Any) -> T:
+        connection = self._begin()
+        try:
+            with connection.cursor() as cursor:
+                result = work(cursor, *args)
+            connection.execute("COMMIT")
+        except psycopg.OperationalError as e:
+            # Lost connection, server shutting down, deadlock, ...: the transaction is gone.
+            connection.close()
+            raise StoreUnavailable(f"{self.description}: {_firstLine(e)}") from e
+        except BaseException:
+            try:
+                connection.execute("ROLLBACK")
+            except psycopg.Error:
+                connection.close()
+            raise
+        finally:
+            if not connection.closed:
+                if connection.info.transaction_status == psycopg.pq.TransactionStatus.IDLE:
+                    with self._lock:
+                        self._idle.append(connection)
+                else:
+                    connection.close()
+        return result
+
+
+def _firstLine(e: Exception) -> str:
+    return str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+
+
+# -- transactions: each runs in a worker thread, between BEGIN and COMMIT -----------------------
+
+
+def _migrate(cursor: Any, schema: Traversable) -> None:
+    scripts = loadScripts(schema)
+    # Processes starting together must not both create the tables: one waits for the other.
+    cursor.execute(
+        "SELECT pg_advisory_xact_lock(hashtext('pushsvc.store:' || coalesce(current_schema(), '')))"
+    )
+    cursor.execute("SELECT to_regclass('version') IS NOT NULL")
+    current = 0
+    if cursor.fetchone()[0]:
+        cursor.execute("SELECT max(version) FROM version")
+        current = cursor.fetchone()[0] or 0
+    todo = pendingScripts(scripts, current)
+    for script in todo:
+        cursor.execute(script.sql)
+    if todo:
+        cursor.execute("DELETE FROM version")
+        cursor.execute("INSERT INTO version (version) VALUES (%s)", (todo[-1].version,))
+
+
+def _append(cursor: Any, room: str, author: str, text: str, createdAt: float) -> Message:
+    cursor.execute(
+        "INSERT INTO rooms (name, last_id, last_at) VALUES (%s, 0, %s) ON CONFLICT DO NOTHING",
+        (room, createdAt),
+    )
+    # The row lock taken here is held until COMMIT: other writers to the room, in any process,
+    # wait and then see our last_id.
+    cursor.execute(
+        "UPDATE rooms SET last_id = last_id + 1, last_at = %s WHERE name = %s RETURNING last_id",
+        (createdAt, room),
+    )
+    (newId,) = cursor.fetchone()
+    cursor.execute(
+        "INSERT INTO messages (room, id, author, text, created_at) VALUES (%s, %s, %s, %s, %s)",
+        (room, newId, author, text, createdAt),
+    )
+    return Message(newId, room, author, text, createdAt)
+
+
+def _messages(cursor: Any, room: str, after: int, limit: int) -> list[Message]:
+    cursor.execute(
+        "SELECT id, author, text, created_at FROM messages WHERE room = %s AND id > %s"
+        " ORDER BY id LIMIT %s",
+        (room, after, max(limit, 0)),
+    )
+    return [Message(i, room, a, t, c) for i, a, t, c in cursor.fetchall()]
+
+
+def _latest(cursor: Any, room: str, limit: int) -> list[Message]:
+    cursor.execute(
+        "SELECT id, author, text, created_at FROM messages WHERE room = %s"
+        " ORDER BY id DESC LIMIT %s",
+        (room, max(limit, 0)),
+    )
+    return [Message(i, room, a, t, c) for i, a, t, c in reversed(cursor.fetchall())]
+
+
+def _rooms(cursor: Any, limit: int) -> list[RoomSummary]:
+    cursor.execute(
+        "SELECT name, last_id, last_at FROM rooms WHERE last_id > 0"
+        " ORDER BY last_at DESC, name LIMIT %s",
+        (max(limit, 0),),
+    )
+    return [RoomSummary(n, i, a) for n, i, a in cursor.fetchall()]
+
+
+def _ping(cursor: Any) -> None:
+    cursor.execute("SELECT 1")
+    cursor.fetchone()

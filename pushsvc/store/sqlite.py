@@ -1,0 +1,205 @@
+"""
+The SQLite L{IStore}: one file, no server, the default.
+
+All SQL runs in the one thread of an C{adbapi.ConnectionPool} holding one connection, never on
+the reactor thread. The file is in WAL mode with C{synchronous=FULL}, so a write whose Deferred
+fired survives a power cut; writers take the lock up front (C{BEGIN IMMEDIATE}) and wait up to
+C{busyTimeout} for it, so several processes may share the file.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Callable
+from importlib.resources.abc import Traversable
+from pathlib import Path
+from typing import Any, TypeVar
+
+from twisted.enterprise import adbapi
+from twisted.internet.defer import Deferred, fail, succeed
+from twisted.internet.threads import deferToThreadPool
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from pushsvc.store.interface import IStore, Message, RoomSummary, StoreUnavailable
+from pushsvc.store.schema import defaultSchema, loadScripts, pendingScripts
+
+T = TypeVar("T")
+
+# RETURNING arrived in SQLite 3.35 (2021); older libraries read the new id back instead.
+_HAS_RETURNING = sqlite3.sqlite_version_info >= (3, 35, 0)
+
+
+@implementer(IStore)
+class SQLiteStore:
+    def __init__(
+        self,
+        path: Path,
+        reactor: Any,
+        schema: Traversable | None = None,
+        busyTimeout: float = 10.0,
+    ) -> None:
+        """
+        @param path: the database file; its directory is created on L{open}.
+        @param schema: the directory of versioned C{.sql} scripts (tests pass their own).
+        @param busyTimeout: seconds to wait for another process's write lock.
+        """
+        self.path = path
+        self.description = f"sqlite:{path}"
+        self._reactor = reactor
+        self._schema = schema if schema is not None else defaultSchema("sqlite")
+        self._busyTimeout = busyTimeout
+        self._pool: adbapi.ConnectionPool | None = None
+
+    def _configure(self, connection: sqlite3.Connection) -> None:
+        connection.execute(f"PRAGMA busy_timeout = {int(self._busyTimeout * 1000)}")
+        connection.execute("PRAGMA journal_mode = WAL")
+        connection.execute("PRAGMA synchronous = FULL")
+        connection.execute("PRAGMA foreign_keys = ON")
+
+    def open(self) -> Deferred[None]:
+        """Create the file if needed and migrate it. Fires with None; fails with
+        L{StoreUnavailable} when the file cannot be opened or written, or a SchemaError."""
+        if self._pool is None:
+            self._pool = adbapi.ConnectionPool(
+                "sqlite3",
+                str(self.path),
+                # isolation_level=None: we issue BEGIN ourselves, so DDL is transactional too.
+                isolation_level=None,
+                check_same_thread=False,
+                timeout=self._busyTimeout,
+                cp_min=1,
+                cp_max=1,
+                cp_openfun=self._configure,
+                cp_reactor=self._reactor,
+            )
+        pool = self._pool
+        d: Deferred[None] = deferToThreadPool(
+            self._reactor, pool.threadpool, self.path.parent.mkdir, parents=True, exist_ok=True
+        )
+        d.addErrback(_unavailable, self.description)
+        d.addCallback(lambda _: self._run(_migrate, self._schema))
+        return d
+
+    def close(self) -> Deferred[None]:
+        """Wait for the running statement, close the connection. Fires with None."""
+        pool, self._pool = self._pool, None
+        if pool is not None:
+            pool.close()
+        return succeed(None)
+
+    def append(self, room: str, author: str, text: str, createdAt: float) -> Deferred[Message]:
+        return self._run(_append, room, author, text, createdAt)
+
+    def messages(self, room: str, after: int, limit: int) -> Deferred[list[Message]]:
+        return self._run(_messages, room, after, limit)
+
+    def latest(self, room: str, limit: int) -> Deferred[list[Message]]:
+        return self._run(_latest, room, limit)
+
+    def rooms(self, limit: int) -> Deferred[list[RoomSummary]]:
+        return self._run(_rooms, limit)
+
+    def ping(self) -> Deferred[None]:
+        return self._run(_ping)
+
+    def _run(self, interaction: Callable[..., T], *args: Any) -> Deferred[T]:
+        if self._pool is None:
+            return fail(StoreUnavailable(f"{self.description} is not open"))
+        d: Deferred[T] = self._pool.runInteraction(interaction, *args)
+        return d.addErrback(_unavailable, self.description)
+
+
+def _unavailable(f: Failure, description: str) -> Failure:
+    """Report a file that cannot be opened, read, written or locked as L{StoreUnavailable}."""
+    e = f.value
+    if isinstance(e, sqlite3.OperationalError | OSError) or type(e) is sqlite3.DatabaseError:
+        raise StoreUnavailable(f"{description}: {e}") from e
+    return f
+
+
+# -- interactions: each runs in the pool's thread, inside one transaction ----------------------
+
+
+def _migrate(txn: Any, schema: Traversable) -> None:
+    scripts = loadScripts(schema)
+    txn.execute("BEGIN IMMEDIATE")
+    txn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'version'")
+    current = 0
+    if txn.fetchone() is not None:
+        txn.execute("SELECT max(version) FROM version")
+        current = txn.fetchone()[0] or 0
+    todo = pendingScripts(scripts, current)
+    for script in todo:
+        for statement in _statements(script.sql):
+            txn.execute(statement)
+    if todo:
+        txn.execute("DELETE FROM version")
+        txn.execute("INSERT INTO version (version) VALUES (?)", (todo[-1].version,))
+
+
+def _statements(script: str) -> list[str]:
+    """Split a script into statements (the sqlite3 module runs one per execute, and its
+    executescript would commit our transaction first)."""
+    statements = []
+    start = 0
+    end = script.find(";") + 1
+    while end > 0:
+        if sqlite3.complete_statement(script[start:end]):
+            statements.append(script[start:end])
+            start = end
+        end = script.find(";", end) + 1
+    if script[start:].strip():
+        statements.append(script[start:])
+    return statements
+
+
+def _append(txn: Any, room: str, author: str, text: str, createdAt: float) -> Message:
+    txn.execute("BEGIN IMMEDIATE")
+    txn.execute(
+        "INSERT INTO rooms (name, last_id, last_at) VALUES (?, 0, ?) ON CONFLICT DO NOTHING",
+        (room, createdAt),
+    )
+    update = "UPDATE rooms SET last_id = last_id + 1, last_at = ? WHERE name = ?"
+    if _HAS_RETURNING:
+        txn.execute(update + " RETURNING last_id", (createdAt, room))
+    else:
+        txn.execute(update, (createdAt, room))
+        txn.execute("SELECT last_id FROM rooms WHERE name = ?", (room,))
+    (newId,) = txn.fetchone()
+    txn.execute(
+        "INSERT INTO messages (room, id, author, text, created_at) VALUES (?, ?, ?, ?, ?)",
+        (room, newId, author, text, createdAt),
+    )
+    return Message(newId, room, author, text, createdAt)
+
+
+def _messages(txn: Any, room: str, after: int, limit: int) -> list[Message]:
+    txn.execute(
+        "SELECT id, author, text, created_at FROM messages WHERE room = ? AND id > ?"
+        " ORDER BY id LIMIT ?",
+        (room, after, max(limit, 0)),
+    )
+    return [Message(i, room, a, t, c) for i, a, t, c in txn.fetchall()]
+
+
+def _latest(txn: Any, room: str, limit: int) -> list[Message]:
+    txn.execute(
+        "SELECT id, author, text, created_at FROM messages WHERE room = ? ORDER BY id DESC LIMIT ?",
+        (room, max(limit, 0)),
+    )
+    return [Message(i, room, a, t, c) for i, a, t, c in reversed(txn.fetchall())]
+
+
+def _rooms(txn: Any, limit: int) -> list[RoomSummary]:
+    txn.execute(
+        "SELECT name, last_id, last_at FROM rooms WHERE last_id > 0"
+        " ORDER BY last_at DESC, name LIMIT ?",
+        (max(limit, 0),),
+    )
+    return [RoomSummary(n, i, a) for n, i, a in txn.fetchall()]
+
+
+def _ping(txn: Any) -> None:
+    txn.execute("SELECT 1")
+    txn.fetchone()

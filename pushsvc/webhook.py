@@ -1,0 +1,109 @@
+"""
+The simple signed webhook, mounted at C{/notify}: "something changed on channel C".
+
+    POST /notify/{channel}
+    X-Pushsvc-Timestamp: <unix seconds>
+    X-Pushsvc-Signature: sha256=<hex HMAC-SHA256(app secret, timestamp + "." + raw body)>
+
+    {"event": "updated", "data": {...}}       (both optional; the body may be empty)
+
+publishes C{event} (default C{updated}) with C{data} (default C{{}}; anything but a string is
+JSON-encoded) on C{channel} of the default app, and answers 202 C{{"ok": true}}. A timestamp
+more than 5 minutes off is refused (401), so a captured request cannot be replayed later.
+From a shell:
+
+    ts=$(date +%s); body='{"event":"updated"}'
+    sig=$(printf '%s.%s' "$ts" "$body" | openssl dgst -sha256 -hmac "$SECRET" -hex | sed 's/^.* //')
+    curl -X POST -H "X-Pushsvc-Timestamp: $ts" -H "X-Pushsvc-Signature: sha256=$sig" \\
+         -H 'Content-Type: application/json' -d "$body" http://localhost:8080/notify/my-channel
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Coroutine
+from typing import Any
+
+from twisted.logger import Logger
+from twisted.web.server import Request
+
+from pushsvc.api import MAX_NAME, brokerCall, validChannel
+from pushsvc.apiauth import ApiAuthError, verifyNotify
+from pushsvc.apps import Apps
+from pushsvc.httputil import HTTPError, JSONResource, parseJSONObject, readBody
+from pushsvc.interfaces import IHub
+
+log = Logger()
+
+DEFAULT_EVENT = "updated"
+TIMESTAMP_HEADER = b"x-pushsvc-timestamp"
+SIGNATURE_HEADER = b"x-pushsvc-signature"
+
+
+def parseNotifyBody(body: bytes) -> tuple[str, str]:
+    """
+    The event name and data string of a webhook body. Unlike the Pusher API (which other SDKs
+    call), unknown keys are refused here: a typo like C{"evnt"} should not pass silently.
+
+    @raise HTTPError: 400 for a body that is not such a JSON object.
+    """
+    if not body.strip():
+        return DEFAULT_EVENT, "{}"
+    obj = parseJSONObject(body)
+    unknown = set(obj).difference({"event", "data"})
+    if unknown:
+        raise HTTPError(400, f"Unknown field(s) {', '.join(sorted(unknown))}: use event and data.")
+    event = obj.get("event", DEFAULT_EVENT)
+    if not isinstance(event, str) or not 0 < len(event) <= MAX_NAME:
+        raise HTTPError(400, f"event must be a string of 1 to {MAX_NAME} characters.")
+    data = obj.get("data", {})
+    if not isinstance(data, str):
+        data = json.dumps(data, separators=(",", ":"), ensure_ascii=False)
+    return event, data
+
+
+def _header(request: Request, name: bytes) -> str | None:
+    value = request.getHeader(name)
+    return None if value is None else value.decode("latin-1").strip()
+
+
+class NotifyResource(JSONResource):
+    """C{POST /notify/{channel}}; see the module docstring."""
+
+    def __init__(self, apps: Apps, hub: IHub, now: Callable[[], float]) -> None:
+        super().__init__()
+        self.apps = apps
+        self.hub = hub
+        self.now = now
+
+    def handle_POST(self, request: Request) -> Coroutine[Any, Any, tuple[int, Any]]:
+        postpath = request.postpath or []
+        if len(postpath) != 1 or not postpath[0]:
+            raise HTTPError(404, "Say which channel: POST /notify/{channel}.")
+        try:
+            channel = validChannel(bytes(postpath[0]).decode("utf-8"))
+        except UnicodeDecodeError:
+            raise HTTPError(400, "The channel name is not valid UTF-8.") from None
+        app = self.apps.default
+        body = readBody(request)
+        try:
+            verifyNotify(
+                app,
+                _header(request, TIMESTAMP_HEADER),
+                _header(request, SIGNATURE_HEADER),
+                body,
+                self.now(),
+            )
+        except ApiAuthError as e:
+            raise HTTPError(e.status, e.message) from None
+        if not app.enabled:
+            raise HTTPError(403, "This app is disabled.")
+        event, data = parseNotifyBody(body)
+        if len(data.encode("utf-8")) > app.maxDataBytes:
+            raise HTTPError(413, f"data is larger than {app.maxDataBytes} bytes.")
+        return self.publish(app, channel, event, data)
+
+    async def publish(self, app: Any, channel: str, event: str, data: str) -> tuple[int, Any]:
+        await brokerCall(self.hub.publish, app, [channel], event, data, None)
+        log.debug("webhook published {event} on {channel}", event=event, channel=channel)
+        return 202, {"ok": True}

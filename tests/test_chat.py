@@ -1,0 +1,244 @@
+"""The chat REST API, driven through StubTreq with the memory store and a fake hub."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from treq.testing import StubTreq
+from twisted.internet.defer import Deferred, inlineCallbacks
+from twisted.trial.unittest import TestCase
+from twisted.web.resource import Resource
+
+from pushsvc.apps import App, Apps
+from pushsvc.chat import ChatAPI, makeChatResource
+from pushsvc.session import SessionSigner
+from pushsvc.signing import channelSignature
+from pushsvc.store.memory import MemoryStore
+from pushsvc.testing import FakeHub
+
+BASE = "http://chat.example:8080"
+JSON = {"Content-Type": ["application/json"]}
+
+
+class ChatAPITests(TestCase):
+    def setUp(self) -> None:
+        self.app = App("1", "the-key", "the-secret")
+        self.store = MemoryStore()
+        self.hub = FakeHub()
+        self.ready = True
+        self.chat = ChatAPI(
+            Apps([self.app]),
+            self.store,
+            self.hub,
+            SessionSigner(b"k" * 32, lambda: 1000.0),
+            lambda: 1234.5,
+            lambda: self.ready,
+        )
+        root = Resource()
+        root.putChild(b"api", makeChatResource(self.chat))
+        self.treq = StubTreq(root)
+        self.cookies: dict[str, str] = {}
+
+    @inlineCallbacks
+    def call(
+        self,
+        method: str,
+        path: str,
+        body: Any = None,
+        headers: dict[str, list[str]] | None = None,
+        raw: bytes | None = None,
+    ) -> Any:
+        if raw is None and body is not None:
+            raw = json.dumps(body).encode()
+        allHeaders = dict(JSON if body is not None else {})
+        allHeaders["Host"] = ["chat.example:8080"]
+        allHeaders.update(headers or {})
+        response = yield self.treq.request(
+            method, BASE + path, data=raw, headers=allHeaders, cookies=self.cookies
+        )
+        for cookie in response.cookies():
+            self.cookies[cookie.name] = cookie.value
+        content = yield response.content()
+        self.assertIn(b"application/json", response.headers.getRawHeaders(b"content-type")[0])
+        return response.code, json.loads(content)
+
+    def signIn(self, name: str = "Ann") -> Deferred[Any]:
+        return self.call("POST", "/api/session", {"name": name})
+
+    @inlineCallbacks
+    def test_sessionCookie(self) -> Any:
+        """POST /api/session sets an HttpOnly, SameSite=Lax cookie that GET /api/session reads."""
+        code, body = yield self.call("GET", "/api/session")
+        self.assertEqual(code, 401)
+        self.assertIn("error", body)
+        response = yield self.treq.post(
+            BASE + "/api/session", data=b'{"name": "  Ann  "}', headers=JSON
+        )
+        setCookie = response.headers.getRawHeaders("set-cookie")[0]
+        self.assertIn("HttpOnly", setCookie)
+        self.assertIn("SameSite=Lax", setCookie)
+        self.assertEqual(response.code, 200)
+        code, body = yield self.signIn("  Ann  ")
+        self.assertEqual((code, body["name"]), (200, "Ann"))
+        code, me = yield self.call("GET", "/api/session")
+        self.assertEqual((code, me), (200, body))
+
+    @inlineCallbacks
+    def test_badNames(self) -> Any:
+        """Names are 1-32 characters after trimming, a string, no control characters."""
+        for name in ["", "   ", "x" * 33, 42, None, "a\x00b", "a\nb", "\ud800"]:
+            code, body = yield self.signIn(name)  # type: ignore[arg-type]
+            self.assertEqual(code, 400, name)
+            self.assertIsInstance(body["error"], str)
+        code, _ = yield self.signIn("x" * 32)
+        self.assertEqual(code, 200)
+
+    @inlineCallbacks
+    def test_postAndRead(self) -> Any:
+        """A posted message is stored, answered 201 with the stored message, published once."""
+        yield self.signIn("Ann")
+        code, message = yield self.call("POST", "/api/rooms/general/messages", {"text": "hi <b>"})
+        self.assertEqual(code, 201)
+        self.assertEqual(
+            (message["id"], message["room"], message["author"], message["text"]),
+            (1, "general", "Ann", "hi <b>"),
+        )
+        self.assertEqual(message["created_at"], "1970-01-01T00:20:34.500Z")
+        self.assertEqual(len(self.hub.published), 1)
+        published = self.hub.published[0]
+        self.assertEqual(published.channels, ["presence-room-general"])
+        self.assertEqual(published.event, "message")
+        self.assertEqual(json.loads(published.data), message)
+        code, body = yield self.call("GET", "/api/rooms/general/messages")
+        self.assertEqual((code, body["messages"]), (200, [message]))
+
+    @inlineCallbacks
+    def test_afterAndLimit(self) -> Any:
+        """?after=ID: only newer messages, oldest first; limit bounds it; no after: newest."""
+        yield self.signIn()
+        for i in range(5):
+            yield self.call("POST", "/api/rooms/r1/messages", {"text": f"m{i}"})
+        _, body = yield self.call("GET", "/api/rooms/r1/messages?after=2&limit=2")
+        self.assertEqual([m["id"] for m in body["messages"]], [3, 4])
+        _, body = yield self.call("GET", "/api/rooms/r1/messages?limit=2")
+        self.assertEqual([m["id"] for m in body["messages"]], [4, 5])
+        _, body = yield self.call("GET", "/api/rooms/r1/messages?after=5")
+        self.assertEqual(body["messages"], [])
+        for query in ["limit=0", "limit=201", "limit=x", "after=-1", "after=abc"]:
+            code, _ = yield self.call("GET", "/api/rooms/r1/messages?" + query)
+            self.assertEqual(code, 400, query)
+        _, rooms = yield self.call("GET", "/api/rooms")
+        self.assertEqual(rooms["rooms"], [{"name": "r1", "last_id": 5}])
+
+    @inlineCallbacks
+    def test_badPosts(self) -> Any:
+        """Bad input gets a 4xx JSON error and nothing is stored."""
+        code, _ = yield self.call("POST", "/api/rooms/general/messages", {"text": "x"})
+        self.assertEqual(code, 401)
+        yield self.signIn()
+        cases: list[tuple[int, str, Any, bytes | None, dict[str, list[str]] | None]] = [
+            (400, "/api/rooms/general/messages", {"text": ""}, None, None),
+            (400, "/api/rooms/general/messages", {"text": "   "}, None, None),
+            (400, "/api/rooms/general/messages", {"text": "x" * 2001}, None, None),
+            (400, "/api/rooms/general/messages", {"text": 5}, None, None),
+            (400, "/api/rooms/general/messages", {}, b'{"text": "\\ud800"}', None),
+            (400, "/api/rooms/general/messages", {"text": "a\x07"}, None, None),
+            (400, "/api/rooms/general/messages", {}, None, None),
+            (400, "/api/rooms/general/messages", [], None, None),
+            (400, "/api/rooms/general/messages", {}, b"{not json", None),
+            (400, "/api/rooms/general/messages", {}, b"\xff\xfe", None),
+            (413, "/api/rooms/general/messages", {}, b'{"text": "' + b"a" * 70000 + b'"}', None),
+            (400, "/api/rooms/Bad_Room/messages", {"text": "x"}, None, None),
+            (400, "/api/rooms/-x/messages", {"text": "x"}, None, None),
+            (
+                415,
+                "/api/rooms/general/messages",
+                {"text": "x"},
+                None,
+                {"Content-Type": ["text/plain"]},
+            ),
+            (
+                403,
+                "/api/rooms/general/messages",
+                {"text": "x"},
+                None,
+                {"Origin": ["http://evil.example"]},
+            ),
+            (404, "/api/rooms/general/nothing", {"text": "x"}, None, None),
+            (404, "/api/nothing", {"text": "x"}, None, None),
+        ]
+        for status, path, body, raw, headers in cases:
+            code, reply = yield self.call("POST", path, body, headers=headers, raw=raw)
+            self.assertEqual(code, status, (path, body, raw and raw[:20], headers))
+            self.assertIsInstance(reply["error"], str)
+        code, _ = yield self.call(
+            "POST", "/api/rooms/general/messages", {"text": "ok"}, headers={"Origin": [BASE]}
+        )
+        self.assertEqual(code, 201)
+        _, listing = yield self.call("GET", "/api/rooms/general/messages")
+        self.assertEqual([m["text"] for m in listing["messages"]], ["ok"])
+
+    @inlineCallbacks
+    def test_storeNotReady(self) -> Any:
+        """Until the store is open, reads and posts answer 503 with a sentence."""
+        yield self.signIn()
+        self.ready = False
+        code, body = yield self.call("POST", "/api/rooms/general/messages", {"text": "x"})
+        self.assertEqual(code, 503)
+        code, body = yield self.call("GET", "/api/rooms/general/messages")
+        self.assertEqual(code, 503)
+
+    @inlineCallbacks
+    def test_storedEvenIfNotAnnounced(self) -> Any:
+        """A message is durable before it is announced: a broker failure does not lose it."""
+        yield self.signIn()
+        self.hub.failPublishes = True
+        code, message = yield self.call("POST", "/api/rooms/general/messages", {"text": "x"})
+        self.assertEqual(code, 201)
+        _, listing = yield self.call("GET", "/api/rooms/general/messages")
+        self.assertEqual(listing["messages"], [message])
+
+    @inlineCallbacks
+    def test_pusherAuth(self) -> Any:
+        """The page's private/presence subscriptions are signed for the session's user."""
+        form = {"Content-Type": ["application/x-www-form-urlencoded"]}
+        code, _ = yield self.call(
+            "POST", "/api/pusher/auth", headers=form, raw=b"socket_id=1.2&channel_name=private-x"
+        )
+        self.assertEqual(code, 403)
+        _, me = yield self.signIn("Ann")
+        code, body = yield self.call(
+            "POST", "/api/pusher/auth", headers=form, raw=b"socket_id=1.2&channel_name=private-x"
+        )
+        self.assertEqual(code, 200)
+        self.assertEqual(
+            body["auth"], "the-key:" + channelSignature("the-secret", "1.2", "private-x")
+        )
+        code, body = yield self.call(
+            "POST",
+            "/api/pusher/auth",
+            headers=form,
+            raw=b"socket_id=1.2&channel_name=presence-room-general",
+        )
+        self.assertEqual(code, 200)
+        data = json.loads(body["channel_data"])
+        self.assertEqual(data, {"user_id": me["user_id"], "user_info": {"name": "Ann"}})
+        self.assertEqual(
+            body["auth"],
+            "the-key:"
+            + channelSignature("the-secret", "1.2", "presence-room-general", body["channel_data"]),
+        )
+        for raw in [
+            b"socket_id=x&channel_name=private-x",
+            b"socket_id=1.2&channel_name=a b",
+            b"socket_id=1.2&channel_name=public",
+        ]:
+            code, _ = yield self.call("POST", "/api/pusher/auth", headers=form, raw=raw)
+            self.assertEqual(code, 400, raw)
+
+    @inlineCallbacks
+    def test_config(self) -> Any:
+        code, body = yield self.call("GET", "/api/config")
+        self.assertEqual(body["app_key"], "the-key")
+        self.assertEqual(body["ws_path"], "/app/the-key")
