@@ -1,0 +1,261 @@
+"""
+The hub: every publish goes hub.publish -> one envelope -> broker -> (every process) hub.receive
+-> one WebSocket frame -> registry.deliver. Client events and presence member events take the same
+path, so they reach the subscribers on other processes once a cluster-wide broker is plugged in.
+
+Questions about channels and presence go through the hub too: here they are answered from the
+local registry; a cluster-wide hub answers them for every process.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import secrets
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from twisted.internet.defer import Deferred, FirstError, gatherResults, maybeDeferred, succeed
+from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from pushsvc.frames import (
+    CLOSE_TERMINATED,
+    Member,
+    channelKind,
+    encodeEvent,
+    isCacheChannel,
+    memberAddedData,
+    memberRemovedData,
+    serverToUserChannel,
+)
+from pushsvc.interfaces import BrokerUnavailable, ChannelInfo, IBroker, IHub
+from pushsvc.registry import Registry, Subscriber
+
+log = Logger()
+
+# Envelope kinds: what hub.receive does with a message from the broker.
+KIND_EVENT = "e"  # an app's event (HTTP API, chat): cached on cache channels
+KIND_CLIENT = "c"  # a client event relayed from one connection: cached on cache channels
+KIND_MEMBER = "m"  # pusher_internal:member_added / member_removed
+KIND_TERMINATE = "t"  # close the connections on #server-to-user-{id}
+
+CACHE_TTL = 30 * 60.0  # Pusher keeps the last event of a cache channel for 30 minutes
+MAX_CACHED_CHANNELS = 10000
+
+
+def encodeEnvelope(kind: str, appId: str, channel: str, event: str, data: str | None,
+                   exceptSocketId: str | None = None, userId: str | None = None) -> bytes:
+    return json.dumps(
+        [kind, appId, channel, event, data, exceptSocketId, userId], separators=(",", ":")
+    ).encode("utf-8")
+
+
+@implementer(IBroker)
+class LocalBroker:
+    """The in-process broker: a publish goes straight back to this process's hub."""
+
+    healthy = True
+
+    def __init__(self) -> None:
+        self._receive: Callable[[bytes], None] | None = None
+
+    def setReceiver(self, receive: Callable[[bytes], None]) -> None:
+        self._receive = receive
+
+    def start(self) -> Deferred[None]:
+        return succeed(None)
+
+    def stop(self) -> Deferred[None]:
+        return succeed(None)
+
+    def publish(self, appId: str, channel: str, message: bytes) -> Deferred[None]:
+        """Hands C{message} to the hub at once; fires with None."""
+        if self._receive is None:
+            raise BrokerUnavailable("no hub is attached to the broker")
+        self._receive(message)
+        return succeed(None)
+
+    def subscribe(self, appId: str, channel: str) -> Deferred[None]:
+        return succeed(None)
+
+    def unsubscribe(self, appId: str, channel: str) -> Deferred[None]:
+        return succeed(None)
+
+
+def _firstFailure(f: Failure) -> Failure:
+    if isinstance(f.value, FirstError):
+        sub: Failure = f.value.subFailure
+        return sub
+    return f
+
+
+@implementer(IHub)
+class Hub:
+    """
+    Publishes through C{broker} and delivers what the broker brings back through C{registry}.
+    """
+
+    def __init__(self, registry: Registry, broker: IBroker, clock: IReactorTime) -> None:
+        self.registry = registry
+        self.broker = broker
+        self.clock = clock
+        broker.setReceiver(self.receive)
+        # socket ids "A.B": A random per process, B a counter, so they are unique across nodes.
+        self._socketPrefix = str(secrets.randbelow(9 * 10**8) + 10**8)
+        self._socketCounter = itertools.count(1)
+        # (app, cache channel) -> (frame payload, when); insertion order is age order.
+        self._cache: dict[tuple[str, str], tuple[bytes, float]] = {}
+
+    def newSocketId(self) -> str:
+        return f"{self._socketPrefix}.{next(self._socketCounter)}"
+
+    # -- publishing ----------------------------------------------------------------------------
+
+    def _send(self, appId: str, channel: str, envelope: bytes) -> Deferred[None]:
+        return maybeDeferred(self.broker.publish, appId, channel, envelope)
+
+    def publish(self, app: Any, channels: Iterable[str], event: str, data: str,
+                exceptSocketId: str | None = None) -> Deferred[None]:
+        """
+        Publish C{event} on every one of C{channels}. Fires with None once the broker took all
+        of them; fails with L{BrokerUnavailable} (or what the broker failed with).
+        """
+        ds = [
+            self._send(app.id, channel,
+                       encodeEnvelope(KIND_EVENT, app.id, channel, event, data, exceptSocketId))
+            for channel in channels
+        ]
+        d = gatherResults(ds, consumeErrors=True)
+        d.addErrback(_firstFailure)
+        return d.addCallback(lambda _: None)
+
+    def clientEvent(self, conn: Subscriber, channel: str, event: str, data: str,
+                    userId: str | None) -> Deferred[None]:
+        """Relay a client event to every subscriber of C{channel} but C{conn}."""
+        envelope = encodeEnvelope(KIND_CLIENT, conn.appId, channel, event, data, conn.socketId,
+                                  userId)
+        return self._logged(self._send(conn.appId, channel, envelope), "client event")
+
+    def _internal(self, appId: str, channel: str, event: str, data: str,
+                  exceptSocketId: str | None) -> None:
+        envelope = encodeEnvelope(KIND_MEMBER, appId, channel, event, data, exceptSocketId)
+        self._logged(self._send(appId, channel, envelope), event)
+
+    def _logged(self, d: Deferred[Any], what: str) -> Deferred[None]:
+        def failed(f: Failure) -> None:
+            log.error("broker failed to carry {what}: {error}", what=what,
+                      error=f.getErrorMessage())
+
+        return d.addCallbacks(lambda _: None, failed)
+
+    def receive(self, envelope: bytes) -> None:
+        """A message from the broker: encode its frame once and deliver it here."""
+        try:
+            kind, appId, channel, event, data, exceptSocketId, userId = json.loads(envelope)
+        except (ValueError, TypeError):
+            log.error("dropping a malformed envelope from the broker")
+            return
+        if kind == KIND_TERMINATE:
+            self.registry.closeChannel(appId, channel, CLOSE_TERMINATED,
+                                       "connections terminated by the app")
+            return
+        payload = encodeEvent(event, channel, data, userId)
+        if kind != KIND_MEMBER and isCacheChannel(channel):
+            self._remember(appId, channel, payload)
+        self.registry.deliver(appId, channel, payload, exceptSocketId)
+
+    # -- cache channels ------------------------------------------------------------------------
+
+    def _remember(self, appId: str, channel: str, payload: bytes) -> None:
+        key = (appId, channel)
+        self._cache.pop(key, None)
+        self._cache[key] = (payload, self.clock.seconds())
+        if len(self._cache) > MAX_CACHED_CHANNELS:
+            del self._cache[next(iter(self._cache))]
+
+    def cachedEvent(self, appId: str, channel: str) -> bytes | None:
+        """The last event frame of cache channel C{channel} if younger than 30 minutes."""
+        entry = self._cache.get((appId, channel))
+        if entry is None:
+            return None
+        if self.clock.seconds() - entry[1] > CACHE_TTL:
+            del self._cache[(appId, channel)]
+            return None
+        return entry[0]
+
+    # -- subscriptions -------------------------------------------------------------------------
+
+    def subscribe(self, conn: Subscriber, channel: str, member: Member | None = None) -> None:
+        """
+        Subscribe C{conn}: the broker hears of the channel's first local subscriber, the other
+        members of a presence channel of a user's first connection.
+        """
+        first, userFirst = self.registry.subscribe(conn, channel, member)
+        if first:
+            self._logged(maybeDeferred(self.broker.subscribe, conn.appId, channel), "subscribe")
+        if userFirst and member is not None:
+            self._internal(conn.appId, channel, "pusher_internal:member_added",
+                           memberAddedData(member.userId, member.userInfo), conn.socketId)
+
+    def unsubscribe(self, conn: Subscriber, channel: str) -> None:
+        last, userLeft = self.registry.unsubscribe(conn, channel)
+        if userLeft is not None:
+            self._internal(conn.appId, channel, "pusher_internal:member_removed",
+                           memberRemovedData(userLeft), conn.socketId)
+        if last:
+            self._logged(maybeDeferred(self.broker.unsubscribe, conn.appId, channel),
+                         "unsubscribe")
+
+    def signin(self, conn: Subscriber, userId: str) -> None:
+        """C{conn} is signed in as C{userId}: it gets what is sent to C{#server-to-user-{id}}."""
+        self.subscribe(conn, serverToUserChannel(userId))
+
+    def disconnect(self, conn: Subscriber) -> None:
+        """C{conn} is gone: leave every channel (presence members are told) and forget it."""
+        for channel in self.registry.channelsOf(conn):
+            try:
+                self.unsubscribe(conn, channel)
+            except Exception:
+                log.failure("unsubscribing {channel}", channel=channel)
+        self.registry.removeConnection(conn)
+
+    def presenceMembers(self, appId: str, channel: str) -> dict[str, Any]:
+        """User id -> user info of the members of presence C{channel}."""
+        return self.registry.members(appId, channel)
+
+    # -- IHub questions ------------------------------------------------------------------------
+
+    def _info(self, appId: str, channel: str, count: int) -> ChannelInfo:
+        userCount = None
+        if channelKind(channel) == "presence":
+            userCount = len(self.registry.members(appId, channel))
+        return ChannelInfo(occupied=count > 0, subscriptionCount=count, userCount=userCount)
+
+    def channelInfo(self, app: Any, channel: str) -> Deferred[ChannelInfo]:
+        """Fires with the L{ChannelInfo} of C{channel}."""
+        count = self.registry.subscriptionCount(app.id, channel)
+        return succeed(self._info(app.id, channel, count))
+
+    def occupiedChannels(self, app: Any, prefix: str | None) -> Deferred[dict[str, ChannelInfo]]:
+        """Fires with channel -> L{ChannelInfo} of the occupied channels starting with C{prefix}."""
+        return succeed({
+            channel: self._info(app.id, channel, count)
+            for channel, count in self.registry.channels(app.id)
+            if channel.startswith(prefix or "") and channelKind(channel) != "user"
+        })
+
+    def presenceUserIds(self, app: Any, channel: str) -> Deferred[list[str]]:
+        """Fires with the user ids present on C{channel}."""
+        return succeed(list(self.registry.members(app.id, channel)))
+
+    def terminateUserConnections(self, app: Any, userId: str) -> Deferred[None]:
+        """Close (4009) every connection signed in as C{userId}; fires once the broker took it."""
+        channel = serverToUserChannel(userId)
+        envelope = encodeEnvelope(KIND_TERMINATE, app.id, channel, "", None)
+        return self._send(app.id, channel, envelope)
+
+    def health(self) -> dict[str, str]:
+        return {"broker": "ok" if self.broker.healthy else "the broker cannot carry publishes"}

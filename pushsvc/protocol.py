@@ -1,0 +1,425 @@
+"""
+The WebSocket side: one L{PushServerProtocol} per connection at C{/app/{key}}, speaking Pusher
+protocol v7. The frames, error and close codes are documented at the top of L{pushsvc.frames};
+parsing lives there (pure), this module only acts on parsed frames.
+
+Keep-alive: one shared timer (L{Keepalive}) on the clock passed in sweeps the connections; it
+sends a WebSocket ping on a connection idle for C{pingInterval} and closes it with 4201 when
+nothing comes back within C{pongTimeout}. Any bytes from the client count as life.
+
+Frame size: Autobahn enforces C{maxFrameBytes} on every message and closes with 1009 above it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+from urllib.parse import unquote
+
+from autobahn.twisted.resource import WebSocketResource
+from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
+from autobahn.websocket.types import ConnectionDeny, ConnectionRequest
+from twisted.internet.defer import Deferred, succeed
+from twisted.internet.interfaces import IReactorTime
+from twisted.internet.protocol import connectionDone
+from twisted.internet.task import LoopingCall
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.web.resource import IResource
+
+from pushsvc import frames
+from pushsvc.apps import App, Apps
+from pushsvc.frames import (
+    CLOSE_APP_DISABLED,
+    CLOSE_BAD_PATH,
+    CLOSE_BAD_VERSION,
+    CLOSE_NO_PONG,
+    CLOSE_NO_VERSION,
+    CLOSE_UNKNOWN_KEY,
+    CLOSE_UNSUPPORTED_VERSION,
+    ERR_MALFORMED,
+    ERR_NOT_ALLOWED,
+    ERR_RATE_LIMIT,
+    ClientFrame,
+    Member,
+    ProtocolError,
+    channelKind,
+    isCacheChannel,
+    isServerToUser,
+    parseClientFrame,
+    wsTextFrame,
+)
+from pushsvc.hub import Hub
+from pushsvc.interfaces import PushSettings
+from pushsvc.registry import Outbound, Registry
+from pushsvc.signing import verifyChannelAuth, verifyUserAuth
+
+log = Logger()
+
+_AUTOBAHN_TIMERS = (
+    "openHandshakeTimeoutCall",
+    "closeHandshakeTimeoutCall",
+    "serverConnectionDropTimeoutCall",
+    "autoPingPendingCall",
+    "autoPingTimeoutCall",
+)
+
+Handler = Callable[["PushServerProtocol", ClientFrame], None]
+
+
+class Keepalive:
+    """
+    One timer for every connection of a factory: pings idle connections, closes dead ones.
+    It runs only while there are connections.
+    """
+
+    def __init__(self, clock: IReactorTime, pingInterval: float, pongTimeout: float) -> None:
+        self.clock = clock
+        self.pingInterval = pingInterval
+        self.pongTimeout = pongTimeout
+        self.conns: set[PushServerProtocol] = set()
+        self._loop = LoopingCall(self.sweep)
+        self._loop.clock = clock
+
+    @property
+    def tick(self) -> float:
+        return max(0.05, min(self.pingInterval, self.pongTimeout) / 2)
+
+    def add(self, conn: PushServerProtocol) -> None:
+        self.conns.add(conn)
+        if not self._loop.running:
+            self._loop.start(self.tick, now=False)
+
+    def remove(self, conn: PushServerProtocol) -> None:
+        self.conns.discard(conn)
+        if not self.conns and self._loop.running:
+            self._loop.stop()
+
+    def sweep(self) -> None:
+        now = self.clock.seconds()
+        for conn in list(self.conns):
+            sentAt = conn.pingSentAt
+            if sentAt is not None:
+                if conn.lastSeen >= sentAt:
+                    conn.pingSentAt = None
+                elif now - sentAt >= self.pongTimeout:
+                    conn.closeWith(CLOSE_NO_PONG, "no answer to ping")
+                    continue
+            if conn.pingSentAt is None and now - conn.lastSeen >= self.pingInterval:
+                conn.pingSentAt = now
+                try:
+                    conn.sendPing()
+                except Exception:
+                    log.failure("pinging {socketId}", socketId=conn.socketId)
+
+
+def _refusal(request: ConnectionRequest, apps: Apps) -> tuple[App | None, int, str]:
+    """The app of a handshake, or None with the close code and reason that refuse it."""
+    parts = request.path.strip("/").split("/")
+    if len(parts) < 2 or parts[-2] != "app" or not parts[-1]:
+        return None, CLOSE_BAD_PATH, "the path must be /app/{key}"
+    versions = request.params.get("protocol")
+    if not versions:
+        return None, CLOSE_NO_VERSION, "no protocol version given: add ?protocol=7"
+    try:
+        version = int(versions[0])
+    except ValueError:
+        return None, CLOSE_BAD_VERSION, "the protocol version must be a number"
+    if version not in frames.SUPPORTED_PROTOCOLS:
+        return None, CLOSE_UNSUPPORTED_VERSION, f"unsupported protocol version {version}"
+    app = apps.byKey(unquote(parts[-1]))
+    if app is None:
+        return None, CLOSE_UNKNOWN_KEY, "unknown app key"
+    if not app.enabled:
+        return None, CLOSE_APP_DISABLED, "the app is disabled"
+    return app, 0, ""
+
+
+class PushServerProtocol(WebSocketServerProtocol):
+    """One client connection."""
+
+    factory: PushServerFactory
+    handlers: dict[str, Handler] = {}
+
+    socketId = ""
+    appId = ""
+    app: App | None = None
+    outbound: Outbound | None = None
+    userId: str | None = None
+    userInfo: Any = None
+    pingSentAt: float | None = None
+    lastSeen = 0.0
+    _refused: tuple[int, str] | None = None
+    _closing = False
+    _tokens = 0.0
+    _tokensAt = 0.0
+
+    # -- handshake and life --------------------------------------------------------------------
+
+    def connectionMade(self) -> None:
+        self.factory.live.add(self)
+        super().connectionMade()
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        try:
+            super().connectionLost(reason)
+        finally:
+            self._cancelTimers()
+            self.factory.forget(self)
+
+    def _cancelTimers(self) -> None:
+        # Autobahn leaves some of its timers pending after the connection is gone.
+        for name in _AUTOBAHN_TIMERS:
+            call = getattr(self, name, None)
+            if call is not None:
+                setattr(self, name, None)
+                try:
+                    call.cancel()
+                except Exception:
+                    pass  # it already ran
+
+    def onConnect(self, request: ConnectionRequest) -> None:
+        f = self.factory
+        origin = request.headers.get("origin")
+        if f.settings.allowedOrigins and origin and origin not in f.settings.allowedOrigins:
+            raise ConnectionDeny(403, "origin not allowed")
+        app, code, reason = _refusal(request, f.apps)
+        if app is None:
+            self._refused = (code, reason)
+        else:
+            self.app = app
+            self.appId = app.id
+
+    def onOpen(self) -> None:
+        f = self.factory
+        transport: Any = self.transport
+        self.lastSeen = f.clock.seconds()
+        if self._refused is not None:
+            code, reason = self._refused
+            transport.write(wsTextFrame(frames.error(code, reason)))
+            self._closing = True
+            self.sendClose(code, reason)
+            return
+        self.socketId = f.hub.newSocketId()
+        self.outbound = Outbound(transport.write, f.settings.maxOutboundBytes, self._tooSlow)
+        # twisted.web's HTTPChannel is still registered as the transport's producer.
+        try:
+            transport.unregisterProducer()
+        except RuntimeError:
+            pass  # nothing was registered (a plain TCP server, a test transport)
+        transport.registerProducer(self.outbound, True)
+        self._tokens = float(f.settings.clientEventsPerSecond)
+        self._tokensAt = self.lastSeen
+        f.registry.addConnection(self)
+        f.keepalive.add(self)
+        self.send(frames.connectionEstablished(self.socketId, f.settings.activityTimeout))
+
+    def dataReceived(self, data: bytes) -> None:
+        self.lastSeen = self.factory.clock.seconds()
+        super().dataReceived(data)
+
+    def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
+        if self.outbound is None:
+            return
+        self.outbound.closed = True
+        f = self.factory
+        f.keepalive.remove(self)
+        f.hub.disconnect(self)
+
+    def closeWith(self, code: int, reason: str) -> None:
+        """Send a close frame with C{code}; nothing more is written to this connection."""
+        if self._closing:
+            return
+        self._closing = True
+        if self.outbound is not None:
+            self.outbound.closed = True
+        try:
+            self.sendClose(code, reason)
+        except Exception:
+            self.dropConnection(abort=True)
+
+    def _tooSlow(self) -> None:
+        self.factory.registry.slowConsumer(self)
+
+    def send(self, payload: bytes) -> None:
+        """Write one JSON frame to this client: every reply goes through here."""
+        if self.outbound is not None:
+            self.outbound.send(wsTextFrame(payload))
+
+    def _error(self, code: int, message: str) -> None:
+        self.factory.registry.protocolErrors += 1
+        self.send(frames.error(code, message))
+
+    # -- frames --------------------------------------------------------------------------------
+
+    def onMessage(self, payload: bytes, isBinary: bool) -> None:
+        if self.outbound is None or self._closing:
+            return
+        try:
+            frame = parseClientFrame(payload, isBinary, self.factory.settings.maxFrameBytes)
+            handler = self.handlers.get(frame.event)
+            if handler is None:
+                if not frame.event.startswith("client-"):
+                    raise ProtocolError(ERR_MALFORMED, f"unknown event {frame.event!r}")
+                handler = PushServerProtocol.handleClientEvent
+            handler(self, frame)
+        except ProtocolError as e:
+            self._error(e.code, e.message)
+
+    def handlePing(self, frame: ClientFrame) -> None:
+        self.send(frames.PONG)
+
+    def handlePong(self, frame: ClientFrame) -> None:
+        """An answer to a server pusher:ping; receiving it already counted as life."""
+
+    def handleSubscribe(self, frame: ClientFrame) -> None:
+        req = frames.subscribeRequest(frame)
+        channel = req.channel
+        f = self.factory
+        if f.registry.isSubscribed(self, channel):
+            self._subscribed(channel)
+            return
+        if isServerToUser(channel):
+            # pusher-js subscribes to its user channel after sign-in; it is already joined then.
+            self.send(frames.subscriptionError(channel, "AuthError", "sign in as this user", 403))
+            return
+        if len(f.registry.channelsOf(self)) >= f.settings.maxSubscriptions:
+            message = f"at most {f.settings.maxSubscriptions} subscriptions per connection"
+            self.send(frames.subscriptionError(channel, "LimitReached", message, 403))
+            return
+        kind = channelKind(channel)
+        member = None
+        assert self.app is not None
+        if kind == "presence":
+            if req.channelData is not None:
+                try:
+                    member = frames.presenceMember(req.channelData)
+                except ProtocolError as e:
+                    self.send(frames.subscriptionError(channel, "AuthError", e.message, 401))
+                    return
+            elif self.userId is not None:
+                member = Member(self.userId, self.userInfo)
+            else:
+                self.send(frames.subscriptionError(
+                    channel, "AuthError", "presence channels need channel_data", 401))
+                return
+        if kind in ("private", "private-encrypted", "presence") and not verifyChannelAuth(
+            self.app, self.socketId, channel, req.auth, req.channelData
+        ):
+            self.send(frames.subscriptionError(channel, "AuthError", "invalid signature", 401))
+            return
+        f.hub.subscribe(self, channel, member)
+        self._subscribed(channel)
+
+    def _subscribed(self, channel: str) -> None:
+        hub = self.factory.hub
+        presence = None
+        if channelKind(channel) == "presence":
+            presence = frames.presenceData(hub.presenceMembers(self.appId, channel))
+        self.send(frames.subscriptionSucceeded(channel, presence))
+        if isCacheChannel(channel):
+            cached = hub.cachedEvent(self.appId, channel)
+            self.send(cached if cached is not None else frames.cacheMiss(channel))
+
+    def handleUnsubscribe(self, frame: ClientFrame) -> None:
+        channel = frames.unsubscribeChannel(frame)
+        if not isServerToUser(channel):
+            self.factory.hub.unsubscribe(self, channel)
+
+    def handleSignin(self, frame: ClientFrame) -> None:
+        req = frames.signinRequest(frame)
+        assert self.app is not None
+        if not verifyUserAuth(self.app, self.socketId, req.auth, req.userData):
+            raise ProtocolError(ERR_NOT_ALLOWED, "invalid sign-in signature")
+        if self.userId is not None and self.userId != req.userId:
+            raise ProtocolError(ERR_NOT_ALLOWED, "already signed in as another user")
+        self.userId, self.userInfo = req.userId, req.userInfo
+        self.factory.hub.signin(self, req.userId)
+        self.send(frames.signinSuccess(req.userData))
+
+    def handleClientEvent(self, frame: ClientFrame) -> None:
+        data = frames.clientEventData(frame)
+        channel = frame.channel
+        assert channel is not None
+        f = self.factory
+        if not frames.takesClientEvents(channel):
+            raise ProtocolError(
+                ERR_NOT_ALLOWED, "client events go only on private and presence channels")
+        if not f.registry.isSubscribed(self, channel):
+            raise ProtocolError(ERR_NOT_ALLOWED, f"not subscribed to {channel}")
+        now = f.clock.seconds()
+        rate = float(f.settings.clientEventsPerSecond)
+        self._tokens = min(rate, self._tokens + (now - self._tokensAt) * rate)
+        self._tokensAt = now
+        if self._tokens < 1.0:
+            f.registry.rateLimited += 1
+            raise ProtocolError(ERR_RATE_LIMIT, f"over {rate:g} client events per second")
+        self._tokens -= 1.0
+        userId = None
+        if channelKind(channel) == "presence":
+            userId = f.registry.presenceUserId(self, channel)
+        f.registry.clientEvents += 1
+        f.hub.clientEvent(self, channel, frame.event, data, userId)
+
+
+PushServerProtocol.handlers = {
+    "pusher:ping": PushServerProtocol.handlePing,
+    "pusher:pong": PushServerProtocol.handlePong,
+    "pusher:subscribe": PushServerProtocol.handleSubscribe,
+    "pusher:unsubscribe": PushServerProtocol.handleUnsubscribe,
+    "pusher:signin": PushServerProtocol.handleSignin,
+}
+
+
+class PushServerFactory(WebSocketServerFactory):
+    """Builds L{PushServerProtocol}s sharing the apps, hub, registry, clock and settings."""
+
+    protocol = PushServerProtocol  # type: ignore[assignment]
+
+    def __init__(self, apps: Apps, hub: Hub, registry: Registry, clock: IReactorTime,
+                 settings: PushSettings) -> None:
+        super().__init__(server="pushsvc")
+        self.apps = apps
+        self.hub = hub
+        self.registry = registry
+        self.clock = clock
+        self.settings = settings
+        self.keepalive = Keepalive(clock, settings.pingInterval, settings.pongTimeout)
+        self.live: set[PushServerProtocol] = set()  # every TCP connection, open or refused
+        self._idle: list[Deferred[None]] = []
+        self.setProtocolOptions(
+            maxFramePayloadSize=settings.maxFrameBytes,
+            maxMessagePayloadSize=settings.maxFrameBytes,
+            autoPingInterval=0,  # the Keepalive pings, on the clock passed in
+            openHandshakeTimeout=10,
+            closeHandshakeTimeout=2,
+            failByDrop=False,  # protocol violations get a close frame with the code (1007, 1009)
+        )
+
+
+    def forget(self, proto: PushServerProtocol) -> None:
+        self.live.discard(proto)
+        if not self.live:
+            waiting, self._idle = self._idle, []
+            for d in waiting:
+                d.callback(None)
+
+    def whenIdle(self) -> Deferred[None]:
+        """Fires with None once no TCP connection of this factory is left (draining, tests)."""
+        if not self.live:
+            return succeed(None)
+        d: Deferred[None] = Deferred()
+        self._idle.append(d)
+        return d
+
+
+def makeAppFactory(apps: Apps, hub: Hub, registry: Registry, clock: IReactorTime,
+                   settings: PushSettings) -> PushServerFactory:
+    return PushServerFactory(apps, hub, registry, clock, settings)
+
+
+def makeAppResource(apps: Apps, hub: Hub, registry: Registry, clock: IReactorTime,
+                    settings: PushSettings) -> IResource:
+    """The resource to mount at C{/app}: C{/app/{key}} is the WebSocket."""
+    resource = WebSocketResource(makeAppFactory(apps, hub, registry, clock, settings))
+    return resource

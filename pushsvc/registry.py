@@ -1,0 +1,310 @@
+"""
+The local side of fan-out: which connections of this process are on which channel, who is present
+on presence channels, and the hot loop that writes one pre-built frame to every local subscriber.
+
+Everything here is about this process only; the hub asks it and makes answers cluster-wide.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import Any, Protocol
+
+from twisted.internet.defer import Deferred, succeed
+from twisted.internet.interfaces import IPushProducer
+from twisted.logger import Logger
+from zope.interface import implementer
+
+from pushsvc.frames import CLOSE_SLOW_CONSUMER, Member, wsTextFrame
+from pushsvc.interfaces import PushSettings
+
+log = Logger()
+
+ChannelKey = tuple[str, str]  # (app id, channel)
+
+
+@implementer(IPushProducer)
+class Outbound:
+    """
+    The writing end of one connection, registered as the streaming producer of its transport so
+    the transport says when its buffer is full (C{pauseProducing}) and when it drained
+    (C{resumeProducing}).
+
+    While paused, every byte written is counted; past C{limit} the connection is a slow consumer:
+    C{onOverflow} is called once and nothing more is written, so memory stays bounded. Twisted
+    pauses producers once 64 KiB are buffered, so a connection is closed when its unsent bytes
+    pass that plus C{limit} (plus what the kernel holds).
+    """
+
+    __slots__ = ("write", "paused", "queued", "limit", "onOverflow", "closed")
+
+    def __init__(self, write: Callable[[bytes], Any], limit: int,
+                 onOverflow: Callable[[], None]) -> None:
+        self.write = write
+        self.paused = False
+        self.queued = 0
+        self.limit = limit
+        self.onOverflow = onOverflow
+        self.closed = False
+
+    def send(self, frame: bytes) -> None:
+        """Write one whole WebSocket frame, unless the connection is closing."""
+        if self.closed:
+            return
+        self.write(frame)
+        if self.paused:
+            self.queued += len(frame)
+            if self.queued > self.limit:
+                self.closed = True
+                self.onOverflow()
+
+    def pauseProducing(self) -> None:
+        self.paused = True
+
+    def resumeProducing(self) -> None:
+        self.paused = False
+        self.queued = 0
+
+    def stopProducing(self) -> None:
+        self.closed = True
+
+
+class Subscriber(Protocol):
+    """What the registry needs of a connection (the WebSocket protocol provides it)."""
+
+    socketId: str
+    appId: str
+    outbound: Outbound | None  # None until the connection is open
+
+    def closeWith(self, code: int, reason: str) -> None:
+        """Send a close frame with C{code} and drop the connection."""
+
+
+class Registry:
+    """
+    Local connections and subscriptions, per app. Counters are plain ints for C{/metrics}.
+    """
+
+    def __init__(self, settings: PushSettings) -> None:
+        self.settings = settings
+        # (app, channel) -> {connection: its send}; a dict keeps subscription order.
+        self._subs: dict[ChannelKey, dict[Subscriber, Callable[[bytes], None]]] = {}
+        # (app, presence channel) -> {user id: [user info, local connection count]}
+        self._members: dict[ChannelKey, dict[str, list[Any]]] = {}
+        # connection -> {channel: presence user id or None}
+        self._conns: dict[Subscriber, dict[str, str | None]] = {}
+        self._bySocket: dict[str, Subscriber] = {}
+        self._closing: list[Deferred[None]] = []
+        self.connectionsTotal = 0
+        self.subscriptions = 0
+        self.publishes = 0
+        self.deliveries = 0
+        self.deliveryFailures = 0
+        self.slowConsumerCloses = 0
+        self.clientEvents = 0
+        self.rateLimited = 0
+        self.protocolErrors = 0
+
+    # -- connections ---------------------------------------------------------------------------
+
+    def addConnection(self, conn: Subscriber) -> None:
+        self._conns[conn] = {}
+        self._bySocket[conn.socketId] = conn
+        self.connectionsTotal += 1
+
+    def removeConnection(self, conn: Subscriber) -> None:
+        """Forget C{conn}; the hub unsubscribes it from its channels first."""
+        self._conns.pop(conn, None)
+        if self._bySocket.get(conn.socketId) is conn:
+            del self._bySocket[conn.socketId]
+        if not self._conns and self._closing:
+            waiting, self._closing = self._closing, []
+            for d in waiting:
+                d.callback(None)
+
+    def connection(self, socketId: str) -> Subscriber | None:
+        return self._bySocket.get(socketId)
+
+    @property
+    def connectionCount(self) -> int:
+        return len(self._conns)
+
+    def slowConsumer(self, conn: Subscriber) -> None:
+        """C{conn} cannot keep up: count it and close it with 4100 (the client backs off)."""
+        self.slowConsumerCloses += 1
+        log.warn("closing slow consumer {socketId}", socketId=conn.socketId)
+        conn.closeWith(CLOSE_SLOW_CONSUMER, "too much unsent data: reconnect later")
+
+    def closeAll(self, code: int, reason: str) -> Deferred[None]:
+        """Close every connection with C{code}. Fires with None once all of them are gone."""
+        if not self._conns:
+            return succeed(None)
+        d: Deferred[None] = Deferred()
+        self._closing.append(d)
+        for conn in list(self._conns):
+            self._safeClose(conn, code, reason)
+        return d
+
+    def _safeClose(self, conn: Subscriber, code: int, reason: str) -> None:
+        try:
+            conn.closeWith(code, reason)
+        except Exception:
+            log.failure("closing {socketId}", socketId=conn.socketId)
+
+    # -- subscriptions -------------------------------------------------------------------------
+
+    def subscribe(self, conn: Subscriber, channel: str, member: Member | None = None
+                  ) -> tuple[bool, bool]:
+        """
+        Add C{conn} to C{channel} (as C{member} on presence channels).
+
+        @return: (whether this is the channel's first local subscriber, whether this is the
+            member's first local connection on it). Nothing changes if already subscribed.
+        """
+        channels = self._conns.get(conn)
+        outbound = conn.outbound
+        if channels is None or channel in channels or outbound is None:
+            return False, False
+        key = (conn.appId, channel)
+        subs = self._subs.get(key)
+        first = subs is None
+        if subs is None:
+            subs = self._subs[key] = {}
+        subs[conn] = outbound.send
+        self.subscriptions += 1
+        userFirst = False
+        if member is not None:
+            members = self._members.setdefault(key, {})
+            entry = members.get(member.userId)
+            if entry is None:
+                members[member.userId] = [member.userInfo, 1]
+                userFirst = True
+            else:
+                entry[1] += 1
+            channels[channel] = member.userId
+        else:
+            channels[channel] = None
+        return first, userFirst
+
+    def unsubscribe(self, conn: Subscriber, channel: str) -> tuple[bool, str | None]:
+        """
+        Remove C{conn} from C{channel}.
+
+        @return: (whether the channel has no local subscriber left, the user id whose last local
+            connection on this presence channel this was, else None).
+        """
+        channels = self._conns.get(conn)
+        if channels is None or channel not in channels:
+            return False, None
+        userId = channels.pop(channel)
+        key = (conn.appId, channel)
+        subs = self._subs.get(key)
+        last = False
+        if subs is not None and subs.pop(conn, None) is not None:
+            self.subscriptions -= 1
+            if not subs:
+                del self._subs[key]
+                last = True
+        userLeft = None
+        if userId is not None:
+            members = self._members.get(key, {})
+            entry = members.get(userId)
+            if entry is not None:
+                entry[1] -= 1
+                if entry[1] <= 0:
+                    del members[userId]
+                    userLeft = userId
+            if not members:
+                self._members.pop(key, None)
+        return last, userLeft
+
+    def channelsOf(self, conn: Subscriber) -> list[str]:
+        return list(self._conns.get(conn, ()))
+
+    def isSubscribed(self, conn: Subscriber, channel: str) -> bool:
+        return channel in self._conns.get(conn, ())
+
+    def presenceUserId(self, conn: Subscriber, channel: str) -> str | None:
+        """The user id C{conn} joined presence C{channel} as."""
+        return self._conns.get(conn, {}).get(channel)
+
+    def subscriptionCount(self, appId: str, channel: str) -> int:
+        return len(self._subs.get((appId, channel), ()))
+
+    def members(self, appId: str, channel: str) -> dict[str, Any]:
+        """User id -> user info of the members present on C{channel} here."""
+        return {u: e[0] for u, e in self._members.get((appId, channel), {}).items()}
+
+    def channels(self, appId: str) -> Iterator[tuple[str, int]]:
+        """(channel, local subscription count) of every occupied channel of C{appId}."""
+        for (app, channel), subs in list(self._subs.items()):
+            if app == appId:
+                yield channel, len(subs)
+
+    def subscribers(self, appId: str, channel: str) -> list[Subscriber]:
+        return list(self._subs.get((appId, channel), ()))
+
+    # -- fan-out -------------------------------------------------------------------------------
+
+    def deliver(self, appId: str, channel: str, payload: bytes,
+                exceptSocketId: str | None = None) -> int:
+        """
+        Write C{payload} (one JSON frame), framed once, to every local subscriber of C{channel}
+        but C{exceptSocketId}. A failing subscriber is counted and skipped; the others still get
+        it.
+
+        @return: how many subscribers it was written to.
+        """
+        self.publishes += 1
+        subs = self._subs.get((appId, channel))
+        if not subs:
+            return 0
+        skip = self._bySocket.get(exceptSocketId) if exceptSocketId else None
+        frame = wsTextFrame(payload)
+        sent = 0
+        failed = 0
+        for conn, send in list(subs.items()):
+            if conn is skip:
+                continue
+            try:
+                send(frame)
+                sent += 1
+            except Exception:
+                failed += 1
+        self.deliveries += sent
+        if failed:
+            self.deliveryFailures += failed
+            log.warn("{n} subscribers of {channel} failed a delivery", n=failed, channel=channel)
+        return sent
+
+    def closeChannel(self, appId: str, channel: str, code: int, reason: str) -> int:
+        """Close every local connection on C{channel}; @return: how many."""
+        conns = self.subscribers(appId, channel)
+        for conn in conns:
+            self._safeClose(conn, code, reason)
+        return len(conns)
+
+    # -- metrics -------------------------------------------------------------------------------
+
+    def metrics(self) -> list[tuple[str, str, str, float]]:
+        """C{(name, help, type, value)} for C{/metrics}."""
+        return [
+            ("pushsvc_connections", "Open WebSocket connections", "gauge", len(self._conns)),
+            ("pushsvc_connections_total", "WebSocket connections opened", "counter",
+             self.connectionsTotal),
+            ("pushsvc_subscriptions", "Current channel subscriptions", "gauge", self.subscriptions),
+            ("pushsvc_channels", "Occupied channels", "gauge", len(self._subs)),
+            ("pushsvc_publishes_total", "Events received for local fan-out", "counter",
+             self.publishes),
+            ("pushsvc_deliveries_total", "Frames written to subscribers", "counter",
+             self.deliveries),
+            ("pushsvc_delivery_failures_total", "Writes to a subscriber that failed", "counter",
+             self.deliveryFailures),
+            ("pushsvc_slow_consumer_closes_total", "Connections closed with 4100 (too slow)",
+             "counter", self.slowConsumerCloses),
+            ("pushsvc_client_events_total", "Client events relayed", "counter", self.clientEvents),
+            ("pushsvc_client_events_rate_limited_total", "Client events refused with 4301",
+             "counter", self.rateLimited),
+            ("pushsvc_protocol_errors_total", "Client frames answered with pusher:error",
+             "counter", self.protocolErrors),
+        ]
