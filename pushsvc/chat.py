@@ -230,7 +230,7 @@ class RoomResource(Resource):
 
 
 class NotFound(JSONResource):
-    def render(self, request: Request) -> bytes | int:  # type: ignore[override]
+    def render(self, request: Request) -> bytes | int:
         from pushsvc.httputil import errorBody
 
         return errorBody(request, HTTPError(404, "There is nothing at this address."))

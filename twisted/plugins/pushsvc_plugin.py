@@ -1,5 +1,5 @@
 from twisted.application.service import ServiceMaker
 
 pushsvc = ServiceMaker(
-    "pushsvc", "pushsvc.tap", "Real-time push service (Pusher protocol v7) with a chat app", "pushsvc"
+    "pushsvc", "pushsvc.tap", "Real-time push service (Pusher protocol v7) and chat", "pushsvc"
 )

@@ -1,0 +1,219 @@
+"""
+The one service that owns start-up and shut-down order.
+
+Start: data directory and credentials -> store, broker, hub and resources -> listen (a bind
+failure stops start-up with a one-line error) -> open and migrate the store, retrying while it is
+unreachable (health says so meanwhile).
+
+Stop: stop listening -> tell WebSocket clients to reconnect elsewhere (4200) -> stop the broker
+-> close the store, so nothing acknowledged is half-written.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from twisted.application.service import MultiService
+from twisted.internet.defer import Deferred, DeferredList, succeed
+from twisted.internet.endpoints import serverFromString
+from twisted.internet.interfaces import IListeningPort
+from twisted.internet.task import deferLater
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from pushsvc.apps import SECRET_ENV, App, Apps, loadOrCreateApp, loadOrCreateKey
+from pushsvc.chat import ChatAPI, makeChatResource
+from pushsvc.health import HealthResource, MetricsResource
+from pushsvc.interfaces import PushSettings
+from pushsvc.session import SessionSigner
+from pushsvc.site import makeSite, webRoot
+from pushsvc.store import IStore, storeFromURL
+
+log = Logger()
+
+SESSION_KEY_ENV = "PUSHSVC_SESSION_KEY"
+STORE_RETRY_MAX = 30.0
+
+
+@dataclass(frozen=True)
+class ServiceConfig:
+    listen: tuple[str, ...]
+    dataDir: Path
+    storeURL: str | None = None
+    appId: str | None = None
+    appKey: str | None = None
+    appSecretFile: Path | None = None
+    sessionKeyFile: Path | None = None
+    environ: Mapping[str, str] = field(default_factory=dict, repr=False)
+    maxDataBytes: int = 10240
+    maxOutboundBytes: int = 1024 * 1024
+    activityTimeout: int = 120
+    allowedOrigins: tuple[str, ...] = ()
+
+
+class PushService(MultiService):
+    """Everything of one pushsvc process, in one reactor."""
+
+    def __init__(self, config: ServiceConfig, reactor: Any) -> None:
+        super().__init__()
+        self.config = config
+        self.reactor = reactor
+        self.ports: list[IListeningPort] = []
+        self.storeReady = False
+        self.storeError = "opening"
+        self.store: IStore | None = None
+        self._stopping = False
+
+    # -- start-up ------------------------------------------------------------------------
+
+    def _loadApp(self) -> tuple[App, bytes]:
+        c = self.config
+        c.dataDir.mkdir(parents=True, exist_ok=True)
+        app, generated = loadOrCreateApp(
+            c.dataDir, c.appId, c.appKey, c.appSecretFile, c.environ, c.maxDataBytes
+        )
+        if c.appSecretFile is not None:
+            where = str(c.appSecretFile)
+        elif c.environ.get(SECRET_ENV):
+            where = f"the {SECRET_ENV} environment variable"
+        else:
+            where = str((c.dataDir / "app-secret").resolve())
+        log.info(
+            "{how} app id {appId}, key {appKey}; secret in {where}",
+            how="generated" if generated else "using",
+            appId=app.id,
+            appKey=app.key,
+            where=where,
+        )
+        sessionKey = loadOrCreateKey(
+            c.dataDir, "session-key", c.sessionKeyFile, c.environ.get(SESSION_KEY_ENV)
+        )
+        return app, sessionKey
+
+    def _build(self) -> Any:
+        from pushsvc.api import makeApiResource
+        from pushsvc.hub import Hub, LocalBroker
+        from pushsvc.protocol import makeAppResource
+        from pushsvc.registry import Registry
+        from pushsvc.webhook import NotifyResource
+
+        c = self.config
+        app, sessionKey = self._loadApp()
+        self.apps = apps = Apps([app])
+        self.store = storeFromURL(c.storeURL, c.dataDir, self.reactor)
+        settings = PushSettings(
+            activityTimeout=c.activityTimeout,
+            maxOutboundBytes=c.maxOutboundBytes,
+            allowedOrigins=c.allowedOrigins,
+        )
+        self.registry = Registry(settings)
+        self.broker = LocalBroker()
+        self.hub = Hub(self.registry, self.broker, self.reactor)
+        chat = ChatAPI(
+            apps,
+            self.store,
+            self.hub,
+            SessionSigner(sessionKey, self.reactor.seconds),
+            self.reactor.seconds,
+            lambda: self.storeReady,
+            c.activityTimeout,
+        )
+        return makeSite(
+            webRoot(),
+            makeChatResource(chat),
+            makeApiResource(apps, self.hub, self.reactor.seconds),
+            NotifyResource(apps, self.hub, self.reactor.seconds),
+            makeAppResource(apps, self.hub, self.registry, self.reactor, settings),
+            HealthResource(self.healthChecks),
+            MetricsResource(self.metrics),
+        )
+
+    def startService(self) -> None:
+        super().startService()
+        site = self._build()
+        for description in self.config.listen:
+            endpoint = serverFromString(self.reactor, description)
+            result: list[Any] = []
+            endpoint.listen(site).addBoth(result.append)
+            if not result or isinstance(result[0], Failure):
+                reason = result[0].getErrorMessage() if result else "listening did not finish"
+                for port in self.ports:
+                    port.stopListening()
+                message = f"pushsvc: cannot listen on {description}: {reason}"
+                log.critical("{message}", message=message)
+                # twistd has replaced sys.stderr with the log by now; the person who started it
+                # should see one line on the real one, and exit status 1, not a traceback.
+                if sys.__stderr__ is not None:
+                    sys.__stderr__.write(message + "\n")
+                    sys.__stderr__.flush()
+                raise SystemExit(1)
+            self.ports.append(result[0])
+            log.info("listening on {description}", description=description)
+        d = self.broker.start()
+        d.addCallback(lambda _: self._openStore())
+
+    def _openStore(self, delay: float = 0.5) -> Deferred[None]:
+        assert self.store is not None
+        store = self.store
+
+        def opened(_: object) -> None:
+            self.storeReady = True
+            self.storeError = "ok"
+            log.info("message store ready: {store}", store=store.description)
+
+        def failed(f: Failure) -> Deferred[None] | None:
+            self.storeError = f"cannot open {store.description}: {f.getErrorMessage()}"
+            if self._stopping:
+                return None
+            log.error("{error}; retrying in {delay}s", error=self.storeError, delay=delay)
+            retry: Deferred[Deferred[None]] = deferLater(
+                self.reactor, delay, self._openStore, min(delay * 2, STORE_RETRY_MAX)
+            )
+            return retry  # type: ignore[return-value]
+
+        return store.open().addCallbacks(opened, failed)
+
+    # -- health --------------------------------------------------------------------------
+
+    def healthChecks(self) -> Deferred[dict[str, str]]:
+        results: dict[str, str] = {}
+        results.update(self.hub.health())
+
+        if not self.storeReady:
+            results["store"] = self.storeError
+            return succeed(results)
+        assert self.store is not None
+
+        def ok(_: object) -> dict[str, str]:
+            results["store"] = "ok"
+            return results
+
+        def bad(f: Failure) -> dict[str, str]:
+            results["store"] = f"{self.store.description}: {f.getErrorMessage()}"  # type: ignore[union-attr]
+            return results
+
+        d = self.store.ping()
+        d.addTimeout(5, self.reactor)
+        return d.addCallbacks(ok, bad)
+
+    def metrics(self) -> list[tuple[str, str, str, float]]:
+        return self.registry.metrics()
+
+    # -- shut-down -----------------------------------------------------------------------
+
+    def stopService(self) -> Deferred[None]:
+        self._stopping = True
+        log.info("stopping: closing listeners and telling clients to reconnect")
+        stops = [port.stopListening() for port in self.ports]
+        self.ports = []
+        d: Deferred[Any] = DeferredList([s for s in stops if s is not None])
+        d.addCallback(lambda _: self.registry.closeAll(4200, "server shutting down"))
+        d.addCallback(lambda _: self.broker.stop())
+        d.addCallback(lambda _: self.store.close() if self.store is not None else None)
+        d.addCallback(lambda _: super(PushService, self).stopService())
+        d.addCallback(lambda _: log.info("stopped"))
+        return d

@@ -1,0 +1,183 @@
+"""
+C{twistd pushsvc}: command-line options and the service they describe.
+
+Only this module touches the global reactor (to validate endpoint strings and to hand the
+reactor to the service). L{makeService} does no I/O: files, ports and databases are opened
+by L{pushsvc.service.PushService.startService}.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+from twisted.application.service import IService
+from twisted.internet.endpoints import serverFromString
+from twisted.python import usage
+
+from pushsvc import __version__
+from pushsvc.service import PushService, ServiceConfig
+from pushsvc.store import validateStoreURL
+
+DEFAULT_LISTEN = "tcp:8080:interface=127.0.0.1"
+
+
+def _endpoint(description: str) -> str:
+    from twisted.internet import reactor
+
+    try:
+        serverFromString(reactor, description)
+    except Exception as e:
+        raise usage.UsageError(
+            f"--listen {description!r} is not a Twisted server endpoint "
+            f"(e.g. tcp:8080:interface=127.0.0.1): {e}"
+        ) from None
+    return description
+
+
+def _positiveInt(name: str):  # type: ignore[no-untyped-def]
+    def coerce(value: str) -> int:
+        try:
+            number = int(value)
+        except ValueError:
+            raise ValueError(f"{name} must be a whole number, not {value!r}") from None
+        if number <= 0:
+            raise ValueError(f"{name} must be greater than 0")
+        return number
+
+    coerce.coerceDoc = "A whole number greater than 0."  # type: ignore[attr-defined]
+    return coerce
+
+
+def _existingFile(value: str) -> Path:
+    path = Path(value)
+    if not path.is_file():
+        raise ValueError(f"{value} is not a readable file")
+    return path
+
+
+def _storeURL(value: str) -> str:
+    return validateStoreURL(value)
+
+
+class Options(usage.Options):
+    synopsis = "[options]"
+    longdesc = (
+        "Runs the pushsvc push service and its chat app. With no options it serves "
+        "http://localhost:8080 with SQLite in ./pushsvc-data and generated app credentials. "
+        "The app secret is read from --app-secret-file or the PUSHSVC_APP_SECRET environment "
+        "variable, never from the command line."
+    )
+
+    optParameters: list[list[Any]] = [
+        ["data-dir", "d", "pushsvc-data", "Directory for the SQLite store and generated keys."],
+        [
+            "store",
+            "s",
+            None,
+            "Message store URL: sqlite:PATH, postgresql://... or memory:.",
+            _storeURL,
+        ],
+        ["app-id", None, None, "App id (default: generated once and kept in the data dir)."],
+        ["app-key", None, None, "App key (default: generated once and kept in the data dir)."],
+        ["app-secret-file", None, None, "File holding the app secret.", _existingFile],
+        [
+            "session-key-file",
+            None,
+            None,
+            "File holding the key that signs chat session cookies (or PUSHSVC_SESSION_KEY).",
+            _existingFile,
+        ],
+        [
+            "max-data-bytes",
+            None,
+            10240,
+            "Largest event data accepted by the HTTP API, in bytes.",
+            _positiveInt("--max-data-bytes"),
+        ],
+        [
+            "max-outbound-bytes",
+            None,
+            1024 * 1024,
+            "Unsent bytes after which a slow WebSocket client is closed with 4100.",
+            _positiveInt("--max-outbound-bytes"),
+        ],
+        [
+            "activity-timeout",
+            None,
+            120,
+            "Seconds of silence after which clients ping (told to clients on connect).",
+            _positiveInt("--activity-timeout"),
+        ],
+        [
+            "allowed-origins",
+            None,
+            "",
+            "Comma-separated WebSocket origins allowed (default: any), e.g. https://example.com.",
+        ],
+    ]
+
+    def __init__(self) -> None:
+        super().__init__()
+        self["listen"] = []
+
+    def parseOptions(self, options: list[str] | None = None) -> None:
+        """
+        Parse, turning a usage error into a one-line message and exit status 1 (twistd would
+        otherwise print the whole help text before it).
+        """
+        try:
+            super().parseOptions(options)
+        except usage.UsageError as e:
+            raise SystemExit(f"twistd pushsvc: {e} (see: twistd pushsvc --help)") from None
+
+    def opt_listen(self, description: str) -> None:
+        """Endpoint to serve HTTP and WebSocket on (repeatable; default tcp:8080 on loopback)."""
+        self["listen"].append(_endpoint(description))
+
+    opt_l = opt_listen
+
+    def opt_version(self) -> None:
+        """Print the version and exit."""
+        print(f"pushsvc {__version__}")  # noqa: T201 -- command-line output, before logging
+        sys.exit(0)
+
+    def postOptions(self) -> None:
+        if not self["listen"]:
+            self["listen"] = [DEFAULT_LISTEN]
+        dataDir = Path(self["data-dir"])
+        if dataDir.exists() and not dataDir.is_dir():
+            raise usage.UsageError(f"--data-dir {dataDir} exists and is not a directory.")
+        if (self["app-id"] is None) != (self["app-key"] is None):
+            raise usage.UsageError("--app-id and --app-key go together: give both or neither.")
+        origins = tuple(
+            o.strip().rstrip("/") for o in self["allowed-origins"].split(",") if o.strip()
+        )
+        for origin in origins:
+            if not (origin.startswith("http://") or origin.startswith("https://")):
+                raise usage.UsageError(
+                    f"--allowed-origins: {origin!r} must start with http:// or https://."
+                )
+        self["allowed-origins"] = origins
+
+
+def makeService(options: Options) -> IService:
+    from twisted.internet import reactor
+
+    config = ServiceConfig(
+        listen=tuple(options["listen"]),
+        dataDir=Path(options["data-dir"]),
+        storeURL=options["store"],
+        appId=options["app-id"],
+        appKey=options["app-key"],
+        appSecretFile=options["app-secret-file"],
+        sessionKeyFile=options["session-key-file"],
+        environ=dict(os.environ),
+        maxDataBytes=options["max-data-bytes"],
+        maxOutboundBytes=options["max-outbound-bytes"],
+        activityTimeout=options["activity-timeout"],
+        allowedOrigins=options["allowed-origins"],
+    )
+    return PushService(config, reactor)

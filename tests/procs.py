@@ -1,0 +1,110 @@
+"""Start real C{twistd pushsvc} processes for tests and wait on what they print, never sleeping."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import sys
+from pathlib import Path
+from typing import Any
+
+from twisted.internet import reactor
+from twisted.internet.defer import Deferred
+from twisted.internet.error import ProcessDone, ProcessTerminated
+from twisted.internet.protocol import ProcessProtocol
+from twisted.python.failure import Failure
+
+ROOT = Path(__file__).resolve().parent.parent
+TWISTD = "from twisted.scripts.twistd import run; run()"
+
+
+def freePort() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class TwistdProcess(ProcessProtocol):
+    """
+    One C{twistd -n pushsvc} child. C{waitFor(text)} fires when the output contains C{text};
+    C{ended} fires with the exit code.
+    """
+
+    def __init__(self) -> None:
+        self.output = b""
+        self.stderr = b""
+        self.ended: Deferred[int] = Deferred()
+        self._waiting: list[tuple[bytes, Deferred[None]]] = []
+
+    def outReceived(self, data: bytes) -> None:
+        self.output += data
+        self._check()
+
+    def errReceived(self, data: bytes) -> None:
+        self.stderr += data
+        self.output += data
+        self._check()
+
+    def _check(self) -> None:
+        for item in list(self._waiting):
+            if item[0] in self.output:
+                self._waiting.remove(item)
+                item[1].callback(None)
+
+    def waitFor(self, text: str, timeout: float = 30) -> Deferred[None]:
+        d: Deferred[None] = Deferred()
+        self._waiting.append((text.encode(), d))
+        self._check()
+        d.addTimeout(timeout, reactor)
+        return d
+
+    def processEnded(self, reason: Failure) -> None:
+        for _, d in self._waiting:
+            if not d.called:
+                d.errback(Exception("process ended: " + self.output.decode(errors="replace")))
+        self._waiting = []
+        code = 0
+        if reason.check(ProcessTerminated):
+            if reason.value.exitCode is not None:
+                code = reason.value.exitCode
+            else:
+                code = -(reason.value.signal or 1)
+        elif not reason.check(ProcessDone):
+            code = -1
+        self.ended.callback(code)
+
+    def signal(self, name: str = "TERM") -> Deferred[int]:
+        if self.transport is not None and self.transport.pid is not None:  # type: ignore[attr-defined]
+            self.transport.signalProcess(name)  # type: ignore[attr-defined]
+        d = self.ended
+        return d
+
+
+def startTwistd(
+    args: list[str],
+    env: dict[str, str] | None = None,
+    cwd: str | None = None,
+    python: str = sys.executable,
+    usePythonPath: bool = True,
+) -> TwistdProcess:
+    """Spawn C{python -c twistd -n --pidfile= pushsvc ARGS} with the source tree importable."""
+    proto = TwistdProcess()
+    childEnv = dict(os.environ)
+    if usePythonPath:
+        childEnv["PYTHONPATH"] = str(ROOT) + os.pathsep + childEnv.get("PYTHONPATH", "")
+    childEnv.update(env or {})
+    argv = [python, "-c", TWISTD, "-n", "--pidfile=", "pushsvc", *args]
+    reactor.spawnProcess(proto, python, argv, env=childEnv, path=cwd)  # type: ignore[attr-defined]
+    return proto
+
+
+def killIfRunning(proto: TwistdProcess) -> Deferred[Any] | None:
+    """Cleanup helper: SIGKILL a child this test started that is still running."""
+    if proto.ended.called:
+        return None
+    try:
+        proto.transport.signalProcess(signal.SIGKILL)  # type: ignore[union-attr]
+    except Exception:
+        return None
+    return proto.ended

@@ -1,0 +1,73 @@
+"""Command-line options of C{twistd pushsvc}."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from twisted.trial.unittest import SynchronousTestCase
+
+from pushsvc.service import PushService
+from pushsvc.tap import DEFAULT_LISTEN, Options, makeService
+
+
+class OptionsTests(SynchronousTestCase):
+    def parse(self, *args: str) -> Options:
+        options = Options()
+        options.parseOptions(list(args))
+        return options
+
+    def test_defaults(self) -> None:
+        """With no options: loopback port 8080, ./pushsvc-data, SQLite (store None), no origins."""
+        options = self.parse()
+        self.assertEqual(options["listen"], [DEFAULT_LISTEN])
+        self.assertEqual(options["data-dir"], "pushsvc-data")
+        self.assertIsNone(options["store"])
+        self.assertEqual(options["allowed-origins"], ())
+        self.assertEqual(options["max-data-bytes"], 10240)
+
+    def test_listenRepeatable(self) -> None:
+        """--listen may be given several times; every endpoint is kept in order."""
+        options = self.parse("--listen", "tcp:1234", "--listen", "unix:/tmp/pushsvc.sock")
+        self.assertEqual(options["listen"], ["tcp:1234", "unix:/tmp/pushsvc.sock"])
+
+    def test_listenNonsense(self) -> None:
+        """An endpoint string that does not parse is a usage error naming it."""
+        e = self.assertRaises(SystemExit, self.parse, "--listen", "nonsense")
+        self.assertIn("'nonsense'", str(e))
+
+    def test_store(self) -> None:
+        """Store URLs are checked when parsed."""
+        self.assertEqual(self.parse("--store", "memory:")["store"], "memory:")
+        self.assertRaises(SystemExit, self.parse, "--store", "mysql://x")
+
+    def test_numbers(self) -> None:
+        """Numeric options must be positive whole numbers."""
+        self.assertEqual(self.parse("--max-data-bytes", "20000")["max-data-bytes"], 20000)
+        self.assertRaises(SystemExit, self.parse, "--max-data-bytes", "lots")
+        self.assertRaises(SystemExit, self.parse, "--activity-timeout", "0")
+
+    def test_appIdNeedsKey(self) -> None:
+        """--app-id without --app-key (or the reverse) is refused."""
+        self.assertRaises(SystemExit, self.parse, "--app-id", "1")
+        self.assertRaises(SystemExit, self.parse, "--app-key", "k")
+        options = self.parse("--app-id", "1", "--app-key", "k")
+        self.assertEqual((options["app-id"], options["app-key"]), ("1", "k"))
+
+    def test_secretFileMustExist(self) -> None:
+        self.assertRaises(SystemExit, self.parse, "--app-secret-file", "/nonexistent/x")
+
+    def test_noSecretOnCommandLine(self) -> None:
+        """There is no option that takes the secret itself."""
+        self.assertRaises(SystemExit, self.parse, "--app-secret", "s3cret")
+
+    def test_origins(self) -> None:
+        options = self.parse("--allowed-origins", "https://a.example, http://b.example:8080/")
+        self.assertEqual(options["allowed-origins"], ("https://a.example", "http://b.example:8080"))
+        self.assertRaises(SystemExit, self.parse, "--allowed-origins", "a.example")
+
+    def test_makeServiceNoIO(self) -> None:
+        """makeService builds the service without creating the data directory."""
+        dataDir = Path(self.mktemp())
+        service = makeService(self.parse("--data-dir", str(dataDir)))
+        self.assertIsInstance(service, PushService)
+        self.assertFalse(dataDir.exists())
