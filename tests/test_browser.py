@@ -1,0 +1,196 @@
+"""
+End-to-end: the chat in headless Chromium (Debian's), driven by Playwright, against a real
+C{twistd -n pushsvc} child process.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+from pathlib import Path
+from typing import Any
+
+from twisted.trial.unittest import SynchronousTestCase
+
+from tests.helpers import requireService
+from tests.syncserver import CuttableProxy, ServerProcess, freePort
+
+CHROMIUM = "/usr/bin/chromium"
+ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+    "--disable-quic",
+]
+ARTIFACTS = Path(__file__).resolve().parent / "artifacts"
+WAIT_MS = 10_000
+
+
+def launchBrowser(case: SynchronousTestCase) -> Any:
+    """A Playwright Chromium browser, closed at cleanup; skips (fails in CI) without one."""
+    if not os.path.exists(CHROMIUM):
+        requireService("Chromium", f"is not installed at {CHROMIUM} (apt-get install chromium)")
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        requireService("Playwright", "is not installed (pip install playwright)")
+    manager = sync_playwright().start()
+    case.addCleanup(manager.stop)
+    browser = manager.chromium.launch(executable_path=CHROMIUM, args=ARGS, headless=True)
+    case.addCleanup(browser.close)
+    return browser
+
+
+class ChatPage:
+    """One person's chat tab."""
+
+    def __init__(self, browser: Any, base: str, name: str, room: str = "general") -> None:
+        self.context = browser.new_context(viewport={"width": 1100, "height": 720})
+        self.page = self.context.new_page()
+        self.dialogs: list[str] = []
+        self.page.on("dialog", lambda d: (self.dialogs.append(d.message), d.dismiss()))
+        self.errors: list[str] = []
+        self.page.on("pageerror", lambda e: self.errors.append(str(e)))
+        self.page.goto(f"{base}/#room={room}")
+        self.page.fill("#name-input", name)
+        self.page.click("#name-submit")
+        self.waitConnected()
+
+    def waitConnected(self, timeout: int = WAIT_MS) -> None:
+        self.page.wait_for_selector('#conn-state[data-state="connected"]', timeout=timeout)
+
+    def post(self, text: str) -> None:
+        count = self.page.locator("#message-list li.message").count()
+        self.page.fill("#message-input", text)
+        self.page.click("#send")
+        self.page.wait_for_function(
+            "n => document.querySelectorAll('#message-list li.message').length > n",
+            arg=count,
+            timeout=WAIT_MS,
+        )
+
+    def texts(self) -> list[str]:
+        return list(self.page.locator("#message-list li.message .text").all_inner_texts())
+
+    def ids(self) -> list[int]:
+        return [
+            int(i)
+            for i in self.page.eval_on_selector_all(
+                "#message-list li.message", "els => els.map(e => e.dataset.id)"
+            )
+        ]
+
+    def waitForText(self, text: str, timeout: int = WAIT_MS) -> None:
+        self.page.wait_for_function(
+            """t => [...document.querySelectorAll('#message-list li.message .text')]
+                   .some(e => e.textContent === t)""",
+            arg=text,
+            timeout=timeout,
+        )
+
+    def online(self) -> list[str]:
+        return sorted(self.page.locator("#online li[data-user-id]").all_inner_texts())
+
+    def waitOnline(self, count: int, timeout: int = WAIT_MS) -> None:
+        self.page.wait_for_function(
+            "n => document.querySelectorAll('#online li[data-user-id]').length === n",
+            arg=count,
+            timeout=timeout,
+        )
+
+
+class BrowserChatTests(SynchronousTestCase):
+    def setUp(self) -> None:
+        self.browser = launchBrowser(self)
+        self.port = freePort()
+        self.dataDir = self.mktemp()
+        self.server = ServerProcess(self.port, self.dataDir)
+        self.server.start()
+        self.addCleanup(self.server.kill)
+
+    def test_liveMessagesAndPresence(self) -> None:
+        """
+        Two people in one room: a message posted by one shows in the other within a second, both
+        online lists show both, closing one tab removes it from the other; the run saves a
+        screenshot of the chat.
+        """
+        ann = ChatPage(self.browser, self.server.url, "Ann")
+        bob = ChatPage(self.browser, self.server.url, "Bob")
+        ann.waitOnline(2)
+        bob.waitOnline(2)
+        self.assertEqual(len(ann.online()), 2)
+        ann.post("Hello Bob!")
+        bob.waitForText("Hello Bob!", timeout=1000)
+        bob.post("Hi Ann, how is the push service?")
+        ann.waitForText("Hi Ann, how is the push service?", timeout=1000)
+        ann.post("Fast. Every message arrives at once, even after a reconnect.")
+        bob.waitForText("Fast. Every message arrives at once, even after a reconnect.", 1000)
+        self.assertEqual(ann.texts(), bob.texts())
+        ARTIFACTS.mkdir(exist_ok=True)
+        ann.page.screenshot(path=str(ARTIFACTS / "chat-two-users.png"))
+        bob.page.set_viewport_size({"width": 375, "height": 700})
+        bob.page.screenshot(path=str(ARTIFACTS / "chat-phone.png"))
+        bob.context.close()
+        ann.waitOnline(1)
+        self.assertEqual(ann.errors, [])
+
+    def test_xssShownAsText(self) -> None:
+        """A message that is HTML is shown as text and runs nothing."""
+        ann = ChatPage(self.browser, self.server.url, "<b>Ann</b>")
+        bob = ChatPage(self.browser, self.server.url, "Bob")
+        evil = "<img src=x onerror=alert(1)>"
+        ann.post(evil)
+        bob.waitForText(evil)
+        for page in (ann, bob):
+            self.assertEqual(page.page.locator("#messages img").count(), 0)
+            self.assertEqual(page.page.locator("#messages b").count(), 0)
+            self.assertEqual(page.dialogs, [])
+        self.assertIn("<b>Ann</b>", bob.page.locator("#message-list .author").all_inner_texts())
+
+    def test_networkCutNothingMissed(self) -> None:
+        """
+        One page's connection is cut while the other posts three messages: the first page
+        reconnects by itself and shows all three, once each, in order.
+        """
+        proxy = CuttableProxy(self.port)
+        proxy.start()
+        self.addCleanup(proxy.close)
+        ann = ChatPage(self.browser, f"http://127.0.0.1:{proxy.port}", "Ann")
+        bob = ChatPage(self.browser, self.server.url, "Bob")
+        bob.post("before the cut")
+        ann.waitForText("before the cut")
+        proxy.cut()
+        ann.page.wait_for_selector('#conn-state:not([data-state="connected"])', timeout=WAIT_MS)
+        for i in range(1, 4):
+            bob.post(f"while away {i}")
+        proxy.restore()
+        ann.waitConnected(timeout=30_000)
+        ann.waitForText("while away 3")
+        self.assertEqual(
+            ann.texts(), ["before the cut", "while away 1", "while away 2", "while away 3"]
+        )
+        self.assertEqual(ann.ids(), sorted(set(ann.ids())))
+
+    def test_serverRestartNothingMissed(self) -> None:
+        """
+        pushsvc restarts on the same port and data dir mid-conversation: both pages reconnect by
+        themselves, history is intact, and what is posted afterwards shows once, in order.
+        """
+        ann = ChatPage(self.browser, self.server.url, "Ann")
+        bob = ChatPage(self.browser, self.server.url, "Bob")
+        ann.post("before restart")
+        bob.waitForText("before restart")
+        self.assertEqual(self.server.stop(), -signal.SIGTERM)
+        ann.page.wait_for_selector('#conn-state:not([data-state="connected"])', timeout=WAIT_MS)
+        self.server.start()
+        bob.waitConnected(timeout=30_000)
+        for i in range(1, 4):
+            bob.post(f"after restart {i}")
+        ann.waitConnected(timeout=30_000)
+        ann.waitForText("after restart 3")
+        expected = ["before restart", "after restart 1", "after restart 2", "after restart 3"]
+        self.assertEqual(ann.texts(), expected)
+        self.assertEqual(bob.texts(), expected)
