@@ -122,6 +122,12 @@ class BrowserChatTests(SynchronousTestCase):
         ann.waitOnline(2)
         bob.waitOnline(2)
         self.assertEqual(len(ann.online()), 2)
+        # Typing shows a hint on the other page (a client event on the presence channel).
+        ann.page.type("#message-input", "Hel")
+        bob.page.wait_for_function(
+            "document.querySelector('#typing').textContent.includes('Ann')", timeout=WAIT_MS
+        )
+        ann.page.fill("#message-input", "")
         ann.post("Hello Bob!")
         bob.waitForText("Hello Bob!", timeout=1000)
         bob.post("Hi Ann, how is the push service?")
@@ -131,8 +137,19 @@ class BrowserChatTests(SynchronousTestCase):
         self.assertEqual(ann.texts(), bob.texts())
         ARTIFACTS.mkdir(exist_ok=True)
         ann.page.screenshot(path=str(ARTIFACTS / "chat-two-users.png"))
-        bob.page.set_viewport_size({"width": 375, "height": 700})
-        bob.page.screenshot(path=str(ARTIFACTS / "chat-phone.png"))
+        # Bob opens a second tab, phone-sized: still one entry per user in both lists.
+        phone = bob.context.new_page()
+        phone.set_viewport_size({"width": 375, "height": 700})
+        phone.goto(f"{self.server.url}/#room=general")
+        phone.wait_for_selector('#conn-state[data-state="connected"]', timeout=WAIT_MS)
+        phone.wait_for_function(
+            "document.querySelectorAll('#online li[data-user-id]').length === 2", timeout=WAIT_MS
+        )
+        phone.wait_for_function(
+            "document.querySelectorAll('#message-list li.message').length === 3", timeout=WAIT_MS
+        )
+        phone.screenshot(path=str(ARTIFACTS / "chat-phone.png"))
+        self.assertEqual(len(ann.online()), 2)
         bob.context.close()
         ann.waitOnline(1)
         self.assertEqual(ann.errors, [])
