@@ -112,6 +112,9 @@ def parseEvent(obj: Mapping[str, Any], app: App, batchItem: bool = False) -> Eve
         raise HTTPError(400, "name (the event name) must be a non-empty string.")
     if len(name) > MAX_NAME:
         raise HTTPError(400, f"The event name is longer than {MAX_NAME} characters.")
+    if name.startswith(("pusher:", "pusher_internal:")):
+        # Clients treat these as protocol events; an app publishing one would confuse them.
+        raise HTTPError(400, "Event names starting with pusher: are reserved for the protocol.")
     data = obj.get("data")
     if not isinstance(data, str):
         raise HTTPError(400, "data must be a string (JSON-encode objects first).")
@@ -345,6 +348,23 @@ class PusherAPI(Resource):
         return 200, {}
 
 
+class DefaultAppUsersAPI(PusherAPI):
+    """
+    C{/users/{id}/terminate_connections} for the default app: the path the official Python SDK
+    (pusher 3.3) posts to, without the C{/apps/{app_id}} prefix of the HTTP API reference. The
+    request is still signed over the path it was sent to.
+    """
+
+    def dispatch(self, request: Request) -> Coroutine[Any, Any, Reply]:
+        request.postpath = [self.apps.default.id.encode(), b"users", *(request.postpath or [])]
+        return super().dispatch(request)
+
+
 def makeApiResource(apps: Apps, hub: IHub, now: Callable[[], float]) -> IResource:
     """The resource to mount at C{/apps}."""
     return PusherAPI(apps, hub, now)
+
+
+def makeUsersResource(apps: Apps, hub: IHub, now: Callable[[], float]) -> IResource:
+    """The resource to mount at C{/users} (see L{DefaultAppUsersAPI})."""
+    return DefaultAppUsersAPI(apps, hub, now)

@@ -27,7 +27,7 @@ from twisted.web.server import NOT_DONE_YET, Site
 from twisted.web.test.requesthelper import DummyRequest
 from zope.interface.verify import verifyObject
 
-from pushsvc.api import makeApiResource
+from pushsvc.api import makeApiResource, makeUsersResource
 from pushsvc.apiauth import apiSignature, bodyMd5, notifySignature
 from pushsvc.apps import App, Apps
 from pushsvc.interfaces import BrokerUnavailable, ChannelInfo, IHub
@@ -65,6 +65,7 @@ class Root(Resource):
 def makeRoot(apps: Apps, hub: IHub, now: Any) -> Resource:
     root = Root()
     root.putChild(b"apps", makeApiResource(apps, hub, now))
+    root.putChild(b"users", makeUsersResource(apps, hub, now))
     root.putChild(b"notify", NotifyResource(apps, hub, now))
     return root
 
@@ -177,6 +178,8 @@ class EventsTests(APITestsMixin, TestCase):
             {k: v for k, v in good.items() if k != "name"},
             dict(good, name=""),
             dict(good, name="n" * 201),
+            dict(good, name="pusher:subscribe"),
+            dict(good, name="pusher_internal:member_added"),
             dict(good, name=5),
             dict(good, data={"a": 1}),
             {k: v for k, v in good.items() if k != "data"},
@@ -683,20 +686,19 @@ class OfficialSDKTests(TestCase):
     def test_sdkTerminate(self) -> Any:
         """
         pusher 3.3.4's terminate_user_connections posts to /users/{id}/... without the
-        /apps/{app_id} prefix the HTTP API reference gives, so it cannot reach any Pusher
-        server; the same SDK's request signing on the documented path works.
+        /apps/{app_id} prefix the HTTP API reference gives: that path reaches the default app,
+        signed as sent; the documented path works too.
         """
         sdk = self.client()
-        yield self.assertFailure(
-            deferToThread(sdk.terminate_user_connections, "ann"), pusher.errors.PusherBadStatus
-        )
+        reply = yield deferToThread(sdk.terminate_user_connections, "bob")
+        self.assertEqual(reply, {})
         inner = sdk._pusher_client
         request = pusher.http.Request(
             inner, pusher.http.POST, f"/apps/{APP.id}/users/ann/terminate_connections", {}
         )
         reply = yield deferToThread(inner.http.send_request, request)
         self.assertEqual(reply, {})
-        self.assertEqual(self.hub.terminated, [(APP, "ann")])
+        self.assertEqual(self.hub.terminated, [(APP, "bob"), (APP, "ann")])
 
     @inlineCallbacks
     def test_sdkWrongSecret(self) -> Any:
