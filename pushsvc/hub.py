@@ -3,8 +3,9 @@ The hub: every publish goes hub.publish -> one envelope -> broker -> (every proc
 -> one WebSocket frame -> registry.deliver. Client events and presence member events take the same
 path, so they reach the subscribers on other processes once a cluster-wide broker is plugged in.
 
-Questions about channels and presence go through the hub too: here they are answered from the
-local registry; a cluster-wide hub answers them for every process.
+Questions about channels and presence go through the hub too; the hub hands them to its cluster
+state (L{pushsvc.cluster}): the local registry by default, Redis for every process with C{--redis}.
+The cluster state also decides when a presence member is new or gone across every process.
 """
 
 from __future__ import annotations
@@ -21,17 +22,17 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from pushsvc.cluster import LocalState
 from pushsvc.frames import (
     CLOSE_TERMINATED,
     Member,
-    channelKind,
     encodeEvent,
     isCacheChannel,
     memberAddedData,
     memberRemovedData,
     serverToUserChannel,
 )
-from pushsvc.interfaces import BrokerUnavailable, ChannelInfo, IBroker, IHub
+from pushsvc.interfaces import BrokerUnavailable, ChannelInfo, IBroker, IClusterState, IHub
 from pushsvc.registry import Registry, Subscriber
 
 log = Logger()
@@ -58,6 +59,7 @@ class LocalBroker:
     """The in-process broker: a publish goes straight back to this process's hub."""
 
     healthy = True
+    status = "ok"
 
     def __init__(self) -> None:
         self._receive: Callable[[bytes], None] | None = None
@@ -98,14 +100,20 @@ class Hub:
     Publishes through C{broker} and delivers what the broker brings back through C{registry}.
     """
 
-    def __init__(self, registry: Registry, broker: IBroker, clock: IReactorTime) -> None:
+    def __init__(self, registry: Registry, broker: IBroker, clock: IReactorTime,
+                 state: IClusterState | None = None) -> None:
         self.registry = registry
         self.broker = broker
         self.clock = clock
         broker.setReceiver(self.receive)
-        # socket ids "A.B": A random per process, B a counter, so they are unique across nodes.
-        self._socketPrefix = str(secrets.randbelow(9 * 10**8) + 10**8)
+        # Socket ids "A.B": A is 18 random digits per process (60 bits: two of a thousand
+        # processes share one with a chance of about 1 in 10**12), B a counter. pusher SDKs only
+        # ask for digits, a dot and digits. A doubles as this process's node id in Redis.
+        self._socketPrefix = str(secrets.randbelow(9 * 10**17) + 10**17)
+        self.nodeId = self._socketPrefix
         self._socketCounter = itertools.count(1)
+        self.state: IClusterState = state if state is not None else LocalState(registry)
+        self.state.attach(self)
         # (app, cache channel) -> (frame payload, when); insertion order is age order.
         self._cache: dict[tuple[str, str], tuple[bytes, float]] = {}
 
@@ -143,6 +151,18 @@ class Hub:
                   exceptSocketId: str | None) -> None:
         envelope = encodeEnvelope(KIND_MEMBER, appId, channel, event, data, exceptSocketId)
         self._logged(self._send(appId, channel, envelope), event)
+
+    def announceMember(self, appId: str, channel: str, userId: str, userInfo: Any,
+                       exceptSocketId: str | None = None) -> None:
+        """Tell every subscriber of presence C{channel}, on every process, that C{userId} came."""
+        self._internal(appId, channel, "pusher_internal:member_added",
+                       memberAddedData(userId, userInfo), exceptSocketId)
+
+    def announceMemberGone(self, appId: str, channel: str, userId: str,
+                           exceptSocketId: str | None = None) -> None:
+        """Tell every subscriber of presence C{channel} that C{userId} has no connection left."""
+        self._internal(appId, channel, "pusher_internal:member_removed",
+                       memberRemovedData(userId), exceptSocketId)
 
     def _logged(self, d: Deferred[Any], what: str) -> Deferred[None]:
         def failed(f: Failure) -> None:
@@ -188,25 +208,50 @@ class Hub:
 
     # -- subscriptions -------------------------------------------------------------------------
 
-    def subscribe(self, conn: Subscriber, channel: str, member: Member | None = None) -> None:
+    def subscribe(self, conn: Subscriber, channel: str, member: Member | None = None
+                  ) -> Deferred[None]:
         """
-        Subscribe C{conn}: the broker hears of the channel's first local subscriber, the other
-        members of a presence channel of a user's first connection.
+        Subscribe C{conn}: the broker hears of the channel's first local subscriber, the cluster
+        state of the new count, the other members of a presence channel of a user's first
+        connection in the cluster.
+
+        @return: a Deferred that fires with None (never fails) once the broker and the cluster
+            state have it, so publishes accepted from then on reach C{conn} (at once with the
+            in-process broker).
         """
         first, userFirst = self.registry.subscribe(conn, channel, member)
+        appId = conn.appId
+        ds: list[Deferred[Any]] = []
         if first:
-            self._logged(maybeDeferred(self.broker.subscribe, conn.appId, channel), "subscribe")
+            ds.append(self._logged(maybeDeferred(self.broker.subscribe, appId, channel),
+                                   "subscribe"))
+        ds.append(self.state.counted(appId, channel))
         if userFirst and member is not None:
-            self._internal(conn.appId, channel, "pusher_internal:member_added",
-                           memberAddedData(member.userId, member.userInfo), conn.socketId)
+            def joined(new: bool) -> None:
+                if new:
+                    self.announceMember(appId, channel, member.userId, member.userInfo,
+                                        conn.socketId)
+
+            ds.append(self._logged(
+                self.state.joined(appId, channel, member.userId, member.userInfo)
+                .addCallback(joined), "member_added"))
+        if len(ds) == 1:
+            return ds[0].addCallback(lambda _: None)
+        return gatherResults(ds).addBoth(lambda _: None)
 
     def unsubscribe(self, conn: Subscriber, channel: str) -> None:
         last, userLeft = self.registry.unsubscribe(conn, channel)
+        appId = conn.appId
         if userLeft is not None:
-            self._internal(conn.appId, channel, "pusher_internal:member_removed",
-                           memberRemovedData(userLeft), conn.socketId)
+            def left(gone: bool) -> None:
+                if gone:
+                    self.announceMemberGone(appId, channel, userLeft, conn.socketId)
+
+            self._logged(self.state.left(appId, channel, userLeft).addCallback(left),
+                         "member_removed")
+        self.state.counted(appId, channel)
         if last:
-            self._logged(maybeDeferred(self.broker.unsubscribe, conn.appId, channel),
+            self._logged(maybeDeferred(self.broker.unsubscribe, appId, channel),
                          "unsubscribe")
 
     def signin(self, conn: Subscriber, userId: str) -> None:
@@ -222,34 +267,31 @@ class Hub:
                 log.failure("unsubscribing {channel}", channel=channel)
         self.registry.removeConnection(conn)
 
-    def presenceMembers(self, appId: str, channel: str) -> dict[str, Any]:
-        """User id -> user info of the members of presence C{channel}."""
-        return self.registry.members(appId, channel)
+    def presenceMembers(self, appId: str, channel: str) -> Deferred[dict[str, Any]]:
+        """
+        Fires with user id -> user info of the members of presence C{channel} on every process
+        (only this process's while the cluster state cannot be reached).
+        """
+        def local(f: Failure) -> dict[str, Any]:
+            log.warn("presence members of {channel} from this process only: {error}",
+                     channel=channel, error=f.getErrorMessage())
+            return self.registry.members(appId, channel)
+
+        return self.state.members(appId, channel).addErrback(local)
 
     # -- IHub questions ------------------------------------------------------------------------
 
-    def _info(self, appId: str, channel: str, count: int) -> ChannelInfo:
-        userCount = None
-        if channelKind(channel) == "presence":
-            userCount = len(self.registry.members(appId, channel))
-        return ChannelInfo(occupied=count > 0, subscriptionCount=count, userCount=userCount)
-
     def channelInfo(self, app: Any, channel: str) -> Deferred[ChannelInfo]:
-        """Fires with the L{ChannelInfo} of C{channel}."""
-        count = self.registry.subscriptionCount(app.id, channel)
-        return succeed(self._info(app.id, channel, count))
+        """Fires with the L{ChannelInfo} of C{channel}; fails with L{BrokerUnavailable}."""
+        return self.state.channelInfo(app.id, channel)
 
     def occupiedChannels(self, app: Any, prefix: str | None) -> Deferred[dict[str, ChannelInfo]]:
         """Fires with channel -> L{ChannelInfo} of the occupied channels starting with C{prefix}."""
-        return succeed({
-            channel: self._info(app.id, channel, count)
-            for channel, count in self.registry.channels(app.id)
-            if channel.startswith(prefix or "") and channelKind(channel) != "user"
-        })
+        return self.state.occupied(app.id, prefix)
 
     def presenceUserIds(self, app: Any, channel: str) -> Deferred[list[str]]:
-        """Fires with the user ids present on C{channel}."""
-        return succeed(list(self.registry.members(app.id, channel)))
+        """Fires with the user ids present on C{channel}; fails with L{BrokerUnavailable}."""
+        return self.state.members(app.id, channel).addCallback(list)
 
     def terminateUserConnections(self, app: Any, userId: str) -> Deferred[None]:
         """Close (4009) every connection signed in as C{userId}; fires once the broker took it."""
@@ -258,4 +300,4 @@ class Hub:
         return self._send(app.id, channel, envelope)
 
     def health(self) -> dict[str, str]:
-        return {"broker": "ok" if self.broker.healthy else "the broker cannot carry publishes"}
+        return {"broker": "ok" if self.broker.healthy else self.broker.status}

@@ -47,6 +47,7 @@ class IBroker(Interface):
     """
 
     healthy = Attribute("True while publishes can be carried.")
+    status = Attribute("'ok', or a sentence saying why publishes cannot be carried now.")
 
     def start() -> Any:
         """Connect. Fires with None."""
@@ -71,6 +72,53 @@ class IBroker(Interface):
 
     def unsubscribe(appId: str, channel: str) -> Any:
         """This process has no local subscriber left on C{channel}. Fires with None."""
+
+
+class IClusterState(Interface):
+    """
+    Who is subscribed where, counted over every process: the in-process state answers from the
+    local registry, the Redis state (L{pushsvc.cluster.RedisState}) for the whole cluster. The
+    hub tells it of every change and asks it every question of the HTTP API.
+    """
+
+    def attach(hub: Any) -> None:
+        """The hub this state reports member changes to (C{hub.announceMember...}); once."""
+
+    def start() -> None:
+        """Begin keeping this process's share of the state alive."""
+
+    def stop() -> Any:
+        """Withdraw this process's share of the state. Fires with None."""
+
+    def counted(appId: str, channel: str) -> Any:
+        """
+        The local subscription count of C{channel} changed. Fires with None once the cluster
+        state has it (errors are logged, not raised).
+        """
+
+    def joined(appId: str, channel: str, userId: str, userInfo: Any) -> Any:
+        """
+        User C{userId} has its first local connection on presence C{channel}. Fires with True
+        when it is the user's first connection in the whole cluster (announce member_added).
+        """
+
+    def left(appId: str, channel: str, userId: str) -> Any:
+        """
+        User C{userId} has no local connection left on presence C{channel}. Fires with True
+        when it has none left in the whole cluster (announce member_removed).
+        """
+
+    def members(appId: str, channel: str) -> Any:
+        """Fires with user id -> user info of presence C{channel}; fails L{BrokerUnavailable}."""
+
+    def channelInfo(appId: str, channel: str) -> Any:
+        """Fires with the L{ChannelInfo} of C{channel}; fails with L{BrokerUnavailable}."""
+
+    def occupied(appId: str, prefix: str | None) -> Any:
+        """
+        Fires with channel -> L{ChannelInfo} of the occupied channels (not C{#server-to-user-}
+        ones) whose name starts with C{prefix}; fails with L{BrokerUnavailable}.
+        """
 
 
 class IHub(Interface):

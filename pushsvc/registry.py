@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from typing import Any, Protocol
 
+from twisted.internet import tcp
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IPushProducer
 from twisted.logger import Logger
@@ -23,6 +24,16 @@ log = Logger()
 ChannelKey = tuple[str, str]  # (app id, channel)
 
 
+def directSocket(transport: Any) -> Any:
+    """
+    The socket under C{transport} when frames may be sent on it straight away: a plain TCP
+    transport of the reactor (not TLS, not a test double). None otherwise.
+    """
+    if isinstance(transport, tcp.Connection) and not getattr(transport, "TLS", False):
+        return transport.socket
+    return None
+
+
 @implementer(IPushProducer)
 class Outbound:
     """
@@ -30,27 +41,56 @@ class Outbound:
     the transport says when its buffer is full (C{pauseProducing}) and when it drained
     (C{resumeProducing}).
 
+    On a plain TCP transport with nothing buffered, a frame goes straight to the socket: one
+    C{send} and nothing else, where C{transport.write} costs two C{epoll_ctl} calls and a reactor
+    turn per connection. What the socket does not take (a partial write, C{EAGAIN}), and every
+    frame while the transport still holds unsent bytes, goes through C{transport.write}, so the
+    order of frames is kept and the transport's buffer and producer rules apply unchanged.
+
     While paused, every byte written is counted; past C{limit} the connection is a slow consumer:
     C{onOverflow} is called once and nothing more is written, so memory stays bounded. Twisted
     pauses producers once 64 KiB are buffered, so a connection is closed when its unsent bytes
     pass that plus C{limit} (plus what the kernel holds).
     """
 
-    __slots__ = ("write", "paused", "queued", "limit", "onOverflow", "closed")
+    __slots__ = ("write", "paused", "queued", "limit", "onOverflow", "closed", "transport",
+                 "sock")
 
     def __init__(self, write: Callable[[bytes], Any], limit: int,
-                 onOverflow: Callable[[], None]) -> None:
+                 onOverflow: Callable[[], None], transport: Any = None) -> None:
         self.write = write
         self.paused = False
         self.queued = 0
         self.limit = limit
         self.onOverflow = onOverflow
         self.closed = False
+        self.transport = transport
+        # A bound method, looked up once: send() is the hot path of every delivery.
+        sock = directSocket(transport)
+        self.sock = sock.send if sock is not None else None
 
     def send(self, frame: bytes) -> None:
         """Write one whole WebSocket frame, unless the connection is closing."""
         if self.closed:
             return
+        sock = self.sock
+        if sock is not None:
+            t = self.transport
+            # Straight to the socket only when the transport has nothing of its own to send
+            # first (an earlier partial frame, Autobahn's pings and close frames).
+            if not (t._tempDataLen or t.dataBuffer or t.disconnecting) and t.connected:
+                try:
+                    sent = sock(frame)
+                except (BlockingIOError, InterruptedError):
+                    sent = 0
+                except OSError:
+                    # A broken connection: transport.write buffers it and the reactor's next
+                    # write attempt reports the loss through connectionLost as usual.
+                    sent = 0
+                if sent == len(frame):
+                    return
+                if sent:
+                    frame = frame[sent:]
         self.write(frame)
         if self.paused:
             self.queued += len(frame)
@@ -259,18 +299,23 @@ class Registry:
         subs = self._subs.get((appId, channel))
         if not subs:
             return 0
-        skip = self._bySocket.get(exceptSocketId) if exceptSocketId else None
         frame = wsTextFrame(payload)
-        sent = 0
+        # A copy: a send may close a connection, and closing one may change the subscriptions.
+        sends = list(subs.values())
+        skip = None
+        if exceptSocketId:
+            conn = self._bySocket.get(exceptSocketId)
+            if conn is not None:
+                skip = subs.get(conn)
         failed = 0
-        for conn, send in list(subs.items()):
-            if conn is skip:
+        for send in sends:
+            if send is skip:
                 continue
             try:
                 send(frame)
-                sent += 1
             except Exception:
                 failed += 1
+        sent = len(sends) - failed - (skip is not None)
         self.deliveries += sent
         if failed:
             self.deliveryFailures += failed

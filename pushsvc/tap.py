@@ -62,6 +62,29 @@ def _storeURL(value: str) -> str:
     return validateStoreURL(value)
 
 
+def _redis(value: str) -> str:
+    """A redis:// URL or a Twisted client endpoint that parses; nothing is connected here."""
+    from twisted.internet import reactor
+    from twisted.internet.endpoints import clientFromString
+
+    from pushsvc.redisbroker import parseRedisAddress
+
+    address = parseRedisAddress(value)
+    try:
+        clientFromString(reactor, address.endpoint)
+    except Exception as e:
+        raise ValueError(
+            f"{value!r} is not a Redis address (redis://127.0.0.1:6379/0 or "
+            f"tcp:127.0.0.1:6379): {e}"
+        ) from None
+    return value
+
+
+_redis.coerceDoc = (  # type: ignore[attr-defined]
+    "redis://[user:password@]host[:port][/db], rediss://..., or an endpoint like tcp:host:6379."
+)
+
+
 class Options(usage.Options):
     synopsis = "[options]"
     longdesc = (
@@ -79,6 +102,13 @@ class Options(usage.Options):
             None,
             "Message store URL: sqlite:PATH, postgresql://... or memory:.",
             _storeURL,
+        ],
+        [
+            "redis",
+            None,
+            None,
+            "Redis to share events and presence with the other pushsvc processes.",
+            _redis,
         ],
         ["app-id", None, None, "App id (default: generated once and kept in the data dir)."],
         ["app-key", None, None, "App key (default: generated once and kept in the data dir)."],
@@ -170,6 +200,7 @@ def makeService(options: Options) -> IService:
         listen=tuple(options["listen"]),
         dataDir=Path(options["data-dir"]),
         storeURL=options["store"],
+        redis=options["redis"],
         appId=options["app-id"],
         appKey=options["app-key"],
         appSecretFile=options["app-secret-file"],

@@ -35,7 +35,7 @@ class TwistdProcess(ProcessProtocol):
         self.output = b""
         self.stderr = b""
         self.ended: Deferred[int] = Deferred()
-        self._waiting: list[tuple[bytes, Deferred[None]]] = []
+        self._waiting: list[tuple[bytes, int, Deferred[None]]] = []
 
     def outReceived(self, data: bytes) -> None:
         self.output += data
@@ -48,19 +48,20 @@ class TwistdProcess(ProcessProtocol):
 
     def _check(self) -> None:
         for item in list(self._waiting):
-            if item[0] in self.output:
+            if item[0] in self.output[item[1]:]:
                 self._waiting.remove(item)
-                item[1].callback(None)
+                item[2].callback(None)
 
-    def waitFor(self, text: str, timeout: float = 30) -> Deferred[None]:
+    def waitFor(self, text: str, timeout: float = 30, after: int = 0) -> Deferred[None]:
+        """Fires once the output from byte C{after} on contains C{text}."""
         d: Deferred[None] = Deferred()
-        self._waiting.append((text.encode(), d))
+        self._waiting.append((text.encode(), after, d))
         self._check()
         d.addTimeout(timeout, reactor)
         return d
 
     def processEnded(self, reason: Failure) -> None:
-        for _, d in self._waiting:
+        for _, _, d in self._waiting:
             if not d.called:
                 d.errback(Exception("process ended: " + self.output.decode(errors="replace")))
         self._waiting = []

@@ -40,6 +40,17 @@ class OptionsTests(SynchronousTestCase):
         self.assertEqual(self.parse("--store", "memory:")["store"], "memory:")
         self.assertRaises(SystemExit, self.parse, "--store", "mysql://x")
 
+    def test_redis(self) -> None:
+        """--redis takes a redis:// URL or a client endpoint; anything else is a usage error
+        that says what is expected. Without it there is no Redis (None)."""
+        self.assertIsNone(self.parse()["redis"])
+        for good in ("redis://127.0.0.1:6379/0", "tcp:127.0.0.1:6390", "rediss://h:6380"):
+            self.assertEqual(self.parse("--redis", good)["redis"], good)
+        e = self.assertRaises(SystemExit, self.parse, "--redis", "localhost")
+        self.assertIn("redis:// URL", str(e))
+        e = self.assertRaises(SystemExit, self.parse, "--redis", "redis://u:pw@h:port")
+        self.assertNotIn("pw", str(e).replace("twistd pushsvc", ""))
+
     def test_numbers(self) -> None:
         """Numeric options must be positive whole numbers."""
         self.assertEqual(self.parse("--max-data-bytes", "20000")["max-data-bytes"], 20000)

@@ -1,0 +1,256 @@
+"""
+Helpers for the tests that use Redis: the machine's Redis (never flushed: each test uses a key
+prefix of its own and deletes its keys), a private C{redis-server} on a spare port for outage
+tests, and an in-process pushsvc node (registry, Redis broker, cluster state, hub) with fake
+connections whose frames a test can wait on.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import uuid
+from typing import Any
+
+from twisted.internet import reactor
+from twisted.internet.defer import Deferred, gatherResults, inlineCallbacks
+from twisted.internet.error import ProcessDone, ProcessTerminated
+from twisted.internet.protocol import ProcessProtocol
+from twisted.python.failure import Failure
+from twisted.trial.unittest import TestCase
+
+from pushsvc.frames import Member
+from pushsvc.interfaces import PushSettings
+from pushsvc.registry import Outbound, Registry
+from tests.helpers import requireService
+from tests.procs import freePort
+
+REDIS_HOST = os.environ.get("PUSHSVC_TEST_REDIS_HOST", "127.0.0.1")
+REDIS_PORT = int(os.environ.get("PUSHSVC_TEST_REDIS_PORT", "6379"))
+REDIS_URL = f"redis://{REDIS_HOST}:{REDIS_PORT}/0"
+REDIS_SERVER = shutil.which("redis-server") or "/usr/bin/redis-server"
+
+
+def requireRedis() -> None:
+    """Skip (fail under CI=true) when the machine's Redis does not answer PING."""
+    try:
+        with socket.create_connection((REDIS_HOST, REDIS_PORT), timeout=2) as s:
+            s.sendall(b"PING\r\n")
+            reply = s.recv(64)
+    except OSError as e:
+        requireService("Redis", f"is not reachable at {REDIS_HOST}:{REDIS_PORT}: {e}")
+    if not reply.startswith(b"+PONG"):
+        requireService("Redis", f"at {REDIS_HOST}:{REDIS_PORT} answered {reply!r} to PING")
+
+
+def uniquePrefix() -> str:
+    return f"pushsvc_test_{uuid.uuid4().hex[:12]}"
+
+
+def deleteKeys(pattern: str, port: int = REDIS_PORT) -> None:
+    """Delete the keys matching C{pattern} (SCAN + DEL; blocking, for cleanups)."""
+    with socket.create_connection((REDIS_HOST, port), timeout=5) as s:
+        f = s.makefile("rb")
+
+        def call(*args: str) -> Any:
+            out = f"*{len(args)}\r\n".encode()
+            for a in args:
+                b = a.encode()
+                out += b"$%d\r\n%s\r\n" % (len(b), b)
+            s.sendall(out)
+            return read()
+
+        def read() -> Any:
+            line = f.readline().rstrip(b"\r\n")
+            kind, rest = line[:1], line[1:]
+            if kind == b"*":
+                return [read() for _ in range(int(rest))]
+            if kind == b"$":
+                n = int(rest)
+                if n < 0:
+                    return None
+                data = f.read(n + 2)[:-2]
+                return data.decode()
+            if kind == b"-":
+                raise RuntimeError(rest.decode())
+            return rest.decode()
+
+        cursor = "0"
+        while True:
+            cursor, keys = call("SCAN", cursor, "MATCH", pattern, "COUNT", "1000")
+            if keys:
+                call("DEL", *keys)
+            if cursor == "0":
+                break
+
+
+class RedisServer(ProcessProtocol):
+    """A private C{redis-server} on a spare loopback port (no persistence), stopped by PID."""
+
+    def __init__(self, port: int | None = None) -> None:
+        self.port = port or freePort()
+        self.output = b""
+        self.ended: Deferred[None] | None = None
+        self._ready: Deferred[None] | None = None
+
+    def start(self) -> Deferred[None]:
+        """Fires once it accepts connections."""
+        if not os.path.exists(REDIS_SERVER):
+            requireService("redis-server", f"is not installed at {REDIS_SERVER}")
+        self.output = b""
+        self.ended = Deferred()
+        self._ready = Deferred()
+        self._ready.addTimeout(15, reactor)
+        argv = [REDIS_SERVER, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+                "--appendonly", "no", "--daemonize", "no"]
+        reactor.spawnProcess(self, REDIS_SERVER, argv, env=None)  # type: ignore[attr-defined]
+        return self._ready
+
+    def outReceived(self, data: bytes) -> None:
+        self.output += data
+        if self._ready is not None and b"Ready to accept connections" in self.output:
+            d, self._ready = self._ready, None
+            d.callback(None)
+
+    errReceived = outReceived
+
+    def processEnded(self, reason: Failure) -> None:
+        if self._ready is not None:
+            d, self._ready = self._ready, None
+            d.errback(Exception("redis-server ended: " + self.output.decode(errors="replace")))
+        if not reason.check(ProcessDone, ProcessTerminated):
+            pass
+        assert self.ended is not None
+        self.ended.callback(None)
+
+    def stop(self) -> Deferred[None]:
+        """SIGKILL this redis-server (no shutdown save); fires once it has exited."""
+        assert self.ended is not None
+        if not self.ended.called and self.transport is not None:
+            self.transport.signalProcess("KILL")  # type: ignore[attr-defined]
+        return self.ended
+
+
+def decodeFrame(frame: bytes) -> dict[str, Any]:
+    """A server-to-client WebSocket text frame (unmasked) as a Pusher message."""
+    n = frame[1] & 0x7F
+    offset = 2
+    if n == 126:
+        offset = 4
+    elif n == 127:
+        offset = 10
+    message: dict[str, Any] = json.loads(frame[offset:])
+    data = message.get("data")
+    if isinstance(data, str) and message.get("event", "").startswith("pusher"):
+        try:
+            message["data"] = json.loads(data)
+        except ValueError:
+            pass
+    return message
+
+
+class Conn:
+    """A registry connection with no socket: frames written to it are decoded and waitable."""
+
+    def __init__(self, appId: str, socketId: str) -> None:
+        self.appId = appId
+        self.socketId = socketId
+        self.messages: list[dict[str, Any]] = []
+        self.closed: int | None = None
+        self._waiters: list[tuple[str, str | None, Deferred[dict[str, Any]]]] = []
+        self._seen = 0
+        self.outbound: Outbound | None = Outbound(self._write, 10**7, lambda: None)
+
+    def _write(self, frame: bytes) -> None:
+        self.messages.append(decodeFrame(frame))
+        self._check()
+
+    def _check(self) -> None:
+        for item in list(self._waiters):
+            event, channel, d = item
+            for m in self.messages:
+                if m.get("event") == event and (channel is None or m.get("channel") == channel):
+                    self._waiters.remove(item)
+                    self.messages.remove(m)
+                    d.callback(m)
+                    break
+
+    def next(self, event: str, channel: str | None = None,
+             timeout: float = 10) -> Deferred[dict[str, Any]]:
+        """Fires with the first unclaimed message C{event} (on C{channel})."""
+        d: Deferred[dict[str, Any]] = Deferred()
+        self._waiters.append((event, channel, d))
+        self._check()
+        return d.addTimeout(timeout, reactor)
+
+    def events(self, event: str) -> list[dict[str, Any]]:
+        return [m for m in self.messages if m.get("event") == event]
+
+    def closeWith(self, code: int, reason: str) -> None:
+        self.closed = code
+
+
+class Node:
+    """One pushsvc process's push side, in this process: registry, Redis broker, state, hub."""
+
+    def __init__(self, address: str, prefix: str, heartbeat: float = 0.2,
+                 nodeTTL: float = 1.0) -> None:
+        from pushsvc.cluster import RedisState
+        from pushsvc.hub import Hub
+        from pushsvc.redisbroker import RedisBroker, parseRedisAddress
+
+        self.registry = Registry(PushSettings())
+        self.broker = RedisBroker(parseRedisAddress(address), reactor, prefix, retryMax=0.5)
+        self.state = RedisState(self.broker, self.registry, reactor, heartbeat, nodeTTL)
+        self.hub = Hub(self.registry, self.broker, reactor, self.state)
+        self._ready: list[Deferred[None]] = []
+
+    def start(self) -> Deferred[None]:
+        """Fires once the broker is healthy."""
+        self.broker.start()
+        self.state.start()
+        return self.whenHealthy()
+
+    def whenHealthy(self, timeout: float = 15) -> Deferred[None]:
+        return self.broker.whenHealthy().addTimeout(timeout, reactor)
+
+    @inlineCallbacks
+    def stop(self, retire: bool = True) -> Any:
+        if retire:
+            yield self.state.stop()
+        else:
+            self.state._timer.stopService()
+            self.state._stopped = True
+        yield self.broker.stop()
+
+    def connect(self, appId: str) -> Conn:
+        conn = Conn(appId, self.hub.newSocketId())
+        self.registry.addConnection(conn)
+        return conn
+
+    def subscribe(self, conn: Conn, channel: str, userId: str | None = None,
+                  info: Any = None) -> Deferred[None]:
+        member = Member(userId, info) if userId is not None else None
+        return self.hub.subscribe(conn, channel, member)
+
+
+class RedisTestCase(TestCase):
+    """Gives each test a key prefix of its own on the machine's Redis, deleted afterwards."""
+
+    def setUp(self) -> None:
+        requireRedis()
+        self.prefix = uniquePrefix()
+        self.addCleanup(deleteKeys, self.prefix + ":*")
+
+    @inlineCallbacks
+    def node(self, address: str = REDIS_URL, **kw: Any) -> Any:
+        node = Node(address, self.prefix, **kw)
+        self.addCleanup(node.stop)
+        yield node.start()
+        return node
+
+    def nodes(self, n: int, address: str = REDIS_URL) -> Deferred[list[Node]]:
+        """Fires with C{n} started nodes."""
+        return gatherResults([self.node(address) for _ in range(n)])

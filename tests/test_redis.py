@@ -1,0 +1,227 @@
+"""
+The Redis broker and the cluster state, against the machine's Redis (a key prefix per test,
+deleted afterwards) and, for outages, a private redis-server on a spare port. Each "node" here is
+one process's push side (registry, broker, state, hub) built in this process.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Generator
+from typing import Any
+
+from twisted.internet.defer import Deferred, inlineCallbacks
+from twisted.trial.unittest import SynchronousTestCase
+from zope.interface.verify import verifyObject
+
+from pushsvc.apps import App
+from pushsvc.interfaces import BrokerUnavailable, IBroker, IClusterState
+from pushsvc.redisbroker import RedisAddress, parseRedisAddress
+from tests.redisutil import RedisServer, RedisTestCase, deleteKeys
+
+APP = App("a1", "key1", "secret1")
+OTHER = App("a2", "key2", "secret2")
+
+
+class AddressTests(SynchronousTestCase):
+    def test_urls(self) -> None:
+        """redis:// URLs become TCP endpoints with the database and credentials kept aside."""
+        self.assertEqual(parseRedisAddress("redis://127.0.0.1:6390/2"),
+                         RedisAddress("tcp:127.0.0.1:6390", "redis://127.0.0.1:6390/2", 2))
+        a = parseRedisAddress("redis://bob:s3cret@cache.example:7000")
+        self.assertEqual((a.endpoint, a.username, a.password, a.dbid),
+                         ("tcp:cache.example:7000", "bob", "s3cret", None))
+        self.assertNotIn("s3cret", a.display)
+        self.assertEqual(parseRedisAddress("redis://h").endpoint, "tcp:h:6379")
+        self.assertEqual(parseRedisAddress("rediss://h:6380").endpoint, "tls:h:6380")
+        self.assertEqual(parseRedisAddress("unix:///run/redis.sock").endpoint,
+                         "unix:/run/redis.sock")
+
+    def test_endpoints(self) -> None:
+        """Twisted client endpoint strings are taken as they are."""
+        self.assertEqual(parseRedisAddress("tcp:127.0.0.1:6379").endpoint, "tcp:127.0.0.1:6379")
+        self.assertEqual(parseRedisAddress("unix:/tmp/r.sock").endpoint, "unix:/tmp/r.sock")
+
+    def test_bad(self) -> None:
+        """Bad values are refused with a sentence that never shows the password."""
+        for bad in ("", "localhost:6379", "http://h:1", "redis://h:port", "redis://h/zero",
+                    "tcp:6379", "redis://:pw@/0", "redis://u:hunter2@h/x"):
+            e = self.assertRaises(ValueError, parseRedisAddress, bad)
+            self.assertNotIn("hunter2", str(e))
+            self.assertTrue(str(e).endswith("."), str(e))
+
+
+class BrokerTests(RedisTestCase):
+    @inlineCallbacks
+    def test_interfaces(self) -> Generator[Deferred[Any], Any, None]:
+        """The Redis broker and state provide IBroker and IClusterState."""
+        node = yield self.node()
+        self.assertTrue(verifyObject(IBroker, node.broker))
+        self.assertTrue(verifyObject(IClusterState, node.state))
+        self.assertEqual(node.hub.health(), {"broker": "ok"})
+
+    @inlineCallbacks
+    def test_publishEveryNode(self) -> Generator[Deferred[Any], Any, None]:
+        """A publish through one node reaches the subscribers of every node; socket_id
+        exclusion works for a socket on another node."""
+        a, b = yield self.nodes(2)
+        ca, cb1, cb2 = a.connect(APP.id), b.connect(APP.id), b.connect(APP.id)
+        for node, conn in ((a, ca), (b, cb1), (b, cb2)):
+            yield node.subscribe(conn, "news")
+        yield a.hub.publish(APP, ["news"], "ev", "hello", exceptSocketId=cb2.socketId)
+        for conn in (ca, cb1):
+            m = yield conn.next("ev", "news")
+            self.assertEqual(m["data"], "hello")
+        yield b.hub.publish(APP, ["news"], "ev2", "second")
+        m = yield cb2.next("ev2")
+        self.assertEqual([m["event"] for m in cb2.messages], [], "got the excluded event")
+
+    @inlineCallbacks
+    def test_oneRedisSubscriptionPerChannel(self) -> Generator[Deferred[Any], Any, None]:
+        """A node holds one Redis subscription per channel, from its first local subscriber to
+        its last."""
+        node = yield self.node()
+        name = node.broker.channelName(APP.id, "c")
+        conns = [node.connect(APP.id) for _ in range(3)]
+        for conn in conns:
+            yield node.subscribe(conn, "c")
+        reply = yield node.broker.command("PUBSUB", "NUMSUB", name)
+        self.assertEqual(reply, [name, 1])
+        for conn in conns[:2]:
+            node.hub.unsubscribe(conn, "c")
+        self.assertEqual((yield node.broker.command("PUBSUB", "NUMSUB", name)), [name, 1])
+        node.hub.unsubscribe(conns[2], "c")
+        # UNSUBSCRIBE went out on the subscriber connection; a PUBLISH sent after it counts 0.
+        yield node.broker._send(name, "unsubscribe")
+        self.assertEqual((yield node.broker.command("PUBSUB", "NUMSUB", name)), [name, 0])
+
+    @inlineCallbacks
+    def test_appsIsolated(self) -> Generator[Deferred[Any], Any, None]:
+        """A channel of one app is not the same-named channel of another."""
+        a, b = yield self.nodes(2)
+        mine, theirs = a.connect(APP.id), b.connect(OTHER.id)
+        yield a.subscribe(mine, "news")
+        yield b.subscribe(theirs, "news")
+        yield b.hub.publish(OTHER, ["news"], "secret", "x")
+        yield a.hub.publish(APP, ["news"], "public", "y")
+        yield theirs.next("secret")
+        yield mine.next("public")
+        self.assertEqual(mine.events("secret"), [])
+        info = yield a.hub.channelInfo(APP, "news")
+        self.assertEqual(info.subscriptionCount, 1)
+
+
+class ClusterStateTests(RedisTestCase):
+    @inlineCallbacks
+    def test_countsAndChannels(self) -> Generator[Deferred[Any], Any, None]:
+        """subscription_count, user_count and the channel list add up every node."""
+        a, b = yield self.nodes(2)
+        for node in (a, a, b):
+            yield node.subscribe(node.connect(APP.id), "news")
+        yield a.subscribe(a.connect(APP.id), "presence-r", "ann", {"n": 1})
+        yield b.subscribe(b.connect(APP.id), "presence-r", "bob", None)
+        yield b.subscribe(b.connect(APP.id), "presence-r", "ann", {"n": 1})
+        info = yield b.hub.channelInfo(APP, "news")
+        self.assertEqual((info.occupied, info.subscriptionCount, info.userCount), (True, 3, None))
+        info = yield a.hub.channelInfo(APP, "presence-r")
+        self.assertEqual((info.subscriptionCount, info.userCount), (3, 2))
+        channels = yield a.hub.occupiedChannels(APP, None)
+        self.assertEqual({c: i.subscriptionCount for c, i in channels.items()},
+                         {"news": 3, "presence-r": 3})
+        self.assertEqual(list((yield a.hub.occupiedChannels(APP, "pre"))), ["presence-r"])
+        self.assertEqual(sorted((yield b.hub.presenceUserIds(APP, "presence-r"))), ["ann", "bob"])
+        self.assertEqual((yield a.hub.presenceMembers(APP.id, "presence-r")),
+                         {"ann": {"n": 1}, "bob": None})
+        self.assertFalse((yield a.hub.channelInfo(APP, "empty")).occupied)
+
+    @inlineCallbacks
+    def test_memberEventsAcrossNodes(self) -> Generator[Deferred[Any], Any, None]:
+        """member_added goes out on a user's first connection in the cluster only, and
+        member_removed on its last, whichever nodes they are on."""
+        a, b = yield self.nodes(2)
+        watcher = b.connect(APP.id)
+        yield b.subscribe(watcher, "presence-r", "watcher")
+        ann1, ann2 = a.connect(APP.id), b.connect(APP.id)
+        yield a.subscribe(ann1, "presence-r", "ann", {"name": "Ann"})
+        added = yield watcher.next("pusher_internal:member_added")
+        self.assertEqual(added["data"], {"user_id": "ann", "user_info": {"name": "Ann"}})
+        yield b.subscribe(ann2, "presence-r", "ann", {"name": "Ann"})
+        a.hub.disconnect(ann1)
+        b.hub.unsubscribe(ann2, "presence-r")
+        removed = yield watcher.next("pusher_internal:member_removed")
+        self.assertEqual(removed["data"], {"user_id": "ann"})
+        # a marker published after everything: no second member_added came before it
+        yield a.hub.publish(APP, ["presence-r"], "marker", "")
+        yield watcher.next("marker")
+        self.assertEqual(watcher.events("pusher_internal:member_added"), [])
+        self.assertEqual(watcher.events("pusher_internal:member_removed"), [])
+
+    @inlineCallbacks
+    def test_deadNodeReaped(self) -> Generator[Deferred[Any], Any, None]:
+        """A node that stops without a word (crash) loses its members and subscriptions once
+        its heartbeat expires; a survivor announces member_removed."""
+        a, b = yield self.nodes(2)
+        watcher = b.connect(APP.id)
+        yield b.subscribe(watcher, "presence-r", "watcher")
+        yield a.subscribe(a.connect(APP.id), "presence-r", "ann")
+        yield watcher.next("pusher_internal:member_added")
+        self.assertEqual((yield b.hub.channelInfo(APP, "presence-r")).userCount, 2)
+        started = time.monotonic()
+        yield a.stop(retire=False)
+        removed = yield watcher.next("pusher_internal:member_removed")
+        took = time.monotonic() - started
+        self.assertEqual(removed["data"], {"user_id": "ann"})
+        self.assertLess(took, 3.0)
+        info = yield b.hub.channelInfo(APP, "presence-r")
+        self.assertEqual((info.subscriptionCount, info.userCount), (1, 1))
+        keys = yield b.broker.command("KEYS", f"{self.prefix}:*:{a.hub.nodeId}*")
+        self.assertEqual(keys, [])
+
+    @inlineCallbacks
+    def test_gracefulStopWithdraws(self) -> Generator[Deferred[Any], Any, None]:
+        """A node that stops cleanly takes its share out of Redis at once."""
+        a, b = yield self.nodes(2)
+        yield a.subscribe(a.connect(APP.id), "news")
+        yield b.subscribe(b.connect(APP.id), "news")
+        yield a.stop()
+        self.assertEqual((yield b.hub.channelInfo(APP, "news")).subscriptionCount, 1)
+
+
+class OutageTests(RedisTestCase):
+    """A private redis-server, killed and started again on the same port."""
+
+    @inlineCallbacks
+    def test_outageAndRecovery(self) -> Generator[Deferred[Any], Any, None]:
+        """While Redis is down publishes fail with BrokerUnavailable and health says so; when
+        it is back the same subscribers get events again and the cluster state is rebuilt."""
+        server = RedisServer()
+        yield server.start()
+        self.addCleanup(server.stop)
+        address = f"tcp:127.0.0.1:{server.port}"
+        a, b = yield self.nodes(2, address)
+        ca, cb = a.connect(APP.id), b.connect(APP.id)
+        yield a.subscribe(ca, "news")
+        yield b.subscribe(cb, "presence-r", "bob")
+        yield b.subscribe(b.connect(APP.id), "news")
+        yield server.stop()
+        yield self.assertFailure(a.hub.publish(APP, ["news"], "ev", "lost"), BrokerUnavailable)
+        health = a.hub.health()["broker"]
+        self.assertIn(f"redis tcp:127.0.0.1:{server.port} unreachable: ", health)
+        yield self.assertFailure(a.hub.channelInfo(APP, "news"), BrokerUnavailable)
+        # still serving locally: a new subscriber while Redis is away
+        late = a.connect(APP.id)
+        yield a.subscribe(late, "late")
+
+        yield server.start()
+        yield a.whenHealthy()
+        yield b.whenHealthy()
+        self.assertEqual(a.hub.health(), {"broker": "ok"})
+        yield b.hub.publish(APP, ["news"], "ev", "back")
+        yield ca.next("ev")
+        yield b.hub.publish(APP, ["late"], "ev", "late too")
+        yield late.next("ev")
+        # Redis came back empty; the nodes wrote their shares again.
+        info = yield a.hub.channelInfo(APP, "news")
+        self.assertEqual(info.subscriptionCount, 2)
+        self.assertEqual((yield a.hub.presenceUserIds(APP, "presence-r")), ["bob"])
+        deleteKeys(self.prefix + ":*", server.port)
