@@ -5,14 +5,15 @@ Start: data directory and credentials -> store, broker, hub and resources -> lis
 failure stops start-up with a one-line error) -> open and migrate the store, retrying while it is
 unreachable (health says so meanwhile).
 
-Stop: stop listening -> tell WebSocket clients to reconnect elsewhere (4200) -> stop the broker
--> close the store, so nothing acknowledged is half-written.
+Stop: stop listening -> tell WebSocket clients to reconnect elsewhere (4200) -> withdraw this
+process from the cluster state -> stop the broker -> close the store, so nothing acknowledged is
+half-written.
 """
 
 from __future__ import annotations
 
 import sys
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,7 +29,7 @@ from twisted.python.failure import Failure
 from pushsvc.apps import SECRET_ENV, App, Apps, loadOrCreateApp, loadOrCreateKey
 from pushsvc.chat import ChatAPI, makeChatResource
 from pushsvc.health import HealthResource, MetricsResource
-from pushsvc.interfaces import PushSettings
+from pushsvc.interfaces import IBroker, PushSettings
 from pushsvc.session import SessionSigner
 from pushsvc.site import makeSite, webRoot
 from pushsvc.store import IStore, storeFromURL
@@ -37,6 +38,7 @@ log = Logger()
 
 SESSION_KEY_ENV = "PUSHSVC_SESSION_KEY"
 STORE_RETRY_MAX = 30.0
+DRAIN_TIMEOUT = 10.0  # seconds a stop waits for HTTP responses in progress
 
 
 @dataclass(frozen=True)
@@ -44,6 +46,7 @@ class ServiceConfig:
     listen: tuple[str, ...]
     dataDir: Path
     storeURL: str | None = None
+    redis: str | None = None  # --redis: a redis:// URL or a Twisted client endpoint
     appId: str | None = None
     appKey: str | None = None
     appSecretFile: Path | None = None
@@ -67,6 +70,7 @@ class PushService(MultiService):
         self.storeError = "opening"
         self.store: IStore | None = None
         self._stopping = False
+        self._readyWaiters: list[Deferred[None]] = []
 
     # -- start-up ------------------------------------------------------------------------
 
@@ -95,7 +99,7 @@ class PushService(MultiService):
         return app, sessionKey
 
     def _build(self) -> Any:
-        from pushsvc.api import makeApiResource
+        from pushsvc.api import makeApiResource, makeUsersResource
         from pushsvc.hub import Hub, LocalBroker
         from pushsvc.protocol import makeAppResource
         from pushsvc.registry import Registry
@@ -111,8 +115,17 @@ class PushService(MultiService):
             allowedOrigins=c.allowedOrigins,
         )
         self.registry = Registry(settings)
-        self.broker = LocalBroker()
-        self.hub = Hub(self.registry, self.broker, self.reactor)
+        if c.redis is not None:
+            from pushsvc.cluster import RedisState
+            from pushsvc.redisbroker import RedisBroker, parseRedisAddress
+
+            redis = RedisBroker(parseRedisAddress(c.redis), self.reactor)
+            self.broker: IBroker = redis
+            self.hub = Hub(self.registry, redis, self.reactor,
+                           RedisState(redis, self.registry, self.reactor))
+        else:
+            self.broker = LocalBroker()
+            self.hub = Hub(self.registry, self.broker, self.reactor)
         chat = ChatAPI(
             apps,
             self.store,
@@ -122,15 +135,17 @@ class PushService(MultiService):
             lambda: self.storeReady,
             c.activityTimeout,
         )
-        return makeSite(
+        self.site = makeSite(
             webRoot(),
             makeChatResource(chat),
             makeApiResource(apps, self.hub, self.reactor.seconds),
+            makeUsersResource(apps, self.hub, self.reactor.seconds),
             NotifyResource(apps, self.hub, self.reactor.seconds),
             makeAppResource(apps, self.hub, self.registry, self.reactor, settings),
             HealthResource(self.healthChecks),
             MetricsResource(self.metrics),
         )
+        return self.site
 
     def startService(self) -> None:
         super().startService()
@@ -153,7 +168,10 @@ class PushService(MultiService):
                 raise SystemExit(1)
             self.ports.append(result[0])
             log.info("listening on {description}", description=description)
+        # The broker connects (and reconnects) in the background: the process serves what it
+        # can while Redis is away, and health says so.
         d = self.broker.start()
+        d.addCallback(lambda _: self.hub.state.start())
         d.addCallback(lambda _: self._openStore())
 
     def _openStore(self, delay: float = 0.5) -> Deferred[None]:
@@ -163,6 +181,9 @@ class PushService(MultiService):
         def opened(_: object) -> None:
             self.storeReady = True
             self.storeError = "ok"
+            waiters, self._readyWaiters = self._readyWaiters, []
+            for waiter in waiters:
+                waiter.callback(None)
             log.info("message store ready: {store}", store=store.description)
 
         def failed(f: Failure) -> Deferred[None] | None:
@@ -176,6 +197,14 @@ class PushService(MultiService):
             return retry  # type: ignore[return-value]
 
         return store.open().addCallbacks(opened, failed)
+
+    def whenReady(self) -> Deferred[None]:
+        """Fires once the store is open and the service answers every request."""
+        if self.storeReady:
+            return succeed(None)
+        d: Deferred[None] = Deferred()
+        self._readyWaiters.append(d)
+        return d
 
     # -- health --------------------------------------------------------------------------
 
@@ -205,15 +234,36 @@ class PushService(MultiService):
 
     # -- shut-down -----------------------------------------------------------------------
 
+    def _closeHTTP(self) -> Deferred[None]:
+        d = self.site.closeConnections()
+        d.addTimeout(DRAIN_TIMEOUT, self.reactor)
+        return d
+
     def stopService(self) -> Deferred[None]:
         self._stopping = True
         log.info("stopping: closing listeners and telling clients to reconnect")
         stops = [port.stopListening() for port in self.ports]
         self.ports = []
         d: Deferred[Any] = DeferredList([s for s in stops if s is not None])
-        d.addCallback(lambda _: self.registry.closeAll(4200, "server shutting down"))
-        d.addCallback(lambda _: self.broker.stop())
-        d.addCallback(lambda _: self.store.close() if self.store is not None else None)
-        d.addCallback(lambda _: super(PushService, self).stopService())
+        steps: list[tuple[str, Callable[[], Any]]] = [
+            ("close WebSocket connections", lambda: self.registry.closeAll(4200, "shutting down")),
+            ("close HTTP connections", self._closeHTTP),
+            ("stop the hub", self.hub.state.stop),
+            ("stop the broker", self.broker.stop),
+            ("close the store", lambda: self.store.close() if self.store is not None else None),
+            ("stop child services", lambda: MultiService.stopService(self)),
+        ]
+
+        def run(_: object, step: Callable[[], Any]) -> Any:
+            return step()
+
+        def failed(f: Failure, what: str) -> None:
+            log.failure("could not {what}", f, what=what)
+
+        for what, step in steps:
+            # One step failing must not keep the later ones (above all closing the store) from
+            # running.
+            d.addCallback(run, step)
+            d.addErrback(failed, what)
         d.addCallback(lambda _: log.info("stopped"))
         return d

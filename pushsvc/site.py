@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from importlib import resources
 from pathlib import Path
+from typing import Any
 
+from twisted.internet.defer import Deferred, succeed
 from twisted.web.resource import IResource, Resource
 from twisted.web.server import Request, Site
 from twisted.web.static import File
@@ -53,25 +55,70 @@ class PushRequest(Request):
         super().process()
 
 
+class PushSite(Site):
+    """A Site that knows its open HTTP connections, so that a stop can close them."""
+
+    def __init__(self, resource: IResource) -> None:
+        super().__init__(resource)
+        self.channels: set[Any] = set()
+        self._whenEmpty: list[Deferred[None]] = []
+
+    def buildProtocol(self, addr: Any) -> Any:
+        channel = super().buildProtocol(addr)
+        if channel is not None:
+            self.channels.add(channel)
+            lost = channel.connectionLost
+
+            def connectionLost(reason: Any) -> None:
+                self.channels.discard(channel)
+                lost(reason)
+                if not self.channels:
+                    waiters, self._whenEmpty = self._whenEmpty, []
+                    for d in waiters:
+                        d.callback(None)
+
+            channel.connectionLost = connectionLost
+        return channel
+
+    def closeConnections(self) -> Deferred[None]:
+        """
+        Close idle keep-alive connections now, busy ones once their response is written.
+        Fires when every connection is gone.
+        """
+        for wrapper in list(self.channels):
+            channel = getattr(wrapper, "_channel", wrapper)  # the HTTP/1.1 or H2 protocol
+            if getattr(channel, "requests", None):
+                channel.persistent = False
+            elif channel.transport is not None:
+                channel.transport.loseConnection()
+        if not self.channels:
+            return succeed(None)
+        d: Deferred[None] = Deferred()
+        self._whenEmpty.append(d)
+        return d
+
+
 def makeSite(
     pages: Path,
     api: IResource,
     pusherApi: IResource,
+    pusherUsers: IResource,
     notify: IResource,
     websocket: IResource,
     health: IResource,
     metrics: IResource,
-) -> Site:
+) -> PushSite:
     root = Pages(str(pages))
     root.indexNames = ["index.html"]
     root.childNotFound = JSONNotFound()  # type: ignore[assignment]
     root.putChild(b"api", api)
     root.putChild(b"apps", pusherApi)
+    root.putChild(b"users", pusherUsers)
     root.putChild(b"notify", notify)
     root.putChild(b"app", websocket)
     root.putChild(b"healthz", health)
     root.putChild(b"metrics", metrics)
-    site = Site(root)
+    site = PushSite(root)
     site.requestFactory = PushRequest
     site.displayTracebacks = False
     return site

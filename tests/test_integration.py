@@ -1,0 +1,235 @@
+"""
+The whole service in this process on real loopback ports: the official Pusher server SDK
+publishes, real WebSocket clients receive, the chat and the webhook publish through the same hub.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import pusher
+import pusher.errors
+from autobahn.twisted.websocket import WebSocketClientFactory
+from treq.client import HTTPClient
+from twisted.internet import reactor
+from twisted.internet.defer import inlineCallbacks
+from twisted.internet.endpoints import TCP4ClientEndpoint
+from twisted.internet.threads import deferToThread
+from twisted.trial.unittest import TestCase
+from twisted.web.client import Agent, HTTPConnectionPool
+
+from pushsvc.service import PushService, ServiceConfig
+from pushsvc.signing import channelAuth, userAuth
+from tests.test_protocol import WSClient
+
+APP_ID, APP_KEY, SECRET = "4242", "integration-key", "integration-secret"
+
+
+class ServiceTests(TestCase):
+    timeout = 60
+
+    @inlineCallbacks
+    def setUp(self) -> Any:
+        config = ServiceConfig(
+            listen=("tcp:0:interface=127.0.0.1",),
+            dataDir=Path(self.mktemp()),
+            appId=APP_ID,
+            appKey=APP_KEY,
+            environ={"PUSHSVC_APP_SECRET": SECRET},
+        )
+        self.service = PushService(config, reactor)
+        self.service.startService()
+        self.port = self.service.ports[0].getHost().port
+        self.base = f"http://127.0.0.1:{self.port}"
+        self.http = HTTPClient(Agent(reactor, pool=HTTPConnectionPool(reactor, persistent=False)))
+        self.clients: list[WSClient] = []
+        self.addCleanup(self.stop)
+        yield self.service.whenReady()
+
+    @inlineCallbacks
+    def stop(self) -> Any:
+        if self.service.running:
+            yield self.service.stopService()
+        for c in self.clients:
+            if not c.closed.called:
+                c.transport.abortConnection()  # type: ignore[union-attr]
+            yield c.closed
+
+    def sdk(self, secret: str = SECRET) -> pusher.Pusher:
+        return pusher.Pusher(
+            app_id=APP_ID, key=APP_KEY, secret=secret, host="127.0.0.1", port=self.port, ssl=False
+        )
+
+    @inlineCallbacks
+    def connect(self) -> Any:
+        url = f"ws://127.0.0.1:{self.port}/app/{APP_KEY}?protocol=7&client=js&version=8.4.0"
+        factory = WebSocketClientFactory(url)
+        factory.protocol = WSClient
+        factory.keep = True  # type: ignore[attr-defined]
+        factory.setProtocolOptions(autoPingInterval=0)
+        client = yield TCP4ClientEndpoint(reactor, "127.0.0.1", self.port).connect(factory)
+        self.clients.append(client)
+        yield client.expect("pusher:connection_established")
+        return client
+
+    def subscribe(self, client: WSClient, channel: str, channelData: str | None = None) -> Any:
+        data: dict[str, Any] = {"channel": channel}
+        if channel.startswith(("private-", "presence-")):
+            data["auth"] = channelAuth(
+                self.service.apps.default, client.socketId, channel, channelData
+            )
+        if channelData is not None:
+            data["channel_data"] = channelData
+        client.sendJSON("pusher:subscribe", data)
+        return client.expect("pusher_internal:subscription_succeeded", channel)
+
+    @inlineCallbacks
+    def test_sdkPublishReachesSubscribers(self) -> Any:
+        """
+        Events triggered with the official SDK (single, several channels, batch) reach every
+        WebSocket subscriber; socket_id excludes its connection; data arrives unchanged.
+        """
+        a = yield self.connect()
+        b = yield self.connect()
+        for c in (a, b):
+            yield self.subscribe(c, "news")
+            yield self.subscribe(c, "private-orders")
+        client = self.sdk()
+        yield deferToThread(client.trigger, ["news", "private-orders"], "created", {"n": 1})
+        for c in (a, b):
+            for channel in ("news", "private-orders"):
+                msg = yield c.expect("created", channel)
+                self.assertEqual(json.loads(msg["data"]), {"n": 1})
+        yield deferToThread(client.trigger, "news", "skip-a", "plain", socket_id=a.socketId)
+        yield deferToThread(
+            client.trigger_batch,
+            [
+                {"channel": "news", "name": "batch-1", "data": "one"},
+                {"channel": "private-orders", "name": "batch-2", "data": "two"},
+            ],
+        )
+        msg = yield b.expect("skip-a", "news")
+        self.assertEqual(msg["data"], "plain")
+        for c in (a, b):
+            self.assertEqual((yield c.expect("batch-1", "news"))["data"], "one")
+            self.assertEqual((yield c.expect("batch-2", "private-orders"))["data"], "two")
+        # Everything published before batch-2 has arrived at a by now: skip-a never did.
+        self.assertEqual(a.matching("skip-a"), [])
+
+    @inlineCallbacks
+    def test_sdkQueries(self) -> Any:
+        """Channel info, the channels list and the users list answer what is subscribed."""
+        a = yield self.connect()
+        b = yield self.connect()
+        yield self.subscribe(a, "news")
+        yield self.subscribe(b, "news")
+        for c, user in ((a, "u1"), (b, "u2")):
+            yield self.subscribe(c, "presence-lobby", json.dumps({"user_id": user}))
+        client = self.sdk()
+        info = yield deferToThread(client.channel_info, "news", ["subscription_count"])
+        self.assertEqual(info, {"occupied": True, "subscription_count": 2})
+        info = yield deferToThread(client.channel_info, "presence-lobby", ["user_count"])
+        self.assertEqual(info["user_count"], 2)
+        empty = yield deferToThread(client.channel_info, "nobody-here")
+        self.assertEqual(empty["occupied"], False)
+        listing = yield deferToThread(client.channels_info)
+        self.assertEqual(set(listing["channels"]), {"news", "presence-lobby"})
+        users = yield deferToThread(client.users_info, "presence-lobby")
+        self.assertEqual(sorted(u["id"] for u in users["users"]), ["u1", "u2"])
+
+    @inlineCallbacks
+    def test_sdkTerminate(self) -> Any:
+        """The SDK's terminate_user_connections closes that user's signed-in connection."""
+        a = yield self.connect()
+        b = yield self.connect()
+        userData = json.dumps({"id": "ann"})
+        a.sendJSON(
+            "pusher:signin",
+            {
+                "user_data": userData,
+                "auth": userAuth(self.service.apps.default, a.socketId, userData),
+            },
+        )
+        yield a.expect("pusher:signin_success")
+        yield deferToThread(self.sdk().terminate_user_connections, "ann")
+        code = yield a.closed
+        self.assertEqual(code, 4009)
+        yield b.roundTrip()
+        self.assertFalse(b.closed.called)
+
+    @inlineCallbacks
+    def test_wrongSecret(self) -> Any:
+        """A publish signed with the wrong secret gets 401 and reaches nobody."""
+        a = yield self.connect()
+        yield self.subscribe(a, "news")
+        with self.assertRaises(pusher.errors.PusherBadAuth):
+            yield deferToThread(self.sdk("not-the-secret").trigger, "news", "evil", "x")
+        yield deferToThread(self.sdk().trigger, "news", "good", "y")
+        yield a.expect("good", "news")
+        self.assertEqual(a.matching("evil"), [])
+
+    @inlineCallbacks
+    def test_notifyWebhook(self) -> Any:
+        """The curl-friendly signed webhook publishes to subscribers; a bad signature is 401."""
+        a = yield self.connect()
+        yield self.subscribe(a, "doc-7")
+        body = json.dumps({"event": "changed", "data": {"rev": 3}}).encode()
+        ts = str(int(time.time()))
+        sig = hmac.new(SECRET.encode(), ts.encode() + b"." + body, hashlib.sha256).hexdigest()
+        bad = yield self.http.post(
+            f"{self.base}/notify/doc-7",
+            data=body,
+            headers={"X-Pushsvc-Timestamp": ts, "X-Pushsvc-Signature": "sha256=" + "0" * 64},
+        )
+        self.assertEqual(bad.code, 401)
+        yield bad.content()
+        ok = yield self.http.post(
+            f"{self.base}/notify/doc-7",
+            data=body,
+            headers={"X-Pushsvc-Timestamp": ts, "X-Pushsvc-Signature": "sha256=" + sig},
+        )
+        self.assertEqual(ok.code, 202, (yield ok.text()))
+        msg = yield a.expect("changed", "doc-7")
+        self.assertEqual(json.loads(msg["data"]), {"rev": 3})
+        self.assertEqual(a.matching("changed"), [msg])
+
+    @inlineCallbacks
+    def test_chatMessageAnnounced(self) -> Any:
+        """A chat message is stored, answered 201 and announced on the room's presence channel."""
+        a = yield self.connect()
+        yield self.subscribe(a, "presence-room-general", json.dumps({"user_id": "watcher"}))
+        session = yield self.http.post(f"{self.base}/api/session", json={"name": "Ann"})
+        cookies = session.cookies()
+        yield session.content()
+        posted = yield self.http.post(
+            f"{self.base}/api/rooms/general/messages", json={"text": "hello"}, cookies=cookies
+        )
+        self.assertEqual(posted.code, 201)
+        message = yield posted.json()
+        msg = yield a.expect("message", "presence-room-general")
+        self.assertEqual(json.loads(msg["data"]), message)
+
+    @inlineCallbacks
+    def test_healthAndMetrics(self) -> Any:
+        a = yield self.connect()
+        yield self.subscribe(a, "news")
+        health = yield self.http.get(f"{self.base}/healthz")
+        body = yield health.json()
+        self.assertEqual((health.code, body["status"], body["store"]), (200, "ok", "ok"))
+        metrics = yield self.http.get(f"{self.base}/metrics")
+        text = yield metrics.text()
+        self.assertIn("pushsvc_connections 1", text)
+        self.assertIn("pushsvc_subscriptions 1", text)
+
+    @inlineCallbacks
+    def test_gracefulStop(self) -> Any:
+        """Stopping the service tells connected clients to reconnect (4200) and closes the store."""
+        a = yield self.connect()
+        yield self.service.stopService()
+        code = yield a.closed
+        self.assertEqual(code, 4200)
