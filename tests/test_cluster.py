@@ -18,22 +18,20 @@ from urllib.parse import urlencode
 
 import pusher
 import pusher.errors
-from autobahn.twisted.websocket import WebSocketClientFactory
 from treq.client import HTTPClient
 from twisted.internet import reactor
 from twisted.internet.defer import gatherResults, inlineCallbacks
-from twisted.internet.endpoints import TCP4ClientEndpoint
 from twisted.internet.threads import deferToThread
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 from twisted.web.client import Agent, HTTPConnectionPool
 
 from pushsvc.apiauth import apiSignature, bodyMd5
 from pushsvc.apps import App
-from pushsvc.signing import channelAuth, userAuth
+from pushsvc.signing import userAuth
 from tests.helpers import requireService
 from tests.procs import TwistdProcess, freePort, killIfRunning, startTwistd
 from tests.redisutil import REDIS_URL, RedisServer, deleteKeys, requireRedis
-from tests.test_protocol import WSClient
+from tests.wsclient import PATH, WSClient, connectClient, subscribeClient
 
 PG_URL = os.environ.get("PUSHSVC_TEST_POSTGRESQL", "postgresql://postgres@127.0.0.1:5432/test")
 SESSION_KEY = "cluster-test-session-key-0123456789abcdef"
@@ -121,12 +119,7 @@ class ClusterCase(TestCase):
     @inlineCallbacks
     def connect(self, cluster: Cluster, i: int) -> Any:
         port = cluster.ports[i]
-        url = f"ws://127.0.0.1:{port}/app/{cluster.app.key}?protocol=7&client=js&version=8.4.0"
-        factory = WebSocketClientFactory(url)
-        factory.protocol = WSClient
-        factory.keep = True  # type: ignore[attr-defined]
-        factory.setProtocolOptions(autoPingInterval=0)
-        client = yield TCP4ClientEndpoint(reactor, "127.0.0.1", port).connect(factory)
+        client = yield connectClient(port, PATH.format(key=cluster.app.key), established=False)
         self.clients.append(client)
         self.addCleanup(self._close, client)
         yield client.expect("pusher:connection_established")
@@ -139,13 +132,7 @@ class ClusterCase(TestCase):
 
     def subscribe(self, cluster: Cluster, client: WSClient, channel: str,
                   channelData: str | None = None) -> Any:
-        data: dict[str, Any] = {"channel": channel}
-        if channel.startswith(("private-", "presence-")):
-            data["auth"] = channelAuth(cluster.app, client.socketId, channel, channelData)
-        if channelData is not None:
-            data["channel_data"] = channelData
-        client.sendJSON("pusher:subscribe", data)
-        return client.expect("pusher_internal:subscription_succeeded", channel, timeout=10)
+        return subscribeClient(cluster.app, client, channel, channelData, timeout=10)
 
 
 class ClusterTests(ClusterCase):

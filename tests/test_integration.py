@@ -14,18 +14,16 @@ from typing import Any
 
 import pusher
 import pusher.errors
-from autobahn.twisted.websocket import WebSocketClientFactory
 from treq.client import HTTPClient
 from twisted.internet import reactor
 from twisted.internet.defer import inlineCallbacks
-from twisted.internet.endpoints import TCP4ClientEndpoint
 from twisted.internet.threads import deferToThread
 from twisted.trial.unittest import TestCase
 from twisted.web.client import Agent, HTTPConnectionPool
 
 from pushsvc.service import PushService, ServiceConfig
-from pushsvc.signing import channelAuth, userAuth
-from tests.test_protocol import WSClient
+from pushsvc.signing import userAuth
+from tests.wsclient import PATH, WSClient, connectClient, subscribeClient
 
 APP_ID, APP_KEY, SECRET = "4242", "integration-key", "integration-secret"
 
@@ -67,26 +65,13 @@ class ServiceTests(TestCase):
 
     @inlineCallbacks
     def connect(self) -> Any:
-        url = f"ws://127.0.0.1:{self.port}/app/{APP_KEY}?protocol=7&client=js&version=8.4.0"
-        factory = WebSocketClientFactory(url)
-        factory.protocol = WSClient
-        factory.keep = True  # type: ignore[attr-defined]
-        factory.setProtocolOptions(autoPingInterval=0)
-        client = yield TCP4ClientEndpoint(reactor, "127.0.0.1", self.port).connect(factory)
+        client = yield connectClient(self.port, PATH.format(key=APP_KEY), established=False)
         self.clients.append(client)
         yield client.expect("pusher:connection_established")
         return client
 
     def subscribe(self, client: WSClient, channel: str, channelData: str | None = None) -> Any:
-        data: dict[str, Any] = {"channel": channel}
-        if channel.startswith(("private-", "presence-")):
-            data["auth"] = channelAuth(
-                self.service.apps.default, client.socketId, channel, channelData
-            )
-        if channelData is not None:
-            data["channel_data"] = channelData
-        client.sendJSON("pusher:subscribe", data)
-        return client.expect("pusher_internal:subscription_succeeded", channel)
+        return subscribeClient(self.service.apps.default, client, channel, channelData)
 
     @inlineCallbacks
     def test_sdkPublishReachesSubscribers(self) -> Any:

@@ -10,10 +10,8 @@ import random
 import re
 from typing import Any
 
-from autobahn.twisted.websocket import WebSocketClientFactory, WebSocketClientProtocol
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred, inlineCallbacks
-from twisted.internet.endpoints import TCP4ClientEndpoint
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 from twisted.web.resource import Resource
@@ -28,6 +26,7 @@ from pushsvc.protocol import makeAppFactory, makeAppResource
 from pushsvc.registry import Registry
 from pushsvc.signing import channelAuth, userAuth
 from pushsvc.testing_ws import FakeClient
+from tests.wsclient import WSClient, connectClient, subscribeClient
 
 APP = App("1", "278d425bdf160c739803", "7ad3773142a6692b25b8")
 OTHER = App("2", "other-key", "other-secret")
@@ -438,86 +437,6 @@ class InMemoryTests(SynchronousTestCase):
 # -- real loopback -----------------------------------------------------------------------------
 
 
-class WSClient(WebSocketClientProtocol):
-    """An Autobahn client that records what it receives and lets tests wait for it."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.messages: list[dict[str, Any]] = []
-        self.counts: dict[str, int] = {}
-        self.closed: Deferred[int | None] = Deferred()
-        self._waiters: list[tuple[str, str | None, int, Deferred[Any]]] = []
-        self._seen: dict[tuple[str, str | None], int] = {}
-        self.socketId = ""
-
-    def onMessage(self, payload: bytes, isBinary: bool) -> None:
-        msg = json.loads(payload)
-        if isinstance(msg.get("data"), str) and msg["event"].startswith("pusher"):
-            msg["data"] = json.loads(msg["data"])
-        event = msg["event"]
-        self.counts[event] = self.counts.get(event, 0) + 1
-        if event == "pusher:connection_established":
-            self.socketId = msg["data"]["socket_id"]
-        if self.factory.keep or event.startswith("pusher"):
-            self.messages.append(msg)
-        self._check()
-
-    def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
-        if not self.closed.called:
-            self.closed.callback(code)
-        for *_, d in self._waiters:
-            if not d.called:
-                d.errback(AssertionError(f"closed {code} {reason} while waiting"))
-        self._waiters = []
-
-    def matching(self, event: str, channel: str | None = None) -> list[dict[str, Any]]:
-        return [m for m in self.messages
-                if m["event"] == event and (channel is None or m.get("channel") == channel)]
-
-    def _check(self) -> None:
-        for w in list(self._waiters):
-            event, channel, count, d = w
-            if count:
-                if self.counts.get(event, 0) >= count:
-                    self._waiters.remove(w)
-                    d.callback(count)
-                continue
-            found = self.matching(event, channel)
-            i = self._seen.get((event, channel), 0)
-            if len(found) > i:
-                self._seen[(event, channel)] = i + 1
-                self._waiters.remove(w)
-                d.callback(found[i])
-
-    def expect(self, event: str, channel: str | None = None, timeout: float = 5
-               ) -> Deferred[Any]:
-        """Fires with the next not yet expected message C{event} (on C{channel})."""
-        d: Deferred[Any] = Deferred()
-        self._waiters.append((event, channel, 0, d))
-        self._check()
-        return d.addTimeout(timeout, reactor)
-
-    def expectCount(self, event: str, count: int, timeout: float = 10) -> Deferred[Any]:
-        """Fires once C{count} C{event} messages arrived in all."""
-        d: Deferred[Any] = Deferred()
-        self._waiters.append((event, None, count, d))
-        self._check()
-        return d.addTimeout(timeout, reactor)
-
-    def sendJSON(self, event: str, data: Any = None, channel: str | None = None) -> None:
-        frame: dict[str, Any] = {"event": event}
-        if data is not None:
-            frame["data"] = data
-        if channel is not None:
-            frame["channel"] = channel
-        self.sendMessage(json.dumps(frame).encode())
-
-    def roundTrip(self) -> Deferred[Any]:
-        """Fires once everything sent before was handled (a ping's pong came back)."""
-        self.sendJSON("pusher:ping", {})
-        return self.expect("pusher:pong")
-
-
 class LoopbackTests(TestCase):
     timeout = 60
     settings: dict[str, dict[str, Any]] = {
@@ -552,13 +471,8 @@ class LoopbackTests(TestCase):
     def connect(self, path: str | None = None, keep: bool = True,
                 established: bool = True) -> Any:
         portNumber = self.port.getHost().port  # type: ignore[attr-defined]
-        url = f"ws://127.0.0.1:{portNumber}{path or PATH}"
-        factory = WebSocketClientFactory(url)
-        factory.protocol = WSClient
-        factory.keep = keep  # type: ignore[attr-defined]
-        factory.setProtocolOptions(openHandshakeTimeout=0, closeHandshakeTimeout=0,
-                                   autoPingInterval=0)
-        client = yield TCP4ClientEndpoint(reactor, "127.0.0.1", portNumber).connect(factory)
+        client = yield connectClient(portNumber, path or PATH, keep, established=False,
+                                     openHandshakeTimeout=0, closeHandshakeTimeout=0)
         self.clients.append(client)
         if established:
             yield client.expect("pusher:connection_established")
@@ -566,13 +480,7 @@ class LoopbackTests(TestCase):
 
     def subscribe(self, client: WSClient, channel: str, channelData: str | None = None,
                   app: App = APP) -> Deferred[Any]:
-        data: dict[str, Any] = {"channel": channel}
-        if frames.needsAuth(channel):
-            data["auth"] = channelAuth(app, client.socketId, channel, channelData)
-        if channelData is not None:
-            data["channel_data"] = channelData
-        client.sendJSON("pusher:subscribe", data)
-        return client.expect("pusher_internal:subscription_succeeded", channel)
+        return subscribeClient(app, client, channel, channelData)
 
     @inlineCallbacks
     def test_publicSubscribeAndPublish(self) -> Any:
