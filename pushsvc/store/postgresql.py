@@ -27,11 +27,13 @@ from twisted.internet.threads import deferToThreadPool
 from twisted.python.threadpool import ThreadPool
 from zope.interface import implementer
 
+from pushsvc.store import queries
 from pushsvc.store.interface import IStore, Message, RoomSummary, StoreUnavailable
 from pushsvc.store.schema import defaultSchema, loadScripts, pendingScripts
 
 T = TypeVar("T")
 
+DIALECT = queries.Dialect("%s")
 CONNECT_TIMEOUT = 5  # seconds; libpq's default is to wait for as long as TCP does
 
 
@@ -110,19 +112,19 @@ class PostgreSQLStore:
         return d
 
     def append(self, room: str, author: str, text: str, createdAt: float) -> Deferred[Message]:
-        return self._run(_append, room, author, text, createdAt)
+        return self._run(queries.append, DIALECT, room, author, text, createdAt)
 
     def messages(self, room: str, after: int, limit: int) -> Deferred[list[Message]]:
-        return self._run(_messages, room, after, limit)
+        return self._run(queries.messages, DIALECT, room, after, limit)
 
     def latest(self, room: str, limit: int) -> Deferred[list[Message]]:
-        return self._run(_latest, room, limit)
+        return self._run(queries.latest, DIALECT, room, limit)
 
     def rooms(self, limit: int) -> Deferred[list[RoomSummary]]:
-        return self._run(_rooms, limit)
+        return self._run(queries.rooms, DIALECT, limit)
 
     def ping(self) -> Deferred[None]:
-        return self._run(_ping)
+        return self._run(queries.ping, DIALECT)
 
     def _run(self, work: Callable[..., T], *args: Any) -> Deferred[T]:
         if self._threads is None:
@@ -205,54 +207,3 @@ def _migrate(cursor: Any, schema: Traversable) -> None:
     if todo:
         cursor.execute("DELETE FROM version")
         cursor.execute("INSERT INTO version (version) VALUES (%s)", (todo[-1].version,))
-
-
-def _append(cursor: Any, room: str, author: str, text: str, createdAt: float) -> Message:
-    cursor.execute(
-        "INSERT INTO rooms (name, last_id, last_at) VALUES (%s, 0, %s) ON CONFLICT DO NOTHING",
-        (room, createdAt),
-    )
-    # The row lock taken here is held until COMMIT: other writers to the room, in any process,
-    # wait and then see our last_id.
-    cursor.execute(
-        "UPDATE rooms SET last_id = last_id + 1, last_at = %s WHERE name = %s RETURNING last_id",
-        (createdAt, room),
-    )
-    (newId,) = cursor.fetchone()
-    cursor.execute(
-        "INSERT INTO messages (room, id, author, text, created_at) VALUES (%s, %s, %s, %s, %s)",
-        (room, newId, author, text, createdAt),
-    )
-    return Message(newId, room, author, text, createdAt)
-
-
-def _messages(cursor: Any, room: str, after: int, limit: int) -> list[Message]:
-    cursor.execute(
-        "SELECT id, author, text, created_at FROM messages WHERE room = %s AND id > %s"
-        " ORDER BY id LIMIT %s",
-        (room, after, max(limit, 0)),
-    )
-    return [Message(i, room, a, t, c) for i, a, t, c in cursor.fetchall()]
-
-
-def _latest(cursor: Any, room: str, limit: int) -> list[Message]:
-    cursor.execute(
-        "SELECT id, author, text, created_at FROM messages WHERE room = %s"
-        " ORDER BY id DESC LIMIT %s",
-        (room, max(limit, 0)),
-    )
-    return [Message(i, room, a, t, c) for i, a, t, c in reversed(cursor.fetchall())]
-
-
-def _rooms(cursor: Any, limit: int) -> list[RoomSummary]:
-    cursor.execute(
-        "SELECT name, last_id, last_at FROM rooms WHERE last_id > 0"
-        " ORDER BY last_at DESC, name LIMIT %s",
-        (max(limit, 0),),
-    )
-    return [RoomSummary(n, i, a) for n, i, a in cursor.fetchall()]
-
-
-def _ping(cursor: Any) -> None:
-    cursor.execute("SELECT 1")
-    cursor.fetchone()

@@ -21,13 +21,14 @@ from twisted.internet.threads import deferToThreadPool
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from pushsvc.store import queries
 from pushsvc.store.interface import IStore, Message, RoomSummary, StoreUnavailable
 from pushsvc.store.schema import defaultSchema, loadScripts, pendingScripts
 
 T = TypeVar("T")
 
 # RETURNING arrived in SQLite 3.35 (2021); older libraries read the new id back instead.
-_HAS_RETURNING = sqlite3.sqlite_version_info >= (3, 35, 0)
+DIALECT = queries.Dialect("?", returning=sqlite3.sqlite_version_info >= (3, 35, 0))
 
 
 @implementer(IStore)
@@ -92,16 +93,16 @@ class SQLiteStore:
         return self._run(_append, room, author, text, createdAt)
 
     def messages(self, room: str, after: int, limit: int) -> Deferred[list[Message]]:
-        return self._run(_messages, room, after, limit)
+        return self._run(queries.messages, DIALECT, room, after, limit)
 
     def latest(self, room: str, limit: int) -> Deferred[list[Message]]:
-        return self._run(_latest, room, limit)
+        return self._run(queries.latest, DIALECT, room, limit)
 
     def rooms(self, limit: int) -> Deferred[list[RoomSummary]]:
-        return self._run(_rooms, limit)
+        return self._run(queries.rooms, DIALECT, limit)
 
     def ping(self) -> Deferred[None]:
-        return self._run(_ping)
+        return self._run(queries.ping, DIALECT)
 
     def _run(self, interaction: Callable[..., T], *args: Any) -> Deferred[T]:
         if self._pool is None:
@@ -155,51 +156,7 @@ def _statements(script: str) -> list[str]:
 
 
 def _append(txn: Any, room: str, author: str, text: str, createdAt: float) -> Message:
+    # IMMEDIATE: take the write lock now, so a concurrent writer waits instead of failing later.
     txn.execute("BEGIN IMMEDIATE")
-    txn.execute(
-        "INSERT INTO rooms (name, last_id, last_at) VALUES (?, 0, ?) ON CONFLICT DO NOTHING",
-        (room, createdAt),
-    )
-    update = "UPDATE rooms SET last_id = last_id + 1, last_at = ? WHERE name = ?"
-    if _HAS_RETURNING:
-        txn.execute(update + " RETURNING last_id", (createdAt, room))
-    else:
-        txn.execute(update, (createdAt, room))
-        txn.execute("SELECT last_id FROM rooms WHERE name = ?", (room,))
-    (newId,) = txn.fetchone()
-    txn.execute(
-        "INSERT INTO messages (room, id, author, text, created_at) VALUES (?, ?, ?, ?, ?)",
-        (room, newId, author, text, createdAt),
-    )
-    return Message(newId, room, author, text, createdAt)
+    return queries.append(txn, DIALECT, room, author, text, createdAt)
 
-
-def _messages(txn: Any, room: str, after: int, limit: int) -> list[Message]:
-    txn.execute(
-        "SELECT id, author, text, created_at FROM messages WHERE room = ? AND id > ?"
-        " ORDER BY id LIMIT ?",
-        (room, after, max(limit, 0)),
-    )
-    return [Message(i, room, a, t, c) for i, a, t, c in txn.fetchall()]
-
-
-def _latest(txn: Any, room: str, limit: int) -> list[Message]:
-    txn.execute(
-        "SELECT id, author, text, created_at FROM messages WHERE room = ? ORDER BY id DESC LIMIT ?",
-        (room, max(limit, 0)),
-    )
-    return [Message(i, room, a, t, c) for i, a, t, c in reversed(txn.fetchall())]
-
-
-def _rooms(txn: Any, limit: int) -> list[RoomSummary]:
-    txn.execute(
-        "SELECT name, last_id, last_at FROM rooms WHERE last_id > 0"
-        " ORDER BY last_at DESC, name LIMIT ?",
-        (max(limit, 0),),
-    )
-    return [RoomSummary(n, i, a) for n, i, a in txn.fetchall()]
-
-
-def _ping(txn: Any) -> None:
-    txn.execute("SELECT 1")
-    txn.fetchone()

@@ -1,0 +1,81 @@
+"""
+The chat's SQL, shared by the engines. Each function runs inside a transaction in a worker
+thread. Statements are written with C{?} placeholders; C{Dialect.sql} turns them into what the
+engine's driver wants (psycopg spells them C{%s}).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from pushsvc.store.interface import Message, RoomSummary
+
+
+@dataclass(frozen=True)
+class Dialect:
+    placeholder: str
+    returning: bool = True  # UPDATE ... RETURNING (SQLite before 3.35 lacks it)
+
+    def sql(self, text: str) -> str:
+        return text if self.placeholder == "?" else text.replace("?", self.placeholder)
+
+
+def append(cursor: Any, d: Dialect, room: str, author: str, text: str, createdAt: float) -> Message:
+    """Store a message with the room's next id."""
+    cursor.execute(
+        d.sql("INSERT INTO rooms (name, last_id, last_at) VALUES (?, 0, ?) ON CONFLICT DO NOTHING"),
+        (room, createdAt),
+    )
+    # The row lock taken by the UPDATE is held until COMMIT: other writers to the room, in any
+    # process, wait and then see our last_id.
+    update = d.sql("UPDATE rooms SET last_id = last_id + 1, last_at = ? WHERE name = ?")
+    if d.returning:
+        cursor.execute(update + " RETURNING last_id", (createdAt, room))
+    else:
+        cursor.execute(update, (createdAt, room))
+        cursor.execute(d.sql("SELECT last_id FROM rooms WHERE name = ?"), (room,))
+    (newId,) = cursor.fetchone()
+    cursor.execute(
+        d.sql("INSERT INTO messages (room, id, author, text, created_at) VALUES (?, ?, ?, ?, ?)"),
+        (room, newId, author, text, createdAt),
+    )
+    return Message(newId, room, author, text, createdAt)
+
+
+def messages(cursor: Any, d: Dialect, room: str, after: int, limit: int) -> list[Message]:
+    cursor.execute(
+        d.sql(
+            "SELECT id, author, text, created_at FROM messages WHERE room = ? AND id > ?"
+            " ORDER BY id LIMIT ?"
+        ),
+        (room, after, max(limit, 0)),
+    )
+    return [Message(i, room, a, t, c) for i, a, t, c in cursor.fetchall()]
+
+
+def latest(cursor: Any, d: Dialect, room: str, limit: int) -> list[Message]:
+    cursor.execute(
+        d.sql(
+            "SELECT id, author, text, created_at FROM messages WHERE room = ?"
+            " ORDER BY id DESC LIMIT ?"
+        ),
+        (room, max(limit, 0)),
+    )
+    return [Message(i, room, a, t, c) for i, a, t, c in reversed(cursor.fetchall())]
+
+
+def rooms(cursor: Any, d: Dialect, limit: int) -> list[RoomSummary]:
+    cursor.execute(
+        d.sql(
+            "SELECT name, last_id, last_at FROM rooms WHERE last_id > 0"
+            " ORDER BY last_at DESC, name LIMIT ?"
+        ),
+        (max(limit, 0),),
+    )
+    return [RoomSummary(n, i, a) for n, i, a in cursor.fetchall()]
+
+
+def ping(cursor: Any, d: Dialect) -> None:
+    cursor.execute("SELECT 1")
+    cursor.fetchone()
