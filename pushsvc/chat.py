@@ -29,6 +29,7 @@ from pushsvc.apps import Apps
 from pushsvc.httputil import (
     HTTPError,
     JSONResource,
+    errorBody,
     intArg,
     parseJSONObject,
     queryArg,
@@ -231,8 +232,6 @@ class RoomResource(Resource):
 
 class NotFound(JSONResource):
     def render(self, request: Request) -> bytes | int:
-        from pushsvc.httputil import errorBody
-
         return errorBody(request, HTTPError(404, "There is nothing at this address."))
 
 
@@ -298,25 +297,26 @@ class PusherAuthResource(JSONResource):
             raise HTTPError(400, "socket_id is missing or malformed.")
         if not CHANNEL_RE.match(channel):
             raise HTTPError(400, "channel_name is missing or malformed.")
-        app = self.chat.apps.default
-        if channel.startswith("private-encrypted-"):
-            raise HTTPError(403, "Encrypted channels are not offered by the chat.")
-        if channel.startswith("presence-"):
-            channelData = json.dumps(
-                {"user_id": session.userId, "user_info": {"name": session.name}}
-            )
-            return 200, {
-                "auth": channelAuth(app, socketId, channel, channelData),
-                "channel_data": channelData,
-            }
-        if channel.startswith("private-"):
-            return 200, {"auth": channelAuth(app, socketId, channel)}
-        raise HTTPError(400, "Only private- and presence- channels need authorization.")
+        # A chat session is just a name: it may join the chat's room channels and nothing else,
+        # so the app's other private and presence channels stay closed to chat visitors.
+        prefix = roomChannel("")
+        if not (channel.startswith(prefix) and ROOM_RE.match(channel[len(prefix) :])):
+            raise HTTPError(403, "The chat signs its room channels (presence-room-NAME) only.")
+        channelData = json.dumps({"user_id": session.userId, "user_info": {"name": session.name}})
+        return 200, {
+            "auth": channelAuth(self.chat.apps.default, socketId, channel, channelData),
+            "channel_data": channelData,
+        }
 
 
 class APIRoot(Resource):
+    """A folder of the API: itself and anything unknown below it are a JSON 404."""
+
     def getChild(self, path: bytes, request: Request) -> Resource:
         return NotFound()
+
+    def render(self, request: Request) -> bytes:
+        return errorBody(request, HTTPError(404, "There is nothing at this address."))
 
 
 def makeChatResource(chat: ChatAPI) -> Resource:
@@ -324,7 +324,7 @@ def makeChatResource(chat: ChatAPI) -> Resource:
     api.putChild(b"config", ConfigResource(chat))
     api.putChild(b"session", SessionResource(chat))
     api.putChild(b"rooms", RoomsResource(chat))
-    pusher = Resource()
+    pusher = APIRoot()
     pusher.putChild(b"auth", PusherAuthResource(chat))
     api.putChild(b"pusher", pusher)
     return api

@@ -458,6 +458,7 @@ class PushServerFactory(WebSocketServerFactory):
             openHandshakeTimeout=10,
             closeHandshakeTimeout=2,
             failByDrop=False,  # protocol violations get a close frame with the code (1007, 1009)
+            webStatus=False,  # a plain GET gets a 426, not a page naming the library's version
         )
 
     def setProtocolOptions(self, *args: Any, **kwargs: Any) -> None:
@@ -517,8 +518,7 @@ class PushWebSocketResource(WebSocketResource):
         result = super().render(request)
         if transport is not None and channel.transport is None:  # the WebSocket took it over
             channel.setTimeout(None)
-            openChannels = getattr(request.site, "channels", None)
-            if isinstance(openChannels, set):
-                openChannels.discard(httpProtocol)
-                openChannels.discard(channel)
+            forget = getattr(request.site, "forgetChannel", None)
+            if forget is not None:
+                forget(httpProtocol)
         return result

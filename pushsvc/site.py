@@ -13,6 +13,8 @@ from twisted.web.static import File
 
 from pushsvc.httputil import HTTPError, errorBody
 
+MAX_REQUEST_BODY = 1024 * 1024  # above every resource's own limit
+
 PAGE_POLICY = (
     b"default-src 'self'; connect-src 'self' ws: wss:; img-src 'self' data:; "
     b"style-src 'self'; script-src 'self'; object-src 'none'; base-uri 'none'; "
@@ -34,6 +36,11 @@ def webRoot() -> Path:
 class Pages(File):
     """Static files with no directory listings and C{index.html} at the root."""
 
+    def getChild(self, path: bytes, request: Request) -> Any:
+        if b"\x00" in path:  # the file system would raise, and log a traceback, for these
+            return JSONNotFound()
+        return super().getChild(path, request)
+
     def directoryListing(self) -> Resource:
         return JSONNotFound()
 
@@ -46,12 +53,42 @@ class JSONNotFound(Resource):
 
 
 class PushRequest(Request):
-    """Adds the headers every reply should carry."""
+    """
+    Adds the headers every reply should carry, and refuses bodies over L{MAX_REQUEST_BODY}
+    while they arrive: twisted.web would otherwise spool any body, however large, to a file
+    before a resource could say no. Each resource still applies its own, smaller limit.
+    """
+
+    _received = 0
+    _tooLarge = False
+
+    def gotLength(self, length: int | None) -> None:
+        if length is not None and length > MAX_REQUEST_BODY:
+            self._tooLarge = True
+            length = 0
+        super().gotLength(length)
+
+    def handleContentChunk(self, data: bytes) -> None:
+        if self._tooLarge:
+            return
+        self._received += len(data)
+        if self._received > MAX_REQUEST_BODY:
+            self._tooLarge = True
+            assert self.content is not None
+            self.content.seek(0)
+            self.content.truncate()
+            return
+        super().handleContentChunk(data)
 
     def process(self) -> None:
         self.setHeader(b"x-content-type-options", b"nosniff")
         self.setHeader(b"referrer-policy", b"same-origin")
         self.setHeader(b"content-security-policy", PAGE_POLICY)
+        if self._tooLarge:
+            error = HTTPError(413, f"The request body is larger than {MAX_REQUEST_BODY} bytes.")
+            self.write(errorBody(self, error))
+            self.finish()
+            return
         super().process()
 
 
@@ -70,15 +107,22 @@ class PushSite(Site):
             lost = channel.connectionLost
 
             def connectionLost(reason: Any) -> None:
-                self.channels.discard(channel)
                 lost(reason)
-                if not self.channels:
-                    waiters, self._whenEmpty = self._whenEmpty, []
-                    for d in waiters:
-                        d.callback(None)
+                self.forgetChannel(channel)
 
             channel.connectionLost = connectionLost
         return channel
+
+    def forgetChannel(self, channel: Any) -> None:
+        """
+        C{channel} is gone, or no longer HTTP: a WebSocket took its connection over (the
+        registry closes those on a stop).
+        """
+        self.channels.discard(channel)
+        if not self.channels:
+            waiters, self._whenEmpty = self._whenEmpty, []
+            for d in waiters:
+                d.callback(None)
 
     def closeConnections(self) -> Deferred[None]:
         """

@@ -56,6 +56,8 @@ def parseNotifyBody(body: bytes) -> tuple[str, str]:
     event = obj.get("event", DEFAULT_EVENT)
     if not isinstance(event, str) or not 0 < len(event) <= MAX_NAME:
         raise HTTPError(400, f"event must be a string of 1 to {MAX_NAME} characters.")
+    if event.startswith(("pusher:", "pusher_internal:")):
+        raise HTTPError(400, "Event names starting with pusher: are reserved for the protocol.")
     data = obj.get("data", {})
     if not isinstance(data, str):
         data = json.dumps(data, separators=(",", ":"), ensure_ascii=False)

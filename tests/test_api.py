@@ -574,6 +574,8 @@ class NotifyTests(APITestsMixin, TestCase):
             ("c", b'{"evnt": "x"}', 400),
             ("c", b'{"event": ""}', 400),
             ("c", b'{"event": 3}', 400),
+            ("c", b'{"event": "pusher_internal:subscription_succeeded"}', 400),
+            ("c", b'{"event": "pusher:error"}', 400),
             ("c", json.dumps({"data": "x" * 1001}).encode(), 413),
             ("", b"", 404),
             ("a/b", b"", 404),

@@ -201,26 +201,16 @@ class ChatAPITests(TestCase):
 
     @inlineCallbacks
     def test_pusherAuth(self) -> Any:
-        """The page's private/presence subscriptions are signed for the session's user."""
+        """
+        The page's room subscriptions (presence-room-NAME) are signed for the session's user;
+        nothing is signed without a session, and no other channel of the app is signed at all.
+        """
         form = {"Content-Type": ["application/x-www-form-urlencoded"]}
-        code, _ = yield self.call(
-            "POST", "/api/pusher/auth", headers=form, raw=b"socket_id=1.2&channel_name=private-x"
-        )
+        room = b"socket_id=1.2&channel_name=presence-room-general"
+        code, _ = yield self.call("POST", "/api/pusher/auth", headers=form, raw=room)
         self.assertEqual(code, 403)
         _, me = yield self.signIn("Ann")
-        code, body = yield self.call(
-            "POST", "/api/pusher/auth", headers=form, raw=b"socket_id=1.2&channel_name=private-x"
-        )
-        self.assertEqual(code, 200)
-        self.assertEqual(
-            body["auth"], "the-key:" + channelSignature("the-secret", "1.2", "private-x")
-        )
-        code, body = yield self.call(
-            "POST",
-            "/api/pusher/auth",
-            headers=form,
-            raw=b"socket_id=1.2&channel_name=presence-room-general",
-        )
+        code, body = yield self.call("POST", "/api/pusher/auth", headers=form, raw=room)
         self.assertEqual(code, 200)
         data = json.loads(body["channel_data"])
         self.assertEqual(data, {"user_id": me["user_id"], "user_info": {"name": "Ann"}})
@@ -229,10 +219,24 @@ class ChatAPITests(TestCase):
             "the-key:"
             + channelSignature("the-secret", "1.2", "presence-room-general", body["channel_data"]),
         )
+        for channel in [
+            b"private-x",
+            b"private-billing-admin",
+            b"presence-anything-else",
+            b"presence-room-Bad_Room",
+            b"presence-room-",
+            b"private-encrypted-room-general",
+        ]:
+            code, _ = yield self.call(
+                "POST",
+                "/api/pusher/auth",
+                headers=form,
+                raw=b"socket_id=1.2&channel_name=" + channel,
+            )
+            self.assertEqual(code, 403, channel)
         for raw in [
-            b"socket_id=x&channel_name=private-x",
+            b"socket_id=x&channel_name=presence-room-general",
             b"socket_id=1.2&channel_name=a b",
-            b"socket_id=1.2&channel_name=public",
         ]:
             code, _ = yield self.call("POST", "/api/pusher/auth", headers=form, raw=raw)
             self.assertEqual(code, 400, raw)

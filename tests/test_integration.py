@@ -16,10 +16,12 @@ import pusher
 import pusher.errors
 from treq.client import HTTPClient
 from twisted.internet import reactor
-from twisted.internet.defer import inlineCallbacks
+from twisted.internet.defer import inlineCallbacks, succeed
 from twisted.internet.threads import deferToThread
 from twisted.trial.unittest import TestCase
 from twisted.web.client import Agent, HTTPConnectionPool
+from twisted.web.iweb import UNKNOWN_LENGTH, IBodyProducer
+from zope.interface import implementer
 
 from pushsvc.service import PushService, ServiceConfig
 from pushsvc.signing import userAuth
@@ -28,7 +30,9 @@ from tests.wsclient import PATH, WSClient, connectClient, subscribeClient
 APP_ID, APP_KEY, SECRET = "4242", "integration-key", "integration-secret"
 
 
-class ServiceTests(TestCase):
+class ServiceCase(TestCase):
+    """The whole service on a loopback port, with helpers to connect and subscribe."""
+
     timeout = 60
 
     @inlineCallbacks
@@ -73,6 +77,8 @@ class ServiceTests(TestCase):
     def subscribe(self, client: WSClient, channel: str, channelData: str | None = None) -> Any:
         return subscribeClient(self.service.apps.default, client, channel, channelData)
 
+
+class ServiceTests(ServiceCase):
     @inlineCallbacks
     def test_sdkPublishReachesSubscribers(self) -> Any:
         """
@@ -218,3 +224,60 @@ class ServiceTests(TestCase):
         yield self.service.stopService()
         code = yield a.closed
         self.assertEqual(code, 4200)
+
+
+@implementer(IBodyProducer)
+class ChunkedBody:
+    """A request body of unknown length (sent chunked): C{count} times C{chunk}."""
+
+    length = UNKNOWN_LENGTH
+
+    def __init__(self, chunk: bytes, count: int) -> None:
+        self.chunk = chunk
+        self.count = count
+
+    def startProducing(self, consumer: Any) -> Any:
+        for _ in range(self.count):
+            consumer.write(self.chunk)
+        return succeed(None)
+
+    def pauseProducing(self) -> None:
+        pass
+
+    def resumeProducing(self) -> None:
+        pass
+
+    def stopProducing(self) -> None:
+        pass
+
+
+class HostileHTTPTests(ServiceCase):
+    """Requests that must get a clear JSON error and leave the service as it was."""
+
+    @inlineCallbacks
+    def test_hugeBodyRefusedWhileArriving(self) -> Any:
+        """A body over the server-wide cap is answered 413 JSON, declared or chunked."""
+        big = b"x" * (2 * 1024 * 1024)
+        for path in ("/notify/x", "/api/rooms/general/messages", f"/apps/{APP_ID}/events"):
+            response = yield self.http.post(self.base + path, data=big)
+            self.assertEqual(response.code, 413, path)
+            self.assertIn("error", (yield response.json()))
+
+            response = yield self.http.post(self.base + path, data=ChunkedBody(b"y" * 65536, 40))
+            self.assertEqual(response.code, 413, path)
+            yield response.content()
+        health = yield self.http.get(self.base + "/healthz")
+        self.assertEqual(health.code, 200)
+        yield health.content()
+
+    @inlineCallbacks
+    def test_oddPaths(self) -> Any:
+        """NUL bytes, API folders and plain GETs of the WebSocket get JSON or a bare refusal."""
+        for path in ("/app.js%00", "/api", "/api/pusher", "/api/pusher/x", "/nothing"):
+            response = yield self.http.get(self.base + path)
+            self.assertEqual(response.code, 404, path)
+            self.assertIn("error", (yield response.json()))
+        response = yield self.http.get(f"{self.base}/app/{APP_KEY}?protocol=7")
+        body = yield response.text()
+        self.assertNotEqual(response.code, 200)
+        self.assertNotIn("autobahn", body.lower())

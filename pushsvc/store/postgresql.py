@@ -34,6 +34,13 @@ from pushsvc.store.schema import defaultSchema, loadScripts, pendingScripts
 T = TypeVar("T")
 
 DIALECT = queries.Dialect("%s")
+KEEPALIVE = {
+    "keepalives": 1,
+    "keepalives_idle": 10,
+    "keepalives_interval": 5,
+    "keepalives_count": 3,
+    "tcp_user_timeout": 30000,  # ms of unacknowledged data before the connection is dropped
+}
 CONNECT_TIMEOUT = 5  # seconds; libpq's default is to wait for as long as TCP does
 
 
@@ -76,6 +83,10 @@ class PostgreSQLStore:
         """
         params = parseConninfo(conninfo)
         params.setdefault("connect_timeout", CONNECT_TIMEOUT)
+        # A server that vanishes mid-query (a partition, not a refused connection) must fail
+        # the call within seconds, not hold a worker thread until TCP gives up after hours.
+        for key, value in KEEPALIVE.items():
+            params.setdefault(key, value)
         params.setdefault("application_name", "pushsvc")
         self._conninfo = make_conninfo("", **params)
         self.description = describe(params)
