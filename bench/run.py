@@ -1,0 +1,488 @@
+"""
+The pushsvc benchmark: pushsvc and its peers under the same load, one table.
+
+    python bench/run.py            # the full run (a few minutes)
+    python bench/run.py --quick    # small numbers, about a minute, for development
+
+Each server runs pinned to CPU 0; this process (subscribers and publisher, see L{loadgen}) pins
+itself to CPU 1. For each server, two fresh processes in turn:
+
+  A. N subscribers (1,000): a steady phase (20 publishes/s), then a flood phase (at most 4
+     publishes in flight: one is in flight until every subscriber got it).
+  B. M subscribers (10,000): RSS per idle connection after a few idle seconds, then a flood.
+
+Server CPU per delivery is utime+stime of the server process (/proc/PID/stat) over a phase divided
+by the deliveries in it. pushsvc is started as ``twistd -n pushsvc`` and published to through its
+signed HTTP API (``POST /apps/{id}/events``); each peer has a ``POST /publish`` that broadcasts
+the body. Every delivered frame is 100 bytes, no compression. Results are printed and written to
+``bench/results/<timestamp>.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import platform
+import resource
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import urlencode
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(HERE))
+
+from loadgen import LoadGen, PhaseStats, Target, eventData, eventFrame  # noqa: E402
+
+from pushsvc.apiauth import apiSignature  # noqa: E402
+
+SERVER_CPU = 0
+LOAD_CPU = 1
+APP_ID, APP_KEY, APP_SECRET = "bench", "benchkey", "benchsecret-0123456789"
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+ALL_SERVERS = ("pushsvc", "node-ws", "websockets", "autobahn")
+
+
+# -- processes -------------------------------------------------------------------------------
+
+
+def freePort() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def cpuSeconds(pid: int) -> float:
+    """utime + stime of process C{pid} (all its threads), in seconds."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+
+def rssKiB(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    raise RuntimeError(f"no VmRSS for {pid}")
+
+
+@dataclass
+class Server:
+    name: str
+    proc: subprocess.Popen[bytes]
+    target: Target
+    logPath: Path
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+
+
+def waitListening(proc: subprocess.Popen[bytes], ports: list[int], logPath: Path,
+                  timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    for port in ports:
+        while True:
+            if proc.poll() is not None:
+                raise RuntimeError(f"server exited with {proc.returncode}; see {logPath}:\n"
+                                   + logPath.read_text()[-3000:])
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"nothing listens on {port} after {timeout}s") from None
+                time.sleep(0.1)
+
+
+def twistd() -> list[str]:
+    """The twistd of this Python (its script when installed beside it)."""
+    script = Path(sys.executable).parent / "twistd"
+    if script.is_file():
+        return [sys.executable, str(script)]
+    return [sys.executable, "-c", "from twisted.scripts.twistd import run; run()"]
+
+
+def pinned(argv: list[str]) -> list[str]:
+    return ["taskset", "-c", str(SERVER_CPU), *argv]
+
+
+def pusherRequest(port: int, frameBytes: int) -> Callable[[int, int], bytes]:
+    path = f"/apps/{APP_ID}/events"
+
+    def make(seq: int, sentNs: int) -> bytes:
+        body = json.dumps({"name": "m", "channel": "bench", "data": eventData(seq, sentNs,
+                                                                              frameBytes)},
+                          separators=(",", ":")).encode()
+        params = {
+            "auth_key": APP_KEY,
+            "auth_timestamp": str(int(time.time())),
+            "auth_version": "1.0",
+            "body_md5": hashlib.md5(body, usedforsecurity=False).hexdigest(),
+        }
+        params["auth_signature"] = apiSignature(APP_SECRET, "POST", path, params)
+        return (f"POST {path}?{urlencode(params)} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
+                f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
+                ).encode() + body
+
+    return make
+
+
+def peerRequest(port: int, frameBytes: int) -> Callable[[int, int], bytes]:
+    def make(seq: int, sentNs: int) -> bytes:
+        body = eventFrame(eventData(seq, sentNs, frameBytes)).encode()
+        return (f"POST /publish HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
+                f"Content-Length: {len(body)}\r\n\r\n").encode() + body
+
+    return make
+
+
+def startServer(name: str, work: Path, frameBytes: int, extra: list[str]) -> Server:
+    logPath = work / f"{name}.log"
+    log = open(logPath, "ab")  # noqa: SIM115 -- handed to the child
+    env = dict(os.environ)
+    if name == "pushsvc":
+        port = freePort()
+        data = Path(tempfile.mkdtemp(prefix="data-", dir=work))
+        env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")]).rstrip(":")
+        env["PUSHSVC_APP_SECRET"] = APP_SECRET
+        argv = [*twistd(), "-n", "--pidfile=",
+                f"--logfile={work / 'pushsvc-twistd.log'}", "pushsvc",
+                "--listen", f"tcp:{port}:interface=127.0.0.1:backlog=1024",
+                "--data-dir", str(data), "--app-id", APP_ID, "--app-key", APP_KEY, *extra]
+        target = Target(name, port, f"/app/{APP_KEY}?protocol=7&client=bench&version=1", True,
+                        port, pusherRequest(port, frameBytes))
+        ports = [port]
+    elif name == "node-ws":
+        port = freePort()
+        argv = ["node", str(HERE / "node" / "server.js"), str(port)]
+        target = Target(name, port, "/", False, port, peerRequest(port, frameBytes))
+        ports = [port]
+    elif name in ("websockets", "autobahn"):
+        wsPort, httpPort = freePort(), freePort()
+        argv = [sys.executable, str(HERE / "peers" / f"{name}_peer.py"), str(wsPort),
+                str(httpPort)]
+        target = Target(name, wsPort, "/", False, httpPort, peerRequest(httpPort, frameBytes))
+        ports = [wsPort, httpPort]
+    else:
+        raise ValueError(name)
+    proc = subprocess.Popen(pinned(argv), stdout=log, stderr=subprocess.STDOUT, env=env,
+                            stdin=subprocess.DEVNULL)
+    log.close()
+    server = Server(name, proc, target, logPath)
+    try:
+        waitListening(proc, ports, logPath)
+    except BaseException:
+        server.stop()
+        raise
+    return server
+
+
+# -- phases ----------------------------------------------------------------------------------
+
+
+@dataclass
+class Phase:
+    scenario: str
+    subscribers: int
+    stats: PhaseStats
+    cpu: float  # server CPU seconds over the phase
+    held: int
+
+    @property
+    def deliveries(self) -> int:
+        return self.stats.received
+
+    @property
+    def usPerDelivery(self) -> float:
+        return self.cpu / self.deliveries * 1e6 if self.deliveries else float("nan")
+
+    @property
+    def rate(self) -> float:
+        wall = self.stats.ended - self.stats.started
+        return self.deliveries / wall if wall > 0 else 0.0
+
+    def latency(self, q: float) -> float:
+        lat = self.stats.latencies
+        if not lat:
+            return float("nan")
+        ordered = sorted(lat)
+        return ordered[min(len(ordered) - 1, int(q * len(ordered)))] / 1e6
+
+
+@dataclass
+class Result:
+    server: str
+    phases: dict[str, Phase] = field(default_factory=dict)
+    rssPerConn: float = float("nan")
+    idleHeld: int = 0
+    idleWanted: int = 0
+    closeCodes: dict[str, int] = field(default_factory=dict)
+    error: str | None = None
+
+
+def profiler(server: Server, scenario: str, profile: Path | None) -> subprocess.Popen[bytes] | None:
+    """py-spy sampling C{server} (Python servers only) into C{profile}/<server>-<scenario>.txt."""
+    if profile is None or server.name in ("node-ws",):
+        return None
+    pyspy = shutil.which("py-spy")
+    if pyspy is None:
+        raise SystemExit("bench: --profile needs py-spy (pip install py-spy)")
+    profile.mkdir(parents=True, exist_ok=True)
+    out = profile / f"{server.name}-{scenario.replace(' ', '-').replace('/', '')}.txt"
+    proc = subprocess.Popen([pyspy, "record", "--format", "raw", "--rate", "250", "--nonblocking",
+                             "--output", str(out), "--pid", str(server.pid)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    time.sleep(1.0)  # py-spy attaches
+    return proc
+
+
+def measured(server: Server, gen: LoadGen, scenario: str,
+             run: Callable[[], PhaseStats], profile: Path | None = None) -> Phase:
+    spy = profiler(server, scenario, profile)
+    before = cpuSeconds(server.pid)
+    stats = run()
+    cpu = cpuSeconds(server.pid) - before
+    if spy is not None:
+        spy.send_signal(signal.SIGINT)
+        spy.wait(30)
+    phase = Phase(scenario, stats.subscribers, stats, cpu, gen.ready)
+    say(f"  {scenario}: {phase.deliveries} deliveries, {phase.usPerDelivery:.2f} us/delivery, "
+        f"{phase.rate:,.0f}/s, p99 {phase.latency(0.99):.2f} ms, lost {stats.lost()}, "
+        f"dup {stats.duplicated}, reordered {stats.outOfOrder}, "
+        f"publish errors {stats.publishErrors}")
+    return phase
+
+
+def benchServer(name: str, args: argparse.Namespace, work: Path) -> Result:
+    result = Result(name)
+    extra = args.pushsvc_arg or []
+    # A: steady and flood with the smaller number of subscribers
+    server = startServer(name, work, args.frame_bytes, extra)
+    gen = LoadGen(server.target, args.frame_bytes)
+    try:
+        say(f"{name}: pid {server.pid}, connecting {args.subs}")
+        held = gen.connect(args.subs, time.monotonic() + 120)
+        if held < args.subs:
+            say(f"  only {held} of {args.subs} connected: {gen.closedCodes}")
+        gen.idle(1.0)
+        result.phases["steady"] = measured(
+            server, gen, f"{args.subs} steady {args.rate:g}/s",
+            lambda: gen.steady(args.rate, args.steady_seconds), args.profile)
+        result.phases["flood"] = measured(
+            server, gen, f"{args.subs} flood",
+            lambda: gen.flood(args.window, args.flood_seconds, args.max_publishes),
+            args.profile)
+        for code, n in gen.closedCodes.items():
+            result.closeCodes[f"A:{code}"] = n
+    finally:
+        gen.closePublisher()
+        gen.closeAll()
+        server.stop()
+    # B: memory per idle connection, then a flood, with the larger number
+    server = startServer(name, work, args.frame_bytes, extra)
+    gen = LoadGen(server.target, args.frame_bytes)
+    try:
+        gen.connect(20, time.monotonic() + 30)  # warm-up: code paths loaded, caches built
+        gen.idle(0.5)
+        gen.closeAll()
+        gen.idle(1.0)
+        base = rssKiB(server.pid)
+        say(f"{name}: pid {server.pid}, RSS {base} KiB, connecting {args.big}")
+        t0 = time.monotonic()
+        held = gen.connect(args.big, time.monotonic() + 300)
+        say(f"  {held} connected in {time.monotonic() - t0:.1f}s")
+        gen.idle(args.idle_seconds)
+        full = rssKiB(server.pid)
+        result.idleHeld, result.idleWanted = gen.ready, args.big
+        result.rssPerConn = (full - base) / max(1, gen.ready)
+        say(f"  RSS {full} KiB: {result.rssPerConn:.2f} KiB per idle connection")
+        result.phases["bigflood"] = measured(
+            server, gen, f"{args.big} flood",
+            lambda: gen.flood(args.window, args.flood_seconds, args.max_publishes),
+            args.profile)
+        for code, n in gen.closedCodes.items():
+            result.closeCodes[f"B:{code}"] = n
+    finally:
+        gen.closePublisher()
+        gen.closeAll()
+        server.stop()
+    return result
+
+
+# -- output ----------------------------------------------------------------------------------
+
+
+def say(text: str) -> None:
+    sys.stdout.write(text + "\n")
+    sys.stdout.flush()
+
+
+def fmt(x: float, digits: int = 1) -> str:
+    return "-" if x != x else f"{x:.{digits}f}"
+
+
+def tables(results: list[Result], args: argparse.Namespace) -> str:
+    s, b = args.subs, args.big
+    lines = [
+        f"| server | µs/delivery, {s:,} subs at {args.rate:g}/s | µs/delivery, {s:,} subs flooded"
+        f" | µs/delivery, {b:,} subs flooded | RSS KiB per idle connection ({b:,})"
+        f" | p99 ms at {s:,} subs, {args.rate:g}/s | connections held ({b:,}) |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in results:
+        if r.error:
+            lines.append(f"| {r.server} | failed: {r.error} | | | | | |")
+            continue
+        p = r.phases
+        lines.append(
+            f"| {r.server} | {fmt(p['steady'].usPerDelivery)} | {fmt(p['flood'].usPerDelivery)}"
+            f" | {fmt(p['bigflood'].usPerDelivery)} | {fmt(r.rssPerConn)}"
+            f" | {fmt(p['steady'].latency(0.99))} | {r.idleHeld:,}/{r.idleWanted:,} |")
+    lines += [
+        "",
+        "| server | scenario | publishes | deliveries | server CPU s | µs/delivery | deliveries/s"
+        " | p50 ms | p99 ms | max ms | lost | duplicated | out of order | held |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in results:
+        for ph in r.phases.values():
+            st = ph.stats
+            lines.append(
+                f"| {r.server} | {ph.scenario} | {st.published:,} | {ph.deliveries:,}"
+                f" | {ph.cpu:.2f} | {fmt(ph.usPerDelivery, 2)} | {ph.rate:,.0f}"
+                f" | {fmt(ph.latency(0.5), 2)} | {fmt(ph.latency(0.99), 2)}"
+                f" | {fmt(ph.latency(1.0), 2)} | {st.lost():,} | {st.duplicated:,}"
+                f" | {st.outOfOrder:,} | {ph.held:,}/{ph.subscribers:,} |")
+    closes = {r.server: r.closeCodes for r in results if r.closeCodes}
+    if closes:
+        lines += ["", f"Connections closed during the run (phase:code -> count): {closes}"]
+    return "\n".join(lines)
+
+
+def environment() -> str:
+    def version(argv: list[str]) -> str:
+        try:
+            return subprocess.run(argv, capture_output=True, text=True, timeout=10).stdout.strip()
+        except OSError:
+            return "?"
+
+    from importlib.metadata import version as pkg
+
+    node = version(["node", "--version"])
+    ws = json.loads((HERE / "node" / "node_modules" / "ws" / "package.json").read_text())
+    return (f"Python {platform.python_version()}, Twisted {pkg('twisted')}, Autobahn "
+            f"{pkg('autobahn')}, websockets {pkg('websockets')}, Node {node}, ws {ws['version']};"
+            f" {os.cpu_count()} CPUs, kernel {platform.release()}")
+
+
+def ensureNode() -> None:
+    if (HERE / "node" / "node_modules" / "ws").is_dir():
+        return
+    npm = shutil.which("npm")
+    if npm is None:
+        raise SystemExit("bench: npm is needed for the Node ws peer (or pass --servers)")
+    say("installing the Node peer's packages (npm ci)")
+    subprocess.run([npm, "ci", "--no-audit", "--no-fund", "--silent"], cwd=HERE / "node",
+                   check=True)
+
+
+def raiseFileLimit(need: int) -> None:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = max(soft, need)
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (want, max(hard, want)))
+    except (ValueError, OSError):
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        if hard < need:
+            say(f"warning: only {hard} file descriptors allowed; {need} wanted")
+
+
+def parseArgs(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--quick", action="store_true", help="small numbers, for development")
+    p.add_argument("--servers", default=",".join(ALL_SERVERS),
+                   help=f"comma-separated, from {', '.join(ALL_SERVERS)}")
+    p.add_argument("--subs", type=int, help="subscribers of the steady and first flood phase")
+    p.add_argument("--big", type=int, help="subscribers of the memory and second flood phase")
+    p.add_argument("--rate", type=float, default=20.0, help="publishes/s of the steady phase")
+    p.add_argument("--steady-seconds", type=float)
+    p.add_argument("--flood-seconds", type=float)
+    p.add_argument("--idle-seconds", type=float)
+    p.add_argument("--window", type=int, default=4, help="publishes in flight in a flood")
+    p.add_argument("--max-publishes", type=int, default=100000)
+    p.add_argument("--frame-bytes", type=int, default=100, help="size of a delivered frame")
+    p.add_argument("--pushsvc-arg", action="append", help="extra twistd pushsvc option")
+    p.add_argument("--profile", type=Path, metavar="DIR",
+                   help="sample the Python servers with py-spy during each phase (collapsed "
+                        "stacks in DIR; the figures of such a run are not comparable)")
+    p.add_argument("--out", type=Path, help="results file (default bench/results/<time>.md)")
+    args = p.parse_args(argv)
+    quick = args.quick
+    defaults = {"subs": (100, 1000), "big": (1000, 10000), "steady_seconds": (3.0, 20.0),
+                "flood_seconds": (3.0, 10.0), "idle_seconds": (1.0, 3.0)}
+    for key, (small, full) in defaults.items():
+        if getattr(args, key) is None:
+            setattr(args, key, small if quick else full)
+    args.servers = [s.strip() for s in args.servers.split(",") if s.strip()]
+    for s in args.servers:
+        if s not in ALL_SERVERS:
+            p.error(f"unknown server {s!r}")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parseArgs(argv)
+    if os.cpu_count() and os.cpu_count() >= 2:  # type: ignore[operator]
+        os.sched_setaffinity(0, {LOAD_CPU})
+    raiseFileLimit(args.big + 1000)
+    if "node-ws" in args.servers:
+        ensureNode()
+    work = Path(tempfile.mkdtemp(prefix="pushsvc-bench-"))
+    say(f"work directory {work}; servers on CPU {SERVER_CPU}, load on CPU {LOAD_CPU}")
+    results = []
+    for name in args.servers:
+        try:
+            results.append(benchServer(name, args, work))
+        except Exception as e:  # one server failing still gives the others' figures
+            say(f"{name} failed: {e!r}")
+            results.append(Result(name, error=repr(e)[:200]))
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    text = (f"# pushsvc benchmark {stamp}{' (quick)' if args.quick else ''}\n\n"
+            f"{environment()}\n\n"
+            f"Frames of {args.frame_bytes} bytes; flood window {args.window}; steady "
+            f"{args.steady_seconds:g}s, floods {args.flood_seconds:g}s each.\n\n"
+            + tables(results, args) + "\n")
+    out = args.out or HERE / "results" / f"{stamp}{'-quick' if args.quick else ''}.md"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(text)
+    say("\n" + text)
+    say(f"written to {out}")
+    shutil.rmtree(work, ignore_errors=True)
+    return 0 if not any(r.error for r in results) else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
