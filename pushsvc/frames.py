@@ -5,6 +5,7 @@
 # close with the same code N:
 #   4001 unknown app key      4003 app disabled        4005 path is not /app/{key}
 #   4006 protocol is not an integer   4007 protocol outside 5..7   4008 no protocol given
+#   4100 this node cannot deliver events now (its Redis link is down): back off, try again
 # A browser Origin not in --allowed-origins is refused in the HTTP handshake itself (403).
 #
 # Every frame is one UTF-8 JSON object {"event": E, "channel": C?, "data": D?}. From the server,
@@ -37,7 +38,8 @@
 #   1007 text frame that is not UTF-8 (RFC 6455, Autobahn)   1009 frame over maxFrameBytes
 #   4009 connections of a user terminated through the HTTP API
 #   4100 slow consumer: unsent output passed maxOutboundBytes (client reconnects after back-off)
-#   4200 server shutting down (reconnect at once)   4201 no answer to a WebSocket ping
+#   4200 server shutting down, or its Redis link was lost and events may have been missed
+#        (reconnect at once, refetch what was missed)   4201 no answer to a WebSocket ping
 #
 # This module is pure: no I/O, no Twisted, so it can be fuzzed.
 
@@ -60,6 +62,7 @@ CLOSE_UNSUPPORTED_VERSION = 4007
 CLOSE_NO_VERSION = 4008
 CLOSE_TERMINATED = 4009
 CLOSE_SLOW_CONSUMER = 4100
+CLOSE_OVER_CAPACITY = 4100  # refused at open while this node cannot deliver (broker unhealthy)
 CLOSE_SHUTDOWN = 4200
 CLOSE_NO_PONG = 4201
 

@@ -6,6 +6,15 @@ path, so they reach the subscribers on other processes once a cluster-wide broke
 Questions about channels and presence go through the hub too; the hub hands them to its cluster
 state (L{pushsvc.cluster}): the local registry by default, Redis for every process with C{--redis}.
 The cluster state also decides when a presence member is new or gone across every process.
+
+When the broker says it lost its link (L{IBroker.setHealthListener}), this process may have missed
+publishes that were answered 2xx elsewhere: the hub closes every local connection with 4200 so the
+clients reconnect and catch up, and L{Hub.acceptingConnections} is false (new connections are
+refused with 4100) until the broker is healthy again.
+
+Cache channels: every process remembers the last event it receives on a cache channel. A broker
+that reaches other processes (Redis) also keeps it where every process can read it, written with
+the publish; a subscribe reads it from there before the subscription succeeds.
 """
 
 from __future__ import annotations
@@ -24,6 +33,7 @@ from zope.interface import implementer
 
 from pushsvc.cluster import LocalState
 from pushsvc.frames import (
+    CLOSE_SHUTDOWN,
     CLOSE_TERMINATED,
     Member,
     encodeEvent,
@@ -32,7 +42,14 @@ from pushsvc.frames import (
     memberRemovedData,
     serverToUserChannel,
 )
-from pushsvc.interfaces import BrokerUnavailable, ChannelInfo, IBroker, IClusterState, IHub
+from pushsvc.interfaces import (
+    CACHE_TTL,
+    BrokerUnavailable,
+    ChannelInfo,
+    IBroker,
+    IClusterState,
+    IHub,
+)
 from pushsvc.registry import Registry, Subscriber
 
 log = Logger()
@@ -43,7 +60,6 @@ KIND_CLIENT = "c"  # a client event relayed from one connection: cached on cache
 KIND_MEMBER = "m"  # pusher_internal:member_added / member_removed
 KIND_TERMINATE = "t"  # close the connections on #server-to-user-{id}
 
-CACHE_TTL = 30 * 60.0  # Pusher keeps the last event of a cache channel for 30 minutes
 MAX_CACHED_CHANNELS = 10000
 
 
@@ -67,17 +83,25 @@ class LocalBroker:
     def setReceiver(self, receive: Callable[[bytes], None]) -> None:
         self._receive = receive
 
+    def setHealthListener(self, listener: Callable[[bool], None]) -> None:
+        """Never called: this broker cannot lose a link."""
+
     def start(self) -> Deferred[None]:
         return succeed(None)
 
     def stop(self) -> Deferred[None]:
         return succeed(None)
 
-    def publish(self, appId: str, channel: str, message: bytes) -> Deferred[None]:
-        """Hands C{message} to the hub at once; fires with None."""
+    def publish(self, appId: str, channel: str, message: bytes,
+                cache: bytes | None = None) -> Deferred[None]:
+        """Hands C{message} to the hub at once (which remembers cache events); fires with None."""
         if self._receive is None:
             raise BrokerUnavailable("no hub is attached to the broker")
         self._receive(message)
+        return succeed(None)
+
+    def cached(self, appId: str, channel: str) -> Deferred[tuple[bytes, float] | None]:
+        """None: this process's hub is the only one, and it remembers what it received."""
         return succeed(None)
 
     def subscribe(self, appId: str, channel: str) -> Deferred[None]:
@@ -106,6 +130,7 @@ class Hub:
         self.broker = broker
         self.clock = clock
         broker.setReceiver(self.receive)
+        broker.setHealthListener(self._brokerHealthChanged)
         # Socket ids "A.B": A is 18 random digits per process (60 bits: two of a thousand
         # processes share one with a chance of about 1 in 10**12), B a counter. pusher SDKs only
         # ask for digits, a dot and digits. A doubles as this process's node id in Redis.
@@ -122,8 +147,17 @@ class Hub:
 
     # -- publishing ----------------------------------------------------------------------------
 
-    def _send(self, appId: str, channel: str, envelope: bytes) -> Deferred[None]:
-        return maybeDeferred(self.broker.publish, appId, channel, envelope)
+    def _send(self, appId: str, channel: str, envelope: bytes,
+              cache: bytes | None = None) -> Deferred[None]:
+        if cache is None:
+            return maybeDeferred(self.broker.publish, appId, channel, envelope)
+        return maybeDeferred(self.broker.publish, appId, channel, envelope, cache)
+
+    @staticmethod
+    def _cacheFrame(channel: str, event: str, data: str, userId: str | None = None
+                    ) -> bytes | None:
+        """The frame a cache channel keeps as its last event (None on other channels)."""
+        return encodeEvent(event, channel, data, userId) if isCacheChannel(channel) else None
 
     def publish(self, app: Any, channels: Iterable[str], event: str, data: str,
                 exceptSocketId: str | None = None) -> Deferred[None]:
@@ -133,7 +167,8 @@ class Hub:
         """
         ds = [
             self._send(app.id, channel,
-                       encodeEnvelope(KIND_EVENT, app.id, channel, event, data, exceptSocketId))
+                       encodeEnvelope(KIND_EVENT, app.id, channel, event, data, exceptSocketId),
+                       self._cacheFrame(channel, event, data))
             for channel in channels
         ]
         d = gatherResults(ds, consumeErrors=True)
@@ -145,7 +180,8 @@ class Hub:
         """Relay a client event to every subscriber of C{channel} but C{conn}."""
         envelope = encodeEnvelope(KIND_CLIENT, conn.appId, channel, event, data, conn.socketId,
                                   userId)
-        return self._logged(self._send(conn.appId, channel, envelope), "client event")
+        cache = self._cacheFrame(channel, event, data, userId)
+        return self._logged(self._send(conn.appId, channel, envelope, cache), "client event")
 
     def _internal(self, appId: str, channel: str, event: str, data: str,
                   exceptSocketId: str | None) -> None:
@@ -189,12 +225,34 @@ class Hub:
 
     # -- cache channels ------------------------------------------------------------------------
 
-    def _remember(self, appId: str, channel: str, payload: bytes) -> None:
+    def _remember(self, appId: str, channel: str, payload: bytes,
+                  at: float | None = None) -> None:
         key = (appId, channel)
         self._cache.pop(key, None)
-        self._cache[key] = (payload, self.clock.seconds())
+        self._cache[key] = (payload, self.clock.seconds() if at is None else at)
         if len(self._cache) > MAX_CACHED_CHANNELS:
             del self._cache[next(iter(self._cache))]
+
+    def _recall(self, appId: str, channel: str) -> Deferred[None]:
+        """
+        Read the last event of cache channel C{channel} that the broker keeps for every process
+        (if any) into this process's cache, unless this process received a younger one itself.
+        Fires with None; never fails (this process's cache answers meanwhile).
+        """
+        def got(entry: tuple[bytes, float] | None) -> None:
+            if entry is None:
+                return
+            payload, left = entry
+            at = self.clock.seconds() - (CACHE_TTL - left)
+            mine = self._cache.get((appId, channel))
+            if mine is None or mine[1] < at:
+                self._remember(appId, channel, payload, at)
+
+        def failed(f: Failure) -> None:
+            log.warn("reading the cached event of {channel} failed: {error}", channel=channel,
+                     error=f.getErrorMessage())
+
+        return maybeDeferred(self.broker.cached, appId, channel).addCallbacks(got, failed)
 
     def cachedEvent(self, appId: str, channel: str) -> bytes | None:
         """The last event frame of cache channel C{channel} if younger than 30 minutes."""
@@ -215,6 +273,9 @@ class Hub:
         state of the new count, the other members of a presence channel of a user's first
         connection in the cluster.
 
+        On a cache channel the last event kept by the broker (Redis) is read into this process's
+        cache after that, for L{cachedEvent}.
+
         @return: a Deferred that fires with None (never fails) once the broker and the cluster
             state have it, so publishes accepted from then on reach C{conn} (at once with the
             in-process broker).
@@ -225,6 +286,11 @@ class Hub:
         if first:
             ds.append(self._logged(maybeDeferred(self.broker.subscribe, appId, channel),
                                    "subscribe"))
+        if isCacheChannel(channel):
+            # The kept event is read once the broker has the subscription, so an event published
+            # meanwhile is read here or delivered (or both), never neither.
+            subscribed = ds.pop() if first else succeed(None)
+            ds.append(subscribed.addCallback(lambda _: self._recall(appId, channel)))
         ds.append(self.state.counted(appId, channel))
         if userFirst and member is not None:
             def joined(new: bool) -> None:
@@ -298,6 +364,28 @@ class Hub:
         channel = serverToUserChannel(userId)
         envelope = encodeEnvelope(KIND_TERMINATE, app.id, channel, "", None)
         return self._send(app.id, channel, envelope)
+
+    # -- broker health -------------------------------------------------------------------------
+
+    @property
+    def acceptingConnections(self) -> bool:
+        """
+        False while the broker cannot deliver what other processes publish: a new WebSocket
+        connection is refused (4100, try again later) rather than subscribed to channels whose
+        events would not reach it.
+        """
+        return bool(self.broker.healthy)
+
+    def _brokerHealthChanged(self, healthy: bool) -> None:
+        if healthy:
+            log.info("broker healthy again: accepting WebSocket connections")
+            return
+        count = self.registry.connectionCount
+        if count:
+            log.warn("broker link lost: closing {n} WebSocket connections with 4200 so they "
+                     "reconnect and catch up", n=count)
+        # The Deferred fires once they are all gone; nothing waits for it here.
+        self.registry.closeAll(CLOSE_SHUTDOWN, "lost the link to the other nodes: reconnect")
 
     def health(self) -> dict[str, str]:
         return {"broker": "ok" if self.broker.healthy else self.broker.status}

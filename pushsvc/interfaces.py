@@ -10,6 +10,8 @@ from typing import Any
 
 from zope.interface import Attribute, Interface
 
+CACHE_TTL = 30 * 60.0  # seconds: Pusher keeps the last event of a cache channel for 30 minutes
+
 
 class BrokerUnavailable(Exception):
     """The broker cannot carry a publish now (e.g. Redis is down); answer 503, never 2xx."""
@@ -61,10 +63,27 @@ class IBroker(Interface):
         C{receive}); the hub calls this once when it is built.
         """
 
-    def publish(appId: str, channel: str, message: bytes) -> Any:
+    def setHealthListener(listener: Any) -> None:
+        """
+        Call C{listener(healthy: bool)} when this process may have missed publishes: with False
+        when the broker lost its link (publishes accepted elsewhere meanwhile do not reach this
+        process) and with True once it is healthy again. The in-process broker never calls it.
+        """
+
+    def publish(appId: str, channel: str, message: bytes, cache: bytes | None = None) -> Any:
         """
         Carry C{message} (an opaque encoded envelope) to every process subscribed to C{channel}.
         Fires with None once accepted; fails with L{BrokerUnavailable}.
+
+        C{cache}, for cache channels: the event frame to keep as the channel's last event for
+        L{CACHE_TTL} where every process can read it (L{cached}); the in-process broker ignores
+        it (the hub remembers what it receives).
+        """
+
+    def cached(appId: str, channel: str) -> Any:
+        """
+        Fires with C{(frame, seconds left)} of the last event kept for cache channel C{channel}
+        by L{publish}, or None (always None in-process); fails with L{BrokerUnavailable}.
         """
 
     def subscribe(appId: str, channel: str) -> Any:

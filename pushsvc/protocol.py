@@ -37,6 +37,7 @@ from pushsvc.frames import (
     CLOSE_BAD_VERSION,
     CLOSE_NO_PONG,
     CLOSE_NO_VERSION,
+    CLOSE_OVER_CAPACITY,
     CLOSE_UNKNOWN_KEY,
     CLOSE_UNSUPPORTED_VERSION,
     ERR_MALFORMED,
@@ -237,6 +238,10 @@ class PushServerProtocol(WebSocketServerProtocol):
         f = self.factory
         transport: Any = self.transport
         self.lastSeen = f.clock.seconds()
+        if self._refused is None and not f.hub.acceptingConnections:
+            # The broker lost its link: events published elsewhere would not reach this
+            # connection. The client backs off and tries again (maybe another node).
+            self._refused = (CLOSE_OVER_CAPACITY, "cannot deliver events now: try again later")
         if self._refused is not None:
             code, reason = self._refused
             transport.write(wsTextFrame(frames.error(code, reason)))

@@ -8,9 +8,19 @@ subscribers: C{SUBSCRIBE} with the first, C{UNSUBSCRIBE} with the last. Redis ch
 C{{prefix}:{appId}:ch:{channel}}, so apps never see each other's events.
 
 While either connection is down the broker is unhealthy: publishes fail with L{BrokerUnavailable}
-(the HTTP API answers 503) and C{status} says why. When the subscriber connection comes back every
-channel that still has local subscribers is subscribed again before the broker reports itself
-healthy, so a publish that was accepted reaches the subscribers that stayed connected.
+(the HTTP API answers 503) and C{status} says why. Publishes accepted by other processes while this
+one's subscriber connection is down never reach it, so the health listener (the hub) hears of every
+loss of that connection and of every change to unhealthy: it closes the local WebSocket connections
+(4200, reconnect and catch up) and refuses new ones until the broker is healthy again. When the
+subscriber connection comes back every channel that still has local subscribers is subscribed again
+before the broker reports itself healthy.
+
+Cache channels: a publish with C{cache} sets C{{prefix}:{appId}:cache:{channel}} (the event frame,
+expiring after L{CACHE_TTL}) and publishes, in one script, so the key holds the last event that
+was accepted; L{RedisBroker.cached} reads it back for a subscribe on any process.
+
+Each connection names itself (C{CLIENT SETNAME {name}:commands} / C{{name}:subscriber}) so it can
+be told apart in C{CLIENT LIST}.
 
 txredisapi's own connection functions also run on ClientService, but they hide it behind a pool;
 driving ClientService directly gives the broker C{prepareConnection} (restore the subscriptions,
@@ -19,9 +29,10 @@ load the scripts before anything else is sent) and the failure reasons for C{/he
 
 from __future__ import annotations
 
+import os
 import random
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
@@ -36,7 +47,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from pushsvc.interfaces import BrokerUnavailable, IBroker
+from pushsvc.interfaces import CACHE_TTL, BrokerUnavailable, IBroker
 
 log = Logger()
 
@@ -44,6 +55,16 @@ DEFAULT_PREFIX = "pushsvc"
 REPLY_TIMEOUT = 5.0  # seconds; a Redis that stops answering is treated as gone
 RETRY_INITIAL = 0.1
 RETRY_MAX = 2.0  # reconnect attempts at most this far apart, so recovery is quick
+
+# KEYS[1] the cache key; ARGV[1] Redis channel, [2] envelope, [3] event frame, [4] TTL in ms.
+_PUBLISH_CACHED = """
+redis.call('SET', KEYS[1], ARGV[3], 'PX', ARGV[4])
+return redis.call('PUBLISH', ARGV[1], ARGV[2])
+"""
+# KEYS[1] the cache key -> {frame or false, ms left}
+_CACHED = """
+return {redis.call('GET', KEYS[1]), redis.call('PTTL', KEYS[1])}
+"""
 
 
 @dataclass(frozen=True)
@@ -54,7 +75,32 @@ class RedisAddress:
     display: str  # for logs and /healthz: never holds the password
     dbid: int | None = None
     username: str | None = None
-    password: str | None = None
+    password: str | None = field(default=None, repr=False)
+
+
+def redacted(value: str) -> str:
+    """C{value} (a --redis value) with the password of a URL shown as C{***}, for messages."""
+    if "://" not in value:
+        return value
+    scheme, rest = value.split("://", 1)
+    # The authority ends at the first "/", "?" or "#"; the password is between its first ":"
+    # and its last "@" (a password may hold "@" and ":").
+    end = len(rest)
+    for mark in "/?#":
+        i = rest.find(mark)
+        if i != -1:
+            end = min(end, i)
+    authority, tail = rest[:end], rest[end:]
+    if "@" not in authority:
+        if "@" not in rest:
+            return value
+        # Most likely a password with an unencoded "/", "?" or "#": hide up to the last "@".
+        authority, tail = rest, ""
+    userinfo, host = authority.rsplit("@", 1)
+    if ":" not in userinfo:
+        return value
+    user = userinfo.split(":", 1)[0]
+    return f"{scheme}://{user}:***@{host}{tail}"
 
 
 def parseRedisAddress(value: str) -> RedisAddress:
@@ -82,8 +128,7 @@ def parseRedisAddress(value: str) -> RedisAddress:
     username = unquote(url.username) if url.username and password else None
 
     def problem(what: str) -> ValueError:
-        shown = value.replace(url.password, "***") if url.password else value
-        return ValueError(f"The Redis URL {shown!r} {what}.")
+        return ValueError(f"The Redis URL {redacted(value)!r} {what}.")
 
     if url.scheme == "unix":
         if not url.path:
@@ -213,11 +258,14 @@ class RedisBroker:
     """
 
     def __init__(self, address: RedisAddress, reactor: Any, prefix: str = DEFAULT_PREFIX,
-                 retryMax: float = RETRY_MAX) -> None:
+                 retryMax: float = RETRY_MAX, name: str | None = None) -> None:
         self.address = address
         self.reactor = reactor
         self.prefix = prefix
+        # CLIENT SETNAME takes no spaces; the name is for people reading CLIENT LIST.
+        self.name = (name or f"pushsvc-{os.getpid()}").replace(" ", "_")
         self._receive: Callable[[bytes], None] | None = None
+        self._healthListener: Callable[[bool], None] | None = None
         self._channels: dict[str, None] = {}  # Redis channels with local subscribers (ordered)
         self._commands: Any = None  # the ready command connection
         self._subscriber: Any = None  # the subscriber connection, once SUBSCRIBEs may be sent
@@ -228,6 +276,8 @@ class RedisBroker:
         self._readyHooks: list[Callable[[], Any]] = []
         self._healthWaiters: list[Deferred[None]] = []
         self._stopping = False
+        self.addScript("publishCached", _PUBLISH_CACHED)
+        self.addScript("cached", _CACHED)
         policy = backoffPolicy(initialDelay=RETRY_INITIAL, maxDelay=retryMax, factor=2.0,
                                jitter=lambda: random.random() * RETRY_INITIAL)
         endpoint = clientFromString(reactor, address.endpoint)
@@ -255,6 +305,13 @@ class RedisBroker:
 
     def setReceiver(self, receive: Callable[[bytes], None]) -> None:
         self._receive = receive
+
+    def setHealthListener(self, listener: Callable[[bool], None]) -> None:
+        """
+        C{listener(False)} whenever the subscriber connection is lost or the broker becomes
+        unhealthy (not while stopping), C{listener(True)} when it is healthy again.
+        """
+        self._healthListener = listener
 
     def whenHealthy(self) -> Deferred[None]:
         """Fires with None once both connections are up and every subscription is restored."""
@@ -287,12 +344,39 @@ class RedisBroker:
     def channelName(self, appId: str, channel: str) -> str:
         return f"{self.prefix}:{appId}:ch:{channel}"
 
-    def publish(self, appId: str, channel: str, message: bytes) -> Deferred[None]:
-        """Fires with None once Redis took it; fails with L{BrokerUnavailable}."""
+    def cacheKey(self, appId: str, channel: str) -> str:
+        return f"{self.prefix}:{appId}:cache:{channel}"
+
+    def publish(self, appId: str, channel: str, message: bytes,
+                cache: bytes | None = None) -> Deferred[None]:
+        """
+        Fires with None once Redis took it (and kept C{cache} as the channel's last event);
+        fails with L{BrokerUnavailable}.
+        """
         if not self.healthy:
             return fail(BrokerUnavailable(self.status))
-        return self.command("PUBLISH", self.channelName(appId, channel), message).addCallback(
-            lambda _: None)
+        name = self.channelName(appId, channel)
+        if cache is None:
+            d = self.command("PUBLISH", name, message)
+        else:
+            d = self.script("publishCached", [self.cacheKey(appId, channel)],
+                            [name, message, cache, int(CACHE_TTL * 1000)])
+        return d.addCallback(lambda _: None)
+
+    def cached(self, appId: str, channel: str) -> Deferred[tuple[bytes, float] | None]:
+        """
+        Fires with (event frame, seconds it has left) of the last event published on cache
+        channel C{channel}, or None; fails with L{BrokerUnavailable}.
+        """
+        def got(reply: Any) -> tuple[bytes, float] | None:
+            frame, left = reply
+            if not frame:
+                return None
+            if isinstance(frame, str):
+                frame = frame.encode("utf-8")
+            return frame, max(0.0, int(left) / 1000.0)
+
+        return self.script("cached", [self.cacheKey(appId, channel)], []).addCallback(got)
 
     def subscribe(self, appId: str, channel: str) -> Deferred[None]:
         """
@@ -376,16 +460,27 @@ class RedisBroker:
         self._reportHealth()
 
     def _lost(self, conn: Any, why: Failure) -> None:
+        lostSubscriber = False
         if conn is self._commands:
             self._commands = None
         if conn is self._subscriber:
             self._subscriber = None
             self._subscribed = False
+            lostSubscriber = True
         if conn.factory.error:
             self._problem = conn.factory.error
         else:
             self._problem = f"connection lost ({_reason(why)})"
-        self._reportHealth()
+        self._reportHealth(lostSubscriber)
+
+    def _name(self, conn: Any, role: str) -> Deferred[None]:
+        """C{CLIENT SETNAME}; a Redis that refuses it (ACLs) is used all the same."""
+        def failed(f: Failure) -> None:
+            log.warn("redis CLIENT SETNAME failed: {error}", error=_reason(f))
+
+        d: Deferred[Any] = maybeDeferred(conn.execute_command, "CLIENT", "SETNAME",
+                                         f"{self.name}:{role}")
+        return d.addCallbacks(lambda _: None, failed)
 
     def _prepare(self, proxy: Any, ready: Callable[[Any], Deferred[Any]]) -> Deferred[None]:
         """
@@ -411,15 +506,17 @@ class RedisBroker:
 
     def _prepareCommands(self, proxy: Any) -> Deferred[None]:
         def ready(conn: Any) -> Deferred[None]:
-            self._commands = conn
-            loads = [conn.execute_command("SCRIPT", "LOAD", source)
-                     for _, source in self._scripts.values()]
+            loads = [self._name(conn, "commands")]
+            loads += [conn.execute_command("SCRIPT", "LOAD", source)
+                      for _, source in self._scripts.values()]
             d: Deferred[Any] = gatherResults(loads, consumeErrors=True)
             return d.addCallback(done, conn)
 
         def done(_: object, conn: Any) -> None:
-            if self._commands is not conn:
-                return
+            if conn not in self._factories[0].protocols:
+                return  # lost meanwhile
+            # Ready (and healthy) only once every reply of the preparation came back.
+            self._commands = conn
             self._reportHealth()
             for hook in self._readyHooks:
                 try:
@@ -431,6 +528,11 @@ class RedisBroker:
 
     def _prepareSubscriber(self, proxy: Any) -> Deferred[None]:
         def ready(conn: Any) -> Deferred[None]:
+            return self._name(conn, "subscriber").addCallback(named, conn)
+
+        def named(_: object, conn: Any) -> Deferred[None] | None:
+            if conn not in self._factories[1].protocols:
+                return None  # lost meanwhile
             # From here on subscribe() sends at once, so nothing added meanwhile is missed.
             self._subscriber = conn
             names = list(self._channels)
@@ -448,17 +550,25 @@ class RedisBroker:
 
         return self._prepare(proxy, ready)
 
-    def _reportHealth(self) -> None:
+    def _reportHealth(self, lostSubscriber: bool = False) -> None:
         if self.healthy:
             waiters, self._healthWaiters = self._healthWaiters, []
             for d in waiters:
                 d.callback(None)
+        changed = False
         if self.healthy and not self._wasHealthy:
-            self._wasHealthy = True
+            self._wasHealthy = changed = True
             log.info("broker ready: {redis}", redis=self.address.display)
         elif not self.healthy and self._wasHealthy:
             self._wasHealthy = False
+            changed = True
             log.error("broker down: {status}", status=self.status)
+        if (changed or lostSubscriber) and self._healthListener is not None \
+                and not self._stopping:
+            try:
+                self._healthListener(self.healthy)
+            except Exception:
+                log.failure("broker health listener")
 
     def _message(self, message: Any) -> None:
         if self._receive is None:

@@ -67,14 +67,15 @@ def _redis(value: str) -> str:
     from twisted.internet import reactor
     from twisted.internet.endpoints import clientFromString
 
-    from pushsvc.redisbroker import parseRedisAddress
+    from pushsvc.redisbroker import parseRedisAddress, redacted
 
     address = parseRedisAddress(value)
     try:
         clientFromString(reactor, address.endpoint)
     except Exception as e:
+        # The error may quote the endpoint, which holds no password; the value itself may.
         raise ValueError(
-            f"{value!r} is not a Redis address (redis://127.0.0.1:6379/0 or "
+            f"{redacted(value)!r} is not a Redis address (redis://127.0.0.1:6379/0 or "
             f"tcp:127.0.0.1:6379): {e}"
         ) from None
     return value

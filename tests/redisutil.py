@@ -7,6 +7,7 @@ connections whose frames a test can wait on.
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import shutil
@@ -20,12 +21,16 @@ from twisted.internet.error import ProcessDone, ProcessTerminated
 from twisted.internet.protocol import ProcessProtocol
 from twisted.python.failure import Failure
 from twisted.trial.unittest import TestCase
+from twisted.web.resource import Resource
+from twisted.web.server import Site
 
+from pushsvc.apps import Apps
 from pushsvc.frames import Member
 from pushsvc.interfaces import PushSettings
 from pushsvc.registry import Outbound, Registry
 from tests.helpers import requireService
 from tests.procs import freePort
+from tests.wsclient import PATH, WSClient, connectClient
 
 REDIS_HOST = os.environ.get("PUSHSVC_TEST_REDIS_HOST", "127.0.0.1")
 REDIS_PORT = int(os.environ.get("PUSHSVC_TEST_REDIS_PORT", "6379"))
@@ -159,6 +164,7 @@ class Conn:
         self.socketId = socketId
         self.messages: list[dict[str, Any]] = []
         self.closed: int | None = None
+        self._closeWaiters: list[Deferred[int]] = []
         self._waiters: list[tuple[str, str | None, Deferred[dict[str, Any]]]] = []
         self._seen = 0
         self.outbound: Outbound | None = Outbound(self._write, 10**7, lambda: None)
@@ -190,19 +196,30 @@ class Conn:
 
     def closeWith(self, code: int, reason: str) -> None:
         self.closed = code
+        waiters, self._closeWaiters = self._closeWaiters, []
+        for d in waiters:
+            d.callback(code)
+
+    def whenClosed(self, timeout: float = 10) -> Deferred[int]:
+        """Fires with the close code once the node closes this connection."""
+        d: Deferred[int] = Deferred()
+        self._closeWaiters.append(d)
+        return d.addTimeout(timeout, reactor)
 
 
 class Node:
     """One pushsvc process's push side, in this process: registry, Redis broker, state, hub."""
 
     def __init__(self, address: str, prefix: str, heartbeat: float = 0.2,
-                 nodeTTL: float = 1.0) -> None:
+                 nodeTTL: float = 1.0, name: str | None = None) -> None:
         from pushsvc.cluster import RedisState
         from pushsvc.hub import Hub
         from pushsvc.redisbroker import RedisBroker, parseRedisAddress
 
         self.registry = Registry(PushSettings())
-        self.broker = RedisBroker(parseRedisAddress(address), reactor, prefix, retryMax=0.5)
+        # name: CLIENT SETNAME prefix, so a test finds (and kills) only its own connections.
+        self.broker = RedisBroker(parseRedisAddress(address), reactor, prefix, retryMax=0.5,
+                                  name=name)
         self.state = RedisState(self.broker, self.registry, reactor, heartbeat, nodeTTL)
         self.hub = Hub(self.registry, self.broker, reactor, self.state)
         self._ready: list[Deferred[None]] = []
@@ -242,10 +259,12 @@ class RedisTestCase(TestCase):
     def setUp(self) -> None:
         requireRedis()
         self.prefix = uniquePrefix()
+        self._names = itertools.count(1)
         self.addCleanup(deleteKeys, self.prefix + ":*")
 
     @inlineCallbacks
     def node(self, address: str = REDIS_URL, **kw: Any) -> Any:
+        kw.setdefault("name", f"{self.prefix}-{next(self._names)}")
         node = Node(address, self.prefix, **kw)
         self.addCleanup(node.stop)
         yield node.start()
@@ -254,3 +273,43 @@ class RedisTestCase(TestCase):
     def nodes(self, n: int, address: str = REDIS_URL) -> Deferred[list[Node]]:
         """Fires with C{n} started nodes."""
         return gatherResults([self.node(address) for _ in range(n)])
+
+
+    def listen(self, node: Node, apps: Apps) -> int:
+        """
+        Serve C{node}'s WebSocket side (C{/app/{key}}) on a loopback port, as the service does;
+        @return: the port. Stopped (and its connections closed) at cleanup.
+        """
+        from pushsvc.protocol import makeAppResource
+
+        root = Resource()
+        resource = makeAppResource(apps, node.hub, node.registry, reactor, PushSettings())
+        root.putChild(b"app", resource)
+        port = reactor.listenTCP(0, Site(root), interface="127.0.0.1")  # type: ignore[attr-defined]
+        factory = resource._factory  # type: ignore[attr-defined]
+
+        @inlineCallbacks
+        def stop() -> Any:
+            for conn in list(factory.live):
+                conn.transport.abortConnection()
+            yield factory.whenIdle()
+            yield port.stopListening()
+
+        self.addCleanup(stop)
+        return int(port.getHost().port)
+
+    @inlineCallbacks
+    def wsConnect(self, port: int, key: str, established: bool = True) -> Any:
+        """Fires with a L{WSClient} connected to C{port} (aborted at cleanup)."""
+        client: WSClient = yield connectClient(port, PATH.format(key=key), established=False,
+                                               openHandshakeTimeout=0, closeHandshakeTimeout=0)
+
+        def close() -> Deferred[Any]:
+            if not client.closed.called:
+                client.transport.abortConnection()  # type: ignore[union-attr]
+            return client.closed
+
+        self.addCleanup(close)
+        if established:
+            yield client.expect("pusher:connection_established")
+        return client

@@ -244,8 +244,10 @@ class OutageTests(ClusterCase):
     def test_redisOutage(self) -> Any:
         """
         A private redis-server under two pushsvc processes is killed mid-run: publishes get 503
-        with a JSON error and /healthz names the broker; started again on the same port, the
-        processes reconnect by themselves and the same, still connected subscriber gets events.
+        with a JSON error and /healthz names the broker; the WebSocket clients are closed with
+        4200 (they may have missed events published meanwhile: reconnect and catch up) and new
+        ones are refused with 4100 (back off) while Redis is away. Started again on the same
+        port, the processes reconnect by themselves and a client that reconnects gets events.
         """
         server = RedisServer()
         yield server.start()
@@ -262,6 +264,14 @@ class OutageTests(ClusterCase):
         yield server.stop()
         yield gatherResults([p.waitFor("broker down", after=m)
                              for p, m in zip(cluster.procs, marks, strict=True)])
+        code = yield client.closed
+        self.assertEqual(code, 4200)
+        refused = yield connectClient(cluster.ports[1], PATH.format(key=cluster.app.key),
+                                      established=False)
+        self.addCleanup(self._close, refused)
+        error = yield refused.expect("pusher:error")
+        self.assertEqual(error["data"]["code"], 4100)
+        self.assertEqual((yield refused.closed), 4100)
         try:
             yield cluster.call(0, "trigger", "news", "during", "2")
         except pusher.errors.PusherError as e:
@@ -279,6 +289,8 @@ class OutageTests(ClusterCase):
         yield server.start()
         yield gatherResults([p.waitFor("broker ready", after=m)
                              for p, m in zip(cluster.procs, marks, strict=True)])
+        client = yield self.connect(cluster, 1)
+        yield self.subscribe(cluster, client, "news")
         yield cluster.call(0, "trigger", "news", "after", "3")
         msg = yield client.expect("after", "news")
         self.assertEqual(msg["data"], "3")

@@ -38,13 +38,34 @@ def presenceData(userId: Any, info: Any = None) -> str:
     return json.dumps({"user_id": userId, "user_info": info})
 
 
+class LinkBroker(LocalBroker):
+    """An in-process broker whose link to the other nodes a test can cut and restore."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.healthy = True
+        self.status = "ok"
+        self._listener: Any = None
+
+    def setHealthListener(self, listener: Any) -> None:
+        self._listener = listener
+
+    def cut(self) -> None:
+        self.healthy, self.status = False, "redis unreachable: connection lost"
+        self._listener(False)
+
+    def restore(self) -> None:
+        self.healthy, self.status = True, "ok"
+        self._listener(True)
+
+
 class Server:
     """A registry, hub and factory on a clock, as the service wires them."""
 
-    def __init__(self, clock: Any, **settings: Any) -> None:
+    def __init__(self, clock: Any, broker: LocalBroker | None = None, **settings: Any) -> None:
         self.settings = PushSettings(**settings)
         self.registry = Registry(self.settings)
-        self.broker = LocalBroker()
+        self.broker = broker if broker is not None else LocalBroker()
         self.hub = Hub(self.registry, self.broker, clock)
         self.apps = Apps([APP, OTHER, DISABLED])
 
@@ -57,8 +78,8 @@ class InMemoryTests(SynchronousTestCase):
         self.clock = Clock()
         self.make()
 
-    def make(self, **settings: Any) -> None:
-        self.server = Server(self.clock, **settings)
+    def make(self, broker: LocalBroker | None = None, **settings: Any) -> None:
+        self.server = Server(self.clock, broker, **settings)
         self.factory = makeAppFactory(self.server.apps, self.server.hub, self.server.registry,
                                       self.clock, self.server.settings)
         # No Autobahn timers on the global reactor: these tests run on the Clock.
@@ -114,6 +135,35 @@ class InMemoryTests(SynchronousTestCase):
         for version in (5, 6, 7):
             client = self.connect(f"/app/{APP.key}?protocol={version}")
             self.assertEqual(client.messages[0]["event"], "pusher:connection_established")
+
+    def test_brokerLinkLost(self) -> None:
+        """
+        When the broker loses its link, every open connection is closed with 4200 (reconnect
+        and catch up) and new ones get pusher:error 4100 and a close with 4100 (back off) until
+        the link is back; then connections are accepted and served again.
+        """
+        broker = LinkBroker()
+        self.make(broker)
+        a, b = self.connect(), self.connect()
+        self.subscribe(a, "news")
+        broker.cut()
+        self.assertEqual((a.closeCode, b.closeCode), (4200, 4200))
+        a.disconnect()
+        b.disconnect()
+        refused = self.connect()
+        self.assertEqual([m["event"] for m in refused.messages], ["pusher:error"])
+        self.assertEqual(refused.messages[0]["data"]["code"], 4100)
+        self.assertEqual(refused.closeCode, 4100)
+        self.assertEqual(self.server.registry.connectionCount, 0)
+        self.assertEqual(self.server.hub.health(), {"broker": broker.status})
+
+        broker.restore()
+        c = self.connect()
+        self.assertEqual(c.messages[0]["event"], "pusher:connection_established")
+        self.subscribe(c, "news")
+        self.publish("news", "ev", "back")
+        self.assertEqual(c.events("ev")[0]["data"], "back")
+        self.assertIsNone(c.closeCode)
 
     def test_origins(self) -> None:
         """With allowed origins set, other browser origins are refused in the handshake (403)."""

@@ -10,14 +10,16 @@ import time
 from collections.abc import Generator
 from typing import Any
 
+from twisted.internet import reactor
 from twisted.internet.defer import Deferred, inlineCallbacks
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface.verify import verifyObject
 
-from pushsvc.apps import App
+from pushsvc.apps import App, Apps
 from pushsvc.interfaces import BrokerUnavailable, IBroker, IClusterState
 from pushsvc.redisbroker import RedisAddress, parseRedisAddress
-from tests.redisutil import RedisServer, RedisTestCase, deleteKeys
+from tests.redisutil import Node, RedisServer, RedisTestCase, deleteKeys
+from tests.wsclient import subscribeClient
 
 APP = App("a1", "key1", "secret1")
 OTHER = App("a2", "key2", "secret2")
@@ -41,6 +43,13 @@ class AddressTests(SynchronousTestCase):
         """Twisted client endpoint strings are taken as they are."""
         self.assertEqual(parseRedisAddress("tcp:127.0.0.1:6379").endpoint, "tcp:127.0.0.1:6379")
         self.assertEqual(parseRedisAddress("unix:/tmp/r.sock").endpoint, "unix:/tmp/r.sock")
+
+    def test_passwordNotInRepr(self) -> None:
+        """The repr of an address (logs, tracebacks) never shows the password."""
+        a = parseRedisAddress("redis://bob:hunter2@h:6379/0")
+        self.assertEqual(a.password, "hunter2")
+        self.assertNotIn("hunter2", repr(a))
+        self.assertNotIn("hunter2", str(a))
 
     def test_bad(self) -> None:
         """Bad values are refused with a sentence that never shows the password."""
@@ -225,3 +234,118 @@ class OutageTests(RedisTestCase):
         self.assertEqual(info.subscriptionCount, 2)
         self.assertEqual((yield a.hub.presenceUserIds(APP, "presence-r")), ["bob"])
         deleteKeys(self.prefix + ":*", server.port)
+
+
+def killSubscriber(via: Node, victim: Node) -> Deferred[Any]:
+    """
+    C{CLIENT KILL} the subscriber connection of C{victim} only (found by the name it set), as a
+    network blip or Redis's pubsub output-buffer limit would; fires once Redis killed it.
+    """
+    name = f"{victim.broker.name}:subscriber"
+
+    def kill(listing: str) -> Deferred[Any]:
+        ids = []
+        for line in listing.splitlines():
+            fields = dict(f.split("=", 1) for f in line.split() if "=" in f)
+            if fields.get("name") == name:
+                ids.append(fields["id"])
+        assert len(ids) == 1, f"no single connection named {name}: {listing}"
+        return via.broker.command("CLIENT", "KILL", "ID", ids[0])
+
+    return via.broker.command("CLIENT", "LIST", "TYPE", "pubsub").addCallback(kill)
+
+
+class SubscriberLinkTests(RedisTestCase):
+    """A node whose subscriber connection drops while the others carry on."""
+
+    @inlineCallbacks
+    def test_linkLostClosesAndRecovers(self) -> Generator[Deferred[Any], Any, None]:
+        """
+        When B's subscriber connection is killed (A stays healthy and keeps answering publishes
+        2xx), B closes its WebSocket connections with 4200 so they reconnect and catch up, and
+        refuses new ones while unhealthy; A's subscribers stay. Once B's link is back, a new
+        subscriber on B gets what is published through A.
+        """
+        a, b = yield self.nodes(2)
+        port = self.listen(b, Apps([APP]))
+        onB = yield self.wsConnect(port, APP.key)
+        yield subscribeClient(APP, onB, "news")
+        onA = a.connect(APP.id)
+        yield a.subscribe(onA, "news")
+
+        yield killSubscriber(a, b)
+        code = yield onB.closed.addTimeout(10, reactor)
+        self.assertEqual(code, 4200)
+        self.assertIsNone(onA.closed)
+
+        yield b.whenHealthy()
+        self.assertTrue(b.hub.acceptingConnections)
+        late = yield self.wsConnect(port, APP.key)
+        yield subscribeClient(APP, late, "news")
+        yield a.hub.publish(APP, ["news"], "ev", "after")
+        msg = yield late.expect("ev", "news", timeout=10)
+        self.assertEqual(msg["data"], "after")
+        yield onA.next("ev", "news")
+
+    @inlineCallbacks
+    def test_refusedWhileUnhealthy(self) -> Generator[Deferred[Any], Any, None]:
+        """
+        The moment B's link is lost its registered connections are closed (4200) and the hub
+        refuses new ones (4100 at open) until the broker is healthy again.
+        """
+        a, b = yield self.nodes(2)
+        conn = b.connect(APP.id)
+        yield b.subscribe(conn, "news")
+        closed = conn.whenClosed()
+        yield killSubscriber(a, b)
+        code = yield closed
+        # The node closes its connections in the same turn it learns of the loss.
+        self.assertEqual(code, 4200)
+        self.assertFalse(b.hub.acceptingConnections)
+        self.assertIn("unreachable", b.hub.health()["broker"])
+        yield b.whenHealthy()
+        self.assertTrue(b.hub.acceptingConnections)
+
+
+class CacheChannelTests(RedisTestCase):
+    """Cache channels (last event replayed on subscribe) across nodes."""
+
+    @inlineCallbacks
+    def test_replayedOnAnotherNode(self) -> Generator[Deferred[Any], Any, None]:
+        """
+        An event published through A on a cache channel nobody is subscribed to anywhere is
+        replayed to a subscriber on B after its subscription_succeeded (the last one of two);
+        an unpublished cache channel answers pusher:cache_miss. The kept event expires with the
+        30 minutes of the local cache.
+        """
+        a, b = yield self.nodes(2)
+        yield a.hub.publish(APP, ["cache-prices"], "price", "41")
+        yield a.hub.publish(APP, ["cache-prices"], "price", "42")
+        port = self.listen(b, Apps([APP]))
+        client = yield self.wsConnect(port, APP.key)
+        yield subscribeClient(APP, client, "cache-prices")
+        replay = yield client.expect("price", "cache-prices")
+        self.assertEqual(replay["data"], "42")
+        yield subscribeClient(APP, client, "cache-empty")
+        miss = yield client.expect("pusher:cache_miss", "cache-empty")
+        self.assertEqual(miss["channel"], "cache-empty")
+        self.assertEqual(client.matching("price"), [replay])
+        ttl = yield a.broker.command("PTTL", a.broker.cacheKey(APP.id, "cache-prices"))
+        self.assertTrue(29 * 60 * 1000 < int(ttl) <= 30 * 60 * 1000, ttl)
+
+    @inlineCallbacks
+    def test_clientEventsAndPrivateCache(self) -> Generator[Deferred[Any], Any, None]:
+        """Client events on private-cache channels are kept too, and presence-cache channels
+        replay across nodes; the Redis copy is read even when this node has none."""
+        a, b = yield self.nodes(2)
+        sender = a.connect(APP.id)
+        yield a.subscribe(sender, "private-cache-doc")
+        yield a.hub.clientEvent(sender, "private-cache-doc", "client-edit", '{"v":3}', None)
+        yield a.hub.publish(APP, ["presence-cache-room"], "topic", "tea")
+        reader = b.connect(APP.id)
+        yield b.subscribe(reader, "private-cache-doc")
+        yield b.subscribe(reader, "presence-cache-room", "bob")
+        frame = b.hub.cachedEvent(APP.id, "private-cache-doc")
+        self.assertIsNotNone(frame)
+        self.assertIn(b'"client-edit"', frame)
+        self.assertIn(b'"topic"', b.hub.cachedEvent(APP.id, "presence-cache-room") or b"")

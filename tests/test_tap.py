@@ -51,6 +51,13 @@ class OptionsTests(SynchronousTestCase):
         e = self.assertRaises(SystemExit, self.parse, "--redis", "redis://u:pw@h:port")
         self.assertNotIn("pw", str(e).replace("twistd pushsvc", ""))
 
+    def test_redisPasswordRedacted(self) -> None:
+        """A --redis URL that parses but is no usable endpoint is refused with the password
+        shown as ***."""
+        e = self.assertRaises(SystemExit, self.parse, "--redis", "redis://bob:hunter2@a=b:6379")
+        self.assertNotIn("hunter2", str(e))
+        self.assertIn("redis://bob:***@a=b:6379", str(e))
+
     def test_numbers(self) -> None:
         """Numeric options must be positive whole numbers."""
         self.assertEqual(self.parse("--max-data-bytes", "20000")["max-data-bytes"], 20000)
