@@ -10,6 +10,8 @@ import random
 import re
 from typing import Any
 
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred, inlineCallbacks
 from twisted.internet.task import Clock
@@ -714,3 +716,74 @@ class SocketIdTests(SynchronousTestCase):
         self.assertEqual(len(set(ids)), 300)
         for i in ids:
             self.assertTrue(re.fullmatch(r"\d+\.\d+", i))
+
+
+# -- property tests on a live connection ---------------------------------------------------------
+
+# Frames a hostile or broken client might send: valid-looking events with wrong shapes, real
+# protocol events with junk data, arbitrary JSON, arbitrary bytes, binary frames.
+_json = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=20),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=10), inner,
+                                                                 max_size=4),
+    max_leaves=10,
+)
+_events = st.sampled_from([
+    "pusher:subscribe", "pusher:unsubscribe", "pusher:ping", "pusher:pong", "pusher:signin",
+    "client-x", "pusher_internal:member_added", "nope",
+]) | st.text(max_size=30)
+_channels = st.sampled_from([
+    "news", "private-x", "presence-x", "private-encrypted-x", "cache-x", "#server-to-user-1",
+    "", "a b", "x" * 201,
+]) | st.text(max_size=30)
+_frames = st.one_of(
+    st.builds(lambda e, d, c: json.dumps({"event": e, "data": d, "channel": c}).encode(),
+              _events, _json, _channels),
+    st.builds(lambda e, d: json.dumps({"event": e, "data": d}).encode(), _events,
+              st.dictionaries(st.sampled_from(["channel", "auth", "channel_data", "user_data"]),
+                              _json, max_size=4)),
+    st.builds(lambda v: json.dumps(v).encode(), _json),
+    st.binary(max_size=200),
+)
+# What the protocol module documents for bad input: an error frame with these codes, or a close.
+ERROR_CODES = {4002, 4009, 4301}
+CLOSE_CODES = {1007, 1009}
+
+
+class LiveConnectionPropertyTests(SynchronousTestCase):
+    @settings(max_examples=150, deadline=None)
+    @given(st.lists(st.tuples(_frames, st.booleans()), min_size=1, max_size=8))
+    def test_hostileFramesAnswered(self, sent: list[tuple[bytes, bool]]) -> None:
+        """
+        Whatever a client sends, it gets only documented replies (an error with a documented
+        code, a subscription answer, a pong) or a documented close code, and a bystander on the
+        same server still receives the next publish.
+        """
+        clock = Clock()
+        server = Server(clock)
+        factory = makeAppFactory(server.apps, server.hub, server.registry, clock,
+                                 server.settings)
+        factory.setProtocolOptions(openHandshakeTimeout=0, closeHandshakeTimeout=0)
+        bystander = FakeClient(factory, PATH)
+        bystander.send("pusher:subscribe", {"channel": "news"})
+        victim = FakeClient(factory, PATH)
+        for payload, binary in sent:
+            if victim.closeCode is not None:
+                break
+            replies = victim.sendRaw(payload, opcode=0x2 if binary else 0x1)
+            for reply in replies:
+                event = reply["event"]
+                if event == "pusher:error":
+                    self.assertIn(reply["data"]["code"], ERROR_CODES, payload)
+                else:
+                    self.assertIn(event, {
+                        "pusher:pong", "pusher_internal:subscription_succeeded",
+                        "pusher:subscription_error", "pusher:signin_success",
+                        "pusher:cache_miss",
+                    }, payload)
+        if victim.closeCode is not None:
+            self.assertIn(victim.closeCode, CLOSE_CODES | ERROR_CODES)
+        bystander.read()
+        self.successResultOf(server.hub.publish(APP, ["news"], "after", "still here"))
+        self.assertEqual(bystander.read(),
+                         [{"event": "after", "channel": "news", "data": "still here"}])
