@@ -163,12 +163,7 @@ def parseClientFrame(payload: bytes, isBinary: bool, maxBytes: int) -> ClientFra
         text = payload.decode("utf-8")
     except UnicodeDecodeError:
         raise _malformed("frame is not UTF-8") from None
-    try:
-        obj = json.loads(text)
-    except (ValueError, RecursionError):
-        raise _malformed("frame is not JSON") from None
-    if not isinstance(obj, dict):
-        raise _malformed("frame is not a JSON object")
+    obj = _jsonObject(text, "frame")
     event = obj.get("event")
     if not isinstance(event, str) or not event:
         raise _malformed("frame has no event name")
@@ -185,6 +180,17 @@ def parseClientFrame(payload: bytes, isBinary: bool, maxBytes: int) -> ClientFra
         except (ValueError, RecursionError):
             raise _malformed("data is not JSON") from None
     return ClientFrame(event, channel, data)
+
+
+def _jsonObject(text: str, what: str) -> dict[str, Any]:
+    """C{text} decoded as a JSON object. @raise ProtocolError: naming C{what} otherwise."""
+    try:
+        obj = json.loads(text)
+    except (ValueError, RecursionError):
+        raise _malformed(f"{what} is not JSON") from None
+    if not isinstance(obj, dict):
+        raise _malformed(f"{what} must be a JSON object")
+    return obj
 
 
 def _dataObject(frame: ClientFrame) -> dict[str, Any]:
@@ -241,12 +247,7 @@ def presenceMember(channelData: str) -> Member:
 
     @raise ProtocolError: unless it is a JSON object with a string or number C{user_id}.
     """
-    try:
-        obj = json.loads(channelData)
-    except (ValueError, RecursionError):
-        raise _malformed("channel_data is not JSON") from None
-    if not isinstance(obj, dict):
-        raise _malformed("channel_data must be a JSON object")
+    obj = _jsonObject(channelData, "channel_data")
     userId = obj.get("user_id")
     if isinstance(userId, bool) or not isinstance(userId, (str, int, float)):
         raise _malformed("channel_data needs a string or number user_id")
@@ -270,12 +271,7 @@ def signinRequest(frame: ClientFrame) -> SigninRequest:
     auth, userData = data.get("auth"), data.get("user_data")
     if not isinstance(auth, str) or not isinstance(userData, str):
         raise _malformed("pusher:signin needs string auth and user_data")
-    try:
-        user = json.loads(userData)
-    except (ValueError, RecursionError):
-        raise _malformed("user_data is not JSON") from None
-    if not isinstance(user, dict):
-        raise _malformed("user_data must be a JSON object")
+    user = _jsonObject(userData, "user_data")
     userId = user.get("id")
     if not isinstance(userId, str) or not userId or len(userId) > MAX_CHANNEL_LENGTH:
         raise _malformed("user_data needs a non-empty string id")

@@ -158,29 +158,26 @@ def parseRedisAddress(value: str) -> RedisAddress:
     return RedisAddress(endpoint, display, dbid, username, password)
 
 
-class _Commands(txredisapi.RedisProtocol):
+class _Tracked:
+    """Tells the factory when the connection is gone (mixed into both txredisapi protocols)."""
+
     factory: _Factory
 
     def connectionLost(self, why: Failure) -> None:
         self.factory.protocols.discard(self)
         try:
-            super().connectionLost(why)
+            super().connectionLost(why)  # type: ignore[misc]
         finally:
             self.factory.lost(self, why)
 
 
-class _Subscriber(txredisapi.SubscriberProtocol):
-    factory: _Factory
+class _Commands(_Tracked, txredisapi.RedisProtocol):
+    pass
 
+
+class _Subscriber(_Tracked, txredisapi.SubscriberProtocol):
     def messageReceived(self, pattern: Any, channel: Any, message: Any) -> None:
         self.factory.onMessage(message)
-
-    def connectionLost(self, why: Failure) -> None:
-        self.factory.protocols.discard(self)
-        try:
-            super().connectionLost(why)
-        finally:
-            self.factory.lost(self, why)
 
 
 class _Factory(Factory):
