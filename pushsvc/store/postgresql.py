@@ -28,7 +28,7 @@ from twisted.python.threadpool import ThreadPool
 from zope.interface import implementer
 
 from pushsvc.store import queries
-from pushsvc.store.interface import IStore, Message, RoomSummary, StoreUnavailable
+from pushsvc.store.interface import IStore, StoreUnavailable
 from pushsvc.store.schema import defaultSchema, loadScripts, pendingScripts
 
 T = TypeVar("T")
@@ -67,7 +67,9 @@ def describe(params: dict[str, Any]) -> str:
 
 
 @implementer(IStore)
-class PostgreSQLStore:
+class PostgreSQLStore(queries.SQLStore):
+    dialect = DIALECT
+
     def __init__(
         self,
         conninfo: str,
@@ -121,21 +123,6 @@ class PostgreSQLStore:
         # Joining threads blocks, so do it from the reactor's pool rather than the reactor.
         d: Deferred[None] = deferToThreadPool(self._reactor, self._reactor.getThreadPool(), stop)
         return d
-
-    def append(self, room: str, author: str, text: str, createdAt: float) -> Deferred[Message]:
-        return self._run(queries.append, DIALECT, room, author, text, createdAt)
-
-    def messages(self, room: str, after: int, limit: int) -> Deferred[list[Message]]:
-        return self._run(queries.messages, DIALECT, room, after, limit)
-
-    def latest(self, room: str, limit: int) -> Deferred[list[Message]]:
-        return self._run(queries.latest, DIALECT, room, limit)
-
-    def rooms(self, limit: int) -> Deferred[list[RoomSummary]]:
-        return self._run(queries.rooms, DIALECT, limit)
-
-    def ping(self) -> Deferred[None]:
-        return self._run(queries.ping, DIALECT)
 
     def _run(self, work: Callable[..., T], *args: Any) -> Deferred[T]:
         if self._threads is None:

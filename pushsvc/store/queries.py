@@ -6,16 +6,22 @@ engine's driver wants (psycopg spells them C{%s}).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
+
+from twisted.internet.defer import Deferred
 
 from pushsvc.store.interface import Message, RoomSummary
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
 class Dialect:
     placeholder: str
     returning: bool = True  # UPDATE ... RETURNING (SQLite before 3.35 lacks it)
+    beginWrite: str | None = None  # the statement that opens a writing transaction, if any
 
     def sql(self, text: str) -> str:
         return text if self.placeholder == "?" else text.replace("?", self.placeholder)
@@ -23,6 +29,8 @@ class Dialect:
 
 def append(cursor: Any, d: Dialect, room: str, author: str, text: str, createdAt: float) -> Message:
     """Store a message with the room's next id."""
+    if d.beginWrite:
+        cursor.execute(d.beginWrite)
     cursor.execute(
         d.sql("INSERT INTO rooms (name, last_id, last_at) VALUES (?, 0, ?) ON CONFLICT DO NOTHING"),
         (room, createdAt),
@@ -79,3 +87,31 @@ def rooms(cursor: Any, d: Dialect, limit: int) -> list[RoomSummary]:
 def ping(cursor: Any, d: Dialect) -> None:
     cursor.execute("SELECT 1")
     cursor.fetchone()
+
+
+class SQLStore:
+    """
+    The L{IStore} methods the SQL engines share: each runs one of the functions above in a
+    transaction through the engine's C{_run}, which fires with its result (or fails with
+    L{StoreUnavailable}).
+    """
+
+    dialect: Dialect
+
+    def _run(self, work: Callable[..., T], *args: Any) -> Deferred[T]:
+        raise NotImplementedError
+
+    def append(self, room: str, author: str, text: str, createdAt: float) -> Deferred[Message]:
+        return self._run(append, self.dialect, room, author, text, createdAt)
+
+    def messages(self, room: str, after: int, limit: int) -> Deferred[list[Message]]:
+        return self._run(messages, self.dialect, room, after, limit)
+
+    def latest(self, room: str, limit: int) -> Deferred[list[Message]]:
+        return self._run(latest, self.dialect, room, limit)
+
+    def rooms(self, limit: int) -> Deferred[list[RoomSummary]]:
+        return self._run(rooms, self.dialect, limit)
+
+    def ping(self) -> Deferred[None]:
+        return self._run(ping, self.dialect)

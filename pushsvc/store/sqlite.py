@@ -22,17 +22,24 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from pushsvc.store import queries
-from pushsvc.store.interface import IStore, Message, RoomSummary, StoreUnavailable
+from pushsvc.store.interface import IStore, StoreUnavailable
 from pushsvc.store.schema import defaultSchema, loadScripts, pendingScripts
 
 T = TypeVar("T")
 
 # RETURNING arrived in SQLite 3.35 (2021); older libraries read the new id back instead.
-DIALECT = queries.Dialect("?", returning=sqlite3.sqlite_version_info >= (3, 35, 0))
+DIALECT = queries.Dialect(
+    "?",
+    returning=sqlite3.sqlite_version_info >= (3, 35, 0),
+    # IMMEDIATE: take the write lock now, so a concurrent writer waits instead of failing later.
+    beginWrite="BEGIN IMMEDIATE",
+)
 
 
 @implementer(IStore)
-class SQLiteStore:
+class SQLiteStore(queries.SQLStore):
+    dialect = DIALECT
+
     def __init__(
         self,
         path: Path,
@@ -89,21 +96,6 @@ class SQLiteStore:
             pool.close()
         return succeed(None)
 
-    def append(self, room: str, author: str, text: str, createdAt: float) -> Deferred[Message]:
-        return self._run(_append, room, author, text, createdAt)
-
-    def messages(self, room: str, after: int, limit: int) -> Deferred[list[Message]]:
-        return self._run(queries.messages, DIALECT, room, after, limit)
-
-    def latest(self, room: str, limit: int) -> Deferred[list[Message]]:
-        return self._run(queries.latest, DIALECT, room, limit)
-
-    def rooms(self, limit: int) -> Deferred[list[RoomSummary]]:
-        return self._run(queries.rooms, DIALECT, limit)
-
-    def ping(self) -> Deferred[None]:
-        return self._run(queries.ping, DIALECT)
-
     def _run(self, interaction: Callable[..., T], *args: Any) -> Deferred[T]:
         if self._pool is None:
             return fail(StoreUnavailable(f"{self.description} is not open"))
@@ -154,9 +146,4 @@ def _statements(script: str) -> list[str]:
         statements.append(script[start:])
     return statements
 
-
-def _append(txn: Any, room: str, author: str, text: str, createdAt: float) -> Message:
-    # IMMEDIATE: take the write lock now, so a concurrent writer waits instead of failing later.
-    txn.execute("BEGIN IMMEDIATE")
-    return queries.append(txn, DIALECT, room, author, text, createdAt)
 
