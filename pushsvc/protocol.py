@@ -279,6 +279,7 @@ class PushServerProtocol(WebSocketServerProtocol):
         if self.outbound is None:
             return
         self.outbound.closed = True
+        self.outbound.pending = None
         f = self.factory
         f.keepalive.remove(self)
         f.hub.disconnect(self)
@@ -289,7 +290,7 @@ class PushServerProtocol(WebSocketServerProtocol):
             return
         self._closing = True
         if self.outbound is not None:
-            self.outbound.closed = True
+            self.outbound.finish()  # what was delivered before the close goes before it
         try:
             self.sendClose(code, reason)
         except Exception:

@@ -7,12 +7,13 @@ Everything here is about this process only; the hub asks it and makes answers cl
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Callable, Iterator
 from typing import Any, Protocol
 
 from twisted.internet import tcp
 from twisted.internet.defer import Deferred, succeed
-from twisted.internet.interfaces import IPushProducer
+from twisted.internet.interfaces import IDelayedCall, IPushProducer, IReactorTime
 from twisted.logger import Logger
 from zope.interface import implementer
 
@@ -22,6 +23,10 @@ from pushsvc.interfaces import PushSettings
 log = Logger()
 
 ChannelKey = tuple[str, str]  # (app id, channel)
+
+# Connections written per reactor turn while a fan-out is in progress: ~1 ms of sends, so the
+# network is read (and new publishes join the queued frames) at least that often.
+FLUSH_CHUNK = 128
 
 
 def directSocket(transport: Any) -> Any:
@@ -51,10 +56,14 @@ class Outbound:
     C{onOverflow} is called once and nothing more is written, so memory stays bounded. Twisted
     pauses producers once 64 KiB are buffered, so a connection is closed when its unsent bytes
     pass that plus C{limit} (plus what the kernel holds).
+
+    Broadcast frames wait in C{pending} until the registry flushes this connection (see
+    L{Registry.deliver}); every other frame written with L{send} takes what is pending with it,
+    first, so the order in which frames were written is the order on the wire.
     """
 
     __slots__ = ("write", "paused", "queued", "limit", "onOverflow", "closed", "transport",
-                 "sock")
+                 "sock", "pending")
 
     def __init__(self, write: Callable[[bytes], Any], limit: int,
                  onOverflow: Callable[[], None], transport: Any = None) -> None:
@@ -68,11 +77,17 @@ class Outbound:
         # A bound method, looked up once: send() is the hot path of every delivery.
         sock = directSocket(transport)
         self.sock = sock.send if sock is not None else None
+        self.pending: list[bytes] | None = None
 
     def send(self, frame: bytes) -> None:
-        """Write one whole WebSocket frame, unless the connection is closing."""
+        """Write whole WebSocket frames (after any pending ones), unless the connection closes."""
         if self.closed:
             return
+        pending = self.pending
+        if pending is not None:
+            self.pending = None
+            pending.append(frame)
+            frame = b"".join(pending)
         sock = self.sock
         if sock is not None:
             t = self.transport
@@ -97,6 +112,14 @@ class Outbound:
             if self.queued > self.limit:
                 self.closed = True
                 self.onOverflow()
+
+    def finish(self) -> None:
+        """Write what is pending, then nothing more: the connection is about to close."""
+        pending = self.pending
+        if pending is not None and not self.closed:
+            self.pending = None
+            self.send(b"".join(pending))
+        self.closed = True
 
     def pauseProducing(self) -> None:
         self.paused = True
@@ -123,12 +146,19 @@ class Subscriber(Protocol):
 class Registry:
     """
     Local connections and subscriptions, per app. Counters are plain ints for C{/metrics}.
+
+    Fan-out is queued and written from C{clock}, C{FLUSH_CHUNK} connections per reactor turn;
+    see L{deliver}.
     """
 
-    def __init__(self, settings: PushSettings) -> None:
+    def __init__(self, settings: PushSettings, clock: IReactorTime) -> None:
         self.settings = settings
-        # (app, channel) -> {connection: its send}; a dict keeps subscription order.
-        self._subs: dict[ChannelKey, dict[Subscriber, Callable[[bytes], None]]] = {}
+        self.clock = clock
+        # (app, channel) -> {connection: its outbound}; a dict keeps subscription order.
+        self._subs: dict[ChannelKey, dict[Subscriber, Outbound]] = {}
+        # Connections with frames pending, in the order they got their first one.
+        self._dirty: deque[Outbound] = deque()
+        self._flushCall: IDelayedCall | None = None
         # (app, presence channel) -> {user id: [user info, local connection count]}
         self._members: dict[ChannelKey, dict[str, list[Any]]] = {}
         # connection -> {channel: presence user id or None}
@@ -210,7 +240,7 @@ class Registry:
         first = subs is None
         if subs is None:
             subs = self._subs[key] = {}
-        subs[conn] = outbound.send
+        subs[conn] = outbound
         self.subscriptions += 1
         userFirst = False
         if member is not None:
@@ -289,38 +319,75 @@ class Registry:
     def deliver(self, appId: str, channel: str, payload: bytes,
                 exceptSocketId: str | None = None) -> int:
         """
-        Write C{payload} (one JSON frame), framed once, to every local subscriber of C{channel}
-        but C{exceptSocketId}. A failing subscriber is counted and skipped; the others still get
-        it.
+        Queue C{payload} (one JSON frame), framed once, for every local subscriber of C{channel}
+        but C{exceptSocketId}.
 
-        @return: how many subscribers it was written to.
+        The frames are written from the reactor, at most C{FLUSH_CHUNK} connections per turn,
+        with the network read in between. So a publish that arrives while a large fan-out is
+        still being written joins the frames still waiting: a connection then gets both in one
+        C{send}. Frames are queued per connection, so each connection gets them in the order
+        they were delivered, and every other frame written to it goes after them.
+
+        @return: how many subscribers it was queued for.
         """
         self.publishes += 1
         subs = self._subs.get((appId, channel))
         if not subs:
             return 0
         frame = wsTextFrame(payload)
-        # A copy: a send may close a connection, and closing one may change the subscriptions.
-        sends = list(subs.values())
         skip = None
         if exceptSocketId:
             conn = self._bySocket.get(exceptSocketId)
             if conn is not None:
                 skip = subs.get(conn)
+        dirty = self._dirty
+        mark = dirty.append
+        for outbound in subs.values():
+            pending = outbound.pending
+            if pending is None:
+                if outbound is not skip:
+                    outbound.pending = [frame]
+                    mark(outbound)
+            elif outbound is not skip:
+                pending.append(frame)
+        queued = len(subs) - (skip is not None)
+        self.deliveries += queued
+        if dirty and self._flushCall is None:
+            self._flushCall = self.clock.callLater(0, self._flush)
+        return queued
+
+    def _flush(self) -> None:
+        """Write the pending frames of the next C{FLUSH_CHUNK} connections, one send each."""
+        self._flushCall = None
+        dirty = self._dirty
+        take = dirty.popleft
         failed = 0
-        for send in sends:
-            if send is skip:
-                continue
+        for _ in range(min(len(dirty), FLUSH_CHUNK)):
+            outbound = take()
+            pending = outbound.pending
+            if pending is None:
+                continue  # written meanwhile, with a reply
+            outbound.pending = None
             try:
-                send(frame)
+                outbound.send(pending[0] if len(pending) == 1 else b"".join(pending))
             except Exception:
                 failed += 1
-        sent = len(sends) - failed - (skip is not None)
-        self.deliveries += sent
         if failed:
+            self.deliveries -= failed
             self.deliveryFailures += failed
-            log.warn("{n} subscribers of {channel} failed a delivery", n=failed, channel=channel)
-        return sent
+            log.warn("{n} subscribers failed a delivery", n=failed)
+        if dirty:
+            self._flushCall = self.clock.callLater(0, self._flush)
+
+    def flushNow(self) -> None:
+        """Write everything pending (shutting down, or a test that wants it on the wire)."""
+        if self._flushCall is not None:
+            self._flushCall.cancel()
+        while self._dirty:
+            self._flush()
+            if self._flushCall is not None:
+                self._flushCall.cancel()
+                self._flushCall = None
 
     def closeChannel(self, appId: str, channel: str, code: int, reason: str) -> int:
         """Close every local connection on C{channel}; @return: how many."""

@@ -114,7 +114,7 @@ class PushService(MultiService):
             maxOutboundBytes=c.maxOutboundBytes,
             allowedOrigins=c.allowedOrigins,
         )
-        self.registry = Registry(settings)
+        self.registry = Registry(settings, self.reactor)
         if c.redis is not None:
             from pushsvc.cluster import RedisState
             from pushsvc.redisbroker import RedisBroker, parseRedisAddress

@@ -216,7 +216,7 @@ class Node:
         from pushsvc.hub import Hub
         from pushsvc.redisbroker import RedisBroker, parseRedisAddress
 
-        self.registry = Registry(PushSettings())
+        self.registry = Registry(PushSettings(), reactor)
         # name: CLIENT SETNAME prefix, so a test finds (and kills) only its own connections.
         self.broker = RedisBroker(parseRedisAddress(address), reactor, prefix, retryMax=0.5,
                                   name=name)

@@ -66,7 +66,7 @@ class Server:
 
     def __init__(self, clock: Any, broker: LocalBroker | None = None, **settings: Any) -> None:
         self.settings = PushSettings(**settings)
-        self.registry = Registry(self.settings)
+        self.registry = Registry(self.settings, clock)
         self.broker = broker if broker is not None else LocalBroker()
         self.hub = Hub(self.registry, self.broker, clock)
         self.apps = Apps([APP, OTHER, DISABLED])
@@ -102,6 +102,7 @@ class InMemoryTests(SynchronousTestCase):
     def publish(self, channel: str, event: str = "ev", data: str = "x",
                 exceptSocketId: str | None = None) -> None:
         self.successResultOf(self.server.hub.publish(APP, [channel], event, data, exceptSocketId))
+        self.clock.advance(0)  # a reactor turn: the registry writes the fan-out
 
     # connecting
 
@@ -711,7 +712,7 @@ class SocketIdTests(SynchronousTestCase):
     def test_unique(self) -> None:
         """Socket ids are A.B, distinct within a hub and (by prefix) between hubs."""
         clock = Clock()
-        hubs = [Hub(Registry(PushSettings()), LocalBroker(), clock) for _ in range(3)]
+        hubs = [Hub(Registry(PushSettings(), clock), LocalBroker(), clock) for _ in range(3)]
         ids = [h.newSocketId() for h in hubs for _ in range(100)]
         self.assertEqual(len(set(ids)), 300)
         for i in ids:

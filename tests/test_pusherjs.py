@@ -97,7 +97,7 @@ class PusherJSTests(TestCase):
             requireService("pusher-js", "is not installed: run npm ci --prefix tests/js")
         self.node = str(node)
         settings = PushSettings()
-        self.registry = Registry(settings)
+        self.registry = Registry(settings, reactor)
         self.hub = Hub(self.registry, LocalBroker(), reactor)
         root = Resource()
         resource = makeAppResource(Apps([APP]), self.hub, self.registry, reactor, settings)

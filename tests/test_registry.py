@@ -1,0 +1,135 @@
+"""
+The registry's fan-out: queued per connection, written from the reactor in chunks, in order.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.internet.task import Clock
+from twisted.trial.unittest import SynchronousTestCase
+
+from pushsvc.frames import wsTextFrame
+from pushsvc.interfaces import PushSettings
+from pushsvc.registry import FLUSH_CHUNK, Outbound, Registry
+
+
+class TurnClock(Clock):
+    """A clock whose L{turn} runs what is due now, as one reactor turn does (not what it adds)."""
+
+    def turn(self) -> None:
+        now = self.seconds()
+        for call in [c for c in self.calls if c.getTime() <= now]:
+            self.calls.remove(call)
+            call.called = 1
+            call.func(*call.args, **call.kw)
+
+
+class Conn:
+    """A subscriber whose outbound records every write (one entry per write)."""
+
+    def __init__(self, n: int) -> None:
+        self.socketId = f"1.{n}"
+        self.appId = "app"
+        self.writes: list[bytes] = []
+        self.outbound: Outbound | None = Outbound(self.writes.append, 10**6, lambda: None)
+        self.closed: int | None = None
+
+    def closeWith(self, code: int, reason: str) -> None:
+        self.closed = code
+
+
+class FanOutTests(SynchronousTestCase):
+    def setUp(self) -> None:
+        self.clock = TurnClock()
+        self.registry = Registry(PushSettings(), self.clock)
+        self.conns = [Conn(i) for i in range(2 * FLUSH_CHUNK + 44)]
+        for c in self.conns:
+            self.registry.addConnection(c)
+            self.registry.subscribe(c, "news")
+
+    def written(self) -> int:
+        return sum(1 for c in self.conns if c.writes)
+
+    def test_writtenFromTheReactorInChunks(self) -> None:
+        """
+        deliver() writes nothing itself; each reactor turn writes the next FLUSH_CHUNK
+        connections, so the network is read between chunks of a large fan-out.
+        """
+        self.assertEqual(self.registry.deliver("app", "news", b'{"a":1}'), len(self.conns))
+        self.assertEqual(self.written(), 0)
+        self.clock.turn()
+        self.assertEqual(self.written(), FLUSH_CHUNK)
+        self.clock.turn()
+        self.assertEqual(self.written(), 2 * FLUSH_CHUNK)
+        self.clock.turn()
+        self.assertEqual(self.written(), len(self.conns))
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+        frame = wsTextFrame(b'{"a":1}')
+        self.assertEqual({tuple(c.writes) for c in self.conns}, {(frame,)})
+        self.assertEqual(self.registry.deliveries, len(self.conns))
+
+    def test_laterPublishJoinsQueuedFrames(self) -> None:
+        """
+        A publish that arrives while a fan-out is being written goes out with the frames still
+        queued, in one write per connection, after them.
+        """
+        a, b = wsTextFrame(b'{"a":1}'), wsTextFrame(b'{"b":2}')
+        self.registry.deliver("app", "news", b'{"a":1}')
+        self.clock.turn()
+        self.registry.deliver("app", "news", b'{"b":2}')
+        self.clock.pump([0] * 5)
+        early, late = self.conns[:FLUSH_CHUNK], self.conns[FLUSH_CHUNK:]
+        self.assertEqual({tuple(c.writes) for c in early}, {(a, b)})
+        self.assertEqual({tuple(c.writes) for c in late}, {(a + b,)})
+        self.assertEqual(self.registry.deliveries, 2 * len(self.conns))
+
+    def test_replyGoesAfterQueuedFrames(self) -> None:
+        """
+        A frame written straight to one connection (a reply) takes that connection's queued
+        frames with it, ahead of it; the later flush writes nothing twice.
+        """
+        conn = self.conns[-1]
+        assert conn.outbound is not None
+        self.registry.deliver("app", "news", b'{"a":1}')
+        conn.outbound.send(b"reply")
+        self.assertEqual(conn.writes, [wsTextFrame(b'{"a":1}') + b"reply"])
+        self.clock.pump([0] * 5)
+        self.assertEqual(len(conn.writes), 1)
+        self.assertEqual(self.written(), len(self.conns))
+
+    def test_exceptSocket(self) -> None:
+        """The excluded connection gets nothing, even when it has other frames queued."""
+        skipped = self.conns[3]
+        self.registry.deliver("app", "news", b'{"a":1}')
+        self.registry.deliver("app", "news", b'{"b":2}', exceptSocketId=skipped.socketId)
+        self.clock.pump([0] * 5)
+        self.assertEqual(skipped.writes, [wsTextFrame(b'{"a":1}')])
+        self.assertEqual(self.conns[4].writes, [wsTextFrame(b'{"a":1}') + wsTextFrame(b'{"b":2}')])
+
+    def test_finishWritesQueuedThenNothing(self) -> None:
+        """
+        A connection being closed gets what was delivered before the close, then nothing more.
+        """
+        conn = self.conns[0]
+        assert conn.outbound is not None
+        self.registry.deliver("app", "news", b'{"a":1}')
+        conn.outbound.finish()
+        self.assertEqual(conn.writes, [wsTextFrame(b'{"a":1}')])
+        self.registry.deliver("app", "news", b'{"b":2}')
+        self.clock.pump([0] * 5)
+        self.assertEqual(conn.writes, [wsTextFrame(b'{"a":1}')])
+
+    def test_failingWriteIsolated(self) -> None:
+        """A connection whose write raises is counted; every other one gets the frame."""
+        broken: Any = self.conns[200].outbound
+
+        def fail(data: bytes) -> None:
+            raise OSError("boom")
+
+        broken.write = fail
+        self.registry.deliver("app", "news", b'{"a":1}')
+        self.clock.pump([0] * 5)
+        self.assertEqual(self.written(), len(self.conns) - 1)
+        self.assertEqual(self.registry.deliveryFailures, 1)
+        self.assertEqual(self.registry.deliveries, len(self.conns) - 1)
