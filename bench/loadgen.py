@@ -1,42 +1,43 @@
 """
-The load generator of the benchmark: many WebSocket subscribers and one publisher in one
-single-threaded epoll loop, with no framework in between, so that it is not the bottleneck.
+The load generator of the benchmark: one publisher here, the subscribers in a C child process.
 
-Each subscriber does the WebSocket handshake itself, parses server frames minimally (unmasked,
-unfragmented text frames; pings are answered, close frames recorded) and checks every event's
-data, which carries ``s:<sequence>:t:<monotonic ns when published>:``. Per connection it counts
-what arrived twice or out of order; what never arrived is lost. Publish-to-receive latency is the
-receive time minus the publish time (the same clock: the publisher is in this process).
+The subscribers live in ``wsload`` (``wsload.c`` beside this file, built with ``cc -O2`` into
+``.wsload`` when missing or older than its source): one epoll loop that does the WebSocket
+handshakes itself, parses server frames minimally (unmasked, unfragmented text frames; pings are
+answered, close codes recorded) and checks every event's data, which carries
+``s:<sequence>:t:<monotonic ns when published>:``. Per connection it counts what arrived twice or
+out of order; what never arrived is lost. Publish-to-receive latency is the receive time minus
+the publish time, both CLOCK_MONOTONIC. Receiving a frame costs wsload a few µs of CPU, where
+this process needed ~21 (twice what a server spends on a delivery), so that the latencies are
+the servers' and not the load generator's.
 
-The publisher speaks HTTP/1.1 on one keep-alive connection and waits for each answer before the
-next request, so the order of events is defined.
+This process drives wsload through lines on its stdin and stdout (the commands are described at
+the top of ``wsload.c``) and publishes: HTTP/1.1 on one keep-alive connection, waiting for each
+answer before the next request, so the order of events is defined. Its epoll loop watches the
+publishing connection and wsload's stdout, where ``done K`` says that every subscriber has every
+event before K. wsload inherits this process's CPU affinity.
 """
 
 from __future__ import annotations
 
-import errno
 import os
-import re
 import select
+import shlex
+import shutil
 import socket
+import subprocess
 import time
-from array import array
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from pathlib import Path
 
 CHANNEL = "bench"
 EVENT = "m"
 FRAME_PREFIX = f'{{"event":"{EVENT}","channel":"{CHANNEL}","data":"'
 FRAME_SUFFIX = '"}'
 
-_SEQ = re.compile(rb"s:(\d+):t:(\d+):")
-_HANDSHAKE_KEY = "dGhlIHNhbXBsZSBub25jZQ=="
-
-# subscriber states
-CONNECTING, HANDSHAKE, JOINING, READY, CLOSED = range(5)
-
-IN = select.EPOLLIN
-OUT = select.EPOLLOUT
+WSLOAD_SOURCE = Path(__file__).resolve().parent / "wsload.c"
+WSLOAD_BINARY = WSLOAD_SOURCE.parent / ".wsload"
 
 
 def eventData(seq: int, sentNs: int, frameBytes: int) -> str:
@@ -51,15 +52,22 @@ def eventFrame(data: str) -> str:
     return FRAME_PREFIX + data + FRAME_SUFFIX
 
 
-def maskedFrame(payload: bytes, opcode: int = 0x1) -> bytes:
-    mask = os.urandom(4)
-    n = len(payload)
-    if n < 126:
-        header = bytes((0x80 | opcode, 0x80 | n))
-    else:
-        header = bytes((0x80 | opcode, 0x80 | 126)) + n.to_bytes(2, "big")
-    body = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
-    return header + mask + body
+def wsloadBinary() -> Path:
+    """The wsload program, compiled (C{$CC}, default C{cc}, C{-O2}) if missing or out of date."""
+    source, binary = WSLOAD_SOURCE, WSLOAD_BINARY
+    if binary.exists() and binary.stat().st_mtime >= source.stat().st_mtime:
+        return binary
+    cc = shlex.split(os.environ.get("CC") or "cc")
+    if shutil.which(cc[0]) is None:
+        raise RuntimeError(f"bench: a C compiler ({cc[0]!r}, or $CC) is needed to build {source}")
+    building = binary.with_name(f"{binary.name}.{os.getpid()}")
+    done = subprocess.run([*cc, "-O2", "-o", str(building), str(source)],
+                          capture_output=True, text=True)
+    if done.returncode != 0:
+        building.unlink(missing_ok=True)
+        raise RuntimeError(f"bench: {shlex.join(cc)} could not build {source}:\n{done.stderr}")
+    os.replace(building, binary)  # atomic: a concurrent run sees the old binary or the new one
+    return binary
 
 
 @dataclass
@@ -75,19 +83,6 @@ class Target:
     host: str = "127.0.0.1"
 
 
-class Sub:
-    __slots__ = ("sock", "fd", "state", "buf", "last", "seen", "closeCode")
-
-    def __init__(self, sock: socket.socket) -> None:
-        self.sock = sock
-        self.fd = sock.fileno()
-        self.state = CONNECTING
-        self.buf = b""
-        self.last = -1
-        self.seen = bytearray()
-        self.closeCode: int | None = None
-
-
 @dataclass
 class PhaseStats:
     published: int = 0  # answered 2xx
@@ -95,7 +90,10 @@ class PhaseStats:
     received: int = 0  # unique (connection, sequence) pairs
     duplicated: int = 0
     outOfOrder: int = 0
-    latencies: array = field(default_factory=lambda: array("q"))
+    samples: int = 0  # latencies measured: one per event frame, repeated ones too
+    p50Ns: int = 0
+    p99Ns: int = 0
+    maxNs: int = 0
     started: float = 0.0
     ended: float = 0.0
     subscribers: int = 0
@@ -108,197 +106,127 @@ class PhaseStats:
 
 
 class LoadGen:
-    def __init__(self, target: Target, frameBytes: int = 100) -> None:
+    def __init__(self, target: Target) -> None:
         self.target = target
-        self.frameBytes = frameBytes
         self.ep = select.epoll()
-        self.subs: dict[int, Sub] = {}
-        self.ready = 0
-        self.closedCodes: dict[int | None, int] = {}
+        # the subscribers: wsload, started by the first connect
+        self.wsload: subprocess.Popen[bytes] | None = None
+        self.wsloadFd = -1  # its stdout
+        self.wsloadOut = b""
+        self.answers: list[str] = []
+        self.ready = 0  # READY subscribers, as of wsload's last answer
+        self.closedCodes: dict[int, int] = {}  # as of wsload's last answer
+        self.done = 0  # every READY subscriber has every event of this phase before this one
         # publishing
         self.pub: socket.socket | None = None
         self.pubBuf = b""
         self.pubWaiting = False
         self.seq = 0  # next sequence number
-        self.sentAt: dict[int, int] = {}
-        self.recvCount = array("l")  # per sequence: connections that got it
         self.stats = PhaseStats()
-        self.onAnswer: Callable[[bool], None] | None = None
-        self.subscribeFrame = maskedFrame(
-            b'{"event":"pusher:subscribe","data":{"channel":"%s"}}' % CHANNEL.encode())
-        t = target
-        self.handshake = (
-            f"GET {t.wsPath} HTTP/1.1\r\nHost: {t.host}:{t.wsPort}\r\nUpgrade: websocket\r\n"
-            f"Connection: Upgrade\r\nSec-WebSocket-Key: {_HANDSHAKE_KEY}\r\n"
-            "Sec-WebSocket-Version: 13\r\n\r\n").encode()
 
     # -- the loop --------------------------------------------------------------------------
 
     def pump(self, timeout: float) -> None:
         """Wait up to C{timeout} seconds for events and handle them all."""
-        for fd, _ in self.ep.poll(timeout, 1024):
-            sub = self.subs.get(fd)
-            if sub is None:
-                if self.pub is not None and fd == self.pub.fileno():
-                    self._onPublisher()
-                continue
-            if sub.state == READY:
-                self._onReadable(sub)
-            elif sub.state == CONNECTING:
-                self._onConnected(sub)
-            else:
-                self._onReadable(sub)
+        for fd, _ in self.ep.poll(timeout):
+            if fd == self.wsloadFd:
+                self._onWsload()
+            elif self.pub is not None and fd == self.pub.fileno():
+                self._onPublisher()
 
     # -- subscribers -----------------------------------------------------------------------
 
-    def connect(self, n: int, deadline: float, concurrency: int = 64) -> int:
-        """Open C{n} subscribers, at most C{concurrency} handshakes at a time; @return: ready."""
+    @property
+    def wsloadPid(self) -> int:
+        """The process holding the subscribers."""
+        assert self.wsload is not None, "no subscribers yet"
+        return self.wsload.pid
+
+    def _startWsload(self) -> subprocess.Popen[bytes]:
+        if self.wsload is not None:
+            return self.wsload
         t = self.target
-        opened = 0
-        while time.monotonic() < deadline:
-            pending = len(self.subs) - self.ready - self._closedCount()
-            while opened < n and pending < concurrency:
-                s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-                s.setblocking(False)
-                s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-                err = s.connect_ex((t.host, t.wsPort))
-                if err not in (0, errno.EINPROGRESS):
-                    s.close()
-                    raise OSError(err, os.strerror(err))
-                sub = Sub(s)
-                self.subs[sub.fd] = sub
-                self.ep.register(sub.fd, OUT)
-                opened += 1
-                pending += 1
-            if self.ready + self._closedCount() >= n:
-                break
-            self.pump(0.05)
-        return self.ready
+        proc = subprocess.Popen(
+            [str(wsloadBinary()), t.host, str(t.wsPort), t.wsPath,
+             "pusher" if t.pusher else "plain"],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, bufsize=0)
+        # wsload shares this process's CPU (the load CPU): inherited, made sure of here.
+        mine = os.sched_getaffinity(0)
+        if os.sched_getaffinity(proc.pid) != mine:
+            os.sched_setaffinity(proc.pid, mine)
+        assert proc.stdout is not None
+        self.wsloadFd = proc.stdout.fileno()
+        os.set_blocking(self.wsloadFd, False)
+        self.ep.register(self.wsloadFd, select.EPOLLIN)
+        self.wsload = proc
+        return proc
 
-    def _closedCount(self) -> int:
-        return sum(self.closedCodes.values())
-
-    def _onConnected(self, sub: Sub) -> None:
-        err = sub.sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
-        if err:
-            self._close(sub, None)
-            return
-        sub.state = HANDSHAKE
-        self.ep.modify(sub.fd, IN)
-        sub.sock.send(self.handshake)
-
-    def _close(self, sub: Sub, code: int | None) -> None:
-        if sub.state == CLOSED:
-            return
-        if sub.state == READY:
-            self.ready -= 1
-        sub.state = CLOSED
-        sub.closeCode = code
-        self.closedCodes[code] = self.closedCodes.get(code, 0) + 1
+    def _onWsload(self) -> None:
+        assert self.wsload is not None
         try:
-            self.ep.unregister(sub.fd)
-        except OSError:
-            pass
-        sub.sock.close()
-
-    def closeAll(self) -> None:
-        for sub in list(self.subs.values()):
-            if sub.state != CLOSED:
-                try:
-                    self.ep.unregister(sub.fd)
-                except OSError:
-                    pass
-                sub.sock.close()
-                sub.state = CLOSED
-        self.subs.clear()
-        self.ready = 0
-        self.closedCodes.clear()
-
-    def _onReadable(self, sub: Sub) -> None:
-        try:
-            data = sub.sock.recv(262144)
+            data = os.read(self.wsloadFd, 65536)
         except BlockingIOError:
             return
-        except OSError:
-            self._close(sub, None)
-            return
         if not data:
-            self._close(sub, sub.closeCode)
-            return
-        now = time.monotonic_ns()
-        buf = sub.buf + data if sub.buf else data
-        if sub.state == HANDSHAKE:
-            end = buf.find(b"\r\n\r\n")
-            if end < 0:
-                sub.buf = buf
-                return
-            if not buf.startswith(b"HTTP/1.1 101"):
-                self._close(sub, -1)
-                return
-            sub.state = JOINING
-            buf = buf[end + 4:]
-        n = len(buf)
-        pos = 0
-        stats = self.stats
-        while n - pos >= 2:
-            ln = buf[pos + 1] & 0x7F
-            if ln < 126:
-                start = pos + 2
-            elif ln == 126:
-                if n - pos < 4:
-                    break
-                ln = int.from_bytes(buf[pos + 2:pos + 4], "big")
-                start = pos + 4
+            code = self.wsload.wait(10)
+            raise RuntimeError(f"wsload ended (exit status {code})")
+        lines = (self.wsloadOut + data).split(b"\n")
+        self.wsloadOut = lines.pop()
+        for line in lines:
+            text = line.decode()
+            if text.startswith("done "):
+                self.done = max(self.done, int(text[5:]))
             else:
-                if n - pos < 10:
-                    break
-                ln = int.from_bytes(buf[pos + 2:pos + 10], "big")
-                start = pos + 10
-            end = start + ln
-            if end > n:
-                break
-            op = buf[pos] & 0x0F
-            pos = end
-            if op == 1 and sub.state == READY:
-                m = _SEQ.search(buf, start, end)
-                if m is None:
-                    continue
-                seq = int(m[1])
-                stats.latencies.append(now - int(m[2]))
-                seen = sub.seen
-                if seq >= len(seen):
-                    seen.extend(bytes(seq + 1024 - len(seen)))
-                if seen[seq]:
-                    stats.duplicated += 1
-                    continue
-                seen[seq] = 1
-                stats.received += 1
-                self.recvCount[seq] += 1
-                if seq < sub.last:
-                    stats.outOfOrder += 1
-                else:
-                    sub.last = seq
-            elif op == 1:
-                self._joining(sub, buf[start:end])
-            elif op == 9:
-                sub.sock.send(maskedFrame(buf[start:end], 0xA))
-            elif op == 8:
-                code = int.from_bytes(buf[start:start + 2], "big") if ln >= 2 else 1005
-                self._close(sub, code)
-                return
-        sub.buf = buf[pos:] if pos < n else b""
+                self.answers.append(text)
 
-    def _joining(self, sub: Sub, payload: bytes) -> None:
-        if not self.target.pusher:
-            if payload == b"ok":
-                sub.state = READY
-                self.ready += 1
+    def _command(self, line: str, timeout: float) -> dict[str, str]:
+        """Send wsload one command; @return: its answer's fields (after its first word)."""
+        proc = self._startWsload()
+        assert proc.stdin is not None and not self.answers
+        proc.stdin.write(line.encode() + b"\n")
+        deadline = time.monotonic() + timeout
+        while not self.answers:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise RuntimeError(f"wsload did not answer {line!r} in {timeout:g}s")
+            self.pump(min(left, 0.2))
+        words = self.answers.pop(0).split()
+        if words[0] == "error":
+            raise RuntimeError(f"wsload: {line!r}: {' '.join(words[1:])}")
+        fields = dict(zip(words[1::2], words[2::2], strict=True))
+        self.ready = int(fields["ready"])
+        codes = fields["codes"]
+        self.closedCodes = {} if codes == "-" else {
+            int(code): int(n) for code, n in (item.split("=") for item in codes.split(","))}
+        return fields
+
+    def connect(self, n: int, deadline: float, concurrency: int = 64) -> int:
+        """Open C{n} subscribers, at most C{concurrency} handshakes at a time; @return: ready."""
+        timeout = max(0.0, deadline - time.monotonic())
+        self._command(f"connect {n} {timeout:.3f} {concurrency}", timeout + 30)
+        return self.ready
+
+    def closeAll(self) -> None:
+        """Close every subscriber (wsload ends; the next connect starts another)."""
+        proc = self.wsload
+        if proc is None:
             return
-        if b"pusher:connection_established" in payload:
-            sub.sock.send(self.subscribeFrame)
-        elif b"pusher_internal:subscription_succeeded" in payload:
-            sub.state = READY
-            self.ready += 1
+        assert proc.stdin is not None and proc.stdout is not None
+        self.ep.unregister(self.wsloadFd)
+        try:
+            proc.stdin.write(b"quit\n")
+            proc.stdin.close()
+            proc.wait(15)
+        except (OSError, subprocess.TimeoutExpired):
+            proc.kill()
+            proc.wait(5)
+        proc.stdout.close()
+        self.wsload = None
+        self.wsloadFd = -1
+        self.wsloadOut = b""
+        self.answers.clear()
+        self.ready = 0
+        self.closedCodes = {}
 
     # -- publishing ------------------------------------------------------------------------
 
@@ -309,7 +237,7 @@ class LoadGen:
         s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         s.setblocking(False)
         self.pub = s
-        self.ep.register(s.fileno(), IN)
+        self.ep.register(s.fileno(), select.EPOLLIN)
 
     def closePublisher(self) -> None:
         if self.pub is not None:
@@ -322,11 +250,7 @@ class LoadGen:
         assert self.pub is not None and not self.pubWaiting
         seq = self.seq
         self.seq += 1
-        if len(self.recvCount) <= seq:
-            self.recvCount.extend([0] * 1024)
-        now = time.monotonic_ns()
-        self.sentAt[seq] = now
-        request = self.target.makeRequest(seq, now)
+        request = self.target.makeRequest(seq, time.monotonic_ns())
         self.pubWaiting = True
         self.pub.sendall(request)
 
@@ -345,27 +269,38 @@ class LoadGen:
                 return
             status, used = answer
             self.pubBuf = self.pubBuf[used:]
-            ok = 200 <= status < 300
-            if ok:
+            if 200 <= status < 300:
                 self.stats.published += 1
             else:
                 self.stats.publishErrors += 1
             self.pubWaiting = False
-            if self.onAnswer is not None:
-                self.onAnswer(ok)
 
     # -- phases ----------------------------------------------------------------------------
 
     def newPhase(self) -> PhaseStats:
         """Start counting afresh; sequence numbers go on from where they were."""
-        self.stats = PhaseStats(subscribers=self.ready)
         self._openPublisher()
+        self._command(f"phase {self.seq}", 10)
+        self.done = self.seq
+        self.stats = PhaseStats(subscribers=self.ready)
         return self.stats
+
+    def _endPhase(self) -> PhaseStats:
+        """Fill in what wsload counted in this phase."""
+        stats = self.stats
+        stats.ended = time.monotonic()
+        fields = self._command("stats", 60)
+        stats.received = int(fields["received"])
+        stats.duplicated = int(fields["dup"])
+        stats.outOfOrder = int(fields["ooo"])
+        stats.samples = int(fields["samples"])
+        stats.p50Ns, stats.p99Ns = int(fields["p50"]), int(fields["p99"])
+        stats.maxNs = int(fields["max"])
+        return stats
 
     def steady(self, rate: float, seconds: float, drain: float = 5.0) -> PhaseStats:
         """Publish C{rate} events a second for C{seconds}, then wait for them to arrive."""
         stats = self.newPhase()
-        first = self.seq
         count = int(rate * seconds)
         interval = 1.0 / rate
         stats.started = t0 = time.monotonic()
@@ -381,9 +316,8 @@ class LoadGen:
             self.pump(max(0.0, min(wait, 0.05)))
             if now - t0 > seconds * 3 + 10:
                 break  # the server does not answer: give up, the table will show it
-        self._drain(first, drain)
-        stats.ended = time.monotonic()
-        return stats
+        self._drain(drain)
+        return self._endPhase()
 
     def flood(self, window: int, seconds: float, maxPublishes: int,
               drain: float = 5.0, stall: float = 5.0) -> PhaseStats:
@@ -395,12 +329,10 @@ class LoadGen:
         first = done = self.seq
         stats.started = t0 = time.monotonic()
         progressAt = t0
-        recvCount = self.recvCount
         while True:
             now = time.monotonic()
-            need = self.ready
-            while done < self.seq and recvCount[done] >= need:
-                done += 1
+            if self.done > done:
+                done = self.done
                 progressAt = now
             if now - t0 >= seconds or self.seq - first >= maxPublishes:
                 break
@@ -409,22 +341,22 @@ class LoadGen:
             if not self.pubWaiting and self.seq - done < window:
                 self.publishOne()
             self.pump(0.05 if self.pubWaiting or self.seq - done >= window else 0)
-        self._drain(first, drain)
-        stats.ended = time.monotonic()
-        return stats
+        self._drain(drain)
+        return self._endPhase()
 
     def idle(self, seconds: float) -> None:
-        """Let time pass, answering pings."""
+        """Let time pass (wsload answers pings), then take the subscribers' counts."""
         end = time.monotonic() + seconds
         while (left := end - time.monotonic()) > 0:
             self.pump(min(left, 0.2))
+        if self.wsload is not None:
+            self._command("status", 10)
 
-    def _drain(self, first: int, seconds: float) -> None:
-        """Wait until every event published in this phase arrived everywhere, or C{seconds}."""
+    def _drain(self, seconds: float) -> None:
+        """Wait until every event published so far arrived everywhere, or C{seconds}."""
         deadline = time.monotonic() + seconds
-        stats = self.stats
         while time.monotonic() < deadline:
-            if not self.pubWaiting and stats.received >= stats.expected():
+            if not self.pubWaiting and self.done >= self.seq:
                 return
             self.pump(0.02)
 

@@ -4,18 +4,19 @@ The pushsvc benchmark: pushsvc and its peers under the same load, one table.
     python bench/run.py            # the full run (a few minutes)
     python bench/run.py --quick    # small numbers, about a minute, for development
 
-Each server runs pinned to CPU 0; this process (subscribers and publisher, see L{loadgen}) pins
-itself to CPU 1. For each server, two fresh processes in turn:
+Each server runs pinned to CPU 0; this process (the publisher) pins itself to CPU 1, and so runs
+its child wsload (the subscribers, see L{loadgen}). For each server, two fresh processes in turn:
 
   A. N subscribers (1,000): a steady phase (20 publishes/s), then a flood phase (at most 4
      publishes in flight: one is in flight until every subscriber got it).
   B. M subscribers (10,000): RSS per idle connection after a few idle seconds, then a flood.
 
 Server CPU per delivery is utime+stime of the server process (/proc/PID/stat) over a phase divided
-by the deliveries in it. pushsvc is started as ``twistd -n pushsvc`` and published to through its
-signed HTTP API (``POST /apps/{id}/events``); each peer has a ``POST /publish`` that broadcasts
-the body. Every delivered frame is 100 bytes, no compression. Results are printed and written to
-``bench/results/<timestamp>.md``.
+by the deliveries in it; the load generator's ("loadgen µs/del") likewise, of the wsload process
+(the publisher, this process, is not counted). pushsvc is started as ``twistd -n pushsvc`` and
+published to through its signed HTTP API (``POST /apps/{id}/events``); each peer has a
+``POST /publish`` that broadcasts the body. Every delivered frame is 100 bytes, no compression.
+Results are printed and written to ``bench/results/<timestamp>.md``.
 """
 
 from __future__ import annotations
@@ -209,6 +210,7 @@ class Phase:
     stats: PhaseStats
     cpu: float  # server CPU seconds over the phase
     held: int
+    loadCpu: float  # wsload (the subscribers) CPU seconds over the phase
 
     @property
     def deliveries(self) -> int:
@@ -219,16 +221,29 @@ class Phase:
         return self.cpu / self.deliveries * 1e6 if self.deliveries else float("nan")
 
     @property
+    def loadUsPerDelivery(self) -> float:
+        return self.loadCpu / self.deliveries * 1e6 if self.deliveries else float("nan")
+
+    @property
     def rate(self) -> float:
         wall = self.stats.ended - self.stats.started
         return self.deliveries / wall if wall > 0 else 0.0
 
-    def latency(self, q: float) -> float:
-        lat = self.stats.latencies
-        if not lat:
-            return float("nan")
-        ordered = sorted(lat)
-        return ordered[min(len(ordered) - 1, int(q * len(ordered)))] / 1e6
+    def _ms(self, ns: int) -> float:
+        return ns / 1e6 if self.stats.samples else float("nan")
+
+    @property
+    def p50(self) -> float:
+        """Publish-to-receive latency in ms, median; p99 and max likewise."""
+        return self._ms(self.stats.p50Ns)
+
+    @property
+    def p99(self) -> float:
+        return self._ms(self.stats.p99Ns)
+
+    @property
+    def max(self) -> float:
+        return self._ms(self.stats.maxNs)
 
 
 @dataclass
@@ -262,16 +277,18 @@ def measured(server: Server, gen: LoadGen, scenario: str,
              run: Callable[[], PhaseStats], profile: Path | None = None) -> Phase:
     spy = profiler(server, scenario, profile)
     before = cpuSeconds(server.pid)
+    loadBefore = cpuSeconds(gen.wsloadPid)
     stats = run()
     cpu = cpuSeconds(server.pid) - before
+    loadCpu = cpuSeconds(gen.wsloadPid) - loadBefore
     if spy is not None:
         spy.send_signal(signal.SIGINT)
         spy.wait(30)
-    phase = Phase(scenario, stats.subscribers, stats, cpu, gen.ready)
+    phase = Phase(scenario, stats.subscribers, stats, cpu, gen.ready, loadCpu)
     say(f"  {scenario}: {phase.deliveries} deliveries, {phase.usPerDelivery:.2f} us/delivery, "
-        f"{phase.rate:,.0f}/s, p99 {phase.latency(0.99):.2f} ms, lost {stats.lost()}, "
-        f"dup {stats.duplicated}, reordered {stats.outOfOrder}, "
-        f"publish errors {stats.publishErrors}")
+        f"{phase.rate:,.0f}/s, p50 {phase.p50:.2f} ms, p99 {phase.p99:.2f} ms, "
+        f"lost {stats.lost()}, dup {stats.duplicated}, reordered {stats.outOfOrder}, "
+        f"publish errors {stats.publishErrors}, loadgen {phase.loadUsPerDelivery:.2f} us/del")
     return phase
 
 
@@ -280,7 +297,7 @@ def benchServer(name: str, args: argparse.Namespace, work: Path) -> Result:
     extra = args.pushsvc_arg or []
     # A: steady and flood with the smaller number of subscribers
     server = startServer(name, work, args.frame_bytes, extra)
-    gen = LoadGen(server.target, args.frame_bytes)
+    gen = LoadGen(server.target)
     try:
         say(f"{name}: pid {server.pid}, connecting {args.subs}")
         held = gen.connect(args.subs, time.monotonic() + 120)
@@ -302,7 +319,7 @@ def benchServer(name: str, args: argparse.Namespace, work: Path) -> Result:
         server.stop()
     # B: memory per idle connection, then a flood, with the larger number
     server = startServer(name, work, args.frame_bytes, extra)
-    gen = LoadGen(server.target, args.frame_bytes)
+    gen = LoadGen(server.target)
     try:
         gen.connect(20, time.monotonic() + 30)  # warm-up: code paths loaded, caches built
         gen.idle(0.5)
@@ -359,21 +376,23 @@ def tables(results: list[Result], args: argparse.Namespace) -> str:
         lines.append(
             f"| {r.server} | {fmt(p['steady'].usPerDelivery)} | {fmt(p['flood'].usPerDelivery)}"
             f" | {fmt(p['bigflood'].usPerDelivery)} | {fmt(r.rssPerConn)}"
-            f" | {fmt(p['steady'].latency(0.99))} | {r.idleHeld:,}/{r.idleWanted:,} |")
+            f" | {fmt(p['steady'].p99)} | {r.idleHeld:,}/{r.idleWanted:,} |")
     lines += [
         "",
-        "| server | scenario | publishes | deliveries | server CPU s | µs/delivery | deliveries/s"
-        " | p50 ms | p99 ms | max ms | lost | duplicated | out of order | held |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| server | scenario | publishes | deliveries | server CPU s | µs/delivery"
+        " | loadgen µs/del | deliveries/s | p50 ms | p99 ms | max ms | lost | duplicated"
+        " | out of order | held |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in results:
         for ph in r.phases.values():
             st = ph.stats
             lines.append(
                 f"| {r.server} | {ph.scenario} | {st.published:,} | {ph.deliveries:,}"
-                f" | {ph.cpu:.2f} | {fmt(ph.usPerDelivery, 2)} | {ph.rate:,.0f}"
-                f" | {fmt(ph.latency(0.5), 2)} | {fmt(ph.latency(0.99), 2)}"
-                f" | {fmt(ph.latency(1.0), 2)} | {st.lost():,} | {st.duplicated:,}"
+                f" | {ph.cpu:.2f} | {fmt(ph.usPerDelivery, 2)}"
+                f" | {fmt(ph.loadUsPerDelivery, 2)} | {ph.rate:,.0f}"
+                f" | {fmt(ph.p50, 2)} | {fmt(ph.p99, 2)}"
+                f" | {fmt(ph.max, 2)} | {st.lost():,} | {st.duplicated:,}"
                 f" | {st.outOfOrder:,} | {ph.held:,}/{ph.subscribers:,} |")
     closes = {r.server: r.closeCodes for r in results if r.closeCodes}
     if closes:
