@@ -30,6 +30,7 @@ from pushsvc.httputil import (
     HTTPError,
     JSONResource,
     errorBody,
+    formArgs,
     intArg,
     parseJSONObject,
     queryArg,
@@ -290,9 +291,9 @@ class PusherAuthResource(JSONResource):
     def handle_POST(self, request: Request) -> tuple[int, Any]:
         self.chat.checkOrigin(request)
         session = self.chat.requireSession(request, status=403)
-        readBody(request, 4096)
-        socketId = queryArg(request, "socket_id") or ""
-        channel = queryArg(request, "channel_name") or ""
+        args = formArgs(request, 4096)
+        socketId = queryArg(request, "socket_id", args) or ""
+        channel = queryArg(request, "channel_name", args) or ""
         if not SOCKET_ID_RE.match(socketId):
             raise HTTPError(400, "socket_id is missing or malformed.")
         if not CHANNEL_RE.match(channel):

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from typing import Any
+from urllib.parse import parse_qs
 
 from twisted.internet.defer import Deferred, ensureDeferred
 from twisted.logger import Logger
@@ -73,6 +74,21 @@ def readBody(request: Request, limit: int = DEFAULT_MAX_BODY) -> bytes:
     return bytes(body)
 
 
+def formArgs(request: Request, limit: int = DEFAULT_MAX_BODY) -> dict[bytes, list[bytes]]:
+    """
+    The query arguments of C{request}, and those of its body when it is sent as
+    C{application/x-www-form-urlencoded} (what pusher-js's auth request does).
+
+    @raise HTTPError: 413 when the body is larger than C{limit}.
+    """
+    args = dict(request.args or {})
+    ctype = (request.getHeader(b"content-type") or b"").split(b";")[0].strip().lower()
+    if ctype == b"application/x-www-form-urlencoded":
+        for name, values in parse_qs(readBody(request, limit), keep_blank_values=True).items():
+            args.setdefault(name, []).extend(values)
+    return args
+
+
 def parseJSONObject(body: bytes) -> dict[str, Any]:
     """
     Decode C{body} as a JSON object.
@@ -94,8 +110,11 @@ def requireJSONContentType(request: Request) -> None:
         raise HTTPError(415, "The request body must be sent as application/json.")
 
 
-def queryArg(request: Request, name: str) -> str | None:
-    values = (request.args or {}).get(name.encode())
+def queryArg(request: Request, name: str,
+             args: dict[bytes, list[bytes]] | None = None) -> str | None:
+    """The first value of argument C{name} in C{args} (the query's by default), decoded."""
+    source = request.args if args is None else args
+    values = (source or {}).get(name.encode())
     if not values:
         return None
     try:

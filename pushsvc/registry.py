@@ -77,7 +77,7 @@ class Outbound:
         # A bound method, looked up once: send() is the hot path of every delivery.
         sock = directSocket(transport)
         self.sock = sock.send if sock is not None else None
-        self.pending: list[bytes] | None = None
+        self.pending: bytes | None = None
 
     def send(self, frame: bytes) -> None:
         """Write whole WebSocket frames (after any pending ones), unless the connection closes."""
@@ -86,8 +86,7 @@ class Outbound:
         pending = self.pending
         if pending is not None:
             self.pending = None
-            pending.append(frame)
-            frame = b"".join(pending)
+            frame = pending + frame
         sock = self.sock
         if sock is not None:
             t = self.transport
@@ -118,7 +117,7 @@ class Outbound:
         pending = self.pending
         if pending is not None and not self.closed:
             self.pending = None
-            self.send(b"".join(pending))
+            self.send(pending)
         self.closed = True
 
     def pauseProducing(self) -> None:
@@ -343,13 +342,16 @@ class Registry:
         dirty = self._dirty
         mark = dirty.append
         for outbound in subs.values():
+            if outbound is skip:
+                continue
             pending = outbound.pending
             if pending is None:
-                if outbound is not skip:
-                    outbound.pending = [frame]
-                    mark(outbound)
-            elif outbound is not skip:
-                pending.append(frame)
+                outbound.pending = frame
+                mark(outbound)
+            else:
+                # Frames queued in one turn are few and small: joining as they come is cheaper
+                # than a list per connection per publish.
+                outbound.pending = pending + frame
         queued = len(subs) - (skip is not None)
         self.deliveries += queued
         if dirty and self._flushCall is None:
@@ -369,7 +371,7 @@ class Registry:
                 continue  # written meanwhile, with a reply
             outbound.pending = None
             try:
-                outbound.send(pending[0] if len(pending) == 1 else b"".join(pending))
+                outbound.send(pending)
             except Exception:
                 failed += 1
         if failed:

@@ -96,7 +96,10 @@ class PushSite(Site):
     """A Site that knows its open HTTP connections, so that a stop can close them."""
 
     def __init__(self, resource: IResource) -> None:
-        super().__init__(resource)
+        # No form parsing of every POST body into request.args: twisted.web does it with the
+        # email package (~100 us a request, on the publish path too) and whole multipart bodies.
+        # The one form endpoint, /api/pusher/auth, reads its body itself (httputil.formArgs).
+        super().__init__(resource, parsePOSTFormSubmission=False)
         self.channels: set[Any] = set()
         self._whenEmpty: list[Deferred[None]] = []
 

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
-from twisted.trial.unittest import SynchronousTestCase
-from twisted.web.test.requesthelper import DummyChannel
+from io import BytesIO
 
-from pushsvc.site import MAX_REQUEST_BODY, PushRequest
+from twisted.trial.unittest import SynchronousTestCase
+from twisted.web.test.requesthelper import DummyChannel, DummyRequest
+
+from pushsvc.httputil import HTTPError, formArgs, queryArg
+from pushsvc.site import MAX_REQUEST_BODY, PushRequest, PushSite
 
 
 class BodyCapTests(SynchronousTestCase):
@@ -39,3 +42,41 @@ class BodyCapTests(SynchronousTestCase):
         request.content.seek(0)
         self.assertEqual(request.content.read(), b"hello")
         self.assertFalse(request._tooLarge)
+
+
+class FormArgsTests(SynchronousTestCase):
+    """The site leaves bodies alone; the one form endpoint reads its own with formArgs."""
+
+    def request(self, body: bytes, ctype: bytes) -> DummyRequest:
+        request = DummyRequest([b"api", b"pusher", b"auth"])
+        request.method = b"POST"
+        request.args = {b"q": [b"1"]}
+        request.requestHeaders.setRawHeaders(b"content-type", [ctype])
+        request.requestHeaders.setRawHeaders(b"content-length", [str(len(body)).encode()])
+        request.content = BytesIO(body)
+        return request
+
+    def test_urlencodedBody(self) -> None:
+        """pusher-js's auth body (x-www-form-urlencoded) joins the query arguments."""
+        request = self.request(b"socket_id=1.2&channel_name=presence-room-x",
+                               b"application/x-www-form-urlencoded; charset=UTF-8")
+        args = formArgs(request)
+        self.assertEqual(queryArg(request, "socket_id", args), "1.2")
+        self.assertEqual(queryArg(request, "channel_name", args), "presence-room-x")
+        self.assertEqual(queryArg(request, "q", args), "1")
+
+    def test_otherBodyIgnored(self) -> None:
+        request = self.request(b"socket_id=1.2", b"text/plain")
+        self.assertIsNone(queryArg(request, "socket_id", formArgs(request)))
+
+    def test_bodyOverLimit(self) -> None:
+        request = self.request(b"a=" + b"x" * 5000, b"application/x-www-form-urlencoded")
+        with self.assertRaises(HTTPError) as e:
+            formArgs(request, 4096)
+        self.assertEqual(e.exception.status, 413)
+
+    def test_siteDoesNotParseForms(self) -> None:
+        """PushSite hands form bodies to the resource untouched (no email-package parsing)."""
+        from twisted.web.resource import Resource
+
+        self.assertFalse(PushSite(Resource())._parsePOSTFormSubmission)
