@@ -259,14 +259,9 @@ class PusherAPI(Resource):
         return handler(Call(app, args, params, body))
 
     async def publish(self, app: App, event: Event) -> None:
+        # No log line here: this is the hot path, and the access log has every publish.
         await brokerCall(
             self.hub.publish, app, event.channels, event.name, event.data, event.socketId
-        )
-        log.debug(
-            "published {event} on {n} channel(s) of app {app}",
-            event=event.name,
-            n=len(event.channels),
-            app=app.id,
         )
 
     async def channelAttributes(self, app: App, event: Event) -> dict[str, dict[str, int]]:

@@ -4,6 +4,7 @@ The registry's fan-out: queued per connection, written from the reactor in chunk
 
 from __future__ import annotations
 
+from collections import deque
 from typing import Any
 
 from twisted.internet.task import Clock
@@ -11,7 +12,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from pushsvc.frames import wsTextFrame
 from pushsvc.interfaces import PushSettings
-from pushsvc.registry import FLUSH_CHUNK, Outbound, Registry
+from pushsvc.registry import FLUSH_CHUNK, QUIET_SECONDS, SYNC_LIMIT, Outbound, Registry
 
 
 class TurnClock(Clock):
@@ -43,13 +44,43 @@ class FanOutTests(SynchronousTestCase):
     def setUp(self) -> None:
         self.clock = TurnClock()
         self.registry = Registry(PushSettings(), self.clock)
-        self.conns = [Conn(i) for i in range(2 * FLUSH_CHUNK + 44)]
+        self.subscribe(2 * FLUSH_CHUNK + 44)
+        self.busy()
+
+    def subscribe(self, n: int) -> None:
+        self.conns = [Conn(i) for i in range(n)]
         for c in self.conns:
             self.registry.addConnection(c)
             self.registry.subscribe(c, "news")
 
+    def busy(self) -> None:
+        """A publish has just been written: the next ones, at this time, are queued."""
+        self.registry.deliver("app", "news", b'{"warm":1}')
+        self.clock.pump([0] * 20)
+        self.assertEqual(self.registry._dirty, deque())
+        for c in self.conns:
+            c.writes.clear()
+        self.registry.deliveries = 0
+
     def written(self) -> int:
         return sum(1 for c in self.conns if c.writes)
+
+    def test_quietFanOutWrittenAtOnce(self) -> None:
+        """
+        A publish that finds the registry quiet is written before deliver() returns, up to
+        SYNC_LIMIT connections; the rest are queued and written from the reactor in chunks.
+        """
+        self.clock.advance(QUIET_SECONDS)
+        self.registry.deliver("app", "news", b'{"a":1}')
+        self.assertEqual(self.written(), len(self.conns))
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+        self.registry = Registry(PushSettings(), self.clock)
+        self.subscribe(SYNC_LIMIT + 10)
+        self.registry.deliver("app", "news", b'{"a":1}')
+        self.assertEqual(self.written(), SYNC_LIMIT)
+        self.clock.turn()
+        self.assertEqual(self.written(), SYNC_LIMIT + 10)
 
     def test_writtenFromTheReactorInChunks(self) -> None:
         """
