@@ -35,6 +35,11 @@ FLUSH_CHUNK = 128
 QUIET_SECONDS = 0.005
 SYNC_LIMIT = 8 * FLUSH_CHUNK
 
+# Bytes of frames queued and not yet written past which a delivery first writes the backlog
+# down, there and then: publishes arriving faster than their fan-out can be written wait in
+# their sockets, as they would without the queue, instead of growing it without end.
+MAX_QUEUED_BYTES = 16 * 1024 * 1024
+
 
 def directSocket(transport: Any) -> Any:
     """
@@ -167,6 +172,9 @@ class Registry:
         self._flushCall: IDelayedCall | None = None
         self._flushing = False
         self._idleSince = float("-inf")  # when the queue last became empty
+        # Bytes of frames queued since the queue was last empty, less those the flush wrote: an
+        # upper bound of what waits (a reply or a close can take a connection's frames too).
+        self.queuedBytes = 0
         # (app, presence channel) -> {user id: [user info, local connection count]}
         self._members: dict[ChannelKey, dict[str, list[Any]]] = {}
         # connection -> {channel: presence user id or None}
@@ -364,51 +372,59 @@ class Registry:
                 outbound.pending = pending + frame
         queued = len(subs) - (skip is not None)
         self.deliveries += queued
-        if dirty and self._flushCall is None and not self._flushing:
-            if self.clock.seconds() - self._idleSince >= QUIET_SECONDS:
-                self._flush(SYNC_LIMIT)
-            else:
-                self._flushCall = self.clock.callLater(0, self._flush)
+        self.queuedBytes += queued * len(frame)
+        if dirty and not self._flushing:
+            if self.queuedBytes > MAX_QUEUED_BYTES:
+                while self.queuedBytes > MAX_QUEUED_BYTES // 2 and dirty:
+                    self._flush(FLUSH_CHUNK)
+            elif self._flushCall is None:
+                if self.clock.seconds() - self._idleSince >= QUIET_SECONDS:
+                    self._flush(SYNC_LIMIT)
+                else:
+                    self._flushCall = self.clock.callLater(0, self._flush)
         return queued
 
     def _flush(self, limit: int = FLUSH_CHUNK) -> None:
         """Write the pending frames of the next C{limit} connections, one send each."""
-        self._flushCall = None
+        if self._flushCall is not None:
+            if self._flushCall.active():
+                self._flushCall.cancel()
+            self._flushCall = None
         dirty = self._dirty
         take = dirty.popleft
         failed = 0
+        written = 0
         self._flushing = True  # a delivery made by a send (a close) only queues
         try:
             for _ in range(min(len(dirty), limit)):
                 outbound = take()
                 pending = outbound.pending
                 if pending is None:
-                    continue  # written meanwhile, with a reply
+                    continue  # written meanwhile, with a reply, or dropped with its connection
                 outbound.pending = None
+                written += len(pending)
                 try:
                     outbound.send(pending)
                 except Exception:
                     failed += 1
         finally:
             self._flushing = False
+            self.queuedBytes -= written
         if failed:
             self.deliveries -= failed
             self.deliveryFailures += failed
             log.warn("{n} subscribers failed a delivery", n=failed)
         if dirty:
-            self._flushCall = self.clock.callLater(0, self._flush)
+            if self._flushCall is None:
+                self._flushCall = self.clock.callLater(0, self._flush)
         else:
             self._idleSince = self.clock.seconds()
+            self.queuedBytes = 0
 
     def flushNow(self) -> None:
         """Write everything pending (shutting down, or a test that wants it on the wire)."""
-        if self._flushCall is not None:
-            self._flushCall.cancel()
         while self._dirty:
             self._flush(len(self._dirty))
-            if self._flushCall is not None:
-                self._flushCall.cancel()
-                self._flushCall = None
 
     def closeChannel(self, appId: str, channel: str, code: int, reason: str) -> int:
         """Close every local connection on C{channel}; @return: how many."""

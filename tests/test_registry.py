@@ -12,7 +12,14 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from pushsvc.frames import wsTextFrame
 from pushsvc.interfaces import PushSettings
-from pushsvc.registry import FLUSH_CHUNK, QUIET_SECONDS, SYNC_LIMIT, Outbound, Registry
+from pushsvc.registry import (
+    FLUSH_CHUNK,
+    MAX_QUEUED_BYTES,
+    QUIET_SECONDS,
+    SYNC_LIMIT,
+    Outbound,
+    Registry,
+)
 
 
 class TurnClock(Clock):
@@ -164,3 +171,20 @@ class FanOutTests(SynchronousTestCase):
         self.assertEqual(self.written(), len(self.conns) - 1)
         self.assertEqual(self.registry.deliveryFailures, 1)
         self.assertEqual(self.registry.deliveries, len(self.conns) - 1)
+
+    def test_backlogBounded(self) -> None:
+        """
+        Publishes that come faster than their fan-out is written do not grow the queue past
+        MAX_QUEUED_BYTES: a delivery over it writes the backlog down first, in order.
+        """
+        payload = b'{"d":"' + b"x" * 4000 + b'"}'
+        frame = wsTextFrame(payload)
+        per = len(frame) * len(self.conns)
+        n = MAX_QUEUED_BYTES // per + 5
+        for _ in range(n):
+            self.registry.deliver("app", "news", payload)
+            self.assertLessEqual(self.registry.queuedBytes, MAX_QUEUED_BYTES + per)
+        self.assertGreater(self.written(), 0)  # written without a reactor turn
+        self.clock.pump([0] * 20)
+        self.assertEqual({b"".join(c.writes) for c in self.conns}, {frame * n})
+        self.assertEqual(self.registry.queuedBytes, 0)
