@@ -278,8 +278,7 @@ class PushServerProtocol(WebSocketServerProtocol):
     def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
         if self.outbound is None:
             return
-        self.outbound.closed = True
-        self.outbound.pending = None
+        self.outbound.drop()
         f = self.factory
         f.keepalive.remove(self)
         f.hub.disconnect(self)
@@ -296,7 +295,19 @@ class PushServerProtocol(WebSocketServerProtocol):
         except Exception:
             self.dropConnection(abort=True)
 
+    def sendCloseFrame(self, code: int | None = None, reasonUtf8: bytes | None = None,
+                       isReply: bool = False) -> None:
+        # Every close frame goes through here, Autobahn's own too (answering the client's close,
+        # failing a connection): what was delivered before it is written before it, and
+        # nothing after it.
+        if self.state == self.STATE_OPEN and self.outbound is not None:
+            self._closing = True
+            self.outbound.finish()
+        super().sendCloseFrame(code, reasonUtf8, isReply)
+
     def _tooSlow(self) -> None:
+        if self._closing:
+            return  # closing anyway, with its own code: not counted as a slow consumer
         self.factory.registry.slowConsumer(self)
 
     def send(self, payload: bytes) -> None:

@@ -75,7 +75,7 @@ class Outbound:
     """
 
     __slots__ = ("write", "paused", "queued", "limit", "onOverflow", "closed", "transport",
-                 "sock", "pending")
+                 "sock", "pending", "owner")
 
     def __init__(self, write: Callable[[bytes], Any], limit: int,
                  onOverflow: Callable[[], None], transport: Any = None) -> None:
@@ -89,16 +89,18 @@ class Outbound:
         # A bound method, looked up once: send() is the hot path of every delivery.
         sock = directSocket(transport)
         self.sock = sock.send if sock is not None else None
-        self.pending: bytes | None = None
+        # Frames queued by the registry (bytes while one, a bytearray once joined), and the
+        # registry, which counts them.
+        self.pending: bytes | bytearray | None = None
+        self.owner: Registry | None = None
 
-    def send(self, frame: bytes) -> None:
+    def send(self, frame: bytes | bytearray) -> None:
         """Write whole WebSocket frames (after any pending ones), unless the connection closes."""
         if self.closed:
             return
         pending = self.pending
         if pending is not None:
-            self.pending = None
-            frame = pending + frame
+            frame = self.take(pending) + frame
         sock = self.sock
         if sock is not None:
             t = self.transport
@@ -117,19 +119,33 @@ class Outbound:
                     return
                 if sent:
                     frame = frame[sent:]
-        self.write(frame)
+        self.write(frame if type(frame) is bytes else bytes(frame))
         if self.paused:
             self.queued += len(frame)
             if self.queued > self.limit:
                 self.closed = True
                 self.onOverflow()
 
+    def take(self, pending: bytes | bytearray) -> bytes | bytearray:
+        """Take the queued frames out of the registry's hands: the caller writes or drops them."""
+        self.pending = None
+        if self.owner is not None:
+            self.owner.queuedBytes -= len(pending)
+        return pending
+
     def finish(self) -> None:
         """Write what is pending, then nothing more: the connection is about to close."""
         pending = self.pending
-        if pending is not None and not self.closed:
-            self.pending = None
-            self.send(pending)
+        if pending is not None:
+            pending = self.take(pending)
+            if not self.closed:
+                self.send(pending)
+        self.closed = True
+
+    def drop(self) -> None:
+        """The connection is gone: forget what is queued, write nothing more."""
+        if self.pending is not None:
+            self.take(self.pending)
         self.closed = True
 
     def pauseProducing(self) -> None:
@@ -172,8 +188,7 @@ class Registry:
         self._flushCall: IDelayedCall | None = None
         self._flushing = False
         self._idleSince = float("-inf")  # when the queue last became empty
-        # Bytes of frames queued since the queue was last empty, less those the flush wrote: an
-        # upper bound of what waits (a reply or a close can take a connection's frames too).
+        # Bytes of frames queued and not yet written or dropped.
         self.queuedBytes = 0
         # (app, presence channel) -> {user id: [user info, local connection count]}
         self._members: dict[ChannelKey, dict[str, list[Any]]] = {}
@@ -257,6 +272,7 @@ class Registry:
         if subs is None:
             subs = self._subs[key] = {}
         subs[conn] = outbound
+        outbound.owner = self
         self.subscriptions += 1
         userFirst = False
         if member is not None:
@@ -366,17 +382,20 @@ class Registry:
             if pending is None:
                 outbound.pending = frame
                 mark(outbound)
+            elif type(pending) is bytes:
+                # The first frame is shared by every connection; a second one makes this
+                # connection's own buffer, which later frames extend in place.
+                outbound.pending = bytearray(pending) + frame
             else:
-                # Frames queued in one turn are few and small: joining as they come is cheaper
-                # than a list per connection per publish.
-                outbound.pending = pending + frame
+                pending += frame
         queued = len(subs) - (skip is not None)
         self.deliveries += queued
         self.queuedBytes += queued * len(frame)
         if dirty and not self._flushing:
             if self.queuedBytes > MAX_QUEUED_BYTES:
                 while self.queuedBytes > MAX_QUEUED_BYTES // 2 and dirty:
-                    self._flush(FLUSH_CHUNK)
+                    self._flush(FLUSH_CHUNK, reschedule=False)
+                self._reschedule()
             elif self._flushCall is None:
                 if self.clock.seconds() - self._idleSince >= QUIET_SECONDS:
                     self._flush(SYNC_LIMIT)
@@ -384,7 +403,7 @@ class Registry:
                     self._flushCall = self.clock.callLater(0, self._flush)
         return queued
 
-    def _flush(self, limit: int = FLUSH_CHUNK) -> None:
+    def _flush(self, limit: int = FLUSH_CHUNK, reschedule: bool = True) -> None:
         """Write the pending frames of the next C{limit} connections, one send each."""
         if self._flushCall is not None:
             if self._flushCall.active():
@@ -411,20 +430,18 @@ class Registry:
             self._flushing = False
             self.queuedBytes -= written
         if failed:
-            self.deliveries -= failed
             self.deliveryFailures += failed
             log.warn("{n} subscribers failed a delivery", n=failed)
-        if dirty:
+        if reschedule:
+            self._reschedule()
+
+    def _reschedule(self) -> None:
+        """Write the rest in the next reactor turn; or, if nothing is left, note the quiet."""
+        if self._dirty:
             if self._flushCall is None:
                 self._flushCall = self.clock.callLater(0, self._flush)
         else:
             self._idleSince = self.clock.seconds()
-            self.queuedBytes = 0
-
-    def flushNow(self) -> None:
-        """Write everything pending (shutting down, or a test that wants it on the wire)."""
-        while self._dirty:
-            self._flush(len(self._dirty))
 
     def closeChannel(self, appId: str, channel: str, code: int, reason: str) -> int:
         """Close every local connection on C{channel}; @return: how many."""
@@ -445,9 +462,10 @@ class Registry:
             ("pushsvc_channels", "Occupied channels", "gauge", len(self._subs)),
             ("pushsvc_publishes_total", "Events received for local fan-out", "counter",
              self.publishes),
-            ("pushsvc_deliveries_total", "Frames written to subscribers", "counter",
+            ("pushsvc_deliveries_total", "Frames queued for subscribers", "counter",
              self.deliveries),
-            ("pushsvc_delivery_failures_total", "Writes to a subscriber that failed", "counter",
+            ("pushsvc_delivery_failures_total",
+             "Writes to a subscriber that failed (each may carry several frames)", "counter",
              self.deliveryFailures),
             ("pushsvc_slow_consumer_closes_total", "Connections closed with 4100 (too slow)",
              "counter", self.slowConsumerCloses),

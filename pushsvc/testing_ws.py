@@ -11,6 +11,7 @@ from typing import Any
 
 from twisted.internet.address import IPv4Address
 from twisted.internet.protocol import Factory
+from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 
 
@@ -53,6 +54,7 @@ class FakeClient:
         self.protocol = protocol
         self.protocol.makeConnection(self.transport)
         self.messages: list[dict[str, Any]] = []
+        self.opcodes: list[int] = []  # of every frame from the server, in order
         self._closeCode: int | None = None
         self._pings = 0
         self.status: int | None = None
@@ -88,10 +90,10 @@ class FakeClient:
 
     def read(self) -> list[dict[str, Any]]:
         """Parse what the server wrote since the last read; @return: the new messages."""
-        # Fan-out is written from the reactor; by the time a real client reads, it has been.
-        registry = getattr(self.factory, "registry", None)
-        if registry is not None:
-            registry.flushNow()
+        # Fan-out may be written from the reactor: on a test clock, let its turn come first.
+        clock = getattr(self.factory, "clock", None)
+        if isinstance(clock, Clock):
+            clock.advance(0)
         self._buf += self.transport.value()
         self.transport.clear()
         new: list[dict[str, Any]] = []
@@ -117,6 +119,7 @@ class FakeClient:
             payload = self._buf[offset:offset + b1]
             self._buf = self._buf[offset + b1:]
             opcode = b0 & 0x0F
+            self.opcodes.append(opcode)
             if opcode == 0x1:
                 msg = json.loads(payload)
                 if isinstance(msg.get("data"), str):

@@ -206,6 +206,29 @@ class ServiceTests(ServiceCase):
         self.assertEqual(json.loads(msg["data"]), message)
 
     @inlineCallbacks
+    def test_pusherAuthForm(self) -> Any:
+        """
+        pusher-js's auth request (a form body, which the site leaves to the endpoint) signs the
+        page's room subscription, and that signature subscribes a real connection.
+        """
+        a = yield self.connect()
+        session = yield self.http.post(f"{self.base}/api/session", json={"name": "Ann"})
+        cookies = session.cookies()
+        yield session.content()
+        answer = yield self.http.post(
+            f"{self.base}/api/pusher/auth",
+            data=f"socket_id={a.socketId}&channel_name=presence-room-general".encode(),
+            headers={b"Content-Type": [b"application/x-www-form-urlencoded; charset=UTF-8"]},
+            cookies=cookies,
+        )
+        self.assertEqual(answer.code, 200)
+        body = yield answer.json()
+        a.sendJSON("pusher:subscribe", {"channel": "presence-room-general", "auth": body["auth"],
+                                        "channel_data": body["channel_data"]})
+        ok = yield a.expect("pusher_internal:subscription_succeeded", "presence-room-general")
+        self.assertEqual(ok["data"]["presence"]["count"], 1)
+
+    @inlineCallbacks
     def test_healthAndMetrics(self) -> Any:
         a = yield self.connect()
         yield self.subscribe(a, "news")

@@ -27,7 +27,7 @@ from pushsvc.interfaces import IBroker, IHub, PushSettings
 from pushsvc.protocol import makeAppFactory, makeAppResource
 from pushsvc.registry import Registry
 from pushsvc.signing import channelAuth, userAuth
-from pushsvc.testing_ws import FakeClient
+from pushsvc.testing_ws import FakeClient, maskedFrame
 from tests.wsclient import WSClient, connectClient, subscribeClient
 
 APP = App("1", "278d425bdf160c739803", "7ad3773142a6692b25b8")
@@ -434,7 +434,26 @@ class InMemoryTests(SynchronousTestCase):
         self.assertEqual(len(fast.events("ev")), 20)
         self.assertEqual(slow.closeCode, 4100)
         self.assertLess(len(slow.events("ev")), 20)
+        self.assertEqual(slow.opcodes[slow.opcodes.index(0x8):], [0x8])  # nothing after it
         self.assertEqual(self.server.registry.slowConsumerCloses, 1)
+
+    def test_queuedFramesGoBeforeTheCloseFrame(self) -> None:
+        """
+        Frames queued for a connection when it closes (the client's close answered by
+        Autobahn, or a close of ours) are written before the close frame, and nothing after.
+        """
+        a, b = self.connect(), self.connect()
+        for x in (a, b):
+            self.subscribe(x, "news")
+        self.publish("news", "ev", "first")  # written at once: the registry was quiet
+        self.successResultOf(self.server.hub.publish(APP, ["news"], "ev", "queued"))
+        a.protocol.dataReceived(maskedFrame(b"\x03\xe8", 0x8))  # the client closes, 1000
+        self.server.registry.closeChannel(APP.id, "news", 4009, "terminated")  # b, by us
+        for client, code in ((a, 1000), (b, 4009)):
+            self.assertEqual([e["data"] for e in client.events("ev")], ["first", "queued"])
+            self.assertEqual(client.closeCode, code)
+            self.assertEqual(client.opcodes[client.opcodes.index(0x8):], [0x8])
+        self.assertEqual(self.server.registry.slowConsumerCloses, 0)
 
     def test_failingSubscriberCounted(self) -> None:
         """A subscriber whose write raises is counted; the rest still get the event."""
@@ -449,7 +468,7 @@ class InMemoryTests(SynchronousTestCase):
         self.publish("news")
         self.assertEqual((len(a.events("ev")), len(c.events("ev"))), (1, 1))
         self.assertEqual(self.server.registry.deliveryFailures, 1)
-        self.assertEqual(self.server.registry.deliveries, 2)
+        self.assertEqual(self.server.registry.deliveries, 3)  # queued for three, one write failed
 
     def test_disconnectCleansUp(self) -> None:
         """A closed connection leaves every channel; the channel is no longer occupied."""
