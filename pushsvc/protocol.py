@@ -270,6 +270,27 @@ class PushServerProtocol(WebSocketServerProtocol):
         for name in _HANDSHAKE_LEFTOVERS:
             if name in self.__dict__:
                 setattr(self, name, None)
+        self._compact()
+
+    def _compact(self) -> None:
+        """
+        Let the class hold the attributes that are None, False or 0 on every open connection.
+
+        Autobahn gives each connection ~60 attributes; some 40 of them are flags and timers at
+        their resting value until the connection closes. Stored once on the (per-factory)
+        class, reads find the same value and a write makes an instance attribute again as
+        before; the instance dict, rebuilt for what is left, shrinks from ~1.6 KiB to ~0.6.
+        """
+        cls = type(self)
+        d = self.__dict__
+        for name, value in list(d.items()):
+            if not (value is None or value is False or (type(value) is int and value == 0)):
+                continue
+            if not hasattr(cls, name):
+                setattr(cls, name, value)
+            if getattr(cls, name) is value:
+                del d[name]
+        self.__dict__ = dict(d)
 
     def dataReceived(self, data: bytes) -> None:
         self.lastSeen = self.factory.clock.seconds()

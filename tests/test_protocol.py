@@ -116,6 +116,22 @@ class InMemoryTests(SynchronousTestCase):
         self.assertEqual(msg["data"]["activity_timeout"], 120)
         self.assertNotEqual(self.connect().socketId, client.socketId)
 
+    def test_openConnectionCompact(self) -> None:
+        """
+        An open connection keeps few instance attributes: Autobahn's resting flags and timers
+        are read from the class, with the same values, and set on the instance when they change.
+        """
+        client = self.connect()
+        proto = client.protocol
+        self.assertLess(len(vars(proto)), 30)
+        self.assertNotIn("closedByMe", vars(proto))
+        self.assertEqual((proto.closedByMe, proto.localCloseCode), (False, None))
+        proto.closeWith(4009, "bye")
+        client.read()
+        self.assertEqual(client.closeCode, 4009)
+        self.assertEqual((vars(proto)["closedByMe"], vars(proto)["localCloseCode"]), (True, 4009))
+        self.assertFalse(type(proto).closedByMe)
+
     def test_refusals(self) -> None:
         """Bad keys, paths and versions get pusher:error then a close with the same code."""
         cases = [
