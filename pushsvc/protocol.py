@@ -309,12 +309,12 @@ class PushServerProtocol(WebSocketServerProtocol):
         if self._closing:
             return
         self._closing = True
-        if self.outbound is not None:
-            self.outbound.finish()  # what was delivered before the close goes before it
         try:
-            self.sendClose(code, reason)
+            self.sendClose(code, reason)  # sendCloseFrame writes what is queued, first
         except Exception:
             self.dropConnection(abort=True)
+        if self.outbound is not None:
+            self.outbound.closed = True  # also when no close frame could be sent
 
     def sendCloseFrame(self, code: int | None = None, reasonUtf8: bytes | None = None,
                        isReply: bool = False) -> None:
