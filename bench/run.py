@@ -34,7 +34,8 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlencode
@@ -292,13 +293,32 @@ def measured(server: Server, gen: LoadGen, scenario: str,
     return phase
 
 
-def benchServer(name: str, args: argparse.Namespace, work: Path) -> Result:
-    result = Result(name)
-    extra = args.pushsvc_arg or []
-    # A: steady and flood with the smaller number of subscribers
-    server = startServer(name, work, args.frame_bytes, extra)
+@contextmanager
+def running(name: str, args: argparse.Namespace, work: Path, result: Result,
+            part: str) -> Iterator[tuple[Server, LoadGen]]:
+    """A fresh server and load generator for one part; their close codes go into C{result}."""
+    server = startServer(name, work, args.frame_bytes, args.pushsvc_arg or [])
     gen = LoadGen(server.target)
     try:
+        yield server, gen
+        for code, n in gen.closedCodes.items():
+            result.closeCodes[f"{part}:{code}"] = n
+    finally:
+        gen.closePublisher()
+        gen.closeAll()
+        server.stop()
+
+
+def flooded(server: Server, gen: LoadGen, subscribers: int, args: argparse.Namespace) -> Phase:
+    return measured(
+        server, gen, f"{subscribers} flood",
+        lambda: gen.flood(args.window, args.flood_seconds, args.max_publishes), args.profile)
+
+
+def benchServer(name: str, args: argparse.Namespace, work: Path) -> Result:
+    result = Result(name)
+    # A: steady and flood with the smaller number of subscribers
+    with running(name, args, work, result, "A") as (server, gen):
         say(f"{name}: pid {server.pid}, connecting {args.subs}")
         held = gen.connect(args.subs, time.monotonic() + 120)
         if held < args.subs:
@@ -307,20 +327,9 @@ def benchServer(name: str, args: argparse.Namespace, work: Path) -> Result:
         result.phases["steady"] = measured(
             server, gen, f"{args.subs} steady {args.rate:g}/s",
             lambda: gen.steady(args.rate, args.steady_seconds), args.profile)
-        result.phases["flood"] = measured(
-            server, gen, f"{args.subs} flood",
-            lambda: gen.flood(args.window, args.flood_seconds, args.max_publishes),
-            args.profile)
-        for code, n in gen.closedCodes.items():
-            result.closeCodes[f"A:{code}"] = n
-    finally:
-        gen.closePublisher()
-        gen.closeAll()
-        server.stop()
+        result.phases["flood"] = flooded(server, gen, args.subs, args)
     # B: memory per idle connection, then a flood, with the larger number
-    server = startServer(name, work, args.frame_bytes, extra)
-    gen = LoadGen(server.target)
-    try:
+    with running(name, args, work, result, "B") as (server, gen):
         gen.connect(20, time.monotonic() + 30)  # warm-up: code paths loaded, caches built
         gen.idle(0.5)
         gen.closeAll()
@@ -335,16 +344,7 @@ def benchServer(name: str, args: argparse.Namespace, work: Path) -> Result:
         result.idleHeld, result.idleWanted = gen.ready, args.big
         result.rssPerConn = (full - base) / max(1, gen.ready)
         say(f"  RSS {full} KiB: {result.rssPerConn:.2f} KiB per idle connection")
-        result.phases["bigflood"] = measured(
-            server, gen, f"{args.big} flood",
-            lambda: gen.flood(args.window, args.flood_seconds, args.max_publishes),
-            args.profile)
-        for code, n in gen.closedCodes.items():
-            result.closeCodes[f"B:{code}"] = n
-    finally:
-        gen.closePublisher()
-        gen.closeAll()
-        server.stop()
+        result.phases["bigflood"] = flooded(server, gen, args.big, args)
     return result
 
 
