@@ -314,7 +314,7 @@ class PushServerProtocol(WebSocketServerProtocol):
         except Exception:
             self.dropConnection(abort=True)
         if self.outbound is not None:
-            self.outbound.closed = True  # also when no close frame could be sent
+            self.outbound.close()  # also when no close frame could be sent
 
     def sendCloseFrame(self, code: int | None = None, reasonUtf8: bytes | None = None,
                        isReply: bool = False) -> None:

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Callable, Iterator
+from itertools import islice
+from os import write as _write
 from typing import Any, Protocol
 
 from twisted.internet import tcp
@@ -41,14 +43,29 @@ SYNC_LIMIT = 8 * FLUSH_CHUNK
 MAX_QUEUED_BYTES = 16 * 1024 * 1024
 
 
-def directSocket(transport: Any) -> Any:
+def directFd(transport: Any) -> int:
     """
-    The socket under C{transport} when frames may be sent on it straight away: a plain TCP
-    transport of the reactor (not TLS, not a test double). None otherwise.
+    The file descriptor of the socket under C{transport} when frames may be written to it
+    straight away: a plain TCP transport of the reactor (not TLS, not a test double). -1
+    otherwise.
     """
     if isinstance(transport, tcp.Connection) and not getattr(transport, "TLS", False):
-        return transport.socket
-    return None
+        return int(transport.socket.fileno())
+    return -1
+
+
+def writable(transport: Any) -> bool:
+    """
+    Whether bytes may go straight to C{transport}'s socket, ahead of nothing: it is connected,
+    not closing and holds nothing of its own to send (an earlier partial frame, Autobahn's pings
+    and close frames).
+
+    C{connected} is what makes writing to the bare file descriptor safe: Twisted clears it (and
+    stops the producer, L{Outbound}) before it closes the socket, whose number may then be reused
+    by another connection.
+    """
+    return bool(transport.connected and not (
+        transport._tempDataLen or transport.dataBuffer or transport.disconnecting))
 
 
 @implementer(IPushProducer)
@@ -58,11 +75,12 @@ class Outbound:
     the transport says when its buffer is full (C{pauseProducing}) and when it drained
     (C{resumeProducing}).
 
-    On a plain TCP transport with nothing buffered, a frame goes straight to the socket: one
-    C{send} and nothing else, where C{transport.write} costs two C{epoll_ctl} calls and a reactor
-    turn per connection. What the socket does not take (a partial write, C{EAGAIN}), and every
-    frame while the transport still holds unsent bytes, goes through C{transport.write}, so the
-    order of frames is kept and the transport's buffer and producer rules apply unchanged.
+    On a plain TCP transport with nothing buffered (L{writable}), a frame goes straight to the
+    socket: one C{write} on its file descriptor and nothing else, where C{transport.write}
+    costs two C{epoll_ctl} calls and a reactor turn per connection. What the socket does not
+    take (a partial write, C{EAGAIN}), and every frame while the transport still holds unsent
+    bytes, goes through C{transport.write}, so the order of frames is kept and the transport's
+    buffer and producer rules apply unchanged.
 
     While paused, every byte written is counted; past C{limit} the connection is a slow consumer:
     C{onOverflow} is called once and nothing more is written, so memory stays bounded. Twisted
@@ -75,7 +93,7 @@ class Outbound:
     """
 
     __slots__ = ("write", "paused", "queued", "limit", "onOverflow", "closed", "transport",
-                 "sock", "pending", "owner")
+                 "fd", "pending", "owner")
 
     def __init__(self, write: Callable[[bytes], Any], limit: int,
                  onOverflow: Callable[[], None], transport: Any = None) -> None:
@@ -86,9 +104,9 @@ class Outbound:
         self.onOverflow = onOverflow
         self.closed = False
         self.transport = transport
-        # A bound method, looked up once: send() is the hot path of every delivery.
-        sock = directSocket(transport)
-        self.sock = sock.send if sock is not None else None
+        # The socket's file descriptor while frames may be written to it directly, else -1
+        # (also once closed: see close()).
+        self.fd = directFd(transport)
         # Frames queued by the registry (bytes while one, a bytearray once joined), and the
         # registry, which counts them.
         self.pending: bytes | bytearray | None = None
@@ -101,29 +119,17 @@ class Outbound:
         pending = self.pending
         if pending is not None:
             frame = self.take(pending) + frame
-        sock = self.sock
-        if sock is not None:
-            t = self.transport
-            # Straight to the socket only when the transport has nothing of its own to send
-            # first (an earlier partial frame, Autobahn's pings and close frames).
-            if not (t._tempDataLen or t.dataBuffer or t.disconnecting) and t.connected:
-                try:
-                    sent = sock(frame)
-                except (BlockingIOError, InterruptedError):
-                    sent = 0
-                except OSError:
-                    # A broken connection: transport.write buffers it and the reactor's next
-                    # write attempt reports the loss through connectionLost as usual.
-                    sent = 0
-                if sent == len(frame):
-                    return
-                if sent:
-                    frame = frame[sent:]
+        if self.fd >= 0 and writable(self.transport):
+            sent = writeSome(self.fd, frame)
+            if sent == len(frame):
+                return
+            if sent:
+                frame = frame[sent:]
         self.write(frame if type(frame) is bytes else bytes(frame))
         if self.paused:
             self.queued += len(frame)
             if self.queued > self.limit:
-                self.closed = True
+                self.close()
                 self.onOverflow()
 
     def take(self, pending: bytes | bytearray) -> bytes | bytearray:
@@ -140,13 +146,18 @@ class Outbound:
             pending = self.take(pending)
             if not self.closed:
                 self.send(pending)
-        self.closed = True
+        self.close()
 
     def drop(self) -> None:
         """The connection is gone: forget what is queued, write nothing more."""
         if self.pending is not None:
             self.take(self.pending)
+        self.close()
+
+    def close(self) -> None:
+        """Write nothing more."""
         self.closed = True
+        self.fd = -1
 
     def pauseProducing(self) -> None:
         self.paused = True
@@ -156,7 +167,18 @@ class Outbound:
         self.queued = 0
 
     def stopProducing(self) -> None:
-        self.closed = True
+        # Called by the transport's connectionLost before it closes the socket.
+        self.close()
+
+
+def writeSome(fd: int, data: bytes | bytearray) -> int:
+    """Write what the socket C{fd} takes of C{data} now; 0 when it takes nothing or fails."""
+    try:
+        return _write(fd, data)
+    except OSError:
+        # EAGAIN, EINTR, or a broken connection: the caller hands the rest to transport.write,
+        # and the reactor's next write attempt reports a loss through connectionLost as usual.
+        return 0
 
 
 class Subscriber(Protocol):
@@ -373,11 +395,19 @@ class Registry:
             conn = self._bySocket.get(exceptSocketId)
             if conn is not None:
                 skip = subs.get(conn)
+        count = len(subs) - (skip is not None)
+        self.deliveries += count
+        outbounds = iter(subs.values())
+        if (self._flushCall is None and not self._flushing and not self._dirty
+                and self.clock.seconds() - self._idleSince >= QUIET_SECONDS):
+            self._writeAtOnce(islice(outbounds, SYNC_LIMIT), skip, frame)
         dirty = self._dirty
         mark = dirty.append
-        for outbound in subs.values():
+        queued = 0
+        for outbound in outbounds:
             if outbound is skip:
                 continue
+            queued += 1
             pending = outbound.pending
             if pending is None:
                 outbound.pending = frame
@@ -388,8 +418,6 @@ class Registry:
                 outbound.pending = bytearray(pending) + frame
             else:
                 pending += frame
-        queued = len(subs) - (skip is not None)
-        self.deliveries += queued
         self.queuedBytes += queued * len(frame)
         if dirty and not self._flushing:
             if self.queuedBytes > MAX_QUEUED_BYTES:
@@ -397,11 +425,50 @@ class Registry:
                     self._flush(FLUSH_CHUNK, reschedule=False)
                 self._reschedule()
             elif self._flushCall is None:
-                if self.clock.seconds() - self._idleSince >= QUIET_SECONDS:
-                    self._flush(SYNC_LIMIT)
-                else:
-                    self._flushCall = self.clock.callLater(0, self._flush)
-        return queued
+                self._flushCall = self.clock.callLater(0, self._flush)
+        elif not dirty:
+            self._idleSince = self.clock.seconds()
+        return count
+
+    def _writeAtOnce(self, outbounds: Iterator[Outbound], skip: Outbound | None,
+                     frame: bytes) -> None:
+        """
+        Write C{frame} to each of C{outbounds} (but C{skip}) now. Nothing is queued anywhere
+        when this is called, so no frame waits ahead of it.
+
+        This is the loop of every fan-out under a light load: L{Outbound.send}'s direct write,
+        inlined, for the connections that take the whole frame at once (nearly all).
+        """
+        size = len(frame)
+        failed = 0
+        self._flushing = True  # a delivery made by a send (a close) only queues
+        try:
+            for outbound in outbounds:
+                if outbound is skip:
+                    continue
+                rest = frame
+                fd = outbound.fd
+                if fd >= 0:
+                    t = outbound.transport
+                    if t.connected and not (t._tempDataLen or t.dataBuffer or t.disconnecting):
+                        try:
+                            sent = _write(fd, frame)
+                        except OSError:
+                            sent = 0
+                        if sent == size:
+                            continue
+                        rest = frame[sent:]
+                # The general path for the rest: the transport holds bytes of its own, the
+                # socket took part of the frame or none of it, or this is not a TCP socket.
+                try:
+                    outbound.send(rest)
+                except Exception:
+                    failed += 1
+        finally:
+            self._flushing = False
+        if failed:
+            self.deliveryFailures += failed
+            log.warn("{n} subscribers failed a delivery", n=failed)
 
     def _flush(self, limit: int = FLUSH_CHUNK, reschedule: bool = True) -> None:
         """Write the pending frames of the next C{limit} connections, one send each."""

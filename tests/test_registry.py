@@ -4,11 +4,16 @@ The registry's fan-out: queued per connection, written from the reactor in chunk
 
 from __future__ import annotations
 
+import socket
 from collections import deque
 from typing import Any
 
+from twisted.internet import reactor
+from twisted.internet.defer import Deferred, ensureDeferred
+from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
+from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.task import Clock
-from twisted.trial.unittest import SynchronousTestCase
+from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from pushsvc.frames import wsTextFrame
 from pushsvc.interfaces import PushSettings
@@ -189,3 +194,88 @@ class FanOutTests(SynchronousTestCase):
         self.clock.pump([0] * 20)
         self.assertEqual({b"".join(c.writes) for c in self.conns}, {frame * n})
         self.assertEqual(self.registry.queuedBytes, 0)
+
+
+class _Sink(Protocol):
+    """The client end: collects what arrives; C{done} fires once C{want} bytes came."""
+
+    def __init__(self, want: int) -> None:
+        self.want = want
+        self.data = bytearray()
+        self.done: Deferred[bytes] = Deferred()
+
+    def dataReceived(self, data: bytes) -> None:
+        self.data += data
+        if len(self.data) >= self.want and not self.done.called:
+            self.done.callback(bytes(self.data))
+
+
+class _Served(Protocol):
+    """The server end of a real TCP connection, written to through an L{Outbound}."""
+
+    def connectionMade(self) -> None:
+        self.factory.made.callback(self)
+
+    def connectionLost(self, reason: object) -> None:
+        self.factory.lost.callback(self)
+
+
+class DirectWriteTests(TestCase):
+    """
+    On a real TCP connection, frames go straight to the socket's file descriptor while the
+    transport holds nothing; what the socket does not take goes through the transport, and the
+    bytes on the wire are the frames, whole and in order.
+    """
+
+    timeout = 20
+
+    def test_partialWritesKeepTheStream(self) -> Deferred[None]:
+        return ensureDeferred(self._partialWrites())
+
+    async def _partialWrites(self) -> None:
+        serverFactory = Factory.forProtocol(_Served)
+        serverFactory.made = Deferred()
+        serverFactory.lost = Deferred()
+        port = reactor.listenTCP(0, serverFactory, interface="127.0.0.1")
+        self.addCleanup(port.stopListening)
+        payloads = [b'{"n":%d,"d":"%s"}' % (i, b"x" * (3000 + 7 * i)) for i in range(400)]
+        frames = [wsTextFrame(p) for p in payloads]
+        sink = _Sink(sum(map(len, frames)))
+        client = await connectProtocol(
+            TCP4ClientEndpoint(reactor, "127.0.0.1", port.getHost().port), sink)
+        client.transport.pauseProducing()  # reads nothing: the server's socket fills up
+        served = await serverFactory.made
+        transport = served.transport
+        # A small send buffer while frames are written, so that the socket soon takes only
+        # part of one.
+        transport.socket.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+
+        clock = Clock()
+        registry = Registry(PushSettings(), clock)
+        conn = Conn(0)
+        conn.outbound = Outbound(transport.write, 10**7, lambda: None, transport)
+        transport.registerProducer(conn.outbound, True)
+        registry.addConnection(conn)
+        registry.subscribe(conn, "news")
+        self.assertGreaterEqual(conn.outbound.fd, 0)  # the direct path is on
+
+        for payload in payloads:
+            clock.advance(1)  # each one written at once, as under a light load
+            registry.deliver("app", "news", payload)
+        self.assertEqual(registry.queuedBytes, 0)
+        # The socket stopped taking whole frames: the rest waits in the transport.
+        self.assertTrue(transport._tempDataLen or transport.dataBuffer)
+        transport.socket.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 1 << 20)
+        client.transport.resumeProducing()
+        received = await sink.done
+        self.assertEqual(received, b"".join(frames))
+
+        # Once Twisted closes the socket (its number may be reused at once), nothing is
+        # written to that number any more.
+        client.transport.loseConnection()
+        await serverFactory.lost
+        self.assertEqual(conn.outbound.fd, -1)
+        self.assertTrue(conn.outbound.closed)
+        clock.advance(1)
+        registry.deliver("app", "news", b'{"after":1}')
+        self.assertEqual(registry.deliveryFailures, 0)
