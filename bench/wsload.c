@@ -3,6 +3,7 @@
  *
  *     cc -O2 -o wsload wsload.c
  *     wsload HOST PORT PATH MODE        MODE: pusher or plain
+ *     wsload selftest                   check the quantiles against sorting; exit 0 if right
  *
  * One epoll loop holds the subscriber WebSockets and reads line commands from stdin; it answers
  * on stdout, one short line per answer. Commands:
@@ -482,21 +483,70 @@ static void selectKth(int64_t *a, size_t lo, size_t hi, size_t k) {
     }
 }
 
-static void stats(void) {
-    int64_t p50 = 0, p99 = 0, max = 0;
-    size_t n = nLat;
-    if (n) {
-        size_t k99 = (size_t)(0.99 * (double)n), k50 = (size_t)(0.5 * (double)n);
-        if (k99 > n - 1) k99 = n - 1;
-        if (k50 > n - 1) k50 = n - 1;
-        selectKth(lat, 0, n, k99);
-        selectKth(lat, 0, k99 + 1, k50);
-        p50 = lat[k50];
-        p99 = lat[k99];
-        max = p99;
-        for (size_t i = k99 + 1; i < n; i++)
-            if (lat[i] > max) max = lat[i];
+/*
+ * The median, 99th percentile and maximum of a[0..n), which it reorders: the k-th smallest is
+ * a[k] once selectKth(a, 0, n, k) returned, everything before it no larger, everything after it
+ * no smaller. So p99 is read before the median is selected among the elements before it (a
+ * selection over a range that includes k99 may move a[k99]).
+ */
+static void quantiles(int64_t *a, size_t n, int64_t *p50, int64_t *p99, int64_t *max) {
+    *p50 = *p99 = *max = 0;
+    if (n == 0) return;
+    size_t k99 = (size_t)(0.99 * (double)n), k50 = (size_t)(0.5 * (double)n);
+    if (k99 > n - 1) k99 = n - 1;
+    if (k50 > k99) k50 = k99;
+    selectKth(a, 0, n, k99);
+    *p99 = *max = a[k99];
+    for (size_t i = k99 + 1; i < n; i++)
+        if (a[i] > *max) *max = a[i];
+    selectKth(a, 0, k99, k50);
+    *p50 = a[k50];
+}
+
+/* `wsload selftest`: quantiles() against sorting, on shuffled and repetitive samples. */
+static int compare64(const void *x, const void *y) {
+    int64_t a = *(const int64_t *)x, b = *(const int64_t *)y;
+    return (a > b) - (a < b);
+}
+
+static int selftest(void) {
+    static const size_t sizes[] = {1, 2, 3, 99, 100, 101, 1000, 4099, 400000};
+    uint32_t seed = 12345;
+    for (size_t s = 0; s < sizeof sizes / sizeof *sizes; s++) {
+        for (int shape = 0; shape < 3; shape++) {
+            size_t n = sizes[s];
+            int64_t *a = malloc(n * sizeof *a), *sorted = malloc(n * sizeof *a);
+            for (size_t i = 0; i < n; i++) {
+                seed = seed * 1103515245u + 12345u;
+                /* distinct, few distinct values, or ascending runs as a fan-out gives */
+                a[i] = shape == 0 ? (int64_t)seed : shape == 1 ? (int64_t)(seed % 7)
+                                                                : (int64_t)(i % 1000) * 1000;
+            }
+            memcpy(sorted, a, n * sizeof *a);
+            qsort(sorted, n, sizeof *a, compare64);
+            int64_t p50, p99, max;
+            quantiles(a, n, &p50, &p99, &max);
+            size_t k99 = (size_t)(0.99 * (double)n), k50 = (size_t)(0.5 * (double)n);
+            if (k99 > n - 1) k99 = n - 1;
+            if (p50 != sorted[k50] || p99 != sorted[k99] || max != sorted[n - 1]) {
+                printf("selftest failed: n %zu shape %d: p50 %lld/%lld p99 %lld/%lld "
+                       "max %lld/%lld\n", n, shape, (long long)p50, (long long)sorted[k50],
+                       (long long)p99, (long long)sorted[k99], (long long)max,
+                       (long long)sorted[n - 1]);
+                return 1;
+            }
+            free(a);
+            free(sorted);
+        }
     }
+    printf("selftest ok\n");
+    return 0;
+}
+
+static void stats(void) {
+    int64_t p50, p99, max;
+    size_t n = nLat;
+    quantiles(lat, n, &p50, &p99, &max);
     answer("stats received %llu dup %llu ooo %llu samples %zu p50 %lld p99 %lld max %lld "
            "ready %zu closed %llu codes %s\n",
            (unsigned long long)received, (unsigned long long)duplicated,
@@ -576,6 +626,7 @@ static void onStdin(void) {
 /* -- main ----------------------------------------------------------------------------------- */
 
 int main(int argc, char **argv) {
+    if (argc == 2 && strcmp(argv[1], "selftest") == 0) return selftest();
     if (argc != 5 || (strcmp(argv[4], "pusher") != 0 && strcmp(argv[4], "plain") != 0)) {
         fprintf(stderr, "usage: wsload HOST PORT PATH pusher|plain\n");
         return 2;
