@@ -111,6 +111,10 @@ class LocalBroker:
         return succeed(None)
 
 
+def _none(_: object) -> None:
+    return None
+
+
 def _firstFailure(f: Failure) -> Failure:
     if isinstance(f.value, FirstError):
         sub: Failure = f.value.subFailure
@@ -171,9 +175,11 @@ class Hub:
                        self._cacheFrame(channel, event, data))
             for channel in channels
         ]
+        if len(ds) == 1:  # nearly every publish: no DeferredList to gather one result
+            return ds[0].addCallback(_none)
         d = gatherResults(ds, consumeErrors=True)
         d.addErrback(_firstFailure)
-        return d.addCallback(lambda _: None)
+        return d.addCallback(_none)
 
     def clientEvent(self, conn: Subscriber, channel: str, event: str, data: str,
                     userId: str | None) -> Deferred[None]:
