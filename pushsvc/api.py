@@ -216,6 +216,7 @@ class PusherAPI(Resource):
             ("channels", "*", "users"): {b"GET": (self.users, MAX_BODY)},
             ("users", "*", "terminate_connections"): {b"POST": (self.terminate, MAX_BODY)},
         }
+        self.publishHandlers = (self.events, self.batchEvents)
 
     def render(self, request: Request) -> bytes | int:
         return respond(request, self.dispatch)
@@ -247,6 +248,8 @@ class PusherAPI(Resource):
         if app is None:
             raise HTTPError(404, f"There is no app with id {segments[0]!r}.")
         handler, limit, args = self.route(segments[1:], request.method)
+        if handler in self.publishHandlers:
+            request.publish = True  # type: ignore[attr-defined]  # see PushSite.log
         body = readBody(request, limit)
         params = queryParams(request.uri)
         try:

@@ -56,6 +56,7 @@ class ServiceConfig:
     maxOutboundBytes: int = 1024 * 1024
     activityTimeout: int = 120
     allowedOrigins: tuple[str, ...] = ()
+    logPublishes: bool = False  # access-log successful HTTP API publishes too
 
 
 class PushService(MultiService):
@@ -145,6 +146,7 @@ class PushService(MultiService):
             HealthResource(self.healthChecks),
             MetricsResource(self.metrics),
         )
+        self.site.logPublishes = c.logPublishes
         return self.site
 
     def startService(self) -> None:

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from twisted.internet.defer import Deferred, succeed
+from twisted.web import http
 from twisted.web.resource import IResource, Resource
 from twisted.web.server import Request, Site
 from twisted.web.static import File
@@ -61,6 +62,8 @@ class PushRequest(Request):
 
     _received = 0
     _tooLarge = False
+    # An HTTP API publish (set by the API): logged when it fails, or when the site logs all.
+    publish = False
 
     def gotLength(self, length: int | None) -> None:
         if length is not None and length > MAX_REQUEST_BODY:
@@ -93,7 +96,16 @@ class PushRequest(Request):
 
 
 class PushSite(Site):
-    """A Site that knows its open HTTP connections, so that a stop can close them."""
+    """
+    A Site that knows its open HTTP connections, so that a stop can close them.
+
+    Its access log leaves out the HTTP API's successful publishes unless C{logPublishes}: at a
+    publish rate worth having, those lines would be most of the log, and writing one through
+    the log system costs about as much as the rest of the publish (~150 us). Failed ones (4xx,
+    5xx) are logged; publishes are counted in C{/metrics}.
+    """
+
+    logPublishes = False
 
     def __init__(self, resource: IResource) -> None:
         # No form parsing of every POST body into request.args: twisted.web does it with the
@@ -102,6 +114,11 @@ class PushSite(Site):
         super().__init__(resource, parsePOSTFormSubmission=False)
         self.channels: set[Any] = set()
         self._whenEmpty: list[Deferred[None]] = []
+
+    def log(self, request: http.Request) -> None:
+        if getattr(request, "publish", False) and request.code < 400 and not self.logPublishes:
+            return
+        super().log(request)
 
     def buildProtocol(self, addr: Any) -> Any:
         channel = super().buildProtocol(addr)

@@ -95,6 +95,14 @@ class Options(usage.Options):
         "variable, never from the command line."
     )
 
+    optFlags: list[list[Any]] = [
+        [
+            "log-publishes",
+            None,
+            "Write successful HTTP API publishes to the access log too (failed ones always are).",
+        ],
+    ]
+
     optParameters: list[list[Any]] = [
         ["data-dir", "d", "pushsvc-data", "Directory for the SQLite store and generated keys."],
         [
@@ -211,5 +219,6 @@ def makeService(options: Options) -> IService:
         maxOutboundBytes=options["max-outbound-bytes"],
         activityTimeout=options["activity-timeout"],
         allowedOrigins=options["allowed-origins"],
+        logPublishes=bool(options["log-publishes"]),
     )
     return PushService(config, reactor)

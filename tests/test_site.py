@@ -1,14 +1,25 @@
-"""The request class of the Site: bodies over the cap are dropped while they arrive."""
+"""
+The Site and its request class: bodies over the cap are dropped while they arrive; the access
+log leaves out successful publishes.
+"""
 
 from __future__ import annotations
 
+import json
 from io import BytesIO
 
+from twisted.internet.task import Clock
+from twisted.internet.testing import StringTransport
 from twisted.trial.unittest import SynchronousTestCase
+from twisted.web.resource import Resource
 from twisted.web.test.requesthelper import DummyChannel, DummyRequest
 
+from pushsvc.api import makeApiResource
+from pushsvc.apps import App, Apps
 from pushsvc.httputil import HTTPError, formArgs, queryArg
 from pushsvc.site import MAX_REQUEST_BODY, PushRequest, PushSite
+from pushsvc.testing import FakeHub
+from tests.test_api import APP, BASE, NOW, signedURL
 
 
 class BodyCapTests(SynchronousTestCase):
@@ -80,3 +91,75 @@ class FormArgsTests(SynchronousTestCase):
         from twisted.web.resource import Resource
 
         self.assertFalse(PushSite(Resource())._parsePOSTFormSubmission)
+
+
+class _Lines:
+    """An access log file: the lines written to it."""
+
+    def __init__(self) -> None:
+        self.lines: list[str] = []
+
+    def write(self, data: str) -> None:
+        self.lines.extend(data.splitlines())
+
+    def close(self) -> None:
+        pass
+
+
+class AccessLogTests(SynchronousTestCase):
+    """
+    The access log has every request but the HTTP API's successful publishes, which it has only
+    with logPublishes (twistd pushsvc --log-publishes).
+    """
+
+    def setUp(self) -> None:
+        self.hub = FakeHub()
+        root = Resource()
+        root.putChild(b"apps", makeApiResource(Apps([APP]), self.hub, lambda: float(NOW)))
+        self.site = PushSite(root)
+        self.site.requestFactory = PushRequest
+        self.site.reactor = Clock()
+        self.site.startFactory()
+        self.addCleanup(self.site.stopFactory)
+        self.log = _Lines()
+        self.site.logFile = self.log
+
+    def request(self, method: str, path: str, body: bytes = b"", secret: str | None = None
+                ) -> bytes:
+        """Send one signed request over a fresh HTTP connection; the status line's code."""
+        app = APP if secret is None else App(APP.id, APP.key, secret)
+        url = signedURL(method, path, body, None, app)[len(BASE):]
+        channel = self.site.buildProtocol(None)
+        transport = StringTransport()
+        channel.makeConnection(transport)
+        channel.dataReceived(
+            f"{method} {url} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {len(body)}\r\n\r\n".encode() + body)
+        return transport.value().split(b" ", 2)[1]
+
+    def publish(self, secret: str | None = None) -> bytes:
+        body = json.dumps({"name": "e", "channel": "c", "data": "{}"}).encode()
+        return self.request("POST", f"/apps/{APP.id}/events", body, secret)
+
+    def test_successfulPublishNotLogged(self) -> None:
+        self.assertEqual(self.publish(), b"200")
+        self.assertEqual(len(self.hub.published), 1)
+        self.assertEqual(self.log.lines, [])
+
+    def test_failedPublishLogged(self) -> None:
+        """A publish answered 4xx (here a wrong signature, 401) is logged, with its status."""
+        self.assertEqual(self.publish(secret="wrong"), b"401")
+        self.assertEqual(len(self.log.lines), 1)
+        self.assertIn('"POST /apps/3/events?', self.log.lines[0])
+        self.assertIn('" 401 ', self.log.lines[0])
+
+    def test_otherRequestsLogged(self) -> None:
+        self.assertEqual(self.request("GET", f"/apps/{APP.id}/channels"), b"200")
+        self.assertEqual(len(self.log.lines), 1)
+        self.assertIn('"GET /apps/3/channels?', self.log.lines[0])
+
+    def test_logPublishes(self) -> None:
+        self.site.logPublishes = True
+        self.assertEqual(self.publish(), b"200")
+        self.assertEqual(len(self.log.lines), 1)
+        self.assertIn('" 200 ', self.log.lines[0])

@@ -25,6 +25,12 @@ class OptionsTests(SynchronousTestCase):
         self.assertEqual(options["allowed-origins"], ())
         self.assertEqual(options["max-data-bytes"], 10240)
 
+    def test_logPublishes(self) -> None:
+        """--log-publishes reaches the service's config; without it, publishes are not logged."""
+        self.assertFalse(makeService(self.parse()).config.logPublishes)  # type: ignore[attr-defined]
+        service = makeService(self.parse("--log-publishes"))
+        self.assertTrue(service.config.logPublishes)  # type: ignore[attr-defined]
+
     def test_listenRepeatable(self) -> None:
         """--listen may be given several times; every endpoint is kept in order."""
         options = self.parse("--listen", "tcp:1234", "--listen", "unix:/tmp/pushsvc.sock")
