@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Callable, Iterator
-from itertools import islice
 from os import write as _write
 from typing import Any, Protocol
 
@@ -125,6 +124,10 @@ class Outbound:
                 return
             if sent:
                 frame = frame[sent:]
+        self.buffer(frame)
+
+    def buffer(self, frame: bytes | bytearray) -> None:
+        """Hand C{frame} to the transport, behind what it holds; count it while paused."""
         self.write(frame if type(frame) is bytes else bytes(frame))
         if self.paused:
             self.queued += len(frame)
@@ -397,10 +400,13 @@ class Registry:
                 skip = subs.get(conn)
         count = len(subs) - (skip is not None)
         self.deliveries += count
-        outbounds = iter(subs.values())
+        outbounds: Iterator[Outbound] = iter(subs.values())
         if (self._flushCall is None and not self._flushing and not self._dirty
                 and self.clock.seconds() - self._idleSince >= QUIET_SECONDS):
-            self._writeAtOnce(islice(outbounds, SYNC_LIMIT), skip, frame)
+            # A copy: what the writes set off must not change what this loop walks through.
+            targets = list(subs.values())
+            self._writeAtOnce(targets[:SYNC_LIMIT], skip, frame)
+            outbounds = iter(targets[SYNC_LIMIT:])
         dirty = self._dirty
         mark = dirty.append
         queued = 0
@@ -430,11 +436,11 @@ class Registry:
             self._idleSince = self.clock.seconds()
         return count
 
-    def _writeAtOnce(self, outbounds: Iterator[Outbound], skip: Outbound | None,
+    def _writeAtOnce(self, outbounds: list[Outbound], skip: Outbound | None,
                      frame: bytes) -> None:
         """
-        Write C{frame} to each of C{outbounds} (but C{skip}) now. Nothing is queued anywhere
-        when this is called, so no frame waits ahead of it.
+        Write C{frame} to each of C{outbounds} (but C{skip}) now. Nothing was queued anywhere
+        when this began, so no frame waits ahead of it.
 
         This is the loop of every fan-out under a light load: L{Outbound.send}'s direct write,
         inlined, for the connections that take the whole frame at once (nearly all).
@@ -446,22 +452,30 @@ class Registry:
             for outbound in outbounds:
                 if outbound is skip:
                     continue
-                rest = frame
+                pending = outbound.pending
+                if pending is not None:
+                    # Queued by a delivery made while this one was being written: it goes after
+                    # this frame.
+                    outbound.pending = frame + pending
+                    self.queuedBytes += size
+                    continue
                 fd = outbound.fd
-                if fd >= 0:
-                    t = outbound.transport
-                    if t.connected and not (t._tempDataLen or t.dataBuffer or t.disconnecting):
-                        try:
-                            sent = _write(fd, frame)
-                        except OSError:
-                            sent = 0
-                        if sent == size:
-                            continue
-                        rest = frame[sent:]
-                # The general path for the rest: the transport holds bytes of its own, the
-                # socket took part of the frame or none of it, or this is not a TCP socket.
                 try:
-                    outbound.send(rest)
+                    if fd >= 0:
+                        t = outbound.transport
+                        if t.connected and not (
+                                t._tempDataLen or t.dataBuffer or t.disconnecting):
+                            try:
+                                sent = _write(fd, frame)
+                            except OSError:
+                                sent = 0
+                            if sent != size:
+                                # The socket is full, or broken: the transport takes the rest
+                                # (and reports a loss from the reactor).
+                                outbound.buffer(frame[sent:] if sent else frame)
+                            continue
+                    # The transport holds bytes of its own, or this is not a TCP socket.
+                    outbound.send(frame)
                 except Exception:
                     failed += 1
         finally:

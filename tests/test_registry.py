@@ -141,6 +141,29 @@ class FanOutTests(SynchronousTestCase):
         self.assertEqual(len(conn.writes), 1)
         self.assertEqual(self.written(), len(self.conns))
 
+    def test_deliveryMadeByAWriteGoesAfter(self) -> None:
+        """
+        A delivery that a write sets off while a quiet fan-out is being written (it only
+        queues) reaches every connection after the frame being written, on those not yet
+        written to as well.
+        """
+        first, nested = wsTextFrame(b'{"a":1}'), wsTextFrame(b'{"n":1}')
+        trigger = self.conns[0]
+        assert trigger.outbound is not None
+
+        def write(data: bytes) -> None:
+            trigger.writes.append(data)
+            if len(trigger.writes) == 1:
+                self.registry.deliver("app", "news", b'{"n":1}')
+
+        trigger.outbound.write = write
+        self.clock.advance(QUIET_SECONDS)
+        self.registry.deliver("app", "news", b'{"a":1}')
+        self.clock.pump([0] * 5)
+        self.assertEqual(trigger.writes, [first, nested])
+        self.assertEqual({b"".join(c.writes) for c in self.conns}, {first + nested})
+        self.assertEqual(self.registry.queuedBytes, 0)
+
     def test_exceptSocket(self) -> None:
         """The excluded connection gets nothing, even when it has other frames queued."""
         skipped = self.conns[3]
@@ -259,7 +282,10 @@ class DirectWriteTests(TestCase):
         registry.subscribe(conn, "news")
         self.assertGreaterEqual(conn.outbound.fd, 0)  # the direct path is on
 
-        for payload in payloads:
+        clock.advance(1)
+        registry.deliver("app", "news", payload := payloads[0])
+        self.assertEqual(transport._tempDataLen, 0)  # straight to the socket, not the transport
+        for payload in payloads[1:]:
             clock.advance(1)  # each one written at once, as under a light load
             registry.deliver("app", "news", payload)
         self.assertEqual(registry.queuedBytes, 0)
