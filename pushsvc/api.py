@@ -217,6 +217,13 @@ class PusherAPI(Resource):
             ("users", "*", "terminate_connections"): {b"POST": (self.terminate, MAX_BODY)},
         }
         self.publishHandlers = (self.events, self.batchEvents)
+        self.published = 0  # events the broker took (a batch counts each of its events)
+
+    def metrics(self) -> list[tuple[str, str, str, float]]:
+        """C{(name, help, type, value)} for C{/metrics}."""
+        return [("pushsvc_api_events_published_total",
+                 "Events published through the HTTP API (a batch counts each one)", "counter",
+                 self.published)]
 
     def render(self, request: Request) -> bytes | int:
         return respond(request, self.dispatch)
@@ -262,10 +269,12 @@ class PusherAPI(Resource):
         return handler(Call(app, args, params, body))
 
     async def publish(self, app: App, event: Event) -> None:
-        # No log line here: this is the hot path, and the access log has every publish.
+        # No log line here: this is the hot path. The access log has the failed ones (and every
+        # one with --log-publishes), /metrics the count.
         await brokerCall(
             self.hub.publish, app, event.channels, event.name, event.data, event.socketId
         )
+        self.published += 1
 
     async def channelAttributes(self, app: App, event: Event) -> dict[str, dict[str, int]]:
         out = {}
@@ -358,7 +367,7 @@ class DefaultAppUsersAPI(PusherAPI):
         return super().dispatch(request)
 
 
-def makeApiResource(apps: Apps, hub: IHub, now: Callable[[], float]) -> IResource:
+def makeApiResource(apps: Apps, hub: IHub, now: Callable[[], float]) -> PusherAPI:
     """The resource to mount at C{/apps}."""
     return PusherAPI(apps, hub, now)
 

@@ -136,10 +136,11 @@ class PushService(MultiService):
             lambda: self.storeReady,
             c.activityTimeout,
         )
+        self.pusherApi = makeApiResource(apps, self.hub, self.reactor.seconds)
         self.site = makeSite(
             webRoot(),
             makeChatResource(chat),
-            makeApiResource(apps, self.hub, self.reactor.seconds),
+            self.pusherApi,
             makeUsersResource(apps, self.hub, self.reactor.seconds),
             NotifyResource(apps, self.hub, self.reactor.seconds),
             makeAppResource(apps, self.hub, self.registry, self.reactor, settings),
@@ -232,7 +233,7 @@ class PushService(MultiService):
         return d.addCallbacks(ok, bad)
 
     def metrics(self) -> list[tuple[str, str, str, float]]:
-        return self.registry.metrics()
+        return self.registry.metrics() + self.pusherApi.metrics()
 
     # -- shut-down -----------------------------------------------------------------------
 

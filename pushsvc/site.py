@@ -102,7 +102,8 @@ class PushSite(Site):
     Its access log leaves out the HTTP API's successful publishes unless C{logPublishes}: at a
     publish rate worth having, those lines would be most of the log, and writing one through
     the log system costs about as much as the rest of the publish (~150 us). Failed ones (4xx,
-    5xx) are logged; publishes are counted in C{/metrics}.
+    5xx) are logged; C{/metrics} counts the events published
+    (C{pushsvc_api_events_published_total}).
     """
 
     logPublishes = False

@@ -115,7 +115,8 @@ class AccessLogTests(SynchronousTestCase):
     def setUp(self) -> None:
         self.hub = FakeHub()
         root = Resource()
-        root.putChild(b"apps", makeApiResource(Apps([APP]), self.hub, lambda: float(NOW)))
+        self.api = makeApiResource(Apps([APP]), self.hub, lambda: float(NOW))
+        root.putChild(b"apps", self.api)
         self.site = PushSite(root)
         self.site.requestFactory = PushRequest
         self.site.reactor = Clock()
@@ -142,13 +143,18 @@ class AccessLogTests(SynchronousTestCase):
         return self.request("POST", f"/apps/{APP.id}/events", body, secret)
 
     def test_successfulPublishNotLogged(self) -> None:
+        """Not in the access log: in /metrics."""
         self.assertEqual(self.publish(), b"200")
         self.assertEqual(len(self.hub.published), 1)
         self.assertEqual(self.log.lines, [])
+        self.assertEqual(self.api.metrics(), [(
+            "pushsvc_api_events_published_total",
+            "Events published through the HTTP API (a batch counts each one)", "counter", 1)])
 
     def test_failedPublishLogged(self) -> None:
         """A publish answered 4xx (here a wrong signature, 401) is logged, with its status."""
         self.assertEqual(self.publish(secret="wrong"), b"401")
+        self.assertEqual(self.api.published, 0)
         self.assertEqual(len(self.log.lines), 1)
         self.assertIn('"POST /apps/3/events?', self.log.lines[0])
         self.assertIn('" 401 ', self.log.lines[0])
