@@ -405,8 +405,12 @@ class Registry:
                 and self.clock.seconds() - self._idleSince >= QUIET_SECONDS):
             # A copy: what the writes set off must not change what this loop walks through.
             targets = list(subs.values())
-            self._writeAtOnce(targets[:SYNC_LIMIT], skip, frame)
-            outbounds = iter(targets[SYNC_LIMIT:])
+            if len(targets) > SYNC_LIMIT:
+                outbounds = iter(targets[SYNC_LIMIT:])
+                del targets[SYNC_LIMIT:]
+            else:
+                outbounds = iter(())
+            self._writeAtOnce(targets, skip, frame)
         dirty = self._dirty
         mark = dirty.append
         queued = 0
