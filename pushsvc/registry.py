@@ -485,8 +485,12 @@ class Registry:
         finally:
             self._flushing = False
         if failed:
-            self.deliveryFailures += failed
-            log.warn("{n} subscribers failed a delivery", n=failed)
+            self._failed(failed)
+
+    def _failed(self, n: int) -> None:
+        """C{n} writes of one pass failed: count them, one log line for all."""
+        self.deliveryFailures += n
+        log.warn("{n} subscribers failed a delivery", n=n)
 
     def _flush(self, limit: int = FLUSH_CHUNK, reschedule: bool = True) -> None:
         """Write the pending frames of the next C{limit} connections, one send each."""
@@ -515,8 +519,7 @@ class Registry:
             self._flushing = False
             self.queuedBytes -= written
         if failed:
-            self.deliveryFailures += failed
-            log.warn("{n} subscribers failed a delivery", n=failed)
+            self._failed(failed)
         if reschedule:
             self._reschedule()
 
