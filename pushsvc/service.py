@@ -28,6 +28,7 @@ from twisted.python.failure import Failure
 
 from pushsvc.apps import SECRET_ENV, App, Apps, loadOrCreateApp, loadOrCreateKey
 from pushsvc.chat import ChatAPI, makeChatResource
+from pushsvc.filemodes import privateDirectory
 from pushsvc.health import HealthResource, MetricsResource
 from pushsvc.interfaces import IBroker, PushSettings
 from pushsvc.session import SessionSigner
@@ -77,7 +78,8 @@ class PushService(MultiService):
 
     def _loadApp(self) -> tuple[App, bytes]:
         c = self.config
-        c.dataDir.mkdir(parents=True, exist_ok=True)
+        for change in privateDirectory(c.dataDir):
+            log.warn("{change}: the data directory is for this user only", change=change)
         app, generated = loadOrCreateApp(
             c.dataDir, c.appId, c.appKey, c.appSecretFile, c.environ, c.maxDataBytes
         )
