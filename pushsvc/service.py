@@ -58,6 +58,7 @@ class ServiceConfig:
     activityTimeout: int = 120
     allowedOrigins: tuple[str, ...] = ()
     logPublishes: bool = False  # access-log successful HTTP API publishes too
+    chatMessagesPerMinute: int = 60  # per chat session, in bursts of up to 20
 
 
 class PushService(MultiService):
@@ -137,6 +138,7 @@ class PushService(MultiService):
             self.reactor.seconds,
             lambda: self.storeReady,
             c.activityTimeout,
+            messagesPerMinute=c.chatMessagesPerMinute,
         )
         self.pusherApi = makeApiResource(apps, self.hub, self.reactor.seconds)
         self.site = makeSite(
