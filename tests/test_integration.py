@@ -206,6 +206,40 @@ class ServiceTests(ServiceCase):
         self.assertEqual(json.loads(msg["data"]), message)
 
     @inlineCallbacks
+    def test_signOutOnEveryProcess(self) -> Any:
+        """
+        Over real sockets and the SQLite file: a session signed out on one process is refused
+        (401) by another process sharing the data dir; the 21st message of a burst gets 429
+        with Retry-After.
+        """
+        other = PushService(self.service.config, reactor)
+        other.startService()
+        self.addCleanup(other.stopService)
+        yield other.whenReady()
+        otherBase = f"http://127.0.0.1:{other.ports[0].getHost().port}"
+        session = yield self.http.post(f"{self.base}/api/session", json={"name": "Ann"})
+        cookies = session.cookies()
+        yield session.content()
+        codes = []
+        for i in range(21):
+            posted = yield self.http.post(f"{self.base}/api/rooms/general/messages",
+                                          json={"text": f"m{i}"}, cookies=cookies)
+            codes.append(posted.code)
+            yield posted.content()
+        self.assertEqual(codes, [201] * 20 + [429])
+        self.assertEqual(posted.headers.getRawHeaders(b"retry-after"), [b"1"])
+        me = yield self.http.get(f"{otherBase}/api/session", cookies=cookies)
+        self.assertEqual(me.code, 200)
+        yield me.content()
+        out = yield self.http.delete(f"{self.base}/api/session", cookies=cookies)
+        self.assertEqual(out.code, 200)
+        yield out.content()
+        for base in (self.base, otherBase):
+            me = yield self.http.get(f"{base}/api/session", cookies=cookies)
+            self.assertEqual(me.code, 401)
+            self.assertIn("signed out", (yield me.json())["error"])
+
+    @inlineCallbacks
     def test_pusherAuthForm(self) -> Any:
         """
         pusher-js's auth request (a form body, which the site leaves to the endpoint) signs the
