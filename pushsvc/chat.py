@@ -168,17 +168,30 @@ class ChatAPI:
         except UnicodeDecodeError:
             return None
 
+    def requireCookie(self, request: Request, status: int = 401) -> Session:
+        """
+        The session of the request's cookie, not yet checked against sign-outs (see
+        L{requireSession}). Raises L{HTTPError} C{status} without a valid cookie.
+        """
+        session = self.session(request)
+        if session is None:
+            raise HTTPError(status, "Sign in first: POST /api/session with your name.")
+        return session
+
+    async def requireNotRevoked(self, session: Session) -> None:
+        """Fails with L{HTTPError}: 401 when C{session} was signed out (on any process), 503
+        when the store cannot say."""
+        store = self.requireStore()
+        if await store.sessionRevoked(session.sessionId).addErrback(_storeErrors):
+            raise HTTPError(401, "This session was signed out: sign in again.")
+
     async def requireSession(self, request: Request, status: int = 401) -> Session:
         """
         The request's session, unless it was signed out. Fails with L{HTTPError}: C{status}
         without a valid cookie, 401 for a revoked session, 503 when the store cannot say.
         """
-        session = self.session(request)
-        if session is None:
-            raise HTTPError(status, "Sign in first: POST /api/session with your name.")
-        store = self.requireStore()
-        if await store.sessionRevoked(session.sessionId).addErrback(_storeErrors):
-            raise HTTPError(401, "This session was signed out: sign in again.")
+        session = self.requireCookie(request, status)
+        await self.requireNotRevoked(session)
         return session
 
     def takeMessageToken(self, session: Session) -> None:
@@ -339,11 +352,13 @@ class MessagesResource(JSONResource):
         room = validRoom(self.room)
         self.chat.checkOrigin(request)
         requireJSONContentType(request)
-        session = await self.chat.requireSession(request)
+        session = self.chat.requireCookie(request)
         body = parseJSONObject(readBody(request))
         text = validText(body.get("text"))
         store = self.chat.requireStore()
+        # The rate first: a flood over it costs a dict look-up, not a store query each.
         self.chat.takeMessageToken(session)
+        await self.chat.requireNotRevoked(session)
         message = await store.append(room, session.name, text, self.chat.now()).addErrback(
             _storeErrors
         )

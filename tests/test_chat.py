@@ -414,3 +414,19 @@ class ChatAPITests(TestCase):
         self.ready = True
         code, _ = yield self.call("GET", "/api/session")
         self.assertEqual(code, 200)
+
+    @inlineCallbacks
+    def test_floodCostsNoStoreQueries(self) -> Any:
+        """Posts over the rate are refused before the store is asked anything."""
+        yield self.signIn()
+        asked = []
+        original = self.store.sessionRevoked
+
+        def counting(sessionId: str) -> Deferred[bool]:
+            asked.append(sessionId)
+            return original(sessionId)
+
+        self.patch(self.store, "sessionRevoked", counting)
+        for _ in range(50):
+            yield self.call("POST", "/api/rooms/general/messages", {"text": "x"})
+        self.assertEqual(len(asked), 20)
