@@ -19,7 +19,6 @@ the publish; a subscribe reads it from there before the subscription succeeds.
 
 from __future__ import annotations
 
-import itertools
 import json
 import secrets
 from collections.abc import Callable, Iterable
@@ -61,6 +60,9 @@ KIND_MEMBER = "m"  # pusher_internal:member_added / member_removed
 KIND_TERMINATE = "t"  # close the connections on #server-to-user-{id}
 
 MAX_CACHED_CHANNELS = 10000
+# Each part of a socket id: 16 digits, never a leading zero (about 53 random bits).
+SOCKET_ID_LOW = 10**15
+SOCKET_ID_SPAN = 9 * 10**15
 
 
 def encodeEnvelope(kind: str, appId: str, channel: str, event: str, data: str | None,
@@ -111,6 +113,12 @@ class LocalBroker:
         return succeed(None)
 
 
+def randomSocketId() -> str:
+    """C{digits.digits}, both parts drawn from L{secrets}."""
+    return (f"{secrets.randbelow(SOCKET_ID_SPAN) + SOCKET_ID_LOW}."
+            f"{secrets.randbelow(SOCKET_ID_SPAN) + SOCKET_ID_LOW}")
+
+
 def _none(_: object) -> None:
     return None
 
@@ -135,19 +143,24 @@ class Hub:
         self.clock = clock
         broker.setReceiver(self.receive)
         broker.setHealthListener(self._brokerHealthChanged)
-        # Socket ids "A.B": A is 18 random digits per process (60 bits: two of a thousand
-        # processes share one with a chance of about 1 in 10**12), B a counter. pusher SDKs only
-        # ask for digits, a dot and digits. A doubles as this process's node id in Redis.
-        self._socketPrefix = str(secrets.randbelow(9 * 10**17) + 10**17)
-        self.nodeId = self._socketPrefix
-        self._socketCounter = itertools.count(1)
+        # This process's id in the cluster state (Redis): random, and no part of any socket id,
+        # so a socket id says nothing about which node holds it.
+        self.nodeId = str(secrets.randbelow(9 * 10**17) + 10**17)
         self.state: IClusterState = state if state is not None else LocalState(registry)
         self.state.attach(self)
         # (app, cache channel) -> (frame payload, when); insertion order is age order.
         self._cache: dict[tuple[str, str], tuple[bytes, float]] = {}
 
     def newSocketId(self) -> str:
-        return f"{self._socketPrefix}.{next(self._socketCounter)}"
+        """
+        A new socket id, Pusher's C{digits.digits}: both parts 16 random digits from
+        L{secrets}, so neither can be guessed from another connection's id, and none that a
+        connection of this process holds now.
+        """
+        while True:
+            socketId = randomSocketId()
+            if self.registry.connection(socketId) is None:
+                return socketId
 
     # -- publishing ----------------------------------------------------------------------------
 

@@ -28,6 +28,7 @@ from twisted.python.failure import Failure
 
 from pushsvc.apps import SECRET_ENV, App, Apps, loadOrCreateApp, loadOrCreateKey
 from pushsvc.chat import ChatAPI, makeChatResource
+from pushsvc.filemodes import privateDirectory
 from pushsvc.health import HealthResource, MetricsResource
 from pushsvc.interfaces import IBroker, PushSettings
 from pushsvc.session import SessionSigner
@@ -57,6 +58,7 @@ class ServiceConfig:
     activityTimeout: int = 120
     allowedOrigins: tuple[str, ...] = ()
     logPublishes: bool = False  # access-log successful HTTP API publishes too
+    chatMessagesPerMinute: int = 60  # per chat session, in bursts of up to 20
 
 
 class PushService(MultiService):
@@ -77,7 +79,8 @@ class PushService(MultiService):
 
     def _loadApp(self) -> tuple[App, bytes]:
         c = self.config
-        c.dataDir.mkdir(parents=True, exist_ok=True)
+        for change in privateDirectory(c.dataDir):
+            log.warn("{change}: the data directory is for this user only", change=change)
         app, generated = loadOrCreateApp(
             c.dataDir, c.appId, c.appKey, c.appSecretFile, c.environ, c.maxDataBytes
         )
@@ -135,6 +138,7 @@ class PushService(MultiService):
             self.reactor.seconds,
             lambda: self.storeReady,
             c.activityTimeout,
+            messagesPerMinute=c.chatMessagesPerMinute,
         )
         self.pusherApi = makeApiResource(apps, self.hub, self.reactor.seconds)
         self.site = makeSite(

@@ -156,6 +156,13 @@ class Options(usage.Options):
             "",
             "Comma-separated WebSocket origins allowed (default: any), e.g. https://example.com.",
         ],
+        [
+            "chat-messages-per-minute",
+            None,
+            60,
+            "Chat messages one session may post a minute (bursts of up to 20); 429 above it.",
+            _positiveInt("--chat-messages-per-minute"),
+        ],
     ]
 
     def __init__(self) -> None:
@@ -220,5 +227,6 @@ def makeService(options: Options) -> IService:
         activityTimeout=options["activity-timeout"],
         allowedOrigins=options["allowed-origins"],
         logPublishes=bool(options["log-publishes"]),
+        chatMessagesPerMinute=options["chat-messages-per-minute"],
     )
     return PushService(config, reactor)

@@ -95,3 +95,17 @@ class OptionsTests(SynchronousTestCase):
         service = makeService(self.parse("--data-dir", str(dataDir)))
         self.assertIsInstance(service, PushService)
         self.assertFalse(dataDir.exists())
+
+    def test_chatMessagesPerMinute(self) -> None:
+        """--chat-messages-per-minute: 60 by default, a positive whole number, in the config."""
+        self.assertEqual(self.parse()["chat-messages-per-minute"], 60)
+        options = self.parse("--chat-messages-per-minute", "6", "--data-dir", self.mktemp())
+        self.assertEqual(options["chat-messages-per-minute"], 6)
+        service = makeService(options)
+        assert isinstance(service, PushService)
+        self.assertEqual(service.config.chatMessagesPerMinute, 6)
+        for bad in ("0", "-1", "many"):
+            error = self.assertRaises(
+                SystemExit, self.parse, "--chat-messages-per-minute", bad
+            )
+            self.assertIn("--chat-messages-per-minute", str(error))
