@@ -53,9 +53,14 @@ class Slot:
         self.lost: Callable[[Any], None] | None = None
 
     def attach(self, transport: Any) -> None:
-        """Release this slot when C{transport} is lost (wraps its C{connectionLost} once)."""
-        self.lost = transport.connectionLost
-        transport.connectionLost = self
+        """
+        Release this slot when C{transport} is lost (wraps its C{connectionLost} once). A
+        transport without one (a test double) leaves it to the protocol's C{connectionLost}.
+        """
+        lost = getattr(transport, "connectionLost", None)
+        if lost is not None:
+            self.lost = lost
+            transport.connectionLost = self
 
     def __call__(self, reason: Any) -> None:
         lost, self.lost = self.lost, None  # also breaks the transport <-> slot cycle

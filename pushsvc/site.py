@@ -115,7 +115,9 @@ class PushRequest(Request):
         if slot is not None and not slot.proxied:
             self.channel.persistent = False
             self.setHeader(b"connection", b"close")
-        self.write(errorBody(self, HTTPError(503, refusal, {"retry-after": "10"})))
+        body = errorBody(self, HTTPError(503, refusal, {"retry-after": "10"}))
+        self.setHeader(b"content-length", b"%d" % len(body))
+        self.write(body)
         self.finish()
         return True
 
@@ -176,6 +178,7 @@ class PushSite(Site):
             def connectionLost(reason: Any) -> None:
                 lost(reason)
                 self.forgetChannel(channel)
+                self.limits.release(slot)  # at once if the transport was not hooked
 
             channel.connectionLost = connectionLost
         return channel
