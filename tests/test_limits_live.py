@@ -28,9 +28,7 @@ from tests.wsclient import PATH, WSClient, connectClient
 
 APP_ID, APP_KEY, SECRET = "77", "caps-key", "caps-secret"
 FD_LIMIT = 256
-LOW_FD_LIMIT = (
-    "import resource; resource.setrlimit(resource.RLIMIT_NOFILE, (%d, %d))" % (FD_LIMIT, FD_LIMIT)
-)
+LOW_FD_LIMIT = f"import resource; resource.setrlimit(resource.RLIMIT_NOFILE, ({FD_LIMIT},) * 2)"
 
 
 def httpClient() -> HTTPClient:
