@@ -233,6 +233,8 @@ class PushServerProtocol(WebSocketServerProtocol):
         else:
             self.app = app
             self.appId = app.id
+            if f.overCap is not None:  # the site's connection caps (pushsvc.limits)
+                self._refused = (CLOSE_OVER_CAPACITY, f.overCap)
 
     def onOpen(self) -> None:
         f = self.factory
@@ -488,6 +490,9 @@ class PushServerFactory(WebSocketServerFactory):
         self.settings = settings
         self.keepalive = Keepalive(clock, settings.pingInterval, settings.pongTimeout)
         self.live: set[PushServerProtocol] = set()  # every TCP connection, open or refused
+        # Set only while the resource hands over a handshake that is over a connection cap:
+        # the handshake completes, then the connection is closed with 4100 and this reason.
+        self.overCap: str | None = None
         self._idle: list[Deferred[None]] = []
         self.setProtocolOptions(
             maxFramePayloadSize=settings.maxFrameBytes,
@@ -553,7 +558,12 @@ class PushWebSocketResource(WebSocketResource):
         channel = request.channel
         transport = channel.transport
         httpProtocol = getattr(transport, "protocol", None)
-        result = super().render(request)
+        factory: PushServerFactory = self._factory
+        factory.overCap = getattr(request, "refusal", None)  # see PushRequest._refusedOverCap
+        try:
+            result = super().render(request)  # the handshake is handled within
+        finally:
+            factory.overCap = None
         if transport is not None and channel.transport is None:  # the WebSocket took it over
             channel.setTimeout(None)
             forget = getattr(request.site, "forgetChannel", None)

@@ -1,7 +1,8 @@
 """
 The one service that owns start-up and shut-down order.
 
-Start: data directory and credentials -> store, broker, hub and resources -> listen (a bind
+Start: data directory and credentials -> store, broker, hub and resources -> open-file limit
+raised, connection caps set -> listen (a bind
 failure stops start-up with a one-line error) -> open and migrate the store, retrying while it is
 unreachable (health says so meanwhile).
 
@@ -31,6 +32,8 @@ from pushsvc.chat import ChatAPI, makeChatResource
 from pushsvc.filemodes import privateDirectory
 from pushsvc.health import HealthResource, MetricsResource
 from pushsvc.interfaces import IBroker, PushSettings
+from pushsvc.limits import AcceptGuard, ConnectionLimits, raiseOpenFileLimit
+from pushsvc.proxy import TrustedProxies
 from pushsvc.session import SessionSigner
 from pushsvc.site import makeSite, webRoot
 from pushsvc.store import IStore, storeFromURL
@@ -59,6 +62,9 @@ class ServiceConfig:
     allowedOrigins: tuple[str, ...] = ()
     logPublishes: bool = False  # access-log successful HTTP API publishes too
     chatMessagesPerMinute: int = 60  # per chat session, in bursts of up to 20
+    maxConnections: int = 0  # 0: derived from the open-file limit (pushsvc.limits)
+    maxConnectionsPerIp: int = 1000  # 0: no cap per client address
+    trustedProxies: tuple[str, ...] = ()  # addresses/networks whose X-Forwarded-For is believed
 
 
 class PushService(MultiService):
@@ -69,6 +75,7 @@ class PushService(MultiService):
         self.config = config
         self.reactor = reactor
         self.ports: list[IListeningPort] = []
+        self.acceptGuards: list[AcceptGuard] = []
         self.storeReady = False
         self.storeError = "opening"
         self.store: IStore | None = None
@@ -154,9 +161,32 @@ class PushService(MultiService):
         self.site.logPublishes = c.logPublishes
         return self.site
 
+    def _applyLimits(self, site: Any) -> None:
+        """Raise the open-file limit; give the site its caps and trusted proxies (logged)."""
+        c = self.config
+        fileLimit = raiseOpenFileLimit()
+        site.limits = limits = ConnectionLimits.fromFileLimit(
+            c.maxConnections, c.maxConnectionsPerIp, fileLimit)
+        site.trustedProxies = TrustedProxies(c.trustedProxies)
+        log.info(
+            "at most {max} connections ({how}), {perIp} per client address; "
+            "trusted proxies: {proxies}",
+            max=limits.maxConnections,
+            how=("--max-connections" if c.maxConnections else
+                 f"the open-file limit {fileLimit} less {fileLimit - limits.maxConnections} "
+                 "kept for the store, Redis, logs and refusals" if fileLimit else "no limit"),
+            perIp=c.maxConnectionsPerIp or "no cap",
+            proxies=", ".join(site.trustedProxies.entries()) or "none",
+        )
+
+    def _describeConnections(self) -> str:
+        limits = self.site.limits
+        return f"{limits.open} connections open (cap {limits.maxConnections})"
+
     def startService(self) -> None:
         super().startService()
         site = self._build()
+        self._applyLimits(site)
         for description in self.config.listen:
             endpoint = serverFromString(self.reactor, description)
             result: list[Any] = []
@@ -174,6 +204,9 @@ class PushService(MultiService):
                     sys.__stderr__.flush()
                 raise SystemExit(1)
             self.ports.append(result[0])
+            guard = AcceptGuard.install(result[0], self.reactor, self._describeConnections)
+            if guard is not None:
+                self.acceptGuards.append(guard)
             log.info("listening on {description}", description=description)
         # The broker connects (and reconnects) in the background: the process serves what it
         # can while Redis is away, and health says so.
@@ -237,7 +270,7 @@ class PushService(MultiService):
         return d.addCallbacks(ok, bad)
 
     def metrics(self) -> list[tuple[str, str, str, float]]:
-        return self.registry.metrics() + self.pusherApi.metrics()
+        return self.registry.metrics() + self.pusherApi.metrics() + self.site.limits.metrics()
 
     # -- shut-down -----------------------------------------------------------------------
 
@@ -251,6 +284,8 @@ class PushService(MultiService):
         log.info("stopping: closing listeners and telling clients to reconnect")
         stops = [port.stopListening() for port in self.ports]
         self.ports = []
+        for guard in self.acceptGuards:
+            guard.stop()
         d: Deferred[Any] = DeferredList([s for s in stops if s is not None])
         steps: list[tuple[str, Callable[[], Any]]] = [
             ("close WebSocket connections", lambda: self.registry.closeAll(4200, "shutting down")),

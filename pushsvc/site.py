@@ -13,6 +13,8 @@ from twisted.web.server import Request, Site
 from twisted.web.static import File
 
 from pushsvc.httputil import HTTPError, errorBody
+from pushsvc.limits import OVER_ADDRESS, ConnectionLimits
+from pushsvc.proxy import NOBODY, TrustedProxies, clientOf, peerAddress
 
 MAX_REQUEST_BODY = 1024 * 1024  # above every resource's own limit
 
@@ -92,7 +94,32 @@ class PushRequest(Request):
             self.write(errorBody(self, error))
             self.finish()
             return
+        if self._refusedOverCap():
+            return
         super().process()
+
+    # Over a connection cap (pushsvc.limits): why, for the WebSocket resource to close with 4100.
+    refusal: str | None = None
+
+    def _refusedOverCap(self) -> bool:
+        """Answer 503 when this request is over a connection cap; whether it was."""
+        admit = getattr(getattr(self.channel, "site", None), "admitRequest", None)
+        refusal = admit(self) if admit is not None else None
+        if refusal is None:
+            return False
+        upgrade = (self.getHeader(b"upgrade") or b"").lower() == b"websocket"
+        if upgrade and self.path.startswith(b"/app/"):
+            self.refusal = refusal  # the handshake completes, then 4100 (pusher-js backs off)
+            return False
+        slot = getattr(self.channel, "connectionSlot", None)
+        if slot is not None and not slot.proxied:
+            self.channel.persistent = False
+            self.setHeader(b"connection", b"close")
+        body = errorBody(self, HTTPError(503, refusal, {"retry-after": "10"}))
+        self.setHeader(b"content-length", b"%d" % len(body))
+        self.write(body)
+        self.finish()
+        return True
 
 
 class PushSite(Site):
@@ -107,6 +134,8 @@ class PushSite(Site):
     """
 
     logPublishes = False
+    # Peers whose forwarding headers are believed (pushsvc.proxy.clientOf).
+    trustedProxies: TrustedProxies = NOBODY
 
     def __init__(self, resource: IResource) -> None:
         # No form parsing of every POST body into request.args: twisted.web does it with the
@@ -115,6 +144,7 @@ class PushSite(Site):
         super().__init__(resource, parsePOSTFormSubmission=False)
         self.channels: set[Any] = set()
         self._whenEmpty: list[Deferred[None]] = []
+        self.limits = ConnectionLimits(2**31 - 1, 0)  # the service sets the configured caps
 
     def log(self, request: http.Request) -> None:
         if getattr(request, "publish", False) and request.code < 400 and not self.logPublishes:
@@ -122,17 +152,54 @@ class PushSite(Site):
         super().log(request)
 
     def buildProtocol(self, addr: Any) -> Any:
+        address = peerAddress(addr)
+        slot = self.limits.admit(address, bool(self.trustedProxies)
+                                 and self.trustedProxies.trusts(address))
+        if slot is None:
+            return None  # over every cap and refusal slot: the port closes it at once
         channel = super().buildProtocol(addr)
-        if channel is not None:
+        if channel is None:
+            self.limits.release(slot)
+        else:
+            # The count follows the TCP connection, also once a WebSocket took it over: the slot
+            # becomes the transport's connectionLost. The HTTP channel holds it for requests.
+            getattr(channel, "_channel", channel).connectionSlot = slot
+            made = channel.makeConnection
+
+            def makeConnection(transport: Any) -> None:
+                del channel.makeConnection
+                slot.attach(transport)
+                made(transport)
+
+            channel.makeConnection = makeConnection
             self.channels.add(channel)
             lost = channel.connectionLost
 
             def connectionLost(reason: Any) -> None:
                 lost(reason)
                 self.forgetChannel(channel)
+                self.limits.release(slot)  # at once if the transport was not hooked
 
             channel.connectionLost = connectionLost
         return channel
+
+    def admitRequest(self, request: Any) -> str | None:
+        """
+        Why C{request} is refused over a connection cap (see L{pushsvc.limits}), or None.
+
+        A trusted proxy's connection is counted under the client address its latest request
+        forwards (a WebSocket's for as long as it lives), so the cap per address holds behind
+        a proxy too; any other connection was counted by its peer when accepted.
+        """
+        slot = getattr(request.channel, "connectionSlot", None)
+        if slot is None or (slot.refusal is None and not slot.proxied):
+            return None
+        if slot.refusal is not None:
+            self.limits.refused += 1
+            return str(slot.refusal)
+        if self.limits.countUnder(slot, clientOf(request).address):
+            return None
+        return OVER_ADDRESS
 
     def forgetChannel(self, channel: Any) -> None:
         """

@@ -51,6 +51,32 @@ def _positiveInt(name: str):  # type: ignore[no-untyped-def]
     return coerce
 
 
+def _countOrZero(name: str, zero: str):  # type: ignore[no-untyped-def]
+    def coerce(value: str) -> int:
+        try:
+            number = int(value)
+        except ValueError:
+            raise ValueError(f"{name} must be a whole number, not {value!r}") from None
+        if number < 0:
+            raise ValueError(f"{name} must be 0 ({zero}) or more")
+        return number
+
+    coerce.coerceDoc = f"A whole number; 0 for {zero}."  # type: ignore[attr-defined]
+    return coerce
+
+
+def _trustedProxies(value: str) -> tuple[str, ...]:
+    from pushsvc.proxy import TrustedProxies
+
+    try:
+        return TrustedProxies.parse(value).entries()
+    except ValueError as e:
+        raise ValueError(f"--trusted-proxies: {e}") from None
+
+
+_trustedProxies.coerceDoc = "Comma-separated IPs or CIDR networks, e.g. 10.0.0.1,10.1.0.0/16."  # type: ignore[attr-defined]
+
+
 def _existingFile(value: str) -> Path:
     path = Path(value)
     if not path.is_file():
@@ -163,6 +189,27 @@ class Options(usage.Options):
             "Chat messages one session may post a minute (bursts of up to 20); 429 above it.",
             _positiveInt("--chat-messages-per-minute"),
         ],
+        [
+            "max-connections",
+            None,
+            0,
+            "Connections (HTTP and WebSocket) held at once; 0: what the open-file limit allows.",
+            _countOrZero("--max-connections", "derived from the open-file limit"),
+        ],
+        [
+            "max-connections-per-ip",
+            None,
+            1000,
+            "Connections held at once per client address; 0: no cap.",
+            _countOrZero("--max-connections-per-ip", "no cap"),
+        ],
+        [
+            "trusted-proxies",
+            None,
+            (),
+            "Comma-separated proxy IPs/networks whose X-Forwarded-For and Forwarded are believed.",
+            _trustedProxies,
+        ],
     ]
 
     def __init__(self) -> None:
@@ -228,5 +275,8 @@ def makeService(options: Options) -> IService:
         allowedOrigins=options["allowed-origins"],
         logPublishes=bool(options["log-publishes"]),
         chatMessagesPerMinute=options["chat-messages-per-minute"],
+        maxConnections=options["max-connections"],
+        maxConnectionsPerIp=options["max-connections-per-ip"],
+        trustedProxies=tuple(options["trusted-proxies"]),
     )
     return PushService(config, reactor)

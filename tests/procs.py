@@ -88,14 +88,18 @@ def startTwistd(
     cwd: str | None = None,
     python: str = sys.executable,
     usePythonPath: bool = True,
+    setup: str = "",
 ) -> TwistdProcess:
-    """Spawn C{python -c twistd -n --pidfile= pushsvc ARGS} with the source tree importable."""
+    """
+    Spawn C{python -c twistd -n --pidfile= pushsvc ARGS} with the source tree importable;
+    C{setup} is Python run first in the child (e.g. lowering a resource limit).
+    """
     proto = TwistdProcess()
     childEnv = dict(os.environ)
     if usePythonPath:
         childEnv["PYTHONPATH"] = str(ROOT) + os.pathsep + childEnv.get("PYTHONPATH", "")
     childEnv.update(env or {})
-    argv = [python, "-c", TWISTD, "-n", "--pidfile=", "pushsvc", *args]
+    argv = [python, "-c", f"{setup}\n{TWISTD}", "-n", "--pidfile=", "pushsvc", *args]
     reactor.spawnProcess(proto, python, argv, env=childEnv, path=cwd)  # type: ignore[attr-defined]
     return proto
 
