@@ -15,7 +15,10 @@ drift), and answers for the whole cluster. Keys, with C{P = {prefix}:{appId}}:
 Readers count only nodes whose expiry is in the future, so a process that dies takes its
 subscriptions and members with it after C{nodeTTL} at most. The next heartbeat of any survivor
 reaps the dead node (atomically: exactly one survivor does it) and announces member_removed for
-the users that no live node still has.
+the users that no live node still has. A node whose own heartbeat had expired reaps nobody on
+that beat: after a Redis stall longer than C{nodeTTL} every node's queued heartbeat runs at
+once, and each node refreshes itself before anyone judges the others, so a stall reaps no live
+node (clients see no member_removed/member_added flicker).
 
 Member events are decided by Lua scripts, atomically: C{JOIN} answers "new" only when no other
 live node has the user on the channel, C{LEAVE} answers "gone" only when no other live node has
@@ -178,9 +181,14 @@ return {absent, out}
 """,
     # heartbeat and reaping -> {absent, {channel, user, ...} no longer present anywhere}
     "beat": """
+local before = redis.call('ZSCORE', nodesKey, node)
 local absent = touch()
 local out = {}
 local seen = {}
+-- This node's own heartbeat had expired: Redis stalled (or this node could not reach it), so
+-- every node's heartbeat may have been held up alike. Reap from the next beat on, once the
+-- live nodes have had their turn.
+if before == false or tonumber(before) <= now then return {absent, out} end
 for _, d in ipairs(redis.call('ZRANGEBYSCORE', nodesKey, '-inf', now)) do
   if d ~= node then
     redis.call('ZREM', nodesKey, d)
