@@ -51,6 +51,7 @@ from twisted.internet.defer import (
     succeed,
 )
 from twisted.internet.endpoints import clientFromString
+from twisted.internet.interfaces import IStreamClientEndpoint
 from twisted.internet.task import LoopingCall, deferLater
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -177,7 +178,13 @@ class RedisBroker:
 
     def __init__(self, address: RedisAddress, reactor: Any, prefix: str = DEFAULT_PREFIX,
                  retryMax: float = RETRY_MAX, name: str | None = None,
-                 jitter: Callable[[], float] = random.random) -> None:
+                 jitter: Callable[[], float] = random.random,
+                 endpoint: IStreamClientEndpoint | None = None) -> None:
+        """
+        C{retryMax}: the longest wait between reconnect attempts; C{jitter}: random numbers in
+        [0, 1) that shorten each wait a little; C{endpoint}: connect there rather than to
+        C{address.endpoint} (tests).
+        """
         self.address = address
         self.reactor = reactor
         self.prefix = prefix
@@ -200,7 +207,8 @@ class RedisBroker:
         self._stopping = False
         self.addScript("publishCached", _PUBLISH_CACHED)
         self.addScript("cached", _CACHED)
-        endpoint = clientFromString(reactor, address.endpoint)
+        if endpoint is None:
+            endpoint = clientFromString(reactor, address.endpoint)
         where = address.display.removeprefix("redis ")
         credentials = (address.password, address.dbid, address.username)
         self._commandLink = Link(
