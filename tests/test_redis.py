@@ -205,6 +205,42 @@ class ClusterStateTests(RedisTestCase):
         self.assertEqual((yield b.hub.channelInfo(APP, "news")).subscriptionCount, 1)
 
 
+class StallReapTests(RedisTestCase):
+    @inlineCallbacks
+    def test_stallLongerThanTTLReapsNobody(self) -> Generator[Deferred[Any], Any, None]:
+        """
+        Redis stalls longer than the node TTL (DEBUG SLEEP 1.5 against a 1 s TTL): every
+        node's heartbeat was held up alike, so when Redis wakes no live node is reaped and no
+        member_removed (nor a second member_added) reaches anyone.
+        """
+        server = RedisServer(debug=True)
+        yield server.start()
+        self.addCleanup(server.stop)
+        a, b = yield self.nodes(2, f"tcp:127.0.0.1:{server.port}")
+        watcher = b.connect(APP.id)
+        yield b.subscribe(watcher, "presence-r", "watcher")
+        yield a.subscribe(a.connect(APP.id), "presence-r", "ann")
+        yield watcher.next("pusher_internal:member_added")
+        raw = yield connectProtocol(
+            TCP4ClientEndpoint(reactor, "127.0.0.1", server.port), Protocol())
+        self.addCleanup(raw.transport.loseConnection)
+        woke = Deferred()
+        raw.dataReceived = lambda data: woke.called or woke.callback(None)  # type: ignore
+        raw.transport.write(b"DEBUG SLEEP 1.5\r\n")
+        yield woke.addTimeout(15, reactor)
+        # Two heartbeats of each node after the stall (0.2 s apart): any reaping has happened.
+        for node in (a, b):
+            yield node.state._run("beat", APP.id)
+            yield node.state._run("beat", APP.id)
+        yield a.hub.publish(APP, ["presence-r"], "marker", "")
+        yield watcher.next("marker")
+        self.assertEqual(watcher.events("pusher_internal:member_removed"), [])
+        self.assertEqual(watcher.events("pusher_internal:member_added"), [])
+        self.assertEqual(sorted((yield b.hub.presenceUserIds(APP, "presence-r"))),
+                         ["ann", "watcher"])
+        deleteKeys(self.prefix + ":*", server.port)
+
+
 class OutageTests(RedisTestCase):
     """A private redis-server, killed and started again on the same port."""
 
