@@ -19,7 +19,11 @@ The two connections fail differently, and only one of them can lose events:
 A stall (Redis busy, C{DEBUG SLEEP}, a half-open connection) is seen by a timeout of
 L{COMMAND_TIMEOUT} on every command, on the reactor's clock, and by a PING every
 L{PROBE_INTERVAL}: the broker is unhealthy from the first unanswered one until a PING is answered
-again, and publishes fail fast meanwhile. A connection stalled for L{STALL_ABORT} is made again.
+again, and publishes fail fast meanwhile. A command connection stalled for L{STALL_ABORT} is
+made again (clients stay). The subscriber connection is PINGed too: it is made again (closing the
+clients, 4200) when it stays silent while the command connection answers, or for
+L{SUBSCRIBER_SILENCE} (a stall that long: clients are closed once, and reconnect when Redis is
+back).
 
 Cache channels: a publish with C{cache} sets C{{prefix}:{appId}:cache:{channel}} (the event frame,
 expiring after L{CACHE_TTL}) and publishes, in one script, so the key holds the last event that
@@ -66,6 +70,7 @@ DEFAULT_PREFIX = "pushsvc"
 COMMAND_TIMEOUT = 2.0  # seconds; a command or PING not answered this long means Redis stalls
 PROBE_INTERVAL = 1.0  # seconds between the PINGs of the liveness probe
 STALL_ABORT = 10.0  # seconds; a command connection stalled this long is made again
+SUBSCRIBER_SILENCE = 30.0  # seconds; a subscriber connection silent this long is made again
 
 # KEYS[1] the cache key; ARGV[1] Redis channel, [2] envelope, [3] event frame, [4] TTL in ms.
 _PUBLISH_CACHED = """
@@ -198,6 +203,9 @@ class RedisBroker:
         self._subscribed = False  # every channel of _channels restored after a reconnect
         self._stalledSince: float | None = None  # when a command last went unanswered
         self._probing = False  # a PING of the liveness probe is waiting for its reply
+        self._commandsAnswered: float | None = None  # when the last answered PING was sent
+        self._subscriberPing: float | None = None  # when the unanswered subscriber PING was sent
+        self._subscriberSuspect: float | None = None  # when it was found silent, Redis not
         self._probe = LoopingCall(self._sendProbe)
         self._probe.clock = reactor
         self._wasHealthy = False
@@ -404,7 +412,11 @@ class RedisBroker:
     # -- stalls --------------------------------------------------------------------------------
 
     def _sendProbe(self) -> None:
-        """Every L{PROBE_INTERVAL}: PING, unless the last PING is still unanswered."""
+        """Every L{PROBE_INTERVAL}: PING on both connections (unless the last is unanswered)."""
+        self._probeCommands()
+        self._probeSubscriber()
+
+    def _probeCommands(self) -> None:
         conn = self._commands
         if conn is None:
             return
@@ -415,6 +427,7 @@ class RedisBroker:
                 self._commandLink.drop(f"did not answer for {STALL_ABORT:g} s")
             return
         self._probing = True
+        sent = self.reactor.seconds()
         deadline = self.reactor.callLater(COMMAND_TIMEOUT, self._stalled)
 
         def answered(result: Any) -> None:
@@ -422,6 +435,7 @@ class RedisBroker:
             if deadline.active():
                 deadline.cancel()
             if conn is self._commands and not isinstance(result, Failure):
+                self._commandsAnswered = sent
                 self._answering()
 
         try:
@@ -429,6 +443,45 @@ class RedisBroker:
         except Exception as e:
             d = fail(e)
         d.addBoth(answered)
+
+    def _probeSubscriber(self) -> None:
+        """
+        A subscriber connection whose PING goes unanswered while the command connection
+        answers one sent later is broken (half-open, or its replies stuck): it is made again,
+        which closes the clients (4200) as any loss of it does. When both are silent Redis
+        itself stalls and nothing is published meanwhile, so the link is only given up after
+        L{SUBSCRIBER_SILENCE}.
+        """
+        conn = self._subscriber if self._subscribed else None
+        if conn is None:
+            return
+        now = self.reactor.seconds()
+        sent = self._subscriberPing
+        if sent is None:
+            self._subscriberPing = now
+
+            def answered(_: object) -> None:
+                if conn is self._subscriber:
+                    self._subscriberPing = self._subscriberSuspect = None
+
+            try:
+                d: Deferred[Any] = conn.execute_command("PING")
+            except Exception as e:
+                d = fail(e)
+            d.addBoth(answered)
+            return
+        silent = now - sent
+        commandsAlive = self._commandsAnswered is not None and self._commandsAnswered > sent
+        if silent >= COMMAND_TIMEOUT and commandsAlive and self._subscriberSuspect is None:
+            # Replies that Redis sent together after a stall may still be on their way here:
+            # look again at the next tick.
+            self._subscriberSuspect = now
+            return
+        suspect = self._subscriberSuspect
+        if silent >= SUBSCRIBER_SILENCE or (suspect is not None
+                                            and now - suspect >= PROBE_INTERVAL):
+            self._subscriberLink.drop(f"did not answer on the subscriber connection for "
+                                      f"{silent:.0f} s")
 
     def _stalled(self) -> None:
         if self._stalledSince is None and self._commands is not None:
@@ -508,6 +561,7 @@ class RedisBroker:
         if conn is not self._subscriber:
             return  # lost before it subscribed anything: nothing to report
         self._subscriber = None
+        self._subscriberPing = self._subscriberSuspect = None
         self._subscribed = False
         self._reportHealth(linkChanged=True)
 
@@ -522,7 +576,8 @@ class RedisBroker:
             log.info("broker ready: {redis}", redis=self.address.display)
         elif not self.healthy and self._wasHealthy:
             self._wasHealthy = False
-            log.error("broker down: {status}", status=self.status)
+            if not self._stopping:
+                log.error("broker down: {status}", status=self.status)
         if linkChanged and self._healthListener is not None and not self._stopping:
             try:
                 self._healthListener(self._subscribed)

@@ -333,6 +333,7 @@ class FakeRedisConnection:
         self.protocol = protocol
         self.name = ""
         self.authenticated = server.password is None
+        self.muted = False  # replies are dropped, as on a half-open connection
         self.connected = True
         self._buffer = b""
         self.disconnecting = False
@@ -459,6 +460,8 @@ class FakeRedis:
         return succeed(protocol)
 
     def _answer(self, conn: FakeRedisConnection, reply: bytes) -> None:
+        if conn.muted:
+            return
         if self.stalled:
             self._held.append((conn, reply))
         else:

@@ -716,3 +716,50 @@ class StallTests(SynchronousTestCase):
         self.assertEqual(node.hub.health(), {"broker": "ok"})
         self.assertIn(subscriber, node.redis.connections)
         self.assertIsNone(node.conn.closed)
+
+    def test_stallOverSubscriberSilenceClosesOnce(self) -> None:
+        """
+        A stall of 30 s or more gives up the subscriber connection too: the clients are closed
+        (4200) once, and the node accepts connections again when Redis is back.
+        """
+        node = FakeNode()
+        node.start()
+        node.redis.stall()
+        node.clock.pump([0.5] * 66)  # 33 s: the PING went out 1 s in
+        self.assertEqual(node.conn.closed, 4200)
+        self.assertFalse(node.hub.acceptingConnections)
+        node.redis.resume()
+        node.clock.pump([0.5] * 80)
+        node.turn()
+        self.assertTrue(node.hub.acceptingConnections)
+        self.assertEqual(node.hub.health(), {"broker": "ok"})
+
+
+class SubscriberProbeTests(SynchronousTestCase):
+    def test_silentSubscriberIsRemade(self) -> None:
+        """
+        A subscriber connection whose replies no longer come (half-open) while the command
+        connection answers is made again within a few seconds; its clients are closed (4200:
+        events were lost) and the link is back after.
+        """
+        node = FakeNode()
+        node.start()
+        node.redis.named("n:subscriber").muted = True
+        node.clock.pump([0.5] * 6)
+        self.assertIsNone(node.conn.closed)  # 3 s: not yet (it may be a stall)
+        node.clock.pump([0.5] * 4)
+        self.assertEqual(node.conn.closed, 4200)
+        node.clock.pump([0.5] * 2)
+        node.turn()
+        self.assertTrue(node.hub.acceptingConnections)
+        self.assertEqual(node.redis.commands.count("SUBSCRIBE"), 2)
+
+    def test_answeringSubscriberStays(self) -> None:
+        """A subscriber connection that answers its PINGs is kept for as long as it does."""
+        node = FakeNode()
+        node.start()
+        subscriber = node.redis.named("n:subscriber")
+        node.clock.pump([0.5] * 120)
+        self.assertIn(subscriber, node.redis.connections)
+        self.assertIsNone(node.conn.closed)
+        self.assertGreater(node.redis.commands.count("PING"), 100)
