@@ -176,8 +176,11 @@ class Link:
             return succeed(None)
         d: Deferred[None] = Deferred()
         self._stopWaiters.append(d)
-        self.conn.transport.loseConnection()
-        return d
+        conn = self.conn
+        conn.transport.loseConnection()
+        # A half-open connection may never finish closing cleanly.
+        abort = self.clock.callLater(CONNECT_TIMEOUT, conn.transport.abortConnection)
+        return d.addBoth(lambda _: abort.cancel() if abort.active() else None)
 
     def drop(self, cause: str) -> None:
         """Abort the current connection because of C{cause} (logged); it is made again."""
