@@ -10,7 +10,9 @@ The cluster state also decides when a presence member is new or gone across ever
 When the broker says it lost its link (L{IBroker.setHealthListener}), this process may have missed
 publishes that were answered 2xx elsewhere: the hub closes every local connection with 4200 so the
 clients reconnect and catch up, and L{Hub.acceptingConnections} is false (new connections are
-refused with 4100) until the broker is healthy again.
+refused with 4100) until the link is back. A broker that cannot carry publishes from this process
+but still brings everyone else's (Redis's command connection lost or stalled) makes publishes
+fail (503) and C{health} say so, and leaves the clients alone.
 
 Cache channels: every process remembers the last event it receives on a cache channel. A broker
 that reaches other processes (Redis) also keeps it where every process can read it, written with
@@ -77,6 +79,7 @@ class LocalBroker:
     """The in-process broker: a publish goes straight back to this process's hub."""
 
     healthy = True
+    linked = True
     status = "ok"
 
     def __init__(self) -> None:
@@ -150,6 +153,7 @@ class Hub:
         self.state.attach(self)
         # (app, cache channel) -> (frame payload, when); insertion order is age order.
         self._cache: dict[tuple[str, str], tuple[bytes, float]] = {}
+        self._linkLost = False  # the broker lost its link since it last had it
 
     def newSocketId(self) -> str:
         """
@@ -393,12 +397,15 @@ class Hub:
         connection is refused (4100, try again later) rather than subscribed to channels whose
         events would not reach it.
         """
-        return bool(self.broker.healthy)
+        return bool(self.broker.linked)
 
-    def _brokerHealthChanged(self, healthy: bool) -> None:
-        if healthy:
-            log.info("broker healthy again: accepting WebSocket connections")
+    def _brokerHealthChanged(self, linked: bool) -> None:
+        if linked:
+            if self._linkLost:
+                self._linkLost = False
+                log.info("broker link back: accepting WebSocket connections again")
             return
+        self._linkLost = True
         count = self.registry.connectionCount
         if count:
             log.warn("broker link lost: closing {n} WebSocket connections with 4200 so they "

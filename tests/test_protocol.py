@@ -54,10 +54,12 @@ class LinkBroker(LocalBroker):
 
     def cut(self) -> None:
         self.healthy, self.status = False, "redis unreachable: connection lost"
+        self.linked = False
         self._listener(False)
 
     def restore(self) -> None:
         self.healthy, self.status = True, "ok"
+        self.linked = True
         self._listener(True)
 
 
