@@ -1424,6 +1424,12 @@ def table(rows: list[Row]) -> str:
 
 async def main(args: argparse.Namespace, work: Path) -> list[Row]:
     ctx = Ctx(args.quick, work)
+    # Ctrl-C or SIGTERM cancel the run (even when started with SIGINT ignored, as a background
+    # job is); the caller then ends every process it started.
+    task = asyncio.current_task()
+    assert task is not None
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        asyncio.get_running_loop().add_signal_handler(sig, task.cancel)
     ctx.redis = Redis.start(work, "redis")
     ctx.badPassword = "wrong-" + secrets.token_hex(8)
     ctx.redisPw = Redis.start(work, "redis-password", password="right-" + secrets.token_hex(8))
@@ -1452,13 +1458,11 @@ def cli() -> int:
     parser.add_argument("--keep", action="store_true", help="keep the logs and data dirs")
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="pushsvc-abuse-"))
-    # Ctrl-C reaches the children too (same process group); SIGTERM becomes the same.
-    signal.signal(signal.SIGTERM, signal.default_int_handler)
     started = time.monotonic()
     try:
         rows = asyncio.run(main(args, work))
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
+    except (KeyboardInterrupt, asyncio.CancelledError):
+        print("interrupted: the servers it started are stopped", file=sys.stderr)
         return 130
     finally:
         stopAll()
