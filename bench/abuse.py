@@ -918,13 +918,20 @@ async def probeRange1500(ctx: Ctx) -> Result:
         complete and fdsAfter <= fdsBefore)
 
 
+_formats: dict[int, str] = {}
+
+
 async def notifyFormat(port: int) -> str:
     """C{"channel-bound"} if the server takes issue 11's signature, C{"legacy"} if the old."""
-    body = b'{"event":"format-check"}'
+    if port in _formats:
+        return _formats[port]
     for name in ("channel-bound", "legacy"):
         ts = str(int(time.time()))
+        # A body of its own each time: an identical request would be a replay (409).
+        body = json.dumps({"event": "format-check", "data": secrets.token_hex(8)}).encode()
         reply = await notify(port, "abuse-format", body, ts, sign(name, ts, "abuse-format", body))
         if reply.status == 202:
+            _formats[port] = name
             return name
     raise RuntimeError(f"/notify accepted neither signature format ({reply.status})")
 
