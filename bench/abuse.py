@@ -1,7 +1,7 @@
 """
 The abuse probes of issue 11: what one hostile client can do to pushsvc, measured.
 
-    python bench/abuse.py            # every probe, about four minutes
+    python bench/abuse.py            # every probe, under four minutes
     python bench/abuse.py --quick    # shorter floods and fewer cycles, about two minutes
 
 It starts its own servers (real ``twistd -n pushsvc`` children with this checkout on
