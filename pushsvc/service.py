@@ -29,6 +29,7 @@ from twisted.python.failure import Failure
 from pushsvc.apps import SECRET_ENV, App, Apps, loadOrCreateApp, loadOrCreateKey
 from pushsvc.chat import ChatAPI, makeChatResource
 from pushsvc.health import HealthResource, MetricsResource
+from pushsvc.httpchannel import HTTPLimits
 from pushsvc.interfaces import IBroker, PushSettings
 from pushsvc.session import SessionSigner
 from pushsvc.site import makeSite, webRoot
@@ -57,6 +58,9 @@ class ServiceConfig:
     activityTimeout: int = 120
     allowedOrigins: tuple[str, ...] = ()
     logPublishes: bool = False  # access-log successful HTTP API publishes too
+    headerTimeout: float = 10.0  # --header-timeout: request line and headers within this
+    bodyMinRate: int = 1024  # --body-min-rate: bytes/s a body must keep up, after the above
+    idleTimeout: float = 60.0  # --idle-timeout: idle keep-alive, or replies not read
 
 
 class PushService(MultiService):
@@ -146,6 +150,8 @@ class PushService(MultiService):
             makeAppResource(apps, self.hub, self.registry, self.reactor, settings),
             HealthResource(self.healthChecks),
             MetricsResource(self.metrics),
+            HTTPLimits(c.headerTimeout, c.bodyMinRate, c.idleTimeout),
+            self.reactor,
         )
         self.site.logPublishes = c.logPublishes
         return self.site
