@@ -101,6 +101,7 @@ class BoundedHTTPChannel(HTTPChannel):
         self._bodyLength: int | None = 0
         self._bodyReceived = 0
         self._done = False  # lost, or taken over by a WebSocket: no timers any more
+        self._closing = False  # timed out: only the abort after ABORT_GRACE is left
 
     # -- timers --------------------------------------------------------------------------
 
@@ -152,18 +153,23 @@ class BoundedHTTPChannel(HTTPChannel):
             if left > 0:
                 self._arm("body", left)
                 return
+        if getattr(transport, "disconnecting", False) and phase != "stalled":
+            phase = "closing"  # closed already (a 400, a stop) and still not gone
         if phase in ("headers", "body"):
             log.info("closing {peer}: its request {part} did not arrive in time",
                      peer=str(self.getPeer()), part="body" if phase == "body" else "headers")
             self._hold()
+            self._closing = True
             transport.write(timeoutReply(
                 f"The request {'body' if phase == 'body' else 'headers'} did not arrive in time."))
             self.loseConnection()
             self._arm("closing", ABORT_GRACE)
         elif phase == "idle":
+            self._hold()
+            self._closing = True
             self.loseConnection()
             self._arm("closing", ABORT_GRACE)
-        else:  # stalled, or closing and still there
+        elif phase in ("stalled", "closing"):
             if phase == "stalled":
                 log.info("closing {peer}: it does not read its replies", peer=str(self.getPeer()))
             transport.abortConnection()
@@ -181,7 +187,7 @@ class BoundedHTTPChannel(HTTPChannel):
         no turn being waited for. Otherwise hold, with the stall deadline if the transport is
         full.
         """
-        if self._done or self.transport is None:
+        if self._done or self._closing or self.transport is None:
             return
         if self._handlingRequest:
             return
@@ -267,7 +273,7 @@ class BoundedHTTPChannel(HTTPChannel):
         self._waitingForTransport = True
         if self._requestProducer is not None:
             self._requestProducer.pauseProducing()
-        if self._done:
+        if self._done or self._closing:
             return
         # The network too while a request is handled: twisted.web would go on buffering what
         # a client pipelines behind it.
@@ -280,7 +286,7 @@ class BoundedHTTPChannel(HTTPChannel):
         self._waitingForTransport = False
         if self._requestProducer is not None:
             self._requestProducer.resumeProducing()
-        if self._done:
+        if self._done or self._closing:
             return
         if self._handlingRequest:
             if self._phase == "stalled":

@@ -275,6 +275,15 @@ class DeadlineTests(ChannelCase):
         self.clock.advance(5)
         self.assertTrue(transport.disconnected)
 
+    def test_badRequestNotTakenIsAborted(self) -> None:
+        """A connection closed with twisted.web's 400 that does not go away is aborted, no 408."""
+        protocol, transport = self.connect()
+        protocol.dataReceived(b"NOT HTTP\r\n\r\n")
+        self.assertTrue(transport.disconnecting)
+        self.clock.advance(10)
+        self.assertTrue(transport.disconnected)
+        self.assertEqual(replies(transport.value()), [b"400"])
+
     def test_idleKeepAliveClosedQuietly(self) -> None:
         """After a reply, an idle connection is closed at the idle timeout, with no 408."""
         protocol, transport = self.connect()
