@@ -19,7 +19,7 @@ from pushsvc.httputil import HTTPError, errorBody
 
 with warnings.catch_warnings():
     # Importing twisted.web.static builds its old HTML error pages (childNotFound, forbidden),
-    # deprecated since Twisted 22.10: three warnings at start-up. Pages replaces both.
+    # deprecated since Twisted 22.10: three warnings at start-up. Pages serves JSON errors.
     warnings.filterwarnings("ignore", category=DeprecationWarning,
                             module=r"twisted\.web\.static")
     from twisted.web.static import File
@@ -54,6 +54,13 @@ def _etagMatches(header: bytes | None, etag: bytes) -> bool:
     return etag in (tag[2:] if tag.startswith(b"W/") else tag for tag in tags)
 
 
+class JSONForbidden(Resource):
+    isLeaf = True
+
+    def render(self, request: Request) -> bytes:
+        return errorBody(request, HTTPError(403, "This file cannot be read."))
+
+
 class Pages(File):
     """
     Static files with no directory listings and C{index.html} at the root.
@@ -65,6 +72,8 @@ class Pages(File):
     however many there were, overlapping or not, and its multi-range producer fails on very
     many).
     """
+
+    forbidden = JSONForbidden()  # type: ignore[assignment]  # not twisted.web's HTML page
 
     def getChild(self, path: bytes, request: Request) -> Any:
         if b"\x00" in path:  # the file system would raise, and log a traceback, for these

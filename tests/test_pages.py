@@ -5,6 +5,7 @@ Cache-Control, no file left open.
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -15,10 +16,11 @@ from twisted.internet import reactor
 from twisted.internet.defer import Deferred, inlineCallbacks
 from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
 from twisted.internet.protocol import Protocol
-from twisted.trial.unittest import TestCase
+from twisted.trial.unittest import SynchronousTestCase, TestCase
 from twisted.web.resource import Resource
+from twisted.web.test.requesthelper import DummyRequest
 
-from pushsvc.site import makeSite
+from pushsvc.site import Pages, makeSite
 
 SCRIPT = bytes(range(256)) * 12  # 3,072 bytes, every byte value
 
@@ -226,3 +228,12 @@ class _Sink:
 
     def close(self) -> None:
         pass
+
+
+class ForbiddenTests(SynchronousTestCase):
+    def test_forbiddenIsJSON(self) -> None:
+        """A file that cannot be read gets a JSON 403, not twisted.web's HTML page."""
+        request = DummyRequest([b"app.js"])
+        body = Pages.forbidden.render(request)
+        self.assertEqual(request.responseCode, 403)
+        self.assertEqual(json.loads(body), {"error": "This file cannot be read."})
