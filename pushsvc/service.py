@@ -31,6 +31,7 @@ from pushsvc.apps import SECRET_ENV, App, Apps, loadOrCreateApp, loadOrCreateKey
 from pushsvc.chat import ChatAPI, makeChatResource
 from pushsvc.filemodes import privateDirectory
 from pushsvc.health import HealthResource, MetricsResource
+from pushsvc.httpchannel import HTTPLimits
 from pushsvc.interfaces import IBroker, PushSettings
 from pushsvc.limits import AcceptGuard, ConnectionLimits, raiseOpenFileLimit
 from pushsvc.proxy import TrustedProxies
@@ -65,6 +66,9 @@ class ServiceConfig:
     maxConnections: int = 0  # 0: derived from the open-file limit (pushsvc.limits)
     maxConnectionsPerIp: int = 1000  # 0: no cap per client address
     trustedProxies: tuple[str, ...] = ()  # addresses/networks whose X-Forwarded-For is believed
+    headerTimeout: float = 10.0  # --header-timeout: request line and headers within this
+    bodyMinRate: int = 1024  # --body-min-rate: bytes/s a body must keep up, after the above
+    idleTimeout: float = 60.0  # --idle-timeout: idle keep-alive, or replies not read
 
 
 class PushService(MultiService):
@@ -157,6 +161,8 @@ class PushService(MultiService):
             makeAppResource(apps, self.hub, self.registry, self.reactor, settings),
             HealthResource(self.healthChecks),
             MetricsResource(self.metrics),
+            HTTPLimits(c.headerTimeout, c.bodyMinRate, c.idleTimeout),
+            self.reactor,
         )
         self.site.logPublishes = c.logPublishes
         return self.site

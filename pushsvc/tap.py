@@ -77,6 +77,20 @@ def _trustedProxies(value: str) -> tuple[str, ...]:
 _trustedProxies.coerceDoc = "Comma-separated IPs or CIDR networks, e.g. 10.0.0.1,10.1.0.0/16."  # type: ignore[attr-defined]
 
 
+def _positiveSeconds(name: str):  # type: ignore[no-untyped-def]
+    def coerce(value: str) -> float:
+        try:
+            number = float(value)
+        except ValueError:
+            raise ValueError(f"{name} must be a number of seconds, not {value!r}") from None
+        if not 0 < number < float("inf"):
+            raise ValueError(f"{name} must be a number of seconds greater than 0")
+        return number
+
+    coerce.coerceDoc = "Seconds, greater than 0."  # type: ignore[attr-defined]
+    return coerce
+
+
 def _existingFile(value: str) -> Path:
     path = Path(value)
     if not path.is_file():
@@ -210,6 +224,27 @@ class Options(usage.Options):
             "Comma-separated proxy IPs/networks whose X-Forwarded-For and Forwarded are believed.",
             _trustedProxies,
         ],
+        [
+            "header-timeout",
+            None,
+            10.0,
+            "Seconds a client has to send a request's line and headers (WebSocket handshakes too).",
+            _positiveSeconds("--header-timeout"),
+        ],
+        [
+            "body-min-rate",
+            None,
+            1024,
+            "Bytes a second a request body must arrive at, after --header-timeout of grace.",
+            _positiveInt("--body-min-rate"),
+        ],
+        [
+            "idle-timeout",
+            None,
+            60.0,
+            "Seconds an idle keep-alive connection, or one not reading its replies, is kept.",
+            _positiveSeconds("--idle-timeout"),
+        ],
     ]
 
     def __init__(self) -> None:
@@ -278,5 +313,8 @@ def makeService(options: Options) -> IService:
         maxConnections=options["max-connections"],
         maxConnectionsPerIp=options["max-connections-per-ip"],
         trustedProxies=tuple(options["trusted-proxies"]),
+        headerTimeout=options["header-timeout"],
+        bodyMinRate=options["body-min-rate"],
+        idleTimeout=options["idle-timeout"],
     )
     return PushService(config, reactor)
