@@ -244,6 +244,8 @@ class BrowserChatTests(SynchronousTestCase):
         ann.page.click("#sign-out")
         ann.page.wait_for_selector("#name-view:not([hidden])", timeout=WAIT_MS)
         self.assertTrue(ann.page.locator("#chat-view").is_hidden())
+        ARTIFACTS.mkdir(exist_ok=True)
+        ann.page.screenshot(path=str(ARTIFACTS / "chat-signed-out.png"))
         bob.waitOnline(1)
         self.assertEqual(ann.page.evaluate("() => localStorage.getItem('pushsvc.seen')"), None)
         self.assertEqual(ann.texts(), [])
@@ -284,7 +286,12 @@ class BrowserChatTests(SynchronousTestCase):
         ann.page.wait_for_selector('#conn-state:not([data-state="connected"])', timeout=WAIT_MS)
         for i in range(1, 4):
             bob.post(f"while away {i}")
+        ann.page.wait_for_selector("#conn-detail:not([hidden])", timeout=WAIT_MS)
+        self.assertEqual(ann.page.locator("#conn-retry").inner_text(), "Retry now")
+        ARTIFACTS.mkdir(exist_ok=True)
+        ann.page.screenshot(path=str(ARTIFACTS / "chat-reconnecting.png"))
         proxy.restore()
+        ann.page.click("#conn-retry")
         ann.waitConnected(timeout=30_000)
         ann.waitForText("while away 3")
         self.assertEqual(
