@@ -4,10 +4,27 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-PYTHON=${PYTHON:-python3}
-"$PYTHON" -m pip install --quiet --disable-pip-version-check -e '.[test]'
-
 as_root() { if [ "$(id -u)" = 0 ]; then "$@"; elif command -v sudo >/dev/null; then sudo "$@"; else return 1; fi; }
+
+# The Python to install into: the active virtualenv, else .venv in this checkout (created here
+# from $PYTHON, default python3). Never the system Python, which Debian marks externally managed.
+if [ -n "${VIRTUAL_ENV:-}" ] && [ -x "$VIRTUAL_ENV/bin/python" ]; then
+  VENV_PYTHON="$VIRTUAL_ENV/bin/python"
+else
+  if [ ! -x .venv/bin/python ]; then
+    echo "creating a virtual environment in .venv"
+    if ! "${PYTHON:-python3}" -m venv .venv; then
+      # Debian ships venv's pip bootstrap separately.
+      rm -rf .venv
+      if command -v apt-get >/dev/null; then
+        as_root apt-get update -qq && as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv >/dev/null || true
+      fi
+      "${PYTHON:-python3}" -m venv .venv || { echo "could not create .venv: install python3-venv" >&2; exit 1; }
+    fi
+  fi
+  VENV_PYTHON="$PWD/.venv/bin/python"
+fi
+"$VENV_PYTHON" -m pip install --quiet --disable-pip-version-check -e '.[test]'
 
 # Headless Chromium for the browser tests comes from Debian (playwright cannot download browsers here).
 if [ ! -x /usr/bin/chromium ] && command -v apt-get >/dev/null; then
@@ -34,4 +51,14 @@ if command -v pg_isready >/dev/null && ! pg_isready -q -h 127.0.0.1 -p 5432; the
     || echo "could not start PostgreSQL"
 fi
 
-exec "$PYTHON" -m pytest "$@"
+# The chat's sync algorithm (web/sync.js) has its own unit tests.
+if command -v node >/dev/null; then
+  node --test tests/js/*.test.mjs
+elif [[ "${CI:-}" =~ ^([Tt]rue|TRUE|1|[Yy]es)$ ]]; then
+  echo "node is not installed: the JavaScript unit tests cannot run (CI=true, so this fails)" >&2
+  exit 1
+else
+  echo "node is not installed: skipping the JavaScript unit tests (tests/js/*.test.mjs)"
+fi
+
+exec "$VENV_PYTHON" -m pytest "$@"

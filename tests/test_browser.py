@@ -1,10 +1,17 @@
 """
 End-to-end: the chat in headless Chromium (Debian's), driven by Playwright, against a real
-C{twistd -n pushsvc} child process.
+C{twistd -n pushsvc} child process, under the page's own Content-Security-Policy (no
+C{bypass_csp}): the page's live connection is the vendored pusher-js.
+
+Every C{wait_for_function} here is given a function (C{"() => ..."} or C{"n => ..."}), never a
+bare expression: Playwright compiles a function once, but re-runs C{eval} on a bare expression
+at every poll, which the page's CSP (no C{'unsafe-eval'}) refuses, so such a wait failed
+whenever its condition was not already true at the first check.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 from pathlib import Path
@@ -27,6 +34,9 @@ ARGS = [
 ]
 ARTIFACTS = Path(__file__).resolve().parent / "artifacts"
 WAIT_MS = 10_000
+PUSHER_JS_VERSION = json.loads(
+    (Path(__file__).resolve().parent / "js" / "package.json").read_text()
+)["dependencies"]["pusher-js"]
 
 
 def launchBrowser(case: SynchronousTestCase) -> Any:
@@ -54,6 +64,8 @@ class ChatPage:
         self.page.on("dialog", lambda d: (self.dialogs.append(d.message), d.dismiss()))
         self.errors: list[str] = []
         self.page.on("pageerror", lambda e: self.errors.append(str(e)))
+        self.sockets: list[str] = []
+        self.page.on("websocket", lambda ws: self.sockets.append(ws.url))
         self.page.goto(f"{base}/#room={room}")
         self.page.fill("#name-input", name)
         self.page.click("#name-submit")
@@ -125,7 +137,8 @@ class BrowserChatTests(SynchronousTestCase):
         # Typing shows a hint on the other page (a client event on the presence channel).
         ann.page.type("#message-input", "Hel")
         bob.page.wait_for_function(
-            "document.querySelector('#typing').textContent.includes('Ann')", timeout=WAIT_MS
+            "() => document.querySelector('#typing').textContent.includes('Ann')",
+            timeout=WAIT_MS,
         )
         ann.page.fill("#message-input", "")
         ann.post("Hello Bob!")
@@ -143,15 +156,105 @@ class BrowserChatTests(SynchronousTestCase):
         phone.goto(f"{self.server.url}/#room=general")
         phone.wait_for_selector('#conn-state[data-state="connected"]', timeout=WAIT_MS)
         phone.wait_for_function(
-            "document.querySelectorAll('#online li[data-user-id]').length === 2", timeout=WAIT_MS
+            "() => document.querySelectorAll('#online li[data-user-id]').length === 2",
+            timeout=WAIT_MS,
         )
         phone.wait_for_function(
-            "document.querySelectorAll('#message-list li.message').length === 3", timeout=WAIT_MS
+            "() => document.querySelectorAll('#message-list li.message').length === 3",
+            timeout=WAIT_MS,
         )
         phone.screenshot(path=str(ARTIFACTS / "chat-phone.png"))
         self.assertEqual(len(ann.online()), 2)
         bob.context.close()
         ann.waitOnline(1)
+        self.assertEqual(ann.errors, [])
+
+    def test_officialClientUnderThePagesCSP(self) -> None:
+        """
+        The page's window has C{Pusher} from the vendored pusher-js, at the version C{tests/js}
+        pins, the page has no C{pushclient.js}, and its CSP is in force: C{eval} outside
+        Playwright's own evaluation is refused.
+        """
+        ann = ChatPage(self.browser, self.server.url, "Ann")
+        self.assertEqual(ann.page.evaluate("() => typeof Pusher"), "function")
+        # pusher-js names itself and its version in the WebSocket URL.
+        self.assertEqual(len(ann.sockets), 1, ann.sockets)
+        self.assertIn("/app/", ann.sockets[0])
+        self.assertIn(f"client=js&version={PUSHER_JS_VERSION}&", ann.sockets[0])
+        scripts = ann.page.eval_on_selector_all(
+            "script", "els => els.map(e => e.getAttribute('src'))"
+        )
+        self.assertEqual(scripts, ["vendor/pusher.min.js", "app.js"])
+        blocked = ann.page.evaluate(
+            """() => new Promise(resolve => requestAnimationFrame(() => {
+                 try { eval("1"); resolve("allowed"); } catch (e) { resolve(e.name); }
+               }))"""
+        )
+        self.assertEqual(blocked, "EvalError")
+        response = ann.page.request.get(f"{self.server.url}/pushclient.js")
+        self.assertEqual(response.status, 404)
+        self.assertEqual(ann.errors, [])
+
+    def test_authorizationRetriedAfter5xx(self) -> None:
+        """
+        The auth endpoint answers 503 once: the page says it is retrying, asks again by itself
+        and joins the room (its own entry in the online list).
+        """
+        context = self.browser.new_context()
+        page = context.new_page()
+        failed: list[str] = []
+
+        def auth(route: Any) -> None:
+            if not failed:
+                failed.append(route.request.url)
+                route.fulfill(
+                    status=503,
+                    content_type="application/json",
+                    body='{"error": "The signer is down."}',
+                )
+            else:
+                route.continue_()
+
+        page.route("**/api/pusher/auth", auth)
+        page.goto(f"{self.server.url}/#room=general")
+        page.fill("#name-input", "Ann")
+        page.click("#name-submit")
+        page.wait_for_function(
+            "() => document.querySelector('#error').textContent.includes('retrying')",
+            timeout=WAIT_MS,
+        )
+        page.wait_for_function(
+            "() => document.querySelectorAll('#online li[data-user-id]').length === 1",
+            timeout=WAIT_MS,
+        )
+        self.assertEqual(len(failed), 1)
+        self.assertTrue(page.locator("#error-bar").is_hidden())
+
+    def test_signOut(self) -> None:
+        """
+        "Sign out" leaves the chat: back to the name form, the live connection closed (the other
+        page's online list drops to one) and this page's stored state gone; signing in again
+        shows the room's messages once each.
+        """
+        ann = ChatPage(self.browser, self.server.url, "Ann")
+        bob = ChatPage(self.browser, self.server.url, "Bob")
+        ann.waitOnline(2)
+        ann.post("before signing out")
+        bob.waitForText("before signing out")
+        ann.page.click("#sign-out")
+        ann.page.wait_for_selector("#name-view:not([hidden])", timeout=WAIT_MS)
+        self.assertTrue(ann.page.locator("#chat-view").is_hidden())
+        ARTIFACTS.mkdir(exist_ok=True)
+        ann.page.screenshot(path=str(ARTIFACTS / "chat-signed-out.png"))
+        bob.waitOnline(1)
+        self.assertEqual(ann.page.evaluate("() => localStorage.getItem('pushsvc.seen')"), None)
+        self.assertEqual(ann.texts(), [])
+        ann.page.fill("#name-input", "Ann")
+        ann.page.click("#name-submit")
+        ann.waitConnected()
+        ann.waitForText("before signing out")
+        bob.waitOnline(2)
+        self.assertEqual(ann.texts(), ["before signing out"])
         self.assertEqual(ann.errors, [])
 
     def test_xssShownAsText(self) -> None:
@@ -183,7 +286,12 @@ class BrowserChatTests(SynchronousTestCase):
         ann.page.wait_for_selector('#conn-state:not([data-state="connected"])', timeout=WAIT_MS)
         for i in range(1, 4):
             bob.post(f"while away {i}")
+        ann.page.wait_for_selector("#conn-detail:not([hidden])", timeout=WAIT_MS)
+        self.assertEqual(ann.page.locator("#conn-retry").inner_text(), "Retry now")
+        ARTIFACTS.mkdir(exist_ok=True)
+        ann.page.screenshot(path=str(ARTIFACTS / "chat-reconnecting.png"))
         proxy.restore()
+        ann.page.click("#conn-retry")
         ann.waitConnected(timeout=30_000)
         ann.waitForText("while away 3")
         self.assertEqual(

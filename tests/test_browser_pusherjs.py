@@ -1,7 +1,8 @@
 """
-Compatibility in a real browser: the official pusher-js (npm) on a page of pushsvc's origin
-subscribes to a presence channel through the chat's auth endpoint and receives an event
-published with the official Python `pusher` SDK.
+Compatibility in a real browser: the official pusher-js that the chat page itself loads
+(C{web/vendor/pusher.min.js}, the same version as the npm package C{tests/js} pins), on the
+chat page under its own Content-Security-Policy, subscribes to a presence channel through the
+chat's auth endpoint and receives an event published with the official Python `pusher` SDK.
 """
 
 from __future__ import annotations
@@ -19,9 +20,12 @@ from tests.test_browser import launchBrowser
 PUSHER_JS = Path(__file__).resolve().parent / "js/node_modules/pusher-js/dist/web/pusher.min.js"
 APP_ID, APP_KEY, SECRET = "777", "browser-key", "browser-secret"
 
-# Run on a real page of pushsvc's origin (a page that Playwright made up would not count as
-# loopback for Chromium's local-network checks, which then block the WebSocket).
-SETUP = """
+WEB_PUSHER_JS = Path(__file__).resolve().parent.parent / "web/vendor/pusher.min.js"
+
+# Run on the chat page (a page that Playwright made up would not count as loopback for
+# Chromium's local-network checks, which then block the WebSocket), as a function: the page's
+# CSP allows no inline script.
+SETUP = """() => {
 window.log = []; window.members = null; window.received = [];
 (async () => {
   const r = await fetch('/api/session', {method: 'POST', credentials: 'same-origin',
@@ -40,7 +44,17 @@ window.log = []; window.members = null; window.received = [];
   channel.bind('pusher:subscription_error', e => window.log.push('sub error ' + JSON.stringify(e)));
   channel.bind('sdk-event', data => window.received.push(data));
 })();
-"""
+}"""
+
+
+class VendoredTests(SynchronousTestCase):
+    def test_vendoredIsTheNpmPackage(self) -> None:
+        """The page's pusher-js is byte for byte the npm package's build that tests/js pins."""
+        if not PUSHER_JS.exists():
+            requireService(
+                "pusher-js", f"is not installed at {PUSHER_JS} (npm ci --prefix tests/js)"
+            )
+        self.assertEqual(WEB_PUSHER_JS.read_bytes(), PUSHER_JS.read_bytes())
 
 
 class PusherJSBrowserTests(SynchronousTestCase):
@@ -64,18 +78,22 @@ class PusherJSBrowserTests(SynchronousTestCase):
         self.addCleanup(self.server.kill)
 
     def test_presenceAndSDKEvent(self) -> None:
-        """pusher-js joins a presence channel via /api/pusher/auth and gets an SDK event."""
-        page = self.browser.new_context(bypass_csp=True).new_page()
+        """
+        The chat page's pusher-js joins a presence channel via /api/pusher/auth and gets an
+        SDK event.
+        """
+        page = self.browser.new_context().new_page()
         errors: list[str] = []
         page.on("pageerror", lambda e: errors.append(str(e)))
         console: list[str] = []
         page.on("console", lambda m: console.append(m.text))
 
-        page.goto(f"{self.server.url}/api/config")
-        page.add_script_tag(path=str(PUSHER_JS))
-        page.add_script_tag(content=SETUP % {"key": APP_KEY})
+        page.goto(self.server.url)
+        page.wait_for_selector("#name-view:not([hidden])", timeout=10_000)  # booted, signed out
+        self.assertEqual(page.evaluate("() => typeof Pusher"), "function")
+        page.evaluate(SETUP % {"key": APP_KEY})
         try:
-            page.wait_for_function("window.members !== null", timeout=10_000)
+            page.wait_for_function("() => window.members !== null", timeout=10_000)
         except Exception:
             self.fail(
                 f"no subscription: {page.evaluate('window.log')} {errors} {console}"
@@ -88,7 +106,7 @@ class PusherJSBrowserTests(SynchronousTestCase):
             app_id=APP_ID, key=APP_KEY, secret=SECRET, host="127.0.0.1", port=self.port, ssl=False
         )
         sdk.trigger("presence-room-general", "sdk-event", {"hello": "browser", "n": 1})
-        page.wait_for_function("window.received.length === 1", timeout=10_000)
+        page.wait_for_function("() => window.received.length === 1", timeout=10_000)
         self.assertEqual(page.evaluate("window.received"), [{"hello": "browser", "n": 1}])
         users = sdk.users_info("presence-room-general")
         self.assertEqual([u["id"] for u in users["users"]], [members["me"]["id"]])

@@ -27,7 +27,7 @@ from pushsvc.interfaces import IBroker, IHub, PushSettings
 from pushsvc.protocol import makeAppFactory, makeAppResource
 from pushsvc.registry import Registry
 from pushsvc.signing import channelAuth, userAuth
-from pushsvc.testing_ws import FakeClient, maskedFrame
+from tests.fakews import FakeClient, maskedFrame
 from tests.wsclient import WSClient, connectClient, subscribeClient
 
 APP = App("1", "278d425bdf160c739803", "7ad3773142a6692b25b8")

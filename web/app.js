@@ -3,13 +3,14 @@
 // Security rule for this file: text that comes from users or the server (names, messages, room
 // names, error sentences) is only ever put on the page with textContent / createTextNode /
 // attribute setters. Never innerHTML, insertAdjacentHTML or document.write.
+//
+// The live connection is the official pusher-js (web/vendor/pusher.min.js, loaded by index.html
+// before this module, so `Pusher` is a global); the never-miss message sync is web/sync.js.
 
-import { PushClient } from "./pushclient.js";
+import { RoomSync } from "./sync.js";
 
 const ROOM_RE = /^[a-z0-9][a-z0-9-]{0,63}$/;
 const DEFAULT_ROOM = "general";
-const LATEST_LIMIT = 50;
-const CATCHUP_LIMIT = 200;
 const MAX_TEXT = 2000;
 const MAX_NAME = 32;
 const TYPING_SEND_EVERY = 2000; // ms between two client-typing events from this page
@@ -50,6 +51,7 @@ const ui = {
   onlineCount: $("online-count"),
   meName: $("me-name"),
   changeName: $("change-name"),
+  signOut: $("sign-out"),
   messages: $("messages"),
   messageList: $("message-list"),
   emptyState: $("empty-state"),
@@ -65,23 +67,20 @@ const ui = {
 const state = {
   config: null,
   me: null, // { user_id, name }
-  client: null,
+  client: null, // the Pusher client, while the chat is shown
   connLabel: "connecting",
+  everConnected: false,
+  refused: null, // { code, message } when the server closed with 4000-4099 (no automatic retry)
+  restarting: false, // retryNow() is cycling the connection: its "disconnected" is not news
   retryAt: 0,
   countdown: null,
+  authFailures: 0,
+  authRetryTimer: null,
 
   room: null,
   channel: null,
   gen: 0, // bumped on every room switch; late answers for an older room are dropped
-  messages: new Map(), // id -> message, for the current room
-  maxId: 0,
-  loadedLatest: false,
-  needLatest: false,
-  needCatchUp: false,
-  syncedId: 0, // every message with an id up to this one is in `messages`
-  syncGen: null, // the room generation whose sync loop is running, if any
-  syncFailures: 0,
-  syncRetryTimer: null,
+  sync: null, // the RoomSync of the current room (web/sync.js)
 
   typers: new Map(), // user_id -> { name, timer }
   lastTypingSent: 0,
@@ -292,10 +291,31 @@ function bootFailed(message) {
   ui.bootRetry.focus();
 }
 
-function websocketURL(config) {
-  const scheme = location.protocol === "https:" ? "wss:" : "ws:";
-  const path = config.ws_path || `/app/${encodeURIComponent(config.app_key)}`;
-  return `${scheme}//${location.host}${path}?protocol=7&client=js&version=8.4.0&flash=false`;
+/** pusher-js options for this page's own server: same host and port, TLS when the page has it. */
+function pusherOptions(config) {
+  const secure = location.protocol === "https:";
+  const port = Number(location.port) || (secure ? 443 : 80);
+  const key = config.app_key;
+  const path = typeof config.ws_path === "string" ? config.ws_path : "";
+  const suffix = `/app/${key}`;
+  const options = {
+    cluster: "local", // required by pusher-js, unused when wsHost is given
+    wsHost: location.hostname,
+    wsPort: port,
+    wssPort: port,
+    forceTLS: secure,
+    enabledTransports: ["ws", "wss"],
+    disableStats: true,
+    channelAuthorization: { endpoint: "/api/pusher/auth", transport: "ajax" },
+  };
+  // pusher-js appends /app/KEY itself; a server mounted under a prefix says so in ws_path.
+  if (path.endsWith(suffix) && path.length > suffix.length) {
+    options.wsPath = path.slice(0, -suffix.length);
+  }
+  if (Number.isFinite(config.activity_timeout) && config.activity_timeout > 0) {
+    options.activityTimeout = config.activity_timeout * 1000;
+  }
+  return options;
 }
 
 function enterChat(session) {
@@ -303,19 +323,25 @@ function enterChat(session) {
   ui.meName.textContent = session.name;
   showView("chat");
 
-  state.client = new PushClient({
-    url: websocketURL(state.config),
-    authEndpoint: "/api/pusher/auth",
-    activityTimeout: state.config.activity_timeout || 120,
-    onState: onConnectionState,
+  state.everConnected = false;
+  state.refused = null;
+  const client = new Pusher(state.config.app_key, pusherOptions(state.config));
+  state.client = client;
+  client.connection.bind("state_change", ({ current }) => {
+    if (state.client === client) onConnectionState(current);
   });
-  state.client.bind("error", onClientError);
-  state.client.connect();
+  client.connection.bind("connecting_in", (seconds) => {
+    if (state.client === client) onConnectingIn(seconds);
+  });
+  client.connection.bind("error", (error) => {
+    if (state.client === client) onConnectionError(error);
+  });
 
   if (navigator.clipboard && window.isSecureContext) ui.copyLink.hidden = false;
 
   openRoom(roomFromHash());
   refreshRooms();
+  clearInterval(state.roomsTimer);
   state.roomsTimer = setInterval(() => {
     if (!document.hidden) refreshRooms();
   }, ROOMS_REFRESH);
@@ -323,35 +349,94 @@ function enterChat(session) {
   focusComposerSoftly();
 }
 
+/** Leave the chat on this page: close the connection and forget the room and its messages. */
+function leaveChat() {
+  if (state.sync) state.sync.close();
+  state.sync = null;
+  if (state.client) state.client.disconnect();
+  state.client = null;
+  state.channel = null;
+  state.room = null;
+  state.gen += 1;
+  state.me = null;
+  clearInterval(state.roomsTimer);
+  clearInterval(state.countdown);
+  clearTimeout(state.authRetryTimer);
+  state.roomsTimer = state.countdown = state.authRetryTimer = null;
+  clearTypers();
+  ui.messageList.replaceChildren();
+  ui.online.replaceChildren();
+  ui.onlineCount.textContent = "0";
+  ui.meName.textContent = "";
+  ui.messageInput.value = "";
+  try {
+    localStorage.removeItem("pushsvc.seen");
+  } catch {
+    /* nothing stored */
+  }
+  updateTitle();
+}
+
+async function signOut() {
+  closeSidebar();
+  ui.signOut.disabled = true;
+  try {
+    await api("/api/session", { method: "DELETE" });
+  } catch (e) {
+    // 404/405: a server without sign-out; the page forgets the session all the same.
+    if (e.status !== 404 && e.status !== 405) {
+      showError(`Could not sign out. ${e.message}`, "signout");
+      return;
+    }
+  } finally {
+    ui.signOut.disabled = false;
+  }
+  clearError();
+  leaveChat();
+  ui.nameInput.value = "";
+  showNameForm();
+}
+
 // ---------------------------------------------------------------------------------------------
 // Connection state
 
-const STATE_LABELS = {
-  initialized: "connecting",
-  connecting: "connecting",
-  connected: "connected",
-  reconnecting: "reconnecting",
-  failed: "offline",
-  disconnected: "offline",
-};
+/** The label of the badge for a pusher-js connection state. */
+function connectionLabel(clientState) {
+  switch (clientState) {
+    case "connected":
+      return "connected";
+    case "initialized":
+    case "connecting":
+      return state.everConnected ? "reconnecting" : "connecting";
+    case "unavailable":
+      return "reconnecting";
+    default: // "disconnected", "failed"
+      return "offline";
+  }
+}
 
-function onConnectionState(clientState, info) {
-  const label = STATE_LABELS[clientState] || "offline";
+function setConnLabel(label) {
   state.connLabel = label;
   ui.connState.textContent = label;
   ui.connState.dataset.state = label;
   ui.chatView.dataset.conn = label;
+}
+
+function onConnectionState(clientState) {
+  if (state.restarting && clientState === "disconnected") return;
+  setConnLabel(connectionLabel(clientState));
   clearInterval(state.countdown);
   state.countdown = null;
 
   if (clientState === "connected") {
+    state.everConnected = true;
+    state.refused = null;
     ui.connDetail.hidden = true;
     clearError("connection");
     return;
   }
   clearTypers();
-  if (clientState === "reconnecting") {
-    state.retryAt = Date.now() + (info.delay || 0);
+  if (clientState === "unavailable" || (clientState === "connecting" && state.everConnected)) {
     const tick = () => {
       const seconds = Math.ceil((state.retryAt - Date.now()) / 1000);
       const offline = navigator.onLine === false ? " You seem to be offline." : "";
@@ -364,12 +449,13 @@ function onConnectionState(clientState, info) {
     state.countdown = setInterval(tick, 1000);
     ui.connRetry.textContent = "Retry now";
     ui.connDetail.hidden = false;
-  } else if (clientState === "failed") {
-    const reason = info.reason ? ` (${info.reason})` : "";
-    ui.connDetailText.textContent = `The server refused the live connection, code ${info.code}${reason}. New messages will not appear by themselves.`;
+  } else if (clientState === "disconnected" && state.refused) {
+    const { code, message } = state.refused;
+    const reason = message ? ` (${message})` : "";
+    ui.connDetailText.textContent = `The server refused the live connection, code ${code}${reason}. New messages will not appear by themselves.`;
     ui.connRetry.textContent = "Try again";
     ui.connDetail.hidden = false;
-  } else if (clientState === "disconnected") {
+  } else if (clientState === "disconnected" || clientState === "failed") {
     ui.connDetailText.textContent = "Disconnected.";
     ui.connRetry.textContent = "Connect";
     ui.connDetail.hidden = false;
@@ -378,15 +464,38 @@ function onConnectionState(clientState, info) {
   }
 }
 
-function onClientError(error) {
-  if (!error) return;
-  if (error.type === "AuthError" && error.channel === channelName(state.room)) {
-    if (error.status === 401 || error.status === 403) {
-      showNameForm({ message: "Your session has ended. Pick your name again to keep chatting." });
-    }
-  } else if (error.type === "PusherError" && error.code === 4301) {
-    // Typing hints over the rate limit: harmless, the next one will get through.
+/** pusher-js will try again in `seconds`: show a countdown. */
+function onConnectingIn(seconds) {
+  state.retryAt = Date.now() + (Number(seconds) || 0) * 1000;
+}
+
+function onConnectionError(error) {
+  const data = error && error.type === "PusherError" ? error.data : null;
+  const code = data && Number(data.code);
+  if (code >= 4000 && code < 4100) {
+    // pusher-js disconnects for good after these (unknown app, over quota...): say why.
+    state.refused = { code, message: typeof data.message === "string" ? data.message : "" };
   }
+  // 4301 (typing hints over the rate limit) is harmless: the next one gets through.
+}
+
+/** Connect again at once (the "Retry now" button, the tab coming back, the network returning). */
+function retryNow() {
+  const client = state.client;
+  if (!client) return;
+  const current = client.connection.state;
+  if (current === "connected") {
+    retrySubscription();
+    return;
+  }
+  state.refused = null;
+  state.restarting = true;
+  try {
+    client.disconnect(); // aborts a pending retry; channels are kept and resubscribed
+  } finally {
+    state.restarting = false;
+  }
+  client.connect();
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -474,22 +583,18 @@ function openRoom(room, { force = false } = {}) {
   if (room === state.room && !force) return;
   const client = state.client;
   if (state.channel) client.unsubscribe(state.channel.name);
+  if (state.sync) state.sync.close();
 
   state.gen += 1;
   state.room = room;
-  state.messages = new Map();
-  state.maxId = 0;
-  state.loadedLatest = false;
-  state.needLatest = false;
-  state.needCatchUp = false;
-  state.syncedId = 0;
-  state.syncFailures = 0;
-  clearTimeout(state.syncRetryTimer);
+  state.authFailures = 0;
+  clearTimeout(state.authRetryTimer);
   state.newBelow = 0;
   state.unseen = 0;
   state.lastTypingSent = 0;
   clearTypers();
   clearError("sync");
+  clearError("subscribe");
   ui.messageList.replaceChildren();
   ui.emptyState.hidden = true;
   ui.jump.hidden = true;
@@ -499,33 +604,87 @@ function openRoom(room, { force = false } = {}) {
   ui.messages.setAttribute("aria-label", `Messages in #${room}`);
   ui.messageLabel.textContent = `Message #${room}`;
   ui.messageInput.placeholder = `Message #${room}`;
+
+  const sync = new RoomSync({
+    room,
+    fetchMessages: ({ after, limit }) => {
+      const query = after === undefined ? `limit=${limit}` : `after=${after}&limit=${limit}`;
+      return api(`/api/rooms/${encodeURIComponent(room)}/messages?${query}`);
+    },
+    onAdded: (messages, { initial }) => showMessages(messages, { initial }),
+    onLatest: () => {
+      ui.messages.removeAttribute("aria-busy");
+      updateEmptyState();
+    },
+    onSynced: () => clearError("sync"),
+    onError: (e) => showError(`Could not load the messages of #${room}. ${e.message} Retrying…`, "sync"),
+  });
+  state.sync = sync;
   updateTitle();
   renderRooms();
 
   const channel = client.subscribe(channelName(room));
+  // pusher-js hands back the same object when a room is left and re-entered before its
+  // subscription was answered: start from no handlers so none runs twice.
+  channel.unbind_all();
   state.channel = channel;
-  channel.bind("message", onLiveMessage);
-  channel.bind("pusher:subscription_succeeded", () => {
-    clearError("subscribe");
-    renderOnline();
-    // Subscribed (again): fetch whatever was posted while we were not listening.
-    requestSync({ catchUp: true });
-  });
-  channel.bind("pusher:subscription_error", (error) => {
-    const status = error && error.status;
-    if (status === 401 || status === 403) return; // onClientError sends the user to the name form
-    const detail = error && error.error ? ` ${error.error}` : "";
-    showError(`Could not join the live updates of #${room}; retrying.${detail}`, "subscribe");
-  });
-  channel.bind("pusher:member_added", () => renderOnline());
-  channel.bind("pusher:member_removed", ({ id }) => {
-    removeTyper(id);
-    renderOnline();
-  });
-  channel.bind("client-typing", onTyping);
+  const current = (f) => (...args) => {
+    if (state.sync === sync) f(...args);
+  };
+  channel.bind("message", current(onLiveMessage));
+  channel.bind(
+    "pusher:subscription_succeeded",
+    current(() => {
+      state.authFailures = 0;
+      clearError("subscribe");
+      renderOnline();
+      // Subscribed (again): fetch whatever was posted while we were not listening.
+      sync.subscribed();
+    }),
+  );
+  channel.bind("pusher:subscription_error", current((error) => onSubscriptionError(room, error)));
+  channel.bind("pusher:member_added", current(() => renderOnline()));
+  channel.bind(
+    "pusher:member_removed",
+    current((member) => {
+      if (member) removeTyper(String(member.id));
+      renderOnline();
+    }),
+  );
+  channel.bind("client-typing", current(onTyping));
   renderOnline();
 
-  requestSync({ latest: true });
+  sync.start();
+}
+
+/**
+ * The room's channel could not be joined. A 401/403 from the auth endpoint means the session
+ * is gone: back to the name form. Anything else (a 5xx, the network) is tried again after a
+ * growing pause, or at once with "Retry now".
+ */
+function onSubscriptionError(room, error) {
+  const status = error && error.status;
+  if (status === 401 || status === 403) {
+    showNameForm({ message: "Your session has ended. Pick your name again to keep chatting." });
+    return;
+  }
+  state.authFailures += 1;
+  const delay = Math.min(30000, 1000 * 2 ** Math.min(state.authFailures, 5)) * (0.5 + Math.random() / 2);
+  const detail = error && error.error ? ` ${error.error}` : "";
+  showError(`Could not join the live updates of #${room}; retrying.${detail}`, "subscribe");
+  clearTimeout(state.authRetryTimer);
+  state.authRetryTimer = setTimeout(retrySubscription, delay);
+}
+
+/** Ask for the current room's channel again if it is not subscribed (nor on its way). */
+function retrySubscription() {
+  clearTimeout(state.authRetryTimer);
+  state.authRetryTimer = null;
+  const client = state.client;
+  const channel = state.channel;
+  if (!client || !channel || channel.subscribed || channel.subscriptionPending) return;
+  if (client.connection.state !== "connected") return; // pusher-js subscribes on connecting
+  client.subscribe(channel.name);
 }
 
 async function refreshRooms() {
@@ -544,13 +703,14 @@ function seenMap() {
 }
 
 function markSeen() {
-  if (!state.room || !state.maxId || document.hidden) return;
+  const maxId = currentMaxId();
+  if (!state.room || !maxId || document.hidden) return;
   const seen = seenMap();
-  if ((seen[state.room] || 0) >= state.maxId) return;
-  seen[state.room] = state.maxId;
+  if ((seen[state.room] || 0) >= maxId) return;
+  seen[state.room] = maxId;
   storageSet("pushsvc.seen", seen);
   const entry = state.rooms.find((r) => r.name === state.room);
-  if (entry && entry.last_id < state.maxId) entry.last_id = state.maxId;
+  if (entry && entry.last_id < maxId) entry.last_id = maxId;
   renderRooms();
 }
 
@@ -558,7 +718,7 @@ function renderRooms() {
   const seen = seenMap();
   const rooms = [...state.rooms];
   if (state.room && !rooms.some((r) => r.name === state.room)) {
-    rooms.unshift({ name: state.room, last_id: state.maxId });
+    rooms.unshift({ name: state.room, last_id: currentMaxId() });
   }
   const items = rooms.map((r) => {
     const li = el("li");
@@ -580,125 +740,23 @@ function renderRooms() {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Messages: never miss, never duplicate
+// Messages: web/sync.js decides what is new; this part only shows it
 
-// The rule: subscribe first, then fetch. Whatever was posted before the subscription succeeded
-// comes from GET .../messages, whatever after arrives live; the Map by id drops duplicates.
-//
-// state.syncedId is the highest id up to which we are sure to hold every message (ids are
-// consecutive within a room). Live messages extend it only when they follow on from it; a live
-// message beyond it means we missed something, and a catch-up from syncedId fetches it. After every
-// (re)subscription a catch-up runs too. If ids ever had holes this only costs extra fetches.
-
-function requestSync({ latest = false, catchUp = false } = {}) {
-  if (latest) state.needLatest = true;
-  if (catchUp) state.needCatchUp = true;
-  if (state.syncGen !== state.gen) runSync();
+function currentMaxId() {
+  return state.sync ? state.sync.maxId : 0;
 }
 
-function syncPending() {
-  return state.needLatest || state.needCatchUp;
-}
-
-function advanceSynced(upTo) {
-  if (upTo > state.syncedId) state.syncedId = upTo;
-  while (state.messages.has(state.syncedId + 1)) state.syncedId += 1;
-}
-
-async function runSync() {
-  const gen = state.gen;
-  state.syncGen = gen;
-  clearTimeout(state.syncRetryTimer);
-  const room = state.room;
-  const base = `/api/rooms/${encodeURIComponent(room)}/messages`;
-  try {
-    while (gen === state.gen && syncPending()) {
-      if (state.needLatest || !state.loadedLatest) {
-        state.needLatest = false;
-        let data;
-        try {
-          data = await api(`${base}?limit=${LATEST_LIMIT}`);
-        } catch (e) {
-          if (gen === state.gen) state.needLatest = true;
-          throw e;
-        }
-        if (gen !== state.gen) return;
-        const batch = Array.isArray(data.messages) ? data.messages : [];
-        addMessages(batch, { initial: !state.loadedLatest });
-        state.loadedLatest = true;
-        const last = batch[batch.length - 1];
-        advanceSynced(last && Number.isSafeInteger(last.id) ? last.id : 0);
-        ui.messages.removeAttribute("aria-busy");
-        // Anything live beyond what we now hold complete? Catch up (also covers a subscription
-        // that succeeded while this answer was on its way).
-        if (state.maxId > state.syncedId) state.needCatchUp = true;
-        continue;
-      }
-      state.needCatchUp = false;
-      let after = state.syncedId;
-      try {
-        for (;;) {
-          const data = await api(`${base}?after=${after}&limit=${CATCHUP_LIMIT}`);
-          if (gen !== state.gen) return;
-          const batch = Array.isArray(data.messages) ? data.messages : [];
-          addMessages(batch);
-          const last = batch[batch.length - 1];
-          if (last && Number.isSafeInteger(last.id)) advanceSynced(last.id);
-          if (batch.length < CATCHUP_LIMIT || !last || !(last.id > after)) break;
-          after = last.id;
-        }
-      } catch (e) {
-        if (gen === state.gen) state.needCatchUp = true;
-        throw e;
-      }
-    }
-    if (gen === state.gen) {
-      state.syncFailures = 0;
-      clearError("sync");
-    }
-  } catch (e) {
-    if (gen !== state.gen) return;
-    // Keep what is pending and try again with a growing pause.
-    state.syncFailures += 1;
-    const delay = Math.min(30000, 1000 * 2 ** Math.min(state.syncFailures, 5)) * (0.5 + Math.random() / 2);
-    showError(`Could not load the messages of #${room}. ${e.message} Retrying…`, "sync");
-    state.syncRetryTimer = setTimeout(() => {
-      if (gen === state.gen && syncPending() && state.syncGen !== gen) runSync();
-    }, delay);
-  } finally {
-    if (state.syncGen === gen) state.syncGen = null;
-  }
-}
-
-function validMessage(m) {
-  return (
-    m &&
-    typeof m === "object" &&
-    Number.isSafeInteger(m.id) &&
-    typeof m.text === "string" &&
-    (m.room === undefined || m.room === state.room)
-  );
-}
-
-/** Merge messages into the Map and the DOM, sorted by id, skipping ids already shown. */
-function addMessages(list, { initial = false, own = false } = {}) {
-  if (!Array.isArray(list) || list.length === 0) {
-    updateEmptyState();
-    return 0;
-  }
+/** Put messages that are new to the room (from state.sync) on the page, sorted by id. */
+function showMessages(list, { initial = false, own = false } = {}) {
   const stick = initial || own || isNearBottom();
-  const previousMax = state.maxId;
-  let added = 0;
   let newer = 0;
+  const previousMax = ui.messageList.lastElementChild
+    ? Number(ui.messageList.lastElementChild.dataset.id)
+    : 0;
   for (const message of list) {
-    if (!validMessage(message) || state.messages.has(message.id)) continue;
-    state.messages.set(message.id, message);
     insertMessageNode(renderMessage(message));
-    if (message.id > state.maxId) state.maxId = message.id;
     if (message.id > previousMax) newer += 1;
-    added += 1;
   }
-  if (!added) return 0;
   updateEmptyState();
   if (stick) {
     scrollToBottom();
@@ -712,19 +770,10 @@ function addMessages(list, { initial = false, own = false } = {}) {
     updateTitle();
   }
   markSeen();
-  return added;
-}
-
-/** After a live or just-posted message: if it does not follow on from what we hold, fetch the gap. */
-function checkForGap() {
-  advanceSynced(0);
-  if (state.loadedLatest && state.maxId > state.syncedId) requestSync({ catchUp: true });
 }
 
 function onLiveMessage(data) {
-  if (!validMessage(data)) return;
-  addMessages([data]);
-  checkForGap();
+  if (!state.sync || !state.sync.live(data)) return;
   for (const [id, typer] of state.typers) {
     if (typer.name === data.author) removeTyper(id);
   }
@@ -828,7 +877,8 @@ function appendLinkified(parent, text) {
 }
 
 function updateEmptyState() {
-  ui.emptyState.hidden = !(state.loadedLatest || state.messages.size) || state.messages.size > 0;
+  const sync = state.sync;
+  ui.emptyState.hidden = !sync || !sync.loadedLatest || sync.messages.size > 0;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -908,10 +958,8 @@ async function sendMessage() {
       method: "POST",
       body: { text },
     });
-    if (gen === state.gen) {
-      addMessages([message], { own: true }); // the live event then dedups
-      checkForGap();
-    }
+    // The live event then dedups; a gap before it is fetched.
+    if (gen === state.gen && state.sync && state.sync.live(message)) scrollToBottom();
     ui.messageInput.value = "";
     state.lastTypingSent = 0;
     clearError("send");
@@ -938,12 +986,17 @@ async function sendMessage() {
 
 function renderOnline() {
   const channel = state.channel;
-  const members = channel ? channel.members : new Map();
   const myId = state.me ? String(state.me.user_id) : null;
-  const entries = [...members.entries()].map(([id, info]) => ({
-    id,
-    name: info && typeof info.name === "string" && info.name ? info.name : "someone",
-  }));
+  const entries = [];
+  // pusher-js's presence members: one per user however many tabs, filled on subscription.
+  if (channel && channel.members && channel.subscribed) {
+    channel.members.each(({ id, info }) => {
+      entries.push({
+        id: String(id),
+        name: info && typeof info.name === "string" && info.name ? info.name : "someone",
+      });
+    });
+  }
   entries.sort((a, b) => {
     if (a.id === myId) return -1;
     if (b.id === myId) return 1;
@@ -967,7 +1020,8 @@ function renderOnline() {
 function onTyping(data, meta) {
   const userId = String((meta && meta.user_id) || (data && data.user_id) || "");
   if (!userId || (state.me && userId === String(state.me.user_id))) return;
-  const info = state.channel ? state.channel.members.get(userId) : null;
+  const member = state.channel && state.channel.members ? state.channel.members.get(userId) : null;
+  const info = member ? member.info : null;
   const name = (info && typeof info.name === "string" && info.name) || (data && typeof data.name === "string" && data.name);
   if (!name) return;
   const existing = state.typers.get(userId);
@@ -1051,7 +1105,7 @@ function onVisibilityChange() {
   state.unseen = 0;
   updateTitle();
   markSeen();
-  if (state.client && state.client.state === "reconnecting") state.client.retryNow();
+  if (state.client && !["connected", "disconnected"].includes(state.client.connection.state)) retryNow();
 }
 
 function wire() {
@@ -1067,6 +1121,7 @@ function wire() {
     showView("chat");
     ui.messageInput.focus();
   });
+  ui.signOut.addEventListener("click", signOut);
   ui.changeName.addEventListener("click", () => {
     closeSidebar();
     showNameForm({ prefill: state.me ? state.me.name : "" });
@@ -1089,9 +1144,7 @@ function wire() {
     ui.messageInput.focus();
   });
   ui.connRetry.addEventListener("click", () => {
-    if (!state.client) return;
-    if (state.client.state === "disconnected") state.client.connect();
-    else state.client.retryNow();
+    retryNow();
   });
   ui.sidebarToggle.addEventListener("click", toggleSidebar);
   ui.backdrop.addEventListener("click", closeSidebar);
@@ -1105,7 +1158,7 @@ function wire() {
   window.addEventListener("hashchange", onHashChange);
   document.addEventListener("visibilitychange", onVisibilityChange);
   window.addEventListener("online", () => {
-    if (state.client) state.client.retryNow();
+    if (state.client && state.client.connection.state !== "disconnected") retryNow();
   });
   window.addEventListener("pagehide", () => {
     // Leave the presence list at once rather than when the server notices the socket is gone.

@@ -46,8 +46,13 @@ class FakeClient:
     server; C{status} the HTTP status of the handshake.
     """
 
-    def __init__(self, factory: Factory, path: str = "/app/key?protocol=7",
-                 origin: str | None = None, port: int = 40000) -> None:
+    def __init__(
+        self,
+        factory: Factory,
+        path: str = "/app/key?protocol=7",
+        origin: str | None = None,
+        port: int = 40000,
+    ) -> None:
         self.transport = _Transport(peerAddress=IPv4Address("TCP", "127.0.0.1", port))
         self.factory: Any = factory
         protocol: Any = factory.buildProtocol(self.transport.getPeer())
@@ -116,8 +121,8 @@ class FakeClient:
                 b1, offset = int.from_bytes(self._buf[2:10], "big"), 10
             if len(self._buf) < offset + b1:
                 break
-            payload = self._buf[offset:offset + b1]
-            self._buf = self._buf[offset + b1:]
+            payload = self._buf[offset : offset + b1]
+            self._buf = self._buf[offset + b1 :]
             opcode = b0 & 0x0F
             self.opcodes.append(opcode)
             if opcode == 0x1:
@@ -140,8 +145,9 @@ class FakeClient:
         self.protocol.dataReceived(maskedFrame(payload, opcode))
         return self.read()
 
-    def send(self, event: str, data: Any = None, channel: str | None = None
-             ) -> list[dict[str, Any]]:
+    def send(
+        self, event: str, data: Any = None, channel: str | None = None
+    ) -> list[dict[str, Any]]:
         frame: dict[str, Any] = {"event": event}
         if data is not None:
             frame["data"] = data
@@ -156,8 +162,11 @@ class FakeClient:
 
     def events(self, name: str, channel: str | None = None) -> list[dict[str, Any]]:
         self.read()
-        return [m for m in self.messages
-                if m.get("event") == name and (channel is None or m.get("channel") == channel)]
+        return [
+            m
+            for m in self.messages
+            if m.get("event") == name and (channel is None or m.get("channel") == channel)
+        ]
 
     def first(self, name: str) -> dict[str, Any]:
         found = self.events(name)
