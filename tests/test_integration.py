@@ -171,7 +171,8 @@ class ServiceTests(ServiceCase):
         yield self.subscribe(a, "doc-7")
         body = json.dumps({"event": "changed", "data": {"rev": 3}}).encode()
         ts = str(int(time.time()))
-        sig = hmac.new(SECRET.encode(), ts.encode() + b"." + body, hashlib.sha256).hexdigest()
+        sig = hmac.new(SECRET.encode(), ts.encode() + b".doc-7." + body,
+                       hashlib.sha256).hexdigest()
         bad = yield self.http.post(
             f"{self.base}/notify/doc-7",
             data=body,
@@ -185,6 +186,13 @@ class ServiceTests(ServiceCase):
             headers={"X-Pushsvc-Timestamp": ts, "X-Pushsvc-Signature": "sha256=" + sig},
         )
         self.assertEqual(ok.code, 202, (yield ok.text()))
+        again = yield self.http.post(
+            f"{self.base}/notify/doc-7",
+            data=body,
+            headers={"X-Pushsvc-Timestamp": ts, "X-Pushsvc-Signature": "sha256=" + sig},
+        )
+        self.assertEqual(again.code, 409)
+        self.assertIn("error", (yield again.json()))
         msg = yield a.expect("changed", "doc-7")
         self.assertEqual(json.loads(msg["data"]), {"rev": 3})
         self.assertEqual(a.matching("changed"), [msg])
