@@ -156,13 +156,7 @@ def parseClientFrame(payload: bytes, isBinary: bool, maxBytes: int) -> ClientFra
     """
     if isBinary:
         raise _malformed("binary frames are not supported")
-    if len(payload) > maxBytes:
-        raise _malformed(f"frame of {len(payload)} bytes is over the limit of {maxBytes}")
-    try:
-        text = payload.decode("utf-8")
-    except UnicodeDecodeError:
-        raise _malformed("frame is not UTF-8") from None
-    obj = _jsonObject(text, "frame")
+    obj = _jsonObject(payload, "frame", maxBytes)
     event = obj.get("event")
     if not isinstance(event, str) or not event:
         raise _malformed("frame has no event name")
@@ -178,17 +172,21 @@ def parseClientFrame(payload: bytes, isBinary: bool, maxBytes: int) -> ClientFra
     return ClientFrame(event, channel, data)
 
 
-def _json(text: str, what: str) -> Any:
-    """C{text} through the one JSON decoder. @raise ProtocolError: naming C{what} otherwise."""
+def _json(data: bytes | str, what: str, maxBytes: int | None = None) -> Any:
+    """
+    C{data} through the one JSON decoder (size, UTF-8, depth, syntax).
+
+    @raise ProtocolError: naming C{what} and what is wrong.
+    """
     try:
-        return decodeJSON(text)
+        return decodeJSON(data, maxBytes)
     except JSONInputError as e:
         raise _malformed(f"{what} {e.reason}") from None
 
 
-def _jsonObject(text: str, what: str) -> dict[str, Any]:
-    """C{text} decoded as a JSON object. @raise ProtocolError: naming C{what} otherwise."""
-    obj = _json(text, what)
+def _jsonObject(data: bytes | str, what: str, maxBytes: int | None = None) -> dict[str, Any]:
+    """C{data} decoded as a JSON object. @raise ProtocolError: naming C{what} otherwise."""
+    obj = _json(data, what, maxBytes)
     if not isinstance(obj, dict):
         raise _malformed(f"{what} must be a JSON object")
     return obj
