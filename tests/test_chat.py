@@ -262,14 +262,15 @@ class ChatAPITests(TestCase):
 
     @inlineCallbacks
     def test_nestedJSON(self) -> Any:
-        """JSON nested 4,000 deep to /api/session or a room is 400 with a JSON error."""
+        """JSON nested 4,000 deep (unclosed, within the 4 KiB /api/session reads) or 2,000 deep
+        to /api/session, or 4,000 deep to a room, is 400 with a JSON error."""
         raw = b'{"name":' + b"[" * 4000 + b"]" * 4000 + b"}"
-        code, reply = yield self.call("POST", "/api/session", {}, raw=raw[:4000])
-        self.assertEqual(code, 400)
-        raw = b"[" * 2000 + b"]" * 2000
         code, reply = yield self.call("POST", "/api/session", {}, raw=raw)
-        self.assertEqual(code, 400)
-        self.assertIn("nested deeper than 32 levels", reply["error"])
+        self.assertEqual(code, 413)  # over the 4 KiB /api/session reads, still a JSON error
+        for raw in (b"[" * 2000 + b"]" * 2000, b"[" * 4000, b'{"name":' + b"[" * 4000):
+            code, reply = yield self.call("POST", "/api/session", {}, raw=raw[:4096])
+            self.assertEqual(code, 400, raw[:10])
+            self.assertIn("nested deeper than 32 levels", reply["error"])
         yield self.signIn()
         raw = b'{"text":' + b"[" * 4000 + b"]" * 4000 + b"}"
         code, reply = yield self.call("POST", "/api/rooms/general/messages", {}, raw=raw)
