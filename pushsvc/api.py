@@ -9,14 +9,16 @@ The Pusher-compatible HTTP API that server SDKs call, mounted at C{/apps}:
     POST /apps/{id}/users/{user_id}/terminate_connections
 
 Every request is signed (L{pushsvc.apiauth}). The checks run in this order, each failure answering
-C{{"error": "..."}}: unknown app or endpoint 404, wrong method 405, body too large 413, signature
-401, app disabled 403, malformed body or parameters 400, C{data} too large 413, broker down 503.
+C{{"error": "..."}}: unknown app or endpoint 404, wrong method 405, body too large 413, a query
+parameter given twice (names compared without case) or not one the endpoint takes (the auth ones,
+C{body_md5}, and those shown above) 400, signature 401, app disabled 403, malformed body (JSON
+nested deeper than 32 levels included) or parameters 400, C{data} too large 413, broker down 503.
+Names (channels, user ids, socket ids, event names) are checked by L{pushsvc.names}.
 """
 
 from __future__ import annotations
 
-import re
-from collections.abc import Callable, Coroutine, Mapping
+from collections.abc import Callable, Coroutine, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qsl, unquote_to_bytes
@@ -26,23 +28,21 @@ from twisted.logger import Logger
 from twisted.web.resource import IResource, Resource
 from twisted.web.server import Request
 
-from pushsvc.apiauth import ApiAuthError, verifyApiRequest
+from pushsvc import names
+from pushsvc.apiauth import ApiAuthError, checkParameterNames, verifyApiRequest
 from pushsvc.apps import App, Apps
 from pushsvc.httputil import DEFAULT_MAX_BODY, HTTPError, parseJSONObject, readBody, respond
 from pushsvc.interfaces import BrokerUnavailable, ChannelInfo, IHub
 
 log = Logger()
 
-MAX_NAME = 200
+MAX_NAME = names.MAX_NAME
 MAX_CHANNELS = 100
 MAX_BATCH = 10
 MAX_BODY = DEFAULT_MAX_BODY
 MAX_BATCH_BODY = 10 * DEFAULT_MAX_BODY
-SERVER_TO_USER = "#server-to-user-"
+SERVER_TO_USER = names.SERVER_TO_USER_PREFIX
 INFO_ATTRIBUTES = ("subscription_count", "user_count")
-
-_channelName = re.compile(r"\A[-a-zA-Z0-9_=@,.;]+\Z")
-_socketId = re.compile(r"\A\d+\.\d+\Z")
 
 Reply = tuple[int, Any]
 
@@ -54,18 +54,17 @@ def validChannel(name: object, allowUser: bool = True) -> str:
     """C{name} if it is a valid channel name (C{#server-to-user-{id}} too when C{allowUser})."""
     if not isinstance(name, str):
         raise HTTPError(400, "A channel name must be a string.")
-    if not 0 < len(name) <= MAX_NAME:
-        raise HTTPError(400, f"A channel name must be 1 to {MAX_NAME} characters long.")
-    rest = name[len(SERVER_TO_USER) :] if allowUser and name.startswith(SERVER_TO_USER) else name
-    if not _channelName.match(rest):
+    if not names.isChannel(name, allowUser):
         raise HTTPError(
-            400, f"The channel name {name!r} may only hold letters, digits and -_=@,.; characters."
+            400,
+            f"The channel name {name!r} must be 1 to {MAX_NAME} letters, digits and -_=@,.; "
+            "characters.",
         )
     return name
 
 
 def validUserId(userId: str) -> str:
-    if not 0 < len(userId) <= MAX_NAME or not _channelName.match(userId):
+    if not names.isUserId(userId):
         raise HTTPError(
             400, f"A user id is 1 to {MAX_NAME} letters, digits and -_=@,.; characters."
         )
@@ -110,8 +109,10 @@ def parseEvent(obj: Mapping[str, Any], app: App, batchItem: bool = False) -> Eve
     name = obj.get("name")
     if not isinstance(name, str) or not name:
         raise HTTPError(400, "name (the event name) must be a non-empty string.")
-    if len(name) > MAX_NAME:
-        raise HTTPError(400, f"The event name is longer than {MAX_NAME} characters.")
+    if not names.isEventName(name):
+        raise HTTPError(
+            400, f"The event name must be 1 to {MAX_NAME} characters, none of them control ones."
+        )
     if name.startswith(("pusher:", "pusher_internal:")):
         # Clients treat these as protocol events; an app publishing one would confuse them.
         raise HTTPError(400, "Event names starting with pusher: are reserved for the protocol.")
@@ -129,7 +130,7 @@ def parseEvent(obj: Mapping[str, Any], app: App, batchItem: bool = False) -> Eve
     if len(channels) > 1 and any(c.startswith("private-encrypted-") for c in channels):
         raise HTTPError(400, "An event on an encrypted channel can be sent to that channel only.")
     socketId = obj.get("socket_id")
-    if socketId is not None and (not isinstance(socketId, str) or not _socketId.match(socketId)):
+    if socketId is not None and not names.isSocketId(socketId):
         raise HTTPError(400, "socket_id must look like 123.456.")
     return Event(channels, name, data, socketId, parseInfo(obj.get("info")))
 
@@ -156,22 +157,25 @@ def attributes(info: ChannelInfo, asked: frozenset[str], channel: str) -> dict[s
     return out
 
 
-def queryParams(uri: bytes) -> dict[str, str]:
+def queryParams(uri: bytes, allowed: Iterable[str] = ()) -> dict[str, str]:
     """
     The query parameters of C{uri}, one value each, percent-decoded. (Not C{request.args}:
     twisted.web merges form bodies into it, and those are not part of the signed query.)
+
+    @param allowed: the endpoint's parameters besides the authentication ones.
+    @raise HTTPError: 400 for a query that is not UTF-8, a name given twice (in any case) or one
+        the endpoint does not take.
     """
     query = uri.partition(b"?")[2]
     try:
         pairs = parse_qsl(query.decode("utf-8"), keep_blank_values=True, errors="strict")
     except (UnicodeDecodeError, ValueError):
         raise HTTPError(400, "The query string is not valid UTF-8.") from None
-    params: dict[str, str] = {}
-    for key, value in pairs:
-        if key in params:
-            raise HTTPError(400, f"The parameter {key!r} is given more than once.")
-        params[key] = value
-    return params
+    try:
+        checkParameterNames([key for key, _ in pairs], allowed)
+    except ApiAuthError as e:
+        raise HTTPError(e.status, e.message) from None
+    return dict(pairs)
 
 
 async def brokerCall(f: Callable[..., Any], *args: Any) -> Any:
@@ -208,13 +212,14 @@ class PusherAPI(Resource):
         self.apps = apps
         self.hub = hub
         self.now = now
-        self.routes: dict[tuple[str, ...], dict[bytes, tuple[Handler, int]]] = {
-            ("events",): {b"POST": (self.events, MAX_BODY)},
-            ("batch_events",): {b"POST": (self.batchEvents, MAX_BATCH_BODY)},
-            ("channels",): {b"GET": (self.channels, MAX_BODY)},
-            ("channels", "*"): {b"GET": (self.channel, MAX_BODY)},
-            ("channels", "*", "users"): {b"GET": (self.users, MAX_BODY)},
-            ("users", "*", "terminate_connections"): {b"POST": (self.terminate, MAX_BODY)},
+        # pattern -> method -> (handler, body limit, query parameters besides the auth ones)
+        self.routes: dict[tuple[str, ...], dict[bytes, tuple[Handler, int, tuple[str, ...]]]] = {
+            ("events",): {b"POST": (self.events, MAX_BODY, ())},
+            ("batch_events",): {b"POST": (self.batchEvents, MAX_BATCH_BODY, ())},
+            ("channels",): {b"GET": (self.channels, MAX_BODY, ("filter_by_prefix", "info"))},
+            ("channels", "*"): {b"GET": (self.channel, MAX_BODY, ("info",))},
+            ("channels", "*", "users"): {b"GET": (self.users, MAX_BODY, ())},
+            ("users", "*", "terminate_connections"): {b"POST": (self.terminate, MAX_BODY, ())},
         }
         self.publishHandlers = (self.events, self.batchEvents)
         self.published = 0  # events the broker took (a batch counts each of its events)
@@ -228,7 +233,8 @@ class PusherAPI(Resource):
     def render(self, request: Request) -> bytes | int:
         return respond(request, self.dispatch)
 
-    def route(self, segments: list[str], method: bytes) -> tuple[Handler, int, list[str]]:
+    def route(self, segments: list[str], method: bytes
+              ) -> tuple[Handler, int, tuple[str, ...], list[str]]:
         for pattern, methods in self.routes.items():
             if len(pattern) != len(segments):
                 continue
@@ -236,9 +242,9 @@ class PusherAPI(Resource):
                 if method not in methods:
                     allowed = ", ".join(m.decode() for m in methods)
                     raise HTTPError(405, f"Use {allowed} here.", headers={"Allow": allowed})
-                handler, limit = methods[method]
+                handler, limit, query = methods[method]
                 args = [s for p, s in zip(pattern, segments, strict=True) if p == "*"]
-                return handler, limit, args
+                return handler, limit, query, args
         raise HTTPError(404, "There is no such endpoint in the HTTP API.")
 
     def dispatch(self, request: Request) -> Coroutine[Any, Any, Reply]:
@@ -254,11 +260,11 @@ class PusherAPI(Resource):
         app = self.apps.byId(segments[0])
         if app is None:
             raise HTTPError(404, f"There is no app with id {segments[0]!r}.")
-        handler, limit, args = self.route(segments[1:], request.method)
+        handler, limit, queryNames, args = self.route(segments[1:], request.method)
         if handler in self.publishHandlers:
             request.publish = True  # type: ignore[attr-defined]  # see PushSite.log
         body = readBody(request, limit)
-        params = queryParams(request.uri)
+        params = queryParams(request.uri, queryNames)
         try:
             method = request.method.decode("ascii")
             verifyApiRequest(app, method, path, params, body, self.now(), rawPath=rawPath)

@@ -4,10 +4,17 @@ Signatures of requests coming in: the Pusher HTTP API and the C{/notify} webhook
 HTTP API (pusher-protocol.md, "HTTP API"): every request carries C{auth_key}, C{auth_timestamp},
 C{auth_version=1.0}, C{auth_signature} and, when it has a body, C{body_md5}; the signature is
 C{hex(HMAC-SHA256(secret, METHOD + "\\n" + PATH + "\\n" + QUERY))} where QUERY is every parameter
-but C{auth_signature}, keys lower-cased, sorted, joined C{k=v&k=v}, not URL-escaped.
+but C{auth_signature}, keys lower-cased, sorted, joined C{k=v&k=v}, not URL-escaped. Because keys
+are lower-cased for signing, two names that differ only in case, or any name given twice, would
+leave it open which value was signed: such a query is refused (400), and so is a parameter the
+endpoint does not document (L{checkParameterNames}).
 
 Webhook in: C{X-Pushsvc-Timestamp: <unix seconds>} and
-C{X-Pushsvc-Signature: sha256=<hex HMAC-SHA256(secret, timestamp + "." + raw body)>}.
+C{X-Pushsvc-Signature: sha256=<hex HMAC-SHA256(secret, timestamp + "." + channel + "." + raw body)>}
+where channel is the path segment after C{/notify/}, percent-decoded, so a captured call cannot
+be sent to another channel. Channel names hold neither whitespace nor C{{}, and a body is empty
+or a JSON object, so no two (channel, body) pairs that are accepted sign the same string. Within
+its time window each signature is accepted once (the webhook claims it through the broker).
 
 All comparisons are constant-time.
 """
@@ -17,15 +24,20 @@ from __future__ import annotations
 import hashlib
 import hmac
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 
 from pushsvc.apps import App
 from pushsvc.signing import hmacSHA256Hex
 
 API_WINDOW = 600
 NOTIFY_WINDOW = 300
+# A signature is acceptable while its timestamp is within NOTIFY_WINDOW of the clock: at most
+# 2 * NOTIFY_WINDOW seconds from the first moment it could be claimed (this margin also covers
+# nodes whose clocks disagree by up to NOTIFY_WINDOW).
+NOTIFY_CLAIM_TTL = 2.0 * NOTIFY_WINDOW
 AUTH_VERSION = "1.0"
 REQUIRED_PARAMS = ("auth_key", "auth_timestamp", "auth_version", "auth_signature")
+AUTH_PARAMS = (*REQUIRED_PARAMS, "body_md5")
 SIGNATURE_PREFIX = "sha256="
 
 _timestamp = re.compile(r"\A[0-9]{1,12}\Z")
@@ -44,6 +56,31 @@ def canonicalQuery(params: Mapping[str, str]) -> str:
     """The QUERY of the string to sign: C{auth_signature} left out, keys lower-cased, sorted."""
     items = sorted((k.lower(), v) for k, v in params.items() if k.lower() != "auth_signature")
     return "&".join(f"{k}={v}" for k, v in items)
+
+
+def checkParameterNames(names: Iterable[str], allowed: Iterable[str] = ()) -> None:
+    """
+    Refuse a query whose names repeat, in any case, or are neither L{AUTH_PARAMS} nor C{allowed}.
+
+    @raise ApiAuthError: 400 naming the parameter.
+    """
+    known = set(AUTH_PARAMS).union(allowed)
+    seen: set[str] = set()
+    unknown = None
+    for name in names:
+        folded = name.lower()
+        if folded in seen:
+            raise ApiAuthError(
+                400, f"The parameter {name!r} is given more than once (names are compared "
+                "without case)."
+            )
+        seen.add(folded)
+        if unknown is None and name not in known:
+            unknown = name
+    if unknown is not None:
+        raise ApiAuthError(
+            400, f"Unknown parameter {unknown!r}: this endpoint takes {', '.join(sorted(known))}."
+        )
 
 
 def stringToSign(method: str, path: str, params: Mapping[str, str]) -> str:
@@ -118,22 +155,31 @@ def verifyApiRequest(
         raise ApiAuthError(401, f"Invalid signature: the string to sign was {toSign!r}.")
 
 
-def notifySignature(secret: str, timestamp: str, body: bytes) -> str:
-    """The hex HMAC-SHA256 of C{timestamp + "." + body} that C{X-Pushsvc-Signature} carries."""
-    return hmacSHA256Hex(secret, timestamp.encode("utf-8") + b"." + body)
+def notifySignature(secret: str, timestamp: str, channel: str, body: bytes) -> str:
+    """
+    The hex HMAC-SHA256 of C{timestamp + "." + channel + "." + body} that C{X-Pushsvc-Signature}
+    carries.
+    """
+    return hmacSHA256Hex(
+        secret, timestamp.encode("utf-8") + b"." + channel.encode("utf-8") + b"." + body
+    )
 
 
 def verifyNotify(
     app: App,
     timestampHeader: str | None,
     signatureHeader: str | None,
+    channel: str,
     body: bytes,
     now: float,
     window: int = NOTIFY_WINDOW,
-) -> None:
+) -> str:
     """
-    Check the C{X-Pushsvc-Timestamp} / C{X-Pushsvc-Signature} headers of a webhook call.
+    Check the C{X-Pushsvc-Timestamp} / C{X-Pushsvc-Signature} headers of a webhook call to
+    C{channel} (the percent-decoded path segment).
 
+    @return: the signature (lower-case hex): the key under which to claim the call, so that it
+        is accepted once (L{NOTIFY_CLAIM_TTL}).
     @raise ApiAuthError: 401 when a header is missing, the timestamp is more than C{window}
         seconds off (a replay or a wrong clock), or the signature does not match.
     """
@@ -145,5 +191,9 @@ def verifyNotify(
     if not signatureHeader.startswith(SIGNATURE_PREFIX):
         raise ApiAuthError(401, "X-Pushsvc-Signature must look like sha256=<hex>.")
     given = signatureHeader[len(SIGNATURE_PREFIX) :].lower()
-    if not _same(given, notifySignature(app.secret, timestampHeader, body)):
-        raise ApiAuthError(401, "The X-Pushsvc-Signature does not match the body.")
+    expected = notifySignature(app.secret, timestampHeader, channel, body)
+    if not _same(given, expected):
+        raise ApiAuthError(
+            401, "The X-Pushsvc-Signature does not match: sign timestamp.channel.body."
+        )
+    return expected

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import json
 import math
-import re
 import unicodedata
 from collections.abc import Callable
 from typing import Any
@@ -45,6 +44,7 @@ from pushsvc.httputil import (
     requireJSONContentType,
 )
 from pushsvc.interfaces import IHub
+from pushsvc.names import isChannel, isRoom, isSocketId
 from pushsvc.ratelimit import RateLimiter
 from pushsvc.session import COOKIE_NAME, MAX_AGE, Session, SessionSigner
 from pushsvc.signing import channelAuth
@@ -52,9 +52,6 @@ from pushsvc.store import IStore, StoreUnavailable
 
 log = Logger()
 
-ROOM_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,63}$")
-SOCKET_ID_RE = re.compile(r"^\d+\.\d+$")
-CHANNEL_RE = re.compile(r"^[-a-zA-Z0-9_=@,.;]{1,200}$")
 MAX_NAME = 40  # visible characters (combining marks ride on the one before them)
 MAX_NAME_CODEPOINTS = 3 * MAX_NAME
 MESSAGE_BURST = 20  # messages a session may post at once before its per-minute rate applies
@@ -124,7 +121,7 @@ def validText(raw: object) -> str:
 
 
 def validRoom(raw: str) -> str:
-    if not ROOM_RE.match(raw):
+    if not isRoom(raw):
         raise HTTPError(
             400,
             "Room names are 1 to 64 characters: lower-case letters, digits and '-', "
@@ -391,14 +388,14 @@ class PusherAuthResource(JSONResource):
         args = formArgs(request, 4096)
         socketId = queryArg(request, "socket_id", args) or ""
         channel = queryArg(request, "channel_name", args) or ""
-        if not SOCKET_ID_RE.match(socketId):
+        if not isSocketId(socketId):
             raise HTTPError(400, "socket_id is missing or malformed.")
-        if not CHANNEL_RE.match(channel):
+        if not isChannel(channel):
             raise HTTPError(400, "channel_name is missing or malformed.")
         # A chat session is just a name: it may join the chat's room channels and nothing else,
         # so the app's other private and presence channels stay closed to chat visitors.
         prefix = roomChannel("")
-        if not (channel.startswith(prefix) and ROOM_RE.match(channel[len(prefix) :])):
+        if not (channel.startswith(prefix) and isRoom(channel[len(prefix) :])):
             raise HTTPError(403, "The chat signs its room channels (presence-room-NAME) only.")
         channelData = json.dumps({"user_id": session.userId, "user_info": {"name": session.name}})
         return 200, {

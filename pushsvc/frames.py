@@ -24,8 +24,10 @@
 #   pusher:signin_success          {"user_data":"<json string>"}
 #   E (app events)                 C  D (a string), "user_id" added to client events on presence
 #   pusher:error                   {"code":N,"message":".."} with N:
-#     4002 malformed frame: binary, not JSON, not an object, missing/non-string event, data or
-#          channel of the wrong type, bad channel name, unknown event. The connection stays open.
+#     4002 malformed frame: binary, not JSON, JSON nested deeper than 32 levels (the frame, or
+#          the JSON string in data, channel_data or user_data), not an object, missing/non-string
+#          event, event name with control characters, data or channel of the wrong type, bad
+#          channel name or user id (pushsvc.names), unknown event. The connection stays open.
 #     4009 not allowed: bad sign-in signature, client event on a channel that does not take
 #          them or that this socket has not subscribed.
 #     4301 client event over the per-connection rate limit (the event is dropped).
@@ -46,9 +48,11 @@
 from __future__ import annotations
 
 import json
-import re
 from dataclasses import dataclass
 from typing import Any
+
+from pushsvc import names
+from pushsvc.jsondecode import JSONInputError, decodeJSON
 
 ERR_MALFORMED = 4002
 ERR_NOT_ALLOWED = 4009
@@ -67,11 +71,10 @@ CLOSE_SHUTDOWN = 4200
 CLOSE_NO_PONG = 4201
 
 SUPPORTED_PROTOCOLS = range(5, 8)
-MAX_CHANNEL_LENGTH = 200
-SERVER_TO_USER_PREFIX = "#server-to-user-"
+MAX_CHANNEL_LENGTH = names.MAX_NAME
+SERVER_TO_USER_PREFIX = names.SERVER_TO_USER_PREFIX
 
 _CACHE_PREFIXES = ("cache-", "private-cache-", "presence-cache-", "private-encrypted-cache-")
-_CHANNEL_RE = re.compile(r"[-a-zA-Z0-9_=@,.;]+")
 _compact = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
 
 
@@ -98,11 +101,7 @@ class ClientFrame:
 
 def isValidChannelName(name: object) -> bool:
     """Whether C{name} is a channel a client may name (the reserved C{#server-to-user-} is not)."""
-    return (
-        isinstance(name, str)
-        and 0 < len(name) <= MAX_CHANNEL_LENGTH
-        and _CHANNEL_RE.fullmatch(name) is not None
-    )
+    return names.isChannel(name)
 
 
 def isServerToUser(name: str) -> bool:
@@ -157,37 +156,37 @@ def parseClientFrame(payload: bytes, isBinary: bool, maxBytes: int) -> ClientFra
     """
     if isBinary:
         raise _malformed("binary frames are not supported")
-    if len(payload) > maxBytes:
-        raise _malformed(f"frame of {len(payload)} bytes is over the limit of {maxBytes}")
-    try:
-        text = payload.decode("utf-8")
-    except UnicodeDecodeError:
-        raise _malformed("frame is not UTF-8") from None
-    obj = _jsonObject(text, "frame")
+    obj = _jsonObject(payload, "frame", maxBytes)
     event = obj.get("event")
     if not isinstance(event, str) or not event:
         raise _malformed("frame has no event name")
-    if len(event) > MAX_CHANNEL_LENGTH:
-        raise _malformed("event name is too long")
+    if not names.isEventName(event):
+        raise _malformed("event name is too long or holds control characters")
     channel = obj.get("channel")
     if channel is not None and not isValidChannelName(channel):
         raise _malformed("invalid channel name")
     data = obj.get("data")
     if isinstance(data, str) and event.startswith("pusher:"):
         # pusher:* data may come as a JSON string; client events keep their data as sent.
-        try:
-            data = json.loads(data)
-        except (ValueError, RecursionError):
-            raise _malformed("data is not JSON") from None
+        data = _json(data, "data")
     return ClientFrame(event, channel, data)
 
 
-def _jsonObject(text: str, what: str) -> dict[str, Any]:
-    """C{text} decoded as a JSON object. @raise ProtocolError: naming C{what} otherwise."""
+def _json(data: bytes | str, what: str, maxBytes: int | None = None) -> Any:
+    """
+    C{data} through the one JSON decoder (size, UTF-8, depth, syntax).
+
+    @raise ProtocolError: naming C{what} and what is wrong.
+    """
     try:
-        obj = json.loads(text)
-    except (ValueError, RecursionError):
-        raise _malformed(f"{what} is not JSON") from None
+        return decodeJSON(data, maxBytes)
+    except JSONInputError as e:
+        raise _malformed(f"{what} {e.reason}") from None
+
+
+def _jsonObject(data: bytes | str, what: str, maxBytes: int | None = None) -> dict[str, Any]:
+    """C{data} decoded as a JSON object. @raise ProtocolError: naming C{what} otherwise."""
+    obj = _json(data, what, maxBytes)
     if not isinstance(obj, dict):
         raise _malformed(f"{what} must be a JSON object")
     return obj
@@ -210,10 +209,7 @@ def subscribeRequest(frame: ClientFrame) -> SubscribeRequest:
     """The fields of a C{pusher:subscribe}. @raise ProtocolError: when they are malformed."""
     data = _dataObject(frame)
     channel = data.get("channel")
-    if isinstance(channel, str) and isServerToUser(channel):
-        if len(channel) > MAX_CHANNEL_LENGTH + len(SERVER_TO_USER_PREFIX):
-            raise _malformed("invalid channel name")
-    elif not isValidChannelName(channel):
+    if not names.isChannel(channel, allowUser=True):
         raise _malformed("invalid channel name")
     assert isinstance(channel, str)
     auth = data.get("auth")
@@ -228,8 +224,9 @@ def subscribeRequest(frame: ClientFrame) -> SubscribeRequest:
 def unsubscribeChannel(frame: ClientFrame) -> str:
     """The channel of a C{pusher:unsubscribe}. @raise ProtocolError: when it is malformed."""
     channel = _dataObject(frame).get("channel")
-    if not isinstance(channel, str) or not (isValidChannelName(channel) or isServerToUser(channel)):
+    if not names.isChannel(channel, allowUser=True):
         raise _malformed("invalid channel name")
+    assert isinstance(channel, str)
     return channel
 
 
@@ -252,8 +249,8 @@ def presenceMember(channelData: str) -> Member:
     if isinstance(userId, bool) or not isinstance(userId, (str, int, float)):
         raise _malformed("channel_data needs a string or number user_id")
     userId = userId if isinstance(userId, str) else json.dumps(userId)
-    if not userId or len(userId) > MAX_CHANNEL_LENGTH:
-        raise _malformed("user_id must be 1 to 200 characters")
+    if not names.isUserId(userId):
+        raise _malformed("user_id must be 1 to 200 letters, digits and -_=@,.; characters")
     return Member(userId, obj.get("user_info"))
 
 
@@ -273,8 +270,8 @@ def signinRequest(frame: ClientFrame) -> SigninRequest:
         raise _malformed("pusher:signin needs string auth and user_data")
     user = _jsonObject(userData, "user_data")
     userId = user.get("id")
-    if not isinstance(userId, str) or not userId or len(userId) > MAX_CHANNEL_LENGTH:
-        raise _malformed("user_data needs a non-empty string id")
+    if not isinstance(userId, str) or not names.isUserId(userId):
+        raise _malformed("user_data needs an id of 1 to 200 letters, digits and -_=@,.; characters")
     return SigninRequest(auth, userData, userId, user.get("user_info"))
 
 

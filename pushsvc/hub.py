@@ -23,10 +23,19 @@ from __future__ import annotations
 
 import json
 import secrets
+import time
+from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from twisted.internet.defer import Deferred, FirstError, gatherResults, maybeDeferred, succeed
+from twisted.internet.defer import (
+    Deferred,
+    FirstError,
+    fail,
+    gatherResults,
+    maybeDeferred,
+    succeed,
+)
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -76,14 +85,23 @@ def encodeEnvelope(kind: str, appId: str, channel: str, event: str, data: str | 
 
 @implementer(IBroker)
 class LocalBroker:
-    """The in-process broker: a publish goes straight back to this process's hub."""
+    """
+    The in-process broker: a publish goes straight back to this process's hub.
+
+    @param clock: times the claims (L{claim}); the monotonic clock when not given.
+    """
 
     healthy = True
     linked = True
     status = "ok"
+    maxClaims = 100_000  # a claim beyond this many live ones fails: refused, never forgotten
 
-    def __init__(self) -> None:
+    def __init__(self, clock: IReactorTime | None = None) -> None:
         self._receive: Callable[[bytes], None] | None = None
+        self._seconds = clock.seconds if clock is not None else time.monotonic
+        # (app, key) -> expiry, in the order claimed (OrderedDict: O(1) at the front however
+        # many were removed there, which a dict is not).
+        self._claims: OrderedDict[tuple[str, str], float] = OrderedDict()
 
     def setReceiver(self, receive: Callable[[bytes], None]) -> None:
         self._receive = receive
@@ -114,6 +132,29 @@ class LocalBroker:
 
     def unsubscribe(self, appId: str, channel: str) -> Deferred[None]:
         return succeed(None)
+
+    def claim(self, appId: str, key: str, ttl: float) -> Deferred[bool]:
+        """
+        Fires with True the first time C{key} is claimed within C{ttl} seconds, else False;
+        fails with L{BrokerUnavailable} while L{maxClaims} live claims are held.
+        """
+        now = self._seconds()
+        claims = self._claims
+        # Claims are kept in the order they were made; with one ttl that is expiry order, so the
+        # expired ones are at the front (each is removed once: O(1) a call, amortised).
+        while claims:
+            oldest, expiry = next(iter(claims.items()))
+            if expiry > now:
+                break
+            claims.popitem(last=False)
+        held = claims.get((appId, key))
+        if held is not None and held > now:
+            return succeed(False)
+        claims.pop((appId, key), None)
+        if len(claims) >= self.maxClaims:
+            return fail(BrokerUnavailable(f"over {self.maxClaims} claims made recently"))
+        claims[(appId, key)] = now + ttl
+        return succeed(True)
 
 
 def randomSocketId() -> str:
@@ -387,6 +428,10 @@ class Hub:
         channel = serverToUserChannel(userId)
         envelope = encodeEnvelope(KIND_TERMINATE, app.id, channel, "", None)
         return self._send(app.id, channel, envelope)
+
+    def claim(self, app: Any, key: str, ttl: float) -> Deferred[bool]:
+        """Fires with True the first time C{key} is claimed within C{ttl}, on any process."""
+        return maybeDeferred(self.broker.claim, app.id, key, ttl)
 
     # -- broker health -------------------------------------------------------------------------
 

@@ -95,6 +95,13 @@ class IBroker(Interface):
     def unsubscribe(appId: str, channel: str) -> Any:
         """This process has no local subscriber left on C{channel}. Fires with None."""
 
+    def claim(appId: str, key: str, ttl: float) -> Any:
+        """
+        Claim C{key} for C{ttl} seconds, across every process the broker reaches (so a signed
+        request is accepted once). Fires with True the first time C{key} is claimed within
+        C{ttl}, False while an earlier claim holds; fails with L{BrokerUnavailable}.
+        """
+
 
 class IClusterState(Interface):
     """
@@ -166,6 +173,12 @@ class IHub(Interface):
 
     def terminateUserConnections(app: Any, userId: str) -> Any:
         """Close every connection signed in as C{userId}, on every process. Fires with None."""
+
+    def claim(app: Any, key: str, ttl: float) -> Any:
+        """
+        Fires with True the first time C{key} is claimed for C{app} within C{ttl} seconds, on
+        any process, False after that (L{IBroker.claim}); fails with L{BrokerUnavailable}.
+        """
 
     def health() -> Any:
         """A dict of dependency name -> 'ok' or a sentence saying what is wrong (synchronous)."""

@@ -329,6 +329,16 @@ class RedisBroker:
 
         return self.script("cached", [self.cacheKey(appId, channel)], []).addCallback(got)
 
+    def claim(self, appId: str, key: str, ttl: float) -> Deferred[bool]:
+        """
+        C{SET {prefix}:{appId}:claim:{key} 1 NX PX ttl} on the command connection: fires with
+        True for the first claim of C{key} within C{ttl} seconds on any node, else False; fails
+        with L{BrokerUnavailable} while Redis is away.
+        """
+        name = f"{self.prefix}:{appId}:claim:{key}"
+        d = self.command("SET", name, "1", "NX", "PX", max(1, int(ttl * 1000)))
+        return d.addCallback(lambda reply: reply is not None)
+
     def subscribe(self, appId: str, channel: str) -> Deferred[None]:
         """
         Fires with None once Redis confirmed the subscription (at once while Redis is away: the

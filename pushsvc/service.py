@@ -139,7 +139,7 @@ class PushService(MultiService):
             self.hub = Hub(self.registry, redis, self.reactor,
                            RedisState(redis, self.registry, self.reactor))
         else:
-            self.broker = LocalBroker()
+            self.broker = LocalBroker(self.reactor)
             self.hub = Hub(self.registry, self.broker, self.reactor)
         chat = ChatAPI(
             apps,

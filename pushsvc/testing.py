@@ -40,6 +40,7 @@ class FakeHub:
         self.channels: dict[str, ChannelInfo] = {}
         self.presence: dict[str, list[str]] = {}
         self.terminated: list[tuple[Any, str]] = []
+        self.claimed: set[tuple[str, str]] = set()
         self.failPublishes = False
 
     def publish(
@@ -82,6 +83,18 @@ class FakeHub:
         """Records C{(app, userId)} in C{terminated}; fires with None."""
         self.terminated.append((app, userId))
         return succeed(None)
+
+    def claim(self, app: Any, key: str, ttl: float) -> Deferred[bool]:
+        """
+        Fires with True the first time C{key} is claimed for C{app} (C{ttl} is not timed: a key
+        stays claimed), else False; fails with L{BrokerUnavailable} when C{failPublishes}.
+        """
+        if self.failPublishes:
+            return fail(BrokerUnavailable("the fake broker is down"))
+        if (app.id, key) in self.claimed:
+            return succeed(False)
+        self.claimed.add((app.id, key))
+        return succeed(True)
 
     def health(self) -> dict[str, str]:
         return {"broker": "the fake broker is down" if self.failPublishes else "ok"}

@@ -8,7 +8,7 @@ from __future__ import annotations
 import io
 import json
 from typing import Any
-from urllib.parse import urlencode
+from urllib.parse import unquote, urlencode
 
 import pusher
 import pusher.errors
@@ -452,9 +452,6 @@ class CommonErrorTests(APITestsMixin, TestCase):
             BASE + "/apps/3/events",
             signedURL("POST", "/apps/3/events", body, app=OTHER).replace("/apps/4", "/apps/3"),
             signedURL("POST", "/apps/3/events", body, ts=NOW - 601),
-            signedURL("POST", "/apps/3/events", body, query={"extra": "1"}).replace(
-                "extra=1", "extra=2"
-            ),
         ]
         for bad in urls:
             code, reply = yield self.call("POST", "/apps/3/events", raw=body, url=bad)
@@ -480,6 +477,74 @@ class CommonErrorTests(APITestsMixin, TestCase):
         url = signedURL("GET", "/apps/3/channels") + "&info=user_count&info=user_count"
         code, _ = yield self.call("GET", "/apps/3/channels", url=url)
         self.assertEqual(code, 400)
+
+    @inlineCallbacks
+    def test_tamperedParameter(self) -> Any:
+        """A documented parameter changed after signing is 401."""
+        url = signedURL("GET", "/apps/3/channels", query={"info": "subscription_count"})
+        code, _ = yield self.call("GET", "", url=url.replace("subscription_count", "user_count"))
+        self.assertEqual(code, 401)
+
+    @inlineCallbacks
+    def test_caseVariantAndUnknownParameters(self) -> Any:
+        """
+        A second parameter whose name differs only in case (auth_signature and Auth_Signature),
+        a repeated one, or one the endpoint does not document is 400 with a JSON error, on
+        every endpoint, before the signature is looked at; nothing is published.
+        """
+        body = json.dumps({"name": "e", "data": "d", "channel": "c"}).encode()
+        events = signedURL("POST", "/apps/3/events", body)
+        channels = signedURL("GET", "/apps/3/channels", query={"info": "subscription_count"})
+        for method, url, raw in (
+            ("POST", events + "&Auth_Signature=zzz", body),
+            ("POST", events + "&AUTH_KEY=" + APP.key, body),
+            ("POST", events + "&auth_timestamp=" + str(NOW), body),
+            ("POST", events + "&extra=1", body),
+            ("POST", events + "&info=user_count", body),
+            ("GET", channels + "&Info=user_count", b""),
+            ("GET", channels + "&info=user_count", b""),
+            ("GET", signedURL("GET", "/apps/3/channels", query={"extra": "1"}), b""),
+            ("GET", signedURL("GET", "/apps/3/channels/c", query={"filter_by_prefix": "c"}),
+             b""),
+            ("GET", signedURL("GET", "/apps/3/channels/presence-c/users",
+                              query={"info": "user_count"}), b""),
+        ):
+            code, reply = yield self.call(method, "", raw=raw, url=url)
+            self.assertEqual(code, 400, url)
+            self.assertIn("parameter", reply["error"])
+        self.assertEqual(self.hub.published, [])
+        code, _ = yield self.call("GET", "", url=channels)
+        self.assertEqual(code, 200)
+
+    @inlineCallbacks
+    def test_nestedJSON(self) -> Any:
+        """A body nested 4,000 deep, or 33 deep, is 400 with a JSON error, never a 500; 32 deep
+        is not refused for its depth."""
+        for raw in (b"[" * 4000 + b"]" * 4000, b'{"name":"e","x":' + b"[" * 4000 + b"]" * 4000
+                    + b"}", b'{"name":"e","x":' + b"[" * 32 + b"]" * 32 + b"}"):
+            for path in ("/apps/3/events", "/apps/3/batch_events"):
+                code, reply = yield self.call("POST", path, raw=raw)
+                self.assertEqual(code, 400, (path, raw[:20]))
+                self.assertIn("nested deeper than 32 levels", reply["error"])
+        ok = {"name": "e", "data": "d", "channel": "c", "x": json.loads("[" * 31 + "]" * 31)}
+        code, _ = yield self.call("POST", "/apps/3/events", ok)
+        self.assertEqual(code, 200)
+
+    @inlineCallbacks
+    def test_namesWithControlCharacters(self) -> Any:
+        """Channels, event names and socket ids with a trailing newline are 400."""
+        for body in ({"name": "e", "data": "d", "channel": "c\n"},
+                     {"name": "e\n", "data": "d", "channel": "c"},
+                     {"name": "e\u202e", "data": "d", "channel": "c"},
+                     {"name": "e", "data": "d", "channel": "c", "socket_id": "1.2\n"},
+                     {"name": "e", "data": "d", "channel": "c", "socket_id": "\u0661.2"}):
+            code, _ = yield self.call("POST", "/apps/3/events", body)
+            self.assertEqual(code, 400, body)
+        code, _ = yield self.call("POST", "/apps/3/users/u%0A/terminate_connections", {},
+                                  url=signedURL("POST", "/apps/3/users/u\n/terminate_connections",
+                                                b"{}").replace("u\n", "u%0A"))
+        self.assertEqual(code, 400)
+        self.assertEqual(self.hub.published, [])
 
     @inlineCallbacks
     def test_formBodyIsNotAParameter(self) -> Any:
@@ -517,9 +582,9 @@ class HangUpTests(SynchronousTestCase):
 class NotifyTests(APITestsMixin, TestCase):
     @inlineCallbacks
     def notify(self, channel: str, raw: bytes, ts: int = NOW, signature: str | None = None) -> Any:
-        """What curl would send; fires with (status, JSON reply)."""
+        """What curl would send, signed for the decoded C{channel}; fires with (status, reply)."""
         if signature is None:
-            signature = "sha256=" + notifySignature(APP.secret, str(ts), raw)
+            signature = "sha256=" + notifySignature(APP.secret, str(ts), unquote(channel), raw)
         response = yield self.treq.post(
             BASE + "/notify/" + channel,
             data=raw,
@@ -556,7 +621,8 @@ class NotifyTests(APITestsMixin, TestCase):
             {"ts": NOW - 301},
             {"ts": NOW + 301},
             {"signature": "sha256=" + "0" * 64},
-            {"signature": "sha256=" + notifySignature("wrong", str(NOW), b"{}")},
+            {"signature": "sha256=" + notifySignature("wrong", str(NOW), "c", b"{}")},
+            {"signature": "sha256=" + notifySignature(APP.secret, str(NOW), "d", b"{}")},
         ):
             code, _ = yield self.notify("c", b"{}", **kw)
             self.assertEqual(code, 401, kw)
@@ -582,6 +648,67 @@ class NotifyTests(APITestsMixin, TestCase):
         ):
             code, _ = yield self.notify(channel, raw)
             self.assertEqual(code, status, (channel, raw))
+        self.assertEqual(self.hub.published, [])
+
+    @inlineCallbacks
+    def test_replayToAnotherChannel(self) -> Any:
+        """A call signed for public-orders, replayed to /notify/private-admin or to
+        /notify/%23server-to-user-u1, is 401; the signed one goes through (202) to its own
+        channel, and a user channel can be notified when signed for it (decoded)."""
+        body = b'{"event":"paid","data":{"id":1}}'
+        signature = "sha256=" + notifySignature(APP.secret, str(NOW), "public-orders", body)
+        for other in ("private-admin", "%23server-to-user-u1", "public-orders2"):
+            code, reply = yield self.notify(other, body, signature=signature)
+            self.assertEqual(code, 401, other)
+            self.assertIn("error", reply)
+        self.assertEqual(self.hub.published, [])
+        code, _ = yield self.notify("public-orders", body, signature=signature)
+        self.assertEqual(code, 202)
+        code, _ = yield self.notify("%23server-to-user-u1", body)
+        self.assertEqual(code, 202)
+        self.assertEqual([p.channels for p in self.hub.published],
+                         [["public-orders"], ["#server-to-user-u1"]])
+
+    @inlineCallbacks
+    def test_replayToTheSameChannel(self) -> Any:
+        """The same signed call sent again within the window is 409 with a JSON error and
+        publishes nothing more; a new timestamp (a new signature) goes through."""
+        body = b'{"event":"paid"}'
+        code, _ = yield self.notify("public-orders", body)
+        self.assertEqual(code, 202)
+        for _ in range(3):
+            code, reply = yield self.notify("public-orders", body)
+            self.assertEqual(code, 409)
+            self.assertIn("already accepted", reply["error"])
+        self.assertEqual(len(self.hub.published), 1)
+        code, _ = yield self.notify("public-orders", body, ts=NOW + 1)
+        self.assertEqual(code, 202)
+        self.assertEqual(len(self.hub.published), 2)
+
+    @inlineCallbacks
+    def test_badCallsClaimNothing(self) -> Any:
+        """A refused call (bad body, disabled app) does not use up its signature."""
+        code, _ = yield self.notify("c", b'{"evnt":"x"}')
+        self.assertEqual(code, 400)
+        self.assertEqual(self.hub.claimed, set())
+
+    @inlineCallbacks
+    def test_nestedJSON(self) -> Any:
+        """A body nested 4,000 deep is 400 with a JSON error, never a 500."""
+        for raw in (b"[" * 4000 + b"]" * 4000, b'{"data":' + b"[" * 4000 + b"]" * 4000 + b"}",
+                    b'{"data":' + b"[" * 32 + b"]" * 32 + b"}"):
+            code, reply = yield self.notify("c", raw)
+            self.assertEqual(code, 400)
+            self.assertIn("nested deeper than 32 levels", reply["error"])
+        self.assertEqual(self.hub.published, [])
+
+    @inlineCallbacks
+    def test_controlCharacters(self) -> Any:
+        """A channel or event name with a trailing newline is 400."""
+        for channel, raw in (("c%0A", b""), ("c", b'{"event":"e\\n"}'),
+                             ("%23server-to-user-u%0A", b"")):
+            code, _ = yield self.notify(channel, raw)
+            self.assertEqual(code, 400, (channel, raw))
         self.assertEqual(self.hub.published, [])
 
     @inlineCallbacks

@@ -17,6 +17,7 @@ from pushsvc.apiauth import (
     apiSignature,
     bodyMd5,
     canonicalQuery,
+    checkParameterNames,
     notifySignature,
     verifyApiRequest,
     verifyNotify,
@@ -30,6 +31,7 @@ APP = App("3", KEY, SECRET)
 BODY = b'{"name":"foo","channels":["project-3"],"data":"{\\"some\\":\\"data\\"}"}'
 TIMESTAMP = 1353088179
 PATH = "/apps/3/events"
+CHANNEL_CHARS = "-abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_=@,.;"
 
 
 def docParams() -> dict[str, str]:
@@ -84,9 +86,20 @@ class VectorTests(SynchronousTestCase):
         )
 
     def test_notifySignature(self) -> None:
-        """The webhook signature is hex HMAC-SHA256(secret, timestamp + "." + raw body)."""
-        expected = hmac.new(SECRET.encode(), b"1700000000.{}", hashlib.sha256).hexdigest()
-        self.assertEqual(notifySignature(SECRET, "1700000000", b"{}"), expected)
+        """
+        The webhook signature is hex HMAC-SHA256(secret, timestamp + "." + channel + "." + raw
+        body), the channel percent-decoded; vectors with the doc's secret.
+        """
+        expected = hmac.new(
+            SECRET.encode(), b"1700000000.public-orders.{}", hashlib.sha256
+        ).hexdigest()
+        self.assertEqual(expected,
+                         "12ad3a83e18c569c46b99dcd4a34bbd5300fd645b88d8c0866690ce5a72b99ef")
+        self.assertEqual(notifySignature(SECRET, "1700000000", "public-orders", b"{}"), expected)
+        self.assertEqual(
+            notifySignature(SECRET, "1700000000", "#server-to-user-u1", b'{"event":"updated"}'),
+            "881721adff1af9c97e3dfa7dbfbfedf3106a6665279eb594eb784fb94de08e83",
+        )
 
     def test_officialSDKSignatures(self) -> None:
         """Requests signed by the official pusher SDK verify, GET (empty body) and POST."""
@@ -256,23 +269,63 @@ class PropertyTests(SynchronousTestCase):
         )
 
 
+class ParameterNameTests(SynchronousTestCase):
+    def test_documented(self) -> None:
+        """The auth parameters, body_md5 and the endpoint's own parameters pass."""
+        checkParameterNames(["auth_key", "auth_timestamp", "auth_version", "auth_signature",
+                             "body_md5", "info"], ["info"])
+
+    def test_refused(self) -> None:
+        """A name given twice, in any case, or one the endpoint does not take is 400."""
+        for query, allowed in (
+            (["auth_signature", "Auth_Signature"], ()),
+            (["auth_key", "AUTH_KEY"], ()),
+            (["info", "info"], ["info"]),
+            (["info", "INFO"], ["info"]),
+            (["Auth_Signature"], ()),
+            (["extra"], ()),
+            (["info"], ()),
+            (["filter_by_prefix"], ["info"]),
+        ):
+            e = self.assertRaises(ApiAuthError, checkParameterNames, query, allowed)
+            self.assertEqual(e.status, 400, query)
+
+
 class NotifyTests(SynchronousTestCase):
     NOW = 1_700_000_000.0
+    CHANNEL = "public-orders"
 
-    def header(self, ts: str, body: bytes, secret: str = SECRET) -> str:
-        return "sha256=" + notifySignature(secret, ts, body)
+    def header(self, ts: str, body: bytes, secret: str = SECRET,
+               channel: str = CHANNEL) -> str:
+        return "sha256=" + notifySignature(secret, ts, channel, body)
 
     def test_verifies(self) -> None:
-        """A fresh, correctly signed call verifies; the hex may be upper case."""
+        """A fresh, correctly signed call verifies, returning the signature (lower-case hex, the
+        claim key); the hex may be sent upper case."""
         ts = str(int(self.NOW))
-        verifyNotify(APP, ts, self.header(ts, b'{"a":1}'), b'{"a":1}', self.NOW)
-        verifyNotify(APP, ts, "sha256=" + notifySignature(SECRET, ts, b"").upper(), b"", self.NOW)
+        header = self.header(ts, b'{"a":1}')
+        self.assertEqual(
+            verifyNotify(APP, ts, header, self.CHANNEL, b'{"a":1}', self.NOW),
+            header[len("sha256="):],
+        )
+        upper = "sha256=" + notifySignature(SECRET, ts, self.CHANNEL, b"").upper()
+        verifyNotify(APP, ts, upper, self.CHANNEL, b"", self.NOW)
+
+    def test_channelBound(self) -> None:
+        """A call signed for one channel is refused on any other, the user channels too."""
+        ts = str(int(self.NOW))
+        header = self.header(ts, b"{}")
+        for other in ("private-admin", "#server-to-user-u1", "public-orders2", "public-order",
+                      "public-orders.", ""):
+            e = self.assertRaises(ApiAuthError, verifyNotify, APP, ts, header, other, b"{}",
+                                  self.NOW)
+            self.assertEqual(e.status, 401, other)
 
     def test_replayWindow(self) -> None:
         """A timestamp more than 5 minutes in the past or future is refused; 300 s passes."""
         for offset, ok in ((-300, True), (300, True), (-301, False), (301, False)):
             ts = str(int(self.NOW) + offset)
-            args = (APP, ts, self.header(ts, b""), b"", self.NOW)
+            args = (APP, ts, self.header(ts, b""), self.CHANNEL, b"", self.NOW)
             if ok:
                 verifyNotify(*args)
             else:
@@ -292,9 +345,25 @@ class NotifyTests(SynchronousTestCase):
             (ts, self.header(ts, b"{}", secret="other"), b"{}"),
             (ts, good, b"{ }"),
             (str(int(self.NOW) - 1), good, b"{}"),
+            # the old format, timestamp + "." + body, no longer verifies
+            (ts, "sha256=" + hmac.new(SECRET.encode(), ts.encode() + b".{}",
+                                      hashlib.sha256).hexdigest(), b"{}"),
         ]
         for timestamp, signature, body in cases:
             e = self.assertRaises(
-                ApiAuthError, verifyNotify, APP, timestamp, signature, body, self.NOW
+                ApiAuthError, verifyNotify, APP, timestamp, signature, self.CHANNEL, body,
+                self.NOW
             )
             self.assertEqual(e.status, 401)
+
+    @given(st.text(CHANNEL_CHARS, min_size=1, max_size=40),
+           st.text(CHANNEL_CHARS, min_size=1, max_size=40),
+           st.sampled_from([b"", b"{}", b'{"event":"e","data":{"a":[1]}}']))
+    def test_otherChannelFails(self, channel: str, other: str, body: bytes) -> None:
+        """A signature for one channel never verifies for another, whatever the two are."""
+        ts = str(int(self.NOW))
+        header = self.header(ts, body, channel=channel)
+        verifyNotify(APP, ts, header, channel, body, self.NOW)
+        if other != channel:
+            self.assertRaises(ApiAuthError, verifyNotify, APP, ts, header, other, body,
+                              self.NOW)

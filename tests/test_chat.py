@@ -283,6 +283,42 @@ class ChatAPITests(TestCase):
             self.assertEqual(code, 400, raw)
 
     @inlineCallbacks
+    def test_trailingNewlines(self) -> Any:
+        """POST /api/rooms/general%0A/messages is 400 and creates no room; the auth endpoint
+        refuses socket_id=1.2%0A and a channel_name with a newline (400), signing nothing."""
+        yield self.signIn()
+        for room in ("general%0A", "general%0D%0A", "general%00", "%0Ageneral"):
+            code, reply = yield self.call("POST", f"/api/rooms/{room}/messages", {"text": "x"})
+            self.assertEqual(code, 400, room)
+            self.assertIn("Room names", reply["error"])
+        _, rooms = yield self.call("GET", "/api/rooms")
+        self.assertEqual(rooms["rooms"], [])
+        form = {"Content-Type": ["application/x-www-form-urlencoded"]}
+        for raw in (b"socket_id=1.2%0A&channel_name=presence-room-general",
+                    b"socket_id=%D9%A1.2&channel_name=presence-room-general",
+                    b"socket_id=1.2&channel_name=presence-room-general%0A"):
+            code, reply = yield self.call("POST", "/api/pusher/auth", headers=form, raw=raw)
+            self.assertEqual(code, 400, raw)
+            self.assertNotIn("auth", reply)
+
+    @inlineCallbacks
+    def test_nestedJSON(self) -> Any:
+        """JSON nested 4,000 deep (unclosed, within the 4 KiB /api/session reads) or 2,000 deep
+        to /api/session, or 4,000 deep to a room, is 400 with a JSON error."""
+        raw = b'{"name":' + b"[" * 4000 + b"]" * 4000 + b"}"
+        code, reply = yield self.call("POST", "/api/session", {}, raw=raw)
+        self.assertEqual(code, 413)  # over the 4 KiB /api/session reads, still a JSON error
+        for raw in (b"[" * 2000 + b"]" * 2000, b"[" * 4000, b'{"name":' + b"[" * 4000):
+            code, reply = yield self.call("POST", "/api/session", {}, raw=raw[:4096])
+            self.assertEqual(code, 400, raw[:10])
+            self.assertIn("nested deeper than 32 levels", reply["error"])
+        yield self.signIn()
+        raw = b'{"text":' + b"[" * 4000 + b"]" * 4000 + b"}"
+        code, reply = yield self.call("POST", "/api/rooms/general/messages", {}, raw=raw)
+        self.assertEqual(code, 400)
+        self.assertIn("nested deeper than 32 levels", reply["error"])
+
+    @inlineCallbacks
     def test_config(self) -> Any:
         code, body = yield self.call("GET", "/api/config")
         self.assertEqual(body["app_key"], "the-key")

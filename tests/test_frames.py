@@ -54,6 +54,57 @@ class ParseTests(SynchronousTestCase):
         self.assertCode(b" " * (MAX + 1))
         self.assertCode(b"[" * 100000)
 
+    def test_nestedTooDeep(self) -> None:
+        """JSON nested deeper than 32 levels is 4002 naming the depth, in the frame or in the
+        JSON strings inside it (pusher:* data, channel_data, user_data); 32 levels pass."""
+        def nested(depth: int) -> Any:
+            value: Any = 1
+            for _ in range(depth):
+                value = [value]
+            return value
+
+        for payload in (b"[" * 4000 + b"]" * 4000, b'{"event":"x","data":' + b"[" * 4000 + b"}",
+                        json.dumps({"event": "client-x", "data": nested(32)}).encode()):
+            with self.assertRaises(ProtocolError) as cm:
+                parseClientFrame(payload, False, MAX)
+            self.assertEqual(cm.exception.code, frames.ERR_MALFORMED)
+        self.assertIn("nested deeper than 32", cm.exception.message)
+        self.assertEqual(parse({"event": "client-x", "data": nested(31)}).data, nested(31))
+        deep = json.dumps(nested(40))
+        with self.assertRaises(ProtocolError):
+            parse({"event": "pusher:subscribe", "data": deep})
+        with self.assertRaises(ProtocolError) as cm:
+            frames.presenceMember(json.dumps({"user_id": "u", "user_info": nested(40)}))
+        self.assertIn("channel_data is nested deeper", cm.exception.message)
+        with self.assertRaises(ProtocolError) as cm:
+            frames.signinRequest(parse({"event": "pusher:signin", "data": {
+                "auth": "k:s", "user_data": json.dumps({"id": "u", "x": nested(40)})}}))
+        self.assertIn("user_data is nested deeper", cm.exception.message)
+
+    def test_namesValidated(self) -> None:
+        """Channels, user ids and event names with a trailing newline or other control
+        characters are 4002 (pushsvc.names), in every place a frame names them."""
+        for frame in ({"event": "client-x\n", "channel": "private-a"},
+                      {"event": "client-x\u202e", "channel": "private-a"},
+                      {"event": "client-x", "channel": "private-a\n"}):
+            self.assertCode(json.dumps(frame).encode())
+        for channel in ("private-a\n", "#server-to-user-u1\n", "#server-to-user-a b"):
+            with self.assertRaises(ProtocolError):
+                frames.subscribeRequest(parse({"event": "pusher:subscribe",
+                                               "data": {"channel": channel}}))
+            with self.assertRaises(ProtocolError):
+                frames.unsubscribeChannel(parse({"event": "pusher:unsubscribe",
+                                                 "data": {"channel": channel}}))
+        self.assertEqual(frames.subscribeRequest(parse({
+            "event": "pusher:subscribe", "data": {"channel": "#server-to-user-u1"}})).channel,
+            "#server-to-user-u1")
+        for userId in ("u\n", "a b", "x" * 201):
+            with self.assertRaises(ProtocolError):
+                frames.presenceMember(json.dumps({"user_id": userId}))
+            with self.assertRaises(ProtocolError):
+                frames.signinRequest(parse({"event": "pusher:signin", "data": {
+                    "auth": "k:s", "user_data": json.dumps({"id": userId})}}))
+
     def test_dataObjectOrString(self) -> None:
         """pusher:* data is accepted as an object (pusher-js) or as a JSON string."""
         a = parse({"event": "pusher:subscribe", "data": {"channel": "c"}})
@@ -185,7 +236,9 @@ class PropertyTests(SynchronousTestCase):
                 pass
 
     @settings(max_examples=200, deadline=None)
-    @given(st.text(min_size=1, max_size=50), st.one_of(st.none(), channelNames), jsonValues)
+    @given(st.text(st.characters(exclude_categories=["Cc", "Cf", "Cs", "Zl", "Zp"]),
+                   min_size=1, max_size=50),
+           st.one_of(st.none(), channelNames), jsonValues)
     def test_roundTrip(self, event: str, channel: str | None, data: Any) -> None:
         """A valid frame parses back to what was encoded."""
         obj: dict[str, Any] = {"event": "client-" + event, "data": data}

@@ -12,6 +12,7 @@ import time
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlencode
 
 import pusher
 import pusher.errors
@@ -19,11 +20,13 @@ from treq.client import HTTPClient
 from twisted.internet import reactor
 from twisted.internet.defer import inlineCallbacks, succeed
 from twisted.internet.threads import deferToThread
+from twisted.logger import LogLevel, globalLogPublisher
 from twisted.trial.unittest import TestCase
 from twisted.web.client import Agent, HTTPConnectionPool
 from twisted.web.iweb import UNKNOWN_LENGTH, IBodyProducer
 from zope.interface import implementer
 
+from pushsvc.apiauth import apiSignature, bodyMd5
 from pushsvc.service import PushService, ServiceConfig
 from pushsvc.signing import userAuth
 from tests.wsclient import PATH, WSClient, connectClient, subscribeClient
@@ -172,7 +175,8 @@ class ServiceTests(ServiceCase):
         yield self.subscribe(a, "doc-7")
         body = json.dumps({"event": "changed", "data": {"rev": 3}}).encode()
         ts = str(int(time.time()))
-        sig = hmac.new(SECRET.encode(), ts.encode() + b"." + body, hashlib.sha256).hexdigest()
+        sig = hmac.new(SECRET.encode(), ts.encode() + b".doc-7." + body,
+                       hashlib.sha256).hexdigest()
         bad = yield self.http.post(
             f"{self.base}/notify/doc-7",
             data=body,
@@ -186,6 +190,13 @@ class ServiceTests(ServiceCase):
             headers={"X-Pushsvc-Timestamp": ts, "X-Pushsvc-Signature": "sha256=" + sig},
         )
         self.assertEqual(ok.code, 202, (yield ok.text()))
+        again = yield self.http.post(
+            f"{self.base}/notify/doc-7",
+            data=body,
+            headers={"X-Pushsvc-Timestamp": ts, "X-Pushsvc-Signature": "sha256=" + sig},
+        )
+        self.assertEqual(again.code, 409)
+        self.assertIn("error", (yield again.json()))
         msg = yield a.expect("changed", "doc-7")
         self.assertEqual(json.loads(msg["data"]), {"rev": 3})
         self.assertEqual(a.matching("changed"), [msg])
@@ -328,6 +339,51 @@ class HostileHTTPTests(ServiceCase):
         health = yield self.http.get(self.base + "/healthz")
         self.assertEqual(health.code, 200)
         yield health.content()
+
+    @inlineCallbacks
+    def test_nestedJSON(self) -> Any:
+        """
+        JSON nested thousands deep to /api/session, /notify and /apps/{id}/events (signed, so
+        it reaches the decoder) is 400 with a JSON error and at most one log line each (the
+        access log): no traceback, nothing at warning level or above.
+        """
+        events: list[dict[str, Any]] = []
+        globalLogPublisher.addObserver(events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+        deep = b"[" * 4000 + b"]" * 4000
+        ts = str(int(time.time()))
+        notifySig = hmac.new(SECRET.encode(), ts.encode() + b".x." + deep,
+                             hashlib.sha256).hexdigest()
+        params = {"auth_key": APP_KEY, "auth_timestamp": ts, "auth_version": "1.0",
+                  "body_md5": bodyMd5(deep)}
+        params["auth_signature"] = apiSignature(SECRET, "POST", f"/apps/{APP_ID}/events", params)
+        requests = [
+            # 2,000 deep: 4,000 deep is over the 4 KiB that /api/session reads (a 413)
+            ("/api/session", b"[" * 2000 + b"]" * 2000, {"Content-Type": "application/json"}),
+            ("/notify/x", deep,
+             {"X-Pushsvc-Timestamp": ts, "X-Pushsvc-Signature": "sha256=" + notifySig}),
+            (f"/apps/{APP_ID}/events?" + urlencode(params), deep,
+             {"Content-Type": "application/json"}),
+        ]
+        # What one request that is plain bad JSON logs (its access log line, and this test's
+        # client factory coming and going), to compare with.
+        before = len(events)
+        response = yield self.http.post(self.base + "/api/session", data=b"{",
+                                        headers={"Content-Type": "application/json"})
+        self.assertEqual(response.code, 400)
+        yield response.content()
+        usual = len(events) - before
+        for path, body, headers in requests:
+            before = len(events)
+            response = yield self.http.post(self.base + path, data=body, headers=headers)
+            reply = yield response.json()
+            self.assertEqual(response.code, 400, (path, reply))
+            self.assertIn("nested deeper than 32 levels", reply["error"])
+            self.assertLessEqual(len(events) - before, usual,
+                                 [e.get("log_format") for e in events[before:]])
+        loud = [e for e in events if e.get("log_level") in (LogLevel.warn, LogLevel.error,
+                                                              LogLevel.critical)]
+        self.assertEqual(loud, [])
 
     @inlineCallbacks
     def test_oddPaths(self) -> Any:

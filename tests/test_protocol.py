@@ -428,6 +428,18 @@ class InMemoryTests(SynchronousTestCase):
         self.assertEqual(client.send("pusher:ping", {})[0]["event"], "pusher:pong")
         self.assertEqual(self.server.registry.protocolErrors, 8)
 
+    def test_nestedFrames(self) -> None:
+        """JSON nested deeper than 32 levels, 4,000 deep too, gets pusher:error 4002 naming the
+        depth (never a RecursionError) and the connection keeps working."""
+        client = self.connect()
+        deep = b"[" * 40 + b"]" * 40
+        for raw in [b"[" * 4000 + b"]" * 4000, b'{"event":"client-x","data":' + deep + b"}",
+                    b'{"event":"pusher:subscribe","data":"' + deep + b'"}']:
+            [reply] = client.sendRaw(raw)
+            self.assertEqual(reply["data"]["code"], 4002, raw)
+            self.assertIn("nested deeper than 32 levels", reply["data"]["message"])
+        self.assertEqual(client.send("pusher:ping", {})[0]["event"], "pusher:pong")
+
     def test_oversizedFrameCloses1009(self) -> None:
         """A frame over maxFrameBytes closes the connection with 1009."""
         self.make(maxFrameBytes=1000)
