@@ -12,13 +12,12 @@ from twisted.web.server import Request
 from pushsvc import __version__
 from pushsvc.httputil import JSONResource
 
-PING_TIMEOUT = 5.0
-
 
 class HealthResource(JSONResource):
     """
     200 C{{"status": "ok", ...}} when every dependency answers; 503 with
-    C{{"status": "unavailable", "<dependency>": "<what is wrong>"}} otherwise.
+    C{{"status": "degraded", "<dependency>": "<what is wrong>"}} otherwise (the process still
+    serves what does not need that dependency).
     """
 
     def __init__(
@@ -31,7 +30,7 @@ class HealthResource(JSONResource):
     async def handle_GET(self, request: Request) -> tuple[int, Any]:
         results = await self.checks()
         ok = all(v == "ok" for v in results.values())
-        body: dict[str, Any] = {"status": "ok" if ok else "unavailable", "version": __version__}
+        body: dict[str, Any] = {"status": "ok" if ok else "degraded", "version": __version__}
         body.update(results)
         return (200 if ok else 503), body
 

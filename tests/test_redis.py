@@ -678,6 +678,7 @@ class StallTests(SynchronousTestCase):
         body = self.successResultOf(response.json())
         self.assertEqual(body["broker"],
                          "redis://127.0.0.1:6390/0 not answering: no reply within 2 s")
+        self.assertEqual(body["status"], "degraded")
         self.failureResultOf(node.hub.publish(APP, ["news"], "ev", "x"), BrokerUnavailable)
         node.clock.pump([0.5] * 10)  # 5 s more, still stalled
         self.assertIsNone(node.conn.closed)
