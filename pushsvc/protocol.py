@@ -180,6 +180,8 @@ class PushServerProtocol(WebSocketServerProtocol):
     outbound: Outbound | None = None
     userId: str | None = None
     userInfo: Any = None
+    client = ""  # the peer, for the open and close log lines (PushSettings.logWebSockets)
+    openedAt = 0.0
     pingSentAt: float | None = None
     lastSeen = 0.0
     _refused: tuple[int, str] | None = None
@@ -233,6 +235,9 @@ class PushServerProtocol(WebSocketServerProtocol):
         else:
             self.app = app
             self.appId = app.id
+        if f.settings.logWebSockets:
+            peer: Any = self.transport.getPeer()  # type: ignore[union-attr]
+            self.client = str(getattr(peer, "host", request.peer))
 
     def onOpen(self) -> None:
         f = self.factory
@@ -244,6 +249,9 @@ class PushServerProtocol(WebSocketServerProtocol):
             self._refused = (CLOSE_OVER_CAPACITY, "cannot deliver events now: try again later")
         if self._refused is not None:
             code, reason = self._refused
+            if f.settings.logWebSockets:
+                log.info("WebSocket refused: app {appId}, client {client}, code {code} ({reason})",
+                         appId=self.appId or "-", client=self.client, code=code, reason=reason)
             transport.write(wsTextFrame(frames.error(code, reason)))
             self._closing = True
             self.sendClose(code, reason)
@@ -263,6 +271,10 @@ class PushServerProtocol(WebSocketServerProtocol):
         f.registry.addConnection(self)
         f.keepalive.add(self)
         self.send(frames.connectionEstablished(self.socketId, f.settings.activityTimeout))
+        if f.settings.logWebSockets:
+            self.openedAt = self.lastSeen
+            log.info("WebSocket open: app {appId}, client {client}, socket {socketId}",
+                     appId=self.appId, client=self.client, socketId=self.socketId)
 
     def _forgetHandshake(self) -> None:
         # Autobahn keeps the opening handshake (request bytes, headers, response) for the life of
@@ -303,6 +315,17 @@ class PushServerProtocol(WebSocketServerProtocol):
         f = self.factory
         f.keepalive.remove(self)
         f.hub.disconnect(self)
+        if f.settings.logWebSockets:
+            # The code we sent, if we closed and no clean answer came; else the peer's code, or
+            # 1006: no close frame at all (RFC 6455).
+            sent = getattr(self, "localCloseCode", None)
+            if sent and code in (None, 1006):
+                code = sent
+            log.info("WebSocket closed: app {appId}, client {client}, socket {socketId}, "
+                     "code {code}, after {duration:.1f}s",
+                     appId=self.appId, client=self.client, socketId=self.socketId,
+                     code=code or 1006,
+                     duration=f.clock.seconds() - self.openedAt)
 
     def closeWith(self, code: int, reason: str) -> None:
         """Send a close frame with C{code}; nothing more is written to this connection."""

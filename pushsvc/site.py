@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -10,9 +11,14 @@ from twisted.internet.defer import Deferred, succeed
 from twisted.web import http
 from twisted.web.resource import IResource, Resource
 from twisted.web.server import Request, Site
-from twisted.web.static import File
 
 from pushsvc.httputil import HTTPError, errorBody
+
+with warnings.catch_warnings():
+    # Importing it builds three default error pages with a constructor deprecated since Twisted
+    # 22.10 (unused here: Pages answers with JSON); that is three warnings at every start.
+    warnings.simplefilter("ignore", DeprecationWarning)
+    from twisted.web.static import File
 
 MAX_REQUEST_BODY = 1024 * 1024  # above every resource's own limit
 

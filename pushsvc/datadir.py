@@ -1,0 +1,130 @@
+"""
+The data directory: checked before anything is created in it, and locked by the one process
+that uses it.
+
+The lock is an exclusive C{flock} on C{DATA_DIR/lock}, held on an open descriptor for the life
+of the process: the kernel drops it when the process ends, however it ends, so a crash never
+leaves a stale lock. The file holds the pid of the holder, for the error message only.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import os
+from pathlib import Path
+
+LOCK_FILE = "lock"
+
+
+class DataDirError(Exception):
+    """The data directory cannot be used; C{str()} is one line saying what to do."""
+
+
+def _nearestExisting(path: Path) -> Path:
+    path = path.absolute()
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return path
+
+
+def checkDataDir(path: Path) -> None:
+    """
+    Check, without creating or changing anything, that C{path} can be the data directory: it is
+    a writable directory, or it is missing and its parent is a writable directory.
+
+    @raise DataDirError: with a sentence for the operator.
+    """
+    if path.exists():
+        if not path.is_dir():
+            raise DataDirError(f"the data directory {path} exists and is not a directory; "
+                               "choose another --data-dir")
+        if not os.access(path, os.W_OK | os.X_OK):
+            raise DataDirError(f"cannot write to the data directory {path.absolute()}: give the "
+                               "user running pushsvc write access, or choose another --data-dir")
+        return
+    parent = path.absolute().parent
+    if not parent.is_dir():
+        raise DataDirError(f"cannot create the data directory {path}: {parent} does not exist; "
+                           "create it first, or choose another --data-dir")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise DataDirError(f"cannot create the data directory {path.absolute()}: {parent} is not "
+                           "writable; create the directory for the user running pushsvc, or "
+                           "choose another --data-dir")
+
+
+def _holder(fd: int) -> str:
+    try:
+        pid = os.pread(fd, 32, 0).decode("ascii", "replace").strip()
+    except OSError:
+        return ""
+    return f" (pid {pid})" if pid.isdigit() else ""
+
+
+def _inUse(path: Path, holder: str) -> DataDirError:
+    return DataDirError(
+        f"the data directory {path.absolute()} is in use by another pushsvc process{holder}; "
+        "stop that one, or give this one its own --data-dir"
+    )
+
+
+def checkUnlocked(path: Path) -> None:
+    """
+    Check, without creating anything, that no other process holds C{path}'s lock.
+
+    @raise DataDirError: another process holds it.
+    """
+    try:
+        fd = os.open(path / LOCK_FILE, os.O_RDONLY)
+    except OSError:
+        return  # no lock file: nobody has used it, or we cannot tell yet; lockDataDir will
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        raise _inUse(path, _holder(fd)) from None
+    finally:
+        os.close(fd)  # also releases the lock we may have taken
+
+
+def lockDataDir(path: Path) -> tuple[int, bool]:
+    """
+    Create C{path} if it is missing (not its parents) and lock it for this process.
+
+    @return: the descriptor that holds the lock (keep it open; L{unlockDataDir} releases it) and
+        whether the directory was created now.
+    @raise DataDirError: it cannot be created or written, or another process holds the lock.
+    """
+    checkDataDir(path)
+    created = False
+    try:
+        path.mkdir(mode=0o700)
+        created = True
+    except FileExistsError:
+        pass
+    except OSError as e:
+        raise DataDirError(f"cannot create the data directory {path.absolute()}: "
+                           f"{e.strerror}; choose another --data-dir") from None
+    try:
+        fd = os.open(path / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o600)
+    except OSError as e:
+        if created:
+            path.rmdir()
+        raise DataDirError(f"cannot write to the data directory {path.absolute()}: "
+                           f"{e.strerror}; choose another --data-dir") from None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as e:
+        holder = _holder(fd)
+        os.close(fd)
+        if e.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
+            raise _inUse(path, holder) from None
+        raise DataDirError(f"cannot lock the data directory {path.absolute()}: {e.strerror}") \
+            from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    return fd, created
+
+
+def unlockDataDir(fd: int) -> None:
+    """Release the lock taken by L{lockDataDir}."""
+    os.close(fd)
