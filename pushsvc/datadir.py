@@ -21,13 +21,6 @@ class DataDirError(Exception):
     """The data directory cannot be used; C{str()} is one line saying what to do."""
 
 
-def _nearestExisting(path: Path) -> Path:
-    path = path.absolute()
-    while not path.exists() and path != path.parent:
-        path = path.parent
-    return path
-
-
 def checkDataDir(path: Path) -> None:
     """
     Check, without creating or changing anything, that C{path} can be the data directory: it is
@@ -40,15 +33,15 @@ def checkDataDir(path: Path) -> None:
             raise DataDirError(f"the data directory {path} exists and is not a directory; "
                                "choose another --data-dir")
         if not os.access(path, os.W_OK | os.X_OK):
-            raise DataDirError(f"cannot write to the data directory {path.absolute()}: give the "
+            raise DataDirError(f"cannot write to the data directory {path.resolve()}: give the "
                                "user running pushsvc write access, or choose another --data-dir")
         return
-    parent = path.absolute().parent
+    parent = path.resolve().parent
     if not parent.is_dir():
         raise DataDirError(f"cannot create the data directory {path}: {parent} does not exist; "
                            "create it first, or choose another --data-dir")
     if not os.access(parent, os.W_OK | os.X_OK):
-        raise DataDirError(f"cannot create the data directory {path.absolute()}: {parent} is not "
+        raise DataDirError(f"cannot create the data directory {path.resolve()}: {parent} is not "
                            "writable; create the directory for the user running pushsvc, or "
                            "choose another --data-dir")
 
@@ -63,7 +56,7 @@ def _holder(fd: int) -> str:
 
 def _inUse(path: Path, holder: str) -> DataDirError:
     return DataDirError(
-        f"the data directory {path.absolute()} is in use by another pushsvc process{holder}; "
+        f"the data directory {path.resolve()} is in use by another pushsvc process{holder}; "
         "stop that one, or give this one its own --data-dir"
     )
 
@@ -102,14 +95,14 @@ def lockDataDir(path: Path) -> tuple[int, bool]:
     except FileExistsError:
         pass
     except OSError as e:
-        raise DataDirError(f"cannot create the data directory {path.absolute()}: "
+        raise DataDirError(f"cannot create the data directory {path.resolve()}: "
                            f"{e.strerror}; choose another --data-dir") from None
     try:
         fd = os.open(path / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o600)
     except OSError as e:
         if created:
             path.rmdir()
-        raise DataDirError(f"cannot write to the data directory {path.absolute()}: "
+        raise DataDirError(f"cannot write to the data directory {path.resolve()}: "
                            f"{e.strerror}; choose another --data-dir") from None
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -118,7 +111,7 @@ def lockDataDir(path: Path) -> tuple[int, bool]:
         os.close(fd)
         if e.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
             raise _inUse(path, holder) from None
-        raise DataDirError(f"cannot lock the data directory {path.absolute()}: {e.strerror}") \
+        raise DataDirError(f"cannot lock the data directory {path.resolve()}: {e.strerror}") \
             from None
     os.ftruncate(fd, 0)
     os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)

@@ -88,14 +88,18 @@ def startTwistd(
     cwd: str | None = None,
     python: str = sys.executable,
     usePythonPath: bool = True,
+    twistdArgs: tuple[str, ...] = ("-n", "--pidfile="),
 ) -> TwistdProcess:
-    """Spawn C{python -c twistd -n --pidfile= pushsvc ARGS} with the source tree importable."""
+    """
+    Spawn C{python -c twistd TWISTDARGS pushsvc ARGS} with the source tree importable; by
+    default C{-n --pidfile=} (give e.g. C{--pidfile=p --logfile=l} for daemon mode).
+    """
     proto = TwistdProcess()
     childEnv = dict(os.environ)
     if usePythonPath:
         childEnv["PYTHONPATH"] = str(ROOT) + os.pathsep + childEnv.get("PYTHONPATH", "")
     childEnv.update(env or {})
-    argv = [python, "-c", TWISTD, "-n", "--pidfile=", "pushsvc", *args]
+    argv = [python, "-c", TWISTD, *twistdArgs, "pushsvc", *args]
     reactor.spawnProcess(proto, python, argv, env=childEnv, path=cwd)  # type: ignore[attr-defined]
     return proto
 
