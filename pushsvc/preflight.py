@@ -4,8 +4,8 @@ Checks made before C{twistd} turns into a daemon.
 twistd forks before it starts the service; its waiting parent can only report a failure as its
 own two lines ("An error has occurred: ... Please look at log file"). So in daemon mode
 L{pushsvc.tap.makeService} asks here first about what usually goes wrong -- a taken port, a data
-directory that cannot be written or that another process has locked -- and the parent stops
-with pushsvc's one line. Nothing is created or kept: the service does the real thing after the
+directory that cannot be written or that another process has locked, a PostgreSQL database that
+does not exist -- and the parent stops with pushsvc's one line. Nothing is created or kept: the service does the real thing after the
 fork and still reports a failure the checks could not foresee (a port taken in between).
 """
 
@@ -17,6 +17,7 @@ from typing import Any
 from twisted.internet.endpoints import serverFromString
 
 from pushsvc.datadir import DataDirError, checkDataDir, checkUnlocked
+from pushsvc.store import storeFromURL
 
 
 def _portProblem(reactor: Any, description: str) -> str | None:
@@ -37,7 +38,8 @@ def _portProblem(reactor: Any, description: str) -> str | None:
     return None
 
 
-def preflight(reactor: Any, listen: tuple[str, ...], dataDir: Any) -> str | None:
+def preflight(reactor: Any, listen: tuple[str, ...], dataDir: Any,
+              storeURL: str | None = None) -> str | None:
     """The first problem found, as one line for the operator, or None."""
     try:
         checkDataDir(dataDir)
@@ -48,4 +50,6 @@ def preflight(reactor: Any, listen: tuple[str, ...], dataDir: Any) -> str | None
         problem = _portProblem(reactor, description)
         if problem is not None:
             return problem
-    return None
+    # e.g. a missing PostgreSQL database (one quick connection; building the store opens nothing)
+    check = getattr(storeFromURL(storeURL, dataDir, reactor), "startupProblem", None)
+    return check() if check is not None else None

@@ -300,7 +300,7 @@ def makeService(options: Options) -> IService:
     )
     twistd = getattr(options, "parent", None)  # twistd's own options, when run by twistd
     if twistd is not None and not (twistd.get("nodaemon") or twistd.get("debug")):
-        problem = preflight(reactor, config.listen, config.dataDir)
+        problem = preflight(reactor, config.listen, config.dataDir, config.storeURL)
         if problem is not None:
             raise SystemExit(f"pushsvc: {problem}")  # one line on stderr, status 1
     service = PushService(config, reactor)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -12,10 +13,14 @@ from typing import Any
 from treq.client import HTTPClient
 from twisted.internet import reactor
 from twisted.internet.defer import inlineCallbacks
+from twisted.logger import formatEvent
 from twisted.trial.unittest import SkipTest, TestCase
 from twisted.web.client import Agent, HTTPConnectionPool
 
+from tests.helpers import requireService
 from tests.procs import freePort, killIfRunning, startTwistd
+from tests.redisutil import requireRedis
+from tests.wsclient import PATH, connectClient
 
 
 class TwistdTests(TestCase):
@@ -232,3 +237,91 @@ class StartupFailureTests(TestCase):
 
     def test_lockedDataDirDaemon(self) -> Any:
         return self.locked(True)
+
+    @inlineCallbacks
+    def missingDatabase(self, daemon: bool) -> Any:
+        """A PostgreSQL database that does not exist: one line saying how to create it, with
+        no password in it."""
+        requirePostgres()
+        dataDir = os.path.abspath(self.mktemp())
+        err = yield self.failStart(
+            daemon, "--listen", f"tcp:{freePort()}:interface=127.0.0.1", "--data-dir", dataDir,
+            "--store", f"postgresql://postgres:{PASSWORD}@127.0.0.1:5432/pushsvc_no_such_db",
+        )
+        self.assertIn("database 'pushsvc_no_such_db' does not exist", err)
+        self.assertIn("createdb -h 127.0.0.1 -p 5432 -U postgres pushsvc_no_such_db", err)
+        self.assertNotIn(PASSWORD, err)
+        self.assertFalse(os.path.exists(dataDir))
+
+    def test_missingDatabaseNoDaemon(self) -> Any:
+        return self.missingDatabase(False)
+
+    def test_missingDatabaseDaemon(self) -> Any:
+        return self.missingDatabase(True)
+
+
+PASSWORD = "hunter2-never-logged"
+
+
+def requirePostgres() -> None:
+    """Skip (fail under CI=true) when PostgreSQL does not answer on 127.0.0.1:5432."""
+    try:
+        socket.create_connection(("127.0.0.1", 5432), timeout=2).close()
+    except OSError as e:
+        requireService("PostgreSQL", f"is not reachable at 127.0.0.1:5432: {e}")
+
+
+class LogTests(TestCase):
+    timeout = 60
+
+    @inlineCallbacks
+    def test_jsonLogWithWebSocketLines(self) -> Any:
+        """
+        With --log-format json every line of the log is one JSON object; a WebSocket connection
+        and its close are logged at info with the app, the client address, the close code and
+        the duration.
+        """
+        port = freePort()
+        proto = startTwistd(
+            ["--listen", f"tcp:{port}:interface=127.0.0.1", "--data-dir", self.mktemp(),
+             "--app-id", "1", "--app-key", "k1", "--log-format", "json"],
+            env={"PUSHSVC_APP_SECRET": "s"},
+        )
+        self.addCleanup(killIfRunning, proto)
+        yield proto.waitFor("message store ready")
+        client = yield connectClient(port, PATH.format(key="k1"))
+        client.sendClose(1000)
+        yield client.closed
+        yield proto.waitFor("WebSocket closed")
+        code = yield proto.signal("TERM")
+        self.assertEqual(code, -signal.SIGTERM)
+        self.assertEqual(proto.stderr, b"")
+        events = [json.loads(line) for line in proto.output.decode().splitlines()]
+        self.assertGreater(len(events), 5)
+        byFormat = {e.get("log_format", "").split(":")[0]: e for e in events}
+        opened, closed = byFormat["WebSocket open"], byFormat["WebSocket closed"]
+        self.assertEqual((opened["appId"], opened["client"]), ("1", "127.0.0.1"))
+        self.assertEqual(opened["log_level"]["name"], "info")
+        self.assertEqual((closed["appId"], closed["client"], closed["code"]),
+                         ("1", "127.0.0.1", 1000))
+        self.assertGreaterEqual(closed["duration"], 0)
+        self.assertIn(f"open http://localhost:{port}/",
+                      formatEvent(byFormat["pushsvc {version} started"]))
+
+    @inlineCallbacks
+    def test_passwordsNeverLogged(self) -> Any:
+        """A password in the --redis and --store URLs appears nowhere in the output, even while
+        Redis refuses it."""
+        requireRedis()
+        requirePostgres()
+        proto = startTwistd([
+            "--listen", f"tcp:{freePort()}:interface=127.0.0.1", "--data-dir", self.mktemp(),
+            "--redis", f"redis://pushsvc-test:{PASSWORD}@127.0.0.1:6379/0",
+            "--store", f"postgresql://postgres:{PASSWORD}@127.0.0.1:5432/test",
+        ])
+        self.addCleanup(killIfRunning, proto)
+        yield proto.waitFor("started: open")
+        yield proto.waitFor("WRONGPASS")  # Redis's answer, logged
+        code = yield proto.signal("TERM")
+        self.assertEqual(code, -signal.SIGTERM)
+        self.assertNotIn(PASSWORD.encode(), proto.output)
