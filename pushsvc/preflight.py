@@ -5,8 +5,9 @@ twistd forks before it starts the service; its waiting parent can only report a 
 own two lines ("An error has occurred: ... Please look at log file"). So in daemon mode
 L{pushsvc.tap.makeService} asks here first about what usually goes wrong -- a taken port, a data
 directory that cannot be written or that another process has locked, a PostgreSQL database that
-does not exist -- and the parent stops with pushsvc's one line. Nothing is created or kept: the service does the real thing after the
-fork and still reports a failure the checks could not foresee (a port taken in between).
+does not exist -- and the parent stops with pushsvc's one line. Nothing is created or kept: the
+service does the real thing after the fork and still reports a failure the checks could not
+foresee (a port taken in between: then twistd's two lines, status 1 and no pidfile).
 """
 
 from __future__ import annotations
