@@ -310,18 +310,22 @@ class LogTests(TestCase):
 
     @inlineCallbacks
     def test_passwordsNeverLogged(self) -> Any:
-        """A password in the --redis and --store URLs appears nowhere in the output, even while
-        Redis refuses it."""
+        """A password in the --redis and --store URLs appears nowhere in the output, while
+        Redis refuses it and while the store is retried (the retry names the address, without
+        the password, and the cause)."""
         requireRedis()
-        requirePostgres()
+        closed = freePort()
         proto = startTwistd([
             "--listen", f"tcp:{freePort()}:interface=127.0.0.1", "--data-dir", self.mktemp(),
             "--redis", f"redis://pushsvc-test:{PASSWORD}@127.0.0.1:6379/0",
-            "--store", f"postgresql://postgres:{PASSWORD}@127.0.0.1:5432/test",
+            "--store", f"postgresql://postgres:{PASSWORD}@127.0.0.1:{closed}/test",
         ])
         self.addCleanup(killIfRunning, proto)
         yield proto.waitFor("started: open")
         yield proto.waitFor("WRONGPASS")  # Redis's answer, logged
+        yield proto.waitFor(f"cannot open postgresql://127.0.0.1:{closed}/test: ")
+        yield proto.waitFor("retrying in")
+        self.assertIn(b"refused", proto.output.lower())
         code = yield proto.signal("TERM")
         self.assertEqual(code, -signal.SIGTERM)
         self.assertNotIn(PASSWORD.encode(), proto.output)
