@@ -3,17 +3,23 @@ Application credentials: each app has an id, a public key and a secret.
 
 One app is configured by default. Credentials come from options, from a secret file or the
 ``PUSHSVC_APP_SECRET`` environment variable, or are generated on first start and kept in the data
-directory (the secret in a file of mode 0600) so that later starts reuse them.
+directory so that later starts reuse them. Every file kept there has mode 0600 (an existing looser
+one is tightened, with a log line): see L{pushsvc.filemodes}.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import secrets
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from twisted.logger import Logger
+
+from pushsvc.filemodes import privateFile, writePrivateFile
+
+log = Logger()
 
 SECRET_ENV = "PUSHSVC_APP_SECRET"
 DEFAULT_MAX_DATA_BYTES = 10 * 1024
@@ -54,11 +60,11 @@ class Apps:
         return self._byKey.get(key)
 
 
-def _writePrivate(path: Path, text: str) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.chmod(path, 0o600)
+def tightenPrivateFiles(*paths: Path) -> None:
+    """Take group and other access off those of C{paths} that exist, logging each change."""
+    for path in paths:
+        for change in privateFile(path):
+            log.warn("{change}: key and secret files are for this user only", change=change)
 
 
 def readSecretFile(path: Path) -> str:
@@ -84,6 +90,7 @@ def loadOrCreateApp(
     """
     credsPath = dataDir / "app.json"
     secretPath = dataDir / "app-secret"
+    tightenPrivateFiles(credsPath, secretPath)
     stored: dict[str, str] = {}
     if credsPath.exists():
         stored = json.loads(credsPath.read_text())
@@ -100,12 +107,12 @@ def loadOrCreateApp(
         secret = readSecretFile(secretPath)
     else:
         secret = secrets.token_hex(16)
-        _writePrivate(secretPath, secret + "\n")
+        writePrivateFile(secretPath, secret + "\n")
         generated.append("secret")
     appId = appId or stored.get("app_id") or str(secrets.randbelow(900000) + 100000)
     appKey = appKey or stored.get("app_key") or secrets.token_hex(10)
     if stored.get("app_id") != appId or stored.get("app_key") != appKey:
-        credsPath.write_text(json.dumps({"app_id": appId, "app_key": appKey}) + "\n")
+        writePrivateFile(credsPath, json.dumps({"app_id": appId, "app_key": appKey}) + "\n")
     return App(id=appId, key=appKey, secret=secret, maxDataBytes=maxDataBytes), generated
 
 
@@ -119,8 +126,9 @@ def loadOrCreateKey(dataDir: Path, name: str, keyFile: Path | None, envValue: st
     if envValue:
         return envValue.strip().encode()
     path = dataDir / name
+    tightenPrivateFiles(path)
     if path.exists():
         return readSecretFile(path).encode()
     key = secrets.token_hex(32)
-    _writePrivate(path, key + "\n")
+    writePrivateFile(path, key + "\n")
     return key.encode()

@@ -2,19 +2,26 @@
 The chat app's REST API, mounted at C{/api}:
 
     GET  /api/config                      app key and WebSocket path for the page
-    GET  /api/session                     who am I (401 without a session)
+    GET  /api/session                     who am I (401 without a session, or a revoked one)
     POST /api/session {"name"}            sign in: sets the signed session cookie
+    DELETE /api/session                   sign out: revokes the session everywhere
     GET  /api/rooms                       recently active rooms
     GET  /api/rooms/{room}/messages       ?after=ID&limit=N, oldest first
-    POST /api/rooms/{room}/messages       {"text"}: stored durably, then published
+    POST /api/rooms/{room}/messages       {"text"}: stored durably, then published; 429 with
+                                          Retry-After above the session's message rate
     POST /api/pusher/auth                 signs private-/presence- subscriptions for the page
 
 Every reply is JSON; every error is C{{"error": "<sentence>"}}.
+
+A signed-out session's id is kept in the store (L{IStore.revokeSession}) until its cookie would
+expire, and every check of a session (posting, channel auth, GET /api/session) asks the store, so
+signing out on one process holds on all of them: a revoked cookie gets 401.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import re
 import unicodedata
 from collections.abc import Callable
@@ -38,6 +45,7 @@ from pushsvc.httputil import (
     requireJSONContentType,
 )
 from pushsvc.interfaces import IHub
+from pushsvc.ratelimit import RateLimiter
 from pushsvc.session import COOKIE_NAME, MAX_AGE, Session, SessionSigner
 from pushsvc.signing import channelAuth
 from pushsvc.store import IStore, StoreUnavailable
@@ -47,7 +55,9 @@ log = Logger()
 ROOM_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,63}$")
 SOCKET_ID_RE = re.compile(r"^\d+\.\d+$")
 CHANNEL_RE = re.compile(r"^[-a-zA-Z0-9_=@,.;]{1,200}$")
-MAX_NAME = 32
+MAX_NAME = 40  # visible characters (combining marks ride on the one before them)
+MAX_NAME_CODEPOINTS = 3 * MAX_NAME
+MESSAGE_BURST = 20  # messages a session may post at once before its per-minute rate applies
 MAX_TEXT = 2000
 DEFAULT_LIMIT = 50
 MAX_LIMIT = 200
@@ -63,14 +73,41 @@ def _hasControl(text: str, allowed: str = "") -> bool:
     return any(unicodedata.category(c) in ("Cc", "Cs") and c not in allowed for c in text)
 
 
+# Characters that reorder or hide text: a name must look like what it is.
+BIDI_CONTROLS = frozenset(
+    "\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069\u200e\u200f\u061c"
+)
+ZERO_WIDTH = frozenset("\u200b\u200c\u200d\u2060\ufeff")
+# Control, format, surrogate, private-use and unassigned code points, line/paragraph separators.
+_NAME_REFUSED_CATEGORIES = frozenset(("Cc", "Cf", "Cs", "Co", "Cn", "Zl", "Zp"))
+
+
 def validName(raw: object) -> str:
+    """
+    A display name, normalised: NFC, runs of white space made one space and trimmed, 1 to 40
+    visible characters. Bidi controls, zero-width and other control or format characters are
+    refused with a sentence (400), not silently dropped, so a name shows as it was typed.
+    """
     if not isinstance(raw, str):
         raise HTTPError(400, "The name must be a string.")
-    name = raw.strip()
-    if not 1 <= len(name) <= MAX_NAME:
+    if len(raw) > 4 * MAX_NAME_CODEPOINTS:
         raise HTTPError(400, f"The name must be 1 to {MAX_NAME} characters long.")
-    if _hasControl(name):
-        raise HTTPError(400, "The name must not contain control characters.")
+    name = unicodedata.normalize("NFC", raw)
+    for c in name:
+        if c in BIDI_CONTROLS:
+            raise HTTPError(400, "The name must not contain bidirectional text controls "
+                                 f"(such as U+{ord(c):04X}).")
+        if c in ZERO_WIDTH:
+            raise HTTPError(400, "The name must not contain zero-width characters "
+                                 f"(such as U+{ord(c):04X}).")
+        if unicodedata.category(c) in _NAME_REFUSED_CATEGORIES:
+            raise HTTPError(400, "The name must not contain control or formatting characters.")
+    name = " ".join(name.split())
+    visible = sum(1 for c in name if not unicodedata.category(c).startswith("M"))
+    if not name or unicodedata.category(name[0]).startswith("M") or not 1 <= visible <= MAX_NAME:
+        raise HTTPError(400, f"The name must be 1 to {MAX_NAME} visible characters long.")
+    if len(name) > MAX_NAME_CODEPOINTS:
+        raise HTTPError(400, "The name has too many combining marks.")
     return name
 
 
@@ -108,6 +145,7 @@ class ChatAPI:
         now: Callable[[], float],
         storeReady: Callable[[], bool],
         activityTimeout: int = 120,
+        messagesPerMinute: int = 60,
     ) -> None:
         self.apps = apps
         self.store = store
@@ -116,6 +154,10 @@ class ChatAPI:
         self.now = now
         self.storeReady = storeReady
         self.activityTimeout = activityTimeout
+        self.messagesPerMinute = messagesPerMinute
+        self.messageLimit = RateLimiter(
+            messagesPerMinute / 60.0, min(MESSAGE_BURST, messagesPerMinute), now
+        )
 
     def session(self, request: Request) -> Session | None:
         value = request.getCookie(COOKIE_NAME)
@@ -126,11 +168,47 @@ class ChatAPI:
         except UnicodeDecodeError:
             return None
 
-    def requireSession(self, request: Request, status: int = 401) -> Session:
+    def requireCookie(self, request: Request, status: int = 401) -> Session:
+        """
+        The session of the request's cookie, not yet checked against sign-outs (see
+        L{requireSession}). Raises L{HTTPError} C{status} without a valid cookie.
+        """
         session = self.session(request)
         if session is None:
             raise HTTPError(status, "Sign in first: POST /api/session with your name.")
         return session
+
+    async def requireNotRevoked(self, session: Session) -> None:
+        """Fails with L{HTTPError}: 401 when C{session} was signed out (on any process), 503
+        when the store cannot say."""
+        store = self.requireStore()
+        if await store.sessionRevoked(session.sessionId).addErrback(_storeErrors):
+            raise HTTPError(401, "This session was signed out: sign in again.")
+
+    async def requireSession(self, request: Request, status: int = 401) -> Session:
+        """
+        The request's session, unless it was signed out. Fails with L{HTTPError}: C{status}
+        without a valid cookie, 401 for a revoked session, 503 when the store cannot say.
+        """
+        session = self.requireCookie(request, status)
+        await self.requireNotRevoked(session)
+        return session
+
+    def takeMessageToken(self, session: Session) -> None:
+        """
+        Count one message of C{session} against its rate limit.
+
+        @raise HTTPError: 429 with C{Retry-After} when the session is over it.
+        """
+        wait = self.messageLimit.take(session.sessionId)
+        if wait > 0:
+            seconds = max(1, math.ceil(wait))
+            raise HTTPError(
+                429,
+                f"Too many messages: at most {self.messagesPerMinute} a minute; "
+                f"try again in {seconds} s.",
+                headers={"Retry-After": str(seconds)},
+            )
 
     def requireStore(self) -> IStore:
         if not self.storeReady():
@@ -172,8 +250,8 @@ class SessionResource(JSONResource):
         super().__init__()
         self.chat = chat
 
-    def handle_GET(self, request: Request) -> tuple[int, Any]:
-        session = self.chat.requireSession(request)
+    async def handle_GET(self, request: Request) -> tuple[int, Any]:
+        session = await self.chat.requireSession(request)
         return 200, {"user_id": session.userId, "name": session.name}
 
     def handle_POST(self, request: Request) -> tuple[int, Any]:
@@ -189,6 +267,22 @@ class SessionResource(JSONResource):
             cookie += "; Secure"
         request.responseHeaders.addRawHeader(b"set-cookie", cookie.encode("ascii"))
         return 200, {"user_id": session.userId, "name": session.name}
+
+    async def handle_DELETE(self, request: Request) -> tuple[int, Any]:
+        """Sign out: the session is revoked in the store (so on every process), then the
+        cookie is cleared."""
+        self.chat.checkOrigin(request)
+        session = await self.chat.requireSession(request)
+        store = self.chat.requireStore()
+        await store.revokeSession(session.sessionId, session.expires, self.chat.now()).addErrback(
+            _storeErrors
+        )
+        self.chat.messageLimit.forget(session.sessionId)
+        cookie = f"{COOKIE_NAME.decode()}=; Path=/; Max-Age=0; HttpOnly; SameSite=Lax"
+        if request.isSecure():
+            cookie += "; Secure"
+        request.responseHeaders.addRawHeader(b"set-cookie", cookie.encode("ascii"))
+        return 200, {"signed_out": True}
 
 
 class RoomsResource(Resource):
@@ -258,10 +352,13 @@ class MessagesResource(JSONResource):
         room = validRoom(self.room)
         self.chat.checkOrigin(request)
         requireJSONContentType(request)
-        session = self.chat.requireSession(request)
+        session = self.chat.requireCookie(request)
         body = parseJSONObject(readBody(request))
         text = validText(body.get("text"))
         store = self.chat.requireStore()
+        # The rate first: a flood over it costs a dict look-up, not a store query each.
+        self.chat.takeMessageToken(session)
+        await self.chat.requireNotRevoked(session)
         message = await store.append(room, session.name, text, self.chat.now()).addErrback(
             _storeErrors
         )
@@ -288,9 +385,9 @@ class PusherAuthResource(JSONResource):
         super().__init__()
         self.chat = chat
 
-    def handle_POST(self, request: Request) -> tuple[int, Any]:
+    async def handle_POST(self, request: Request) -> tuple[int, Any]:
         self.chat.checkOrigin(request)
-        session = self.chat.requireSession(request, status=403)
+        session = await self.chat.requireSession(request, status=403)
         args = formArgs(request, 4096)
         socketId = queryArg(request, "socket_id", args) or ""
         channel = queryArg(request, "channel_name", args) or ""

@@ -15,7 +15,11 @@ drift), and answers for the whole cluster. Keys, with C{P = {prefix}:{appId}}:
 Readers count only nodes whose expiry is in the future, so a process that dies takes its
 subscriptions and members with it after C{nodeTTL} at most. The next heartbeat of any survivor
 reaps the dead node (atomically: exactly one survivor does it) and announces member_removed for
-the users that no live node still has.
+the users that no live node still has. When no node was heard of for more than half of
+C{nodeTTL} (Redis stalled, or nobody could reach it), the next write of any node moves every
+node's expiry on by that gap before anything is judged by it: the nodes could not beat
+meanwhile, so a stall of any length reaps no live node (clients see no member_removed /
+member_added flicker); a node that died just before is reaped up to that gap later.
 
 Member events are decided by Lua scripts, atomically: C{JOIN} answers "new" only when no other
 live node has the user on the channel, C{LEAVE} answers "gone" only when no other live node has
@@ -62,6 +66,19 @@ local function live(n)
   return s and tonumber(s) > now
 end
 local function touch()
+  -- No node was heard of for over half the TTL: Redis stalled (or no node could reach it),
+  -- which held every node's heartbeat up alike. Time stood still for them: every expiry moves
+  -- on by the gap, before anything is judged by it.
+  local top = redis.call('ZRANGE', nodesKey, -1, -1, 'WITHSCORES')
+  if top[2] then
+    local gap = now - (tonumber(top[2]) - ttl)
+    if gap > ttl / 2 then
+      local scores = redis.call('ZRANGE', nodesKey, 0, -1, 'WITHSCORES')
+      for i = 1, #scores, 2 do
+        redis.call('ZADD', nodesKey, tonumber(scores[i + 1]) + gap, scores[i])
+      end
+    end
+  end
   local absent = 0
   if redis.call('ZSCORE', nodesKey, node) == false then absent = 1 end
   redis.call('ZADD', nodesKey, now + ttl, node)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import errno
 import fcntl
 import os
+import shutil
 from pathlib import Path
 
 LOCK_FILE = "lock"
@@ -21,10 +22,20 @@ class DataDirError(Exception):
     """The data directory cannot be used; C{str()} is one line saying what to do."""
 
 
+def _topMissing(path: Path) -> Path | None:
+    """The outermost directory that creating C{path} would create, or None if it exists."""
+    path = path.resolve()
+    if path.exists():
+        return None
+    while not path.parent.exists():
+        path = path.parent
+    return path
+
+
 def checkDataDir(path: Path) -> None:
     """
     Check, without creating or changing anything, that C{path} can be the data directory: it is
-    a writable directory, or it is missing and its parent is a writable directory.
+    a writable directory, or it is missing and the nearest directory above it is writable.
 
     @raise DataDirError: with a sentence for the operator.
     """
@@ -36,10 +47,12 @@ def checkDataDir(path: Path) -> None:
             raise DataDirError(f"cannot write to the data directory {path.resolve()}: give the "
                                "user running pushsvc write access, or choose another --data-dir")
         return
-    parent = path.resolve().parent
+    top = _topMissing(path)
+    assert top is not None
+    parent = top.parent
     if not parent.is_dir():
-        raise DataDirError(f"cannot create the data directory {path}: {parent} does not exist; "
-                           "create it first, or choose another --data-dir")
+        raise DataDirError(f"cannot create the data directory {path.resolve()}: {parent} is not "
+                           "a directory; choose another --data-dir")
     if not os.access(parent, os.W_OK | os.X_OK):
         raise DataDirError(f"cannot create the data directory {path.resolve()}: {parent} is not "
                            "writable; create the directory for the user running pushsvc, or "
@@ -79,29 +92,27 @@ def checkUnlocked(path: Path) -> None:
         os.close(fd)  # also releases the lock we may have taken
 
 
-def lockDataDir(path: Path) -> tuple[int, bool]:
+def lockDataDir(path: Path) -> tuple[int, Path | None]:
     """
-    Create C{path} if it is missing (not its parents) and lock it for this process.
+    Create C{path} (mode 0700, with any missing parents) if it is missing and lock it for this
+    process.
 
     @return: the descriptor that holds the lock (keep it open; L{unlockDataDir} releases it) and
-        whether the directory was created now.
+        the outermost directory created now (None if C{path} was there): what to remove if the
+        start goes no further.
     @raise DataDirError: it cannot be created or written, or another process holds the lock.
     """
     checkDataDir(path)
-    created = False
+    created = _topMissing(path)
     try:
-        path.mkdir(mode=0o700)
-        created = True
-    except FileExistsError:
-        pass
+        path.mkdir(mode=0o700, parents=True, exist_ok=True)
     except OSError as e:
         raise DataDirError(f"cannot create the data directory {path.resolve()}: "
                            f"{e.strerror}; choose another --data-dir") from None
     try:
         fd = os.open(path / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o600)
     except OSError as e:
-        if created:
-            path.rmdir()
+        removeCreated(created)
         raise DataDirError(f"cannot write to the data directory {path.resolve()}: "
                            f"{e.strerror}; choose another --data-dir") from None
     try:
@@ -116,6 +127,13 @@ def lockDataDir(path: Path) -> tuple[int, bool]:
     os.ftruncate(fd, 0)
     os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
     return fd, created
+
+
+def removeCreated(created: Path | None) -> None:
+    """Remove what L{lockDataDir} created for a start that went no further (only our files are
+    in it: it was made moment ago and locked since)."""
+    if created is not None:
+        shutil.rmtree(created, ignore_errors=True)
 
 
 def unlockDataDir(fd: int) -> None:

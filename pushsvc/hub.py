@@ -10,7 +10,9 @@ The cluster state also decides when a presence member is new or gone across ever
 When the broker says it lost its link (L{IBroker.setHealthListener}), this process may have missed
 publishes that were answered 2xx elsewhere: the hub closes every local connection with 4200 so the
 clients reconnect and catch up, and L{Hub.acceptingConnections} is false (new connections are
-refused with 4100) until the broker is healthy again.
+refused with 4100) until the link is back. A broker that cannot carry publishes from this process
+but still brings everyone else's (Redis's command connection lost or stalled) makes publishes
+fail (503) and C{health} say so, and leaves the clients alone.
 
 Cache channels: every process remembers the last event it receives on a cache channel. A broker
 that reaches other processes (Redis) also keeps it where every process can read it, written with
@@ -19,7 +21,6 @@ the publish; a subscribe reads it from there before the subscription succeeds.
 
 from __future__ import annotations
 
-import itertools
 import json
 import secrets
 from collections.abc import Callable, Iterable
@@ -61,6 +62,9 @@ KIND_MEMBER = "m"  # pusher_internal:member_added / member_removed
 KIND_TERMINATE = "t"  # close the connections on #server-to-user-{id}
 
 MAX_CACHED_CHANNELS = 10000
+# Each part of a socket id: 16 digits, never a leading zero (about 53 random bits).
+SOCKET_ID_LOW = 10**15
+SOCKET_ID_SPAN = 9 * 10**15
 
 
 def encodeEnvelope(kind: str, appId: str, channel: str, event: str, data: str | None,
@@ -75,6 +79,7 @@ class LocalBroker:
     """The in-process broker: a publish goes straight back to this process's hub."""
 
     healthy = True
+    linked = True
     status = "ok"
 
     def __init__(self) -> None:
@@ -111,6 +116,12 @@ class LocalBroker:
         return succeed(None)
 
 
+def randomSocketId() -> str:
+    """C{digits.digits}, both parts drawn from L{secrets}."""
+    return (f"{secrets.randbelow(SOCKET_ID_SPAN) + SOCKET_ID_LOW}."
+            f"{secrets.randbelow(SOCKET_ID_SPAN) + SOCKET_ID_LOW}")
+
+
 def _none(_: object) -> None:
     return None
 
@@ -135,19 +146,25 @@ class Hub:
         self.clock = clock
         broker.setReceiver(self.receive)
         broker.setHealthListener(self._brokerHealthChanged)
-        # Socket ids "A.B": A is 18 random digits per process (60 bits: two of a thousand
-        # processes share one with a chance of about 1 in 10**12), B a counter. pusher SDKs only
-        # ask for digits, a dot and digits. A doubles as this process's node id in Redis.
-        self._socketPrefix = str(secrets.randbelow(9 * 10**17) + 10**17)
-        self.nodeId = self._socketPrefix
-        self._socketCounter = itertools.count(1)
+        # This process's id in the cluster state (Redis): random, and no part of any socket id,
+        # so a socket id says nothing about which node holds it.
+        self.nodeId = str(secrets.randbelow(9 * 10**17) + 10**17)
         self.state: IClusterState = state if state is not None else LocalState(registry)
         self.state.attach(self)
         # (app, cache channel) -> (frame payload, when); insertion order is age order.
         self._cache: dict[tuple[str, str], tuple[bytes, float]] = {}
+        self._linkLost = False  # the broker lost its link since it last had it
 
     def newSocketId(self) -> str:
-        return f"{self._socketPrefix}.{next(self._socketCounter)}"
+        """
+        A new socket id, Pusher's C{digits.digits}: both parts 16 random digits from
+        L{secrets}, so neither can be guessed from another connection's id, and none that a
+        connection of this process holds now.
+        """
+        while True:
+            socketId = randomSocketId()
+            if self.registry.connection(socketId) is None:
+                return socketId
 
     # -- publishing ----------------------------------------------------------------------------
 
@@ -380,12 +397,15 @@ class Hub:
         connection is refused (4100, try again later) rather than subscribed to channels whose
         events would not reach it.
         """
-        return bool(self.broker.healthy)
+        return bool(self.broker.linked)
 
-    def _brokerHealthChanged(self, healthy: bool) -> None:
-        if healthy:
-            log.info("broker healthy again: accepting WebSocket connections")
+    def _brokerHealthChanged(self, linked: bool) -> None:
+        if linked:
+            if self._linkLost:
+                self._linkLost = False
+                log.info("broker link back: accepting WebSocket connections again")
             return
+        self._linkLost = True
         count = self.registry.connectionCount
         if count:
             log.warn("broker link lost: closing {n} WebSocket connections with 4200 so they "

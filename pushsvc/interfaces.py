@@ -51,6 +51,9 @@ class IBroker(Interface):
 
     healthy = Attribute("True while publishes can be carried.")
     status = Attribute("'ok', or a sentence saying why publishes cannot be carried now.")
+    linked = Attribute(
+        "True while every publish accepted by any process reaches this one (the subscriber "
+        "link is up); may be true while publishes from this process cannot be carried.")
 
     def start() -> Any:
         """Connect. Fires with None."""
@@ -66,9 +69,9 @@ class IBroker(Interface):
 
     def setHealthListener(listener: Any) -> None:
         """
-        Call C{listener(healthy: bool)} when this process may have missed publishes: with False
+        Call C{listener(linked: bool)} when this process may have missed publishes: with False
         when the broker lost its link (publishes accepted elsewhere meanwhile do not reach this
-        process) and with True once it is healthy again. The in-process broker never calls it.
+        process) and with True once the link is back. The in-process broker never calls it.
         """
 
     def publish(appId: str, channel: str, message: bytes, cache: bytes | None = None) -> Any:

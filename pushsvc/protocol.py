@@ -54,6 +54,7 @@ from pushsvc.frames import (
 )
 from pushsvc.hub import Hub
 from pushsvc.interfaces import PushSettings
+from pushsvc.proxy import clientOf
 from pushsvc.registry import Outbound, Registry
 from pushsvc.signing import verifyChannelAuth, verifyUserAuth
 
@@ -235,9 +236,13 @@ class PushServerProtocol(WebSocketServerProtocol):
         else:
             self.app = app
             self.appId = app.id
+            if f.overCap is not None:  # the site's connection caps (pushsvc.limits)
+                self._refused = (CLOSE_OVER_CAPACITY, f.overCap)
         if f.settings.logWebSockets:
+            # The client's address (behind --trusted-proxies, the forwarded one), from the
+            # upgrade request (PushWebSocketResource.render), else the TCP peer.
             peer: Any = self.transport.getPeer()  # type: ignore[union-attr]
-            self.client = str(getattr(peer, "host", request.peer))
+            self.client = f.client or str(getattr(peer, "host", request.peer))
 
     def onOpen(self) -> None:
         f = self.factory
@@ -511,6 +516,10 @@ class PushServerFactory(WebSocketServerFactory):
         self.settings = settings
         self.keepalive = Keepalive(clock, settings.pingInterval, settings.pongTimeout)
         self.live: set[PushServerProtocol] = set()  # every TCP connection, open or refused
+        # Set only while the resource hands over a handshake that is over a connection cap:
+        # the handshake completes, then the connection is closed with 4100 and this reason.
+        self.overCap: str | None = None
+        self.client: str | None = None  # the upgrade request's client address (render)
         self._idle: list[Deferred[None]] = []
         self.setProtocolOptions(
             maxFramePayloadSize=settings.maxFrameBytes,
@@ -576,7 +585,15 @@ class PushWebSocketResource(WebSocketResource):
         channel = request.channel
         transport = channel.transport
         httpProtocol = getattr(transport, "protocol", None)
-        result = super().render(request)
+        factory: PushServerFactory = self._factory
+        factory.overCap = getattr(request, "refusal", None)  # see PushRequest._refusedOverCap
+        if factory.settings.logWebSockets:
+            factory.client = clientOf(request).address  # for the open and close log lines
+        try:
+            result = super().render(request)  # the handshake is handled within
+        finally:
+            factory.overCap = None
+            factory.client = None
         if transport is not None and channel.transport is None:  # the WebSocket took it over
             channel.setTimeout(None)
             forget = getattr(request.site, "forgetChannel", None)

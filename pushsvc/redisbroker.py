@@ -1,19 +1,29 @@
 """
 The Redis broker: every publish goes through Redis pub/sub, so it reaches every pushsvc process.
 
-Two connections to Redis, each kept up by its own L{ClientService} (reconnecting with a short
-capped back-off): one for commands (PUBLISH, the cluster-state scripts of L{pushsvc.cluster}) and
-one in subscriber mode. This process holds one Redis subscription per channel that has local
-subscribers: C{SUBSCRIBE} with the first, C{UNSUBSCRIBE} with the last. Redis channel names are
-C{{prefix}:{appId}:ch:{channel}}, so apps never see each other's events.
+Two connections to Redis, each kept up by its own L{pushsvc.redislink.Link} (exponential back-off
+from 0.5 s to 30 s, one log line per failed attempt with its cause): one for commands (PUBLISH,
+the cluster-state scripts of L{pushsvc.cluster}) and one in subscriber mode. This process holds one
+Redis subscription per channel that has local subscribers: C{SUBSCRIBE} with the first,
+C{UNSUBSCRIBE} with the last. Redis channel names are C{{prefix}:{appId}:ch:{channel}}, so apps
+never see each other's events.
 
-While either connection is down the broker is unhealthy: publishes fail with L{BrokerUnavailable}
-(the HTTP API answers 503) and C{status} says why. Publishes accepted by other processes while this
-one's subscriber connection is down never reach it, so the health listener (the hub) hears of every
-loss of that connection and of every change to unhealthy: it closes the local WebSocket connections
-(4200, reconnect and catch up) and refuses new ones until the broker is healthy again. When the
-subscriber connection comes back every channel that still has local subscribers is subscribed again
-before the broker reports itself healthy.
+The two connections fail differently, and only one of them can lose events:
+  - the subscriber connection: publishes accepted by other processes while it is down never reach
+    this one. The health listener (the hub) hears of every loss of it: it closes the local
+    WebSocket connections (4200, reconnect and catch up) and refuses new ones until every channel
+    that still has local subscribers is subscribed again.
+  - the command connection: while it is down (or stalled, below) publishes fail with
+    L{BrokerUnavailable} (the HTTP API answers 503) and C{status} says why, but nothing published
+    elsewhere is missed, so the clients stay connected.
+A stall (Redis busy, C{DEBUG SLEEP}, a half-open connection) is seen by a timeout of
+L{COMMAND_TIMEOUT} on every command, on the reactor's clock, and by a PING every
+L{PROBE_INTERVAL}: the broker is unhealthy from the first unanswered one until a PING is answered
+again, and publishes fail fast meanwhile. A command connection stalled for L{STALL_ABORT} is
+made again (clients stay). The subscriber connection is PINGed too: it is made again (closing the
+clients, 4200) when it stays silent while the command connection answers, or for
+L{SUBSCRIBER_SILENCE} (a stall that long: clients are closed once, and reconnect when Redis is
+back).
 
 Cache channels: a publish with C{cache} sets C{{prefix}:{appId}:cache:{channel}} (the event frame,
 expiring after L{CACHE_TTL}) and publishes, in one script, so the key holds the last event that
@@ -22,11 +32,10 @@ was accepted; L{RedisBroker.cached} reads it back for a subscribe on any process
 Each connection names itself (C{CLIENT SETNAME {name}:commands} / C{{name}:subscriber}) so it can
 be told apart in C{CLIENT LIST}.
 
-txredisapi's own connection functions also run on ClientService, but they hide it behind a pool;
-driving ClientService directly gives the broker C{prepareConnection} (restore the subscriptions,
-load the scripts before anything else is sent) and the failure reasons for C{/healthz}.
+txredisapi's own connection functions hide the connection behind a pool; driving the protocols
+directly gives the broker its preparation step (restore the subscriptions, load the scripts
+before anything else is sent) and the failure reasons for C{/healthz}.
 """
-
 from __future__ import annotations
 
 import os
@@ -37,24 +46,31 @@ from typing import Any
 from urllib.parse import unquote, urlsplit
 
 import txredisapi
-from twisted.application.internet import ClientService, backoffPolicy
-from twisted.internet.defer import Deferred, fail, gatherResults, maybeDeferred, succeed
+from twisted.internet.defer import (
+    Deferred,
+    TimeoutError,
+    fail,
+    gatherResults,
+    maybeDeferred,
+    succeed,
+)
 from twisted.internet.endpoints import clientFromString
 from twisted.internet.interfaces import IStreamClientEndpoint
-from twisted.internet.protocol import Factory
-from twisted.internet.task import deferLater
+from twisted.internet.task import LoopingCall, deferLater
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from pushsvc.interfaces import CACHE_TTL, BrokerUnavailable, IBroker
+from pushsvc.redislink import RETRY_MAX, Commands, Link, RedisFactory, Subscriber, reason
 
 log = Logger()
 
 DEFAULT_PREFIX = "pushsvc"
-REPLY_TIMEOUT = 5.0  # seconds; a Redis that stops answering is treated as gone
-RETRY_INITIAL = 0.1
-RETRY_MAX = 2.0  # reconnect attempts at most this far apart, so recovery is quick
+COMMAND_TIMEOUT = 2.0  # seconds; a command or PING not answered this long means Redis stalls
+PROBE_INTERVAL = 1.0  # seconds between the PINGs of the liveness probe
+STALL_ABORT = 10.0  # seconds; a command connection stalled this long is made again
+SUBSCRIBER_SILENCE = 30.0  # seconds; a subscriber connection silent this long is made again
 
 # KEYS[1] the cache key; ARGV[1] Redis channel, [2] envelope, [3] event frame, [4] TTL in ms.
 _PUBLISH_CACHED = """
@@ -158,95 +174,6 @@ def parseRedisAddress(value: str) -> RedisAddress:
     return RedisAddress(endpoint, display, dbid, username, password)
 
 
-class _Tracked:
-    """Tells the factory when the connection is gone (mixed into both txredisapi protocols)."""
-
-    factory: _Factory
-
-    def connectionLost(self, why: Failure) -> None:
-        self.factory.protocols.discard(self)
-        try:
-            super().connectionLost(why)  # type: ignore[misc]
-        finally:
-            self.factory.lost(self, why)
-
-
-class _Commands(_Tracked, txredisapi.RedisProtocol):
-    pass
-
-
-class _Subscriber(_Tracked, txredisapi.SubscriberProtocol):
-    def messageReceived(self, pattern: Any, channel: Any, message: Any) -> None:
-        self.factory.onMessage(message)
-
-
-class _Factory(Factory):
-    """Builds txredisapi protocols with the address's credentials; reports lost connections."""
-
-    noisy = False
-    isLazy = True  # txredisapi: log a failed AUTH/SELECT instead of failing a pool Deferred
-
-    def __init__(self, protocolClass: type, address: RedisAddress,
-                 lost: Callable[[Any, Failure], None],
-                 onMessage: Callable[[Any], None] | None = None) -> None:
-        self.protocolClass = protocolClass
-        self.address = address
-        self.lost = lost
-        self.onMessage = onMessage or (lambda message: None)
-        self.error: str | None = None
-        self.protocols: set[Any] = set()  # connected, not yet lost
-
-    def buildProtocol(self, addr: Any) -> Any:
-        a = self.address
-        p = self.protocolClass(charset="utf-8", replyTimeout=REPLY_TIMEOUT, password=a.password,
-                               dbid=a.dbid, convertNumbers=False, username=a.username)
-        p.factory = self
-        self.protocols.add(p)
-        return p
-
-    def closeAll(self) -> Deferred[Any]:
-        """Close every connection of this factory; fires once all of them are gone."""
-        waits = []
-        for p in list(self.protocols):
-            waits.append(p.whenDisconnected())
-            p.transport.loseConnection()
-        return gatherResults(waits, consumeErrors=True)
-
-    # txredisapi calls these when AUTH or SELECT fails; ClientService keeps retrying.
-    def stopTrying(self) -> None:
-        pass
-
-    def connectionError(self, why: str) -> None:
-        self.error = why
-
-
-@implementer(IStreamClientEndpoint)
-class _RecordingEndpoint:
-    """An endpoint that tells C{failed} why a connection attempt failed (for /healthz)."""
-
-    def __init__(self, endpoint: Any, failed: Callable[[Failure], None],
-                 refuse: Callable[[], bool]) -> None:
-        self._endpoint = endpoint
-        self._failed = failed
-        self._refuse = refuse
-
-    def connect(self, factory: Any) -> Deferred[Any]:
-        if self._refuse():
-            return fail(ConnectionRefusedError("the broker is stopping"))
-        d: Deferred[Any] = self._endpoint.connect(factory)
-
-        def failed(f: Failure) -> Failure:
-            self._failed(f)
-            return f
-
-        return d.addErrback(failed)
-
-
-def _reason(f: Failure) -> str:
-    message = f.getErrorMessage().strip()
-    return message.splitlines()[0] if message else f.type.__name__  # type: ignore[union-attr]
-
-
 @implementer(IBroker)
 class RedisBroker:
     """
@@ -255,7 +182,14 @@ class RedisBroker:
     """
 
     def __init__(self, address: RedisAddress, reactor: Any, prefix: str = DEFAULT_PREFIX,
-                 retryMax: float = RETRY_MAX, name: str | None = None) -> None:
+                 retryMax: float = RETRY_MAX, name: str | None = None,
+                 jitter: Callable[[], float] = random.random,
+                 endpoint: IStreamClientEndpoint | None = None) -> None:
+        """
+        C{retryMax}: the longest wait between reconnect attempts; C{jitter}: random numbers in
+        [0, 1) that shorten each wait a little; C{endpoint}: connect there rather than to
+        C{address.endpoint} (tests).
+        """
         self.address = address
         self.reactor = reactor
         self.prefix = prefix
@@ -267,7 +201,13 @@ class RedisBroker:
         self._commands: Any = None  # the ready command connection
         self._subscriber: Any = None  # the subscriber connection, once SUBSCRIBEs may be sent
         self._subscribed = False  # every channel of _channels restored after a reconnect
-        self._problem = "connecting"
+        self._stalledSince: float | None = None  # when a command last went unanswered
+        self._probing = False  # a PING of the liveness probe is waiting for its reply
+        self._commandsAnswered: float | None = None  # when the last answered PING was sent
+        self._subscriberPing: float | None = None  # when the unanswered subscriber PING was sent
+        self._subscriberSuspect: float | None = None  # when it was found silent, Redis not
+        self._probe = LoopingCall(self._sendProbe)
+        self._probe.clock = reactor
         self._wasHealthy = False
         self._scripts: dict[str, tuple[str, str]] = {}  # name -> (sha1, source)
         self._readyHooks: list[Callable[[], Any]] = []
@@ -275,38 +215,52 @@ class RedisBroker:
         self._stopping = False
         self.addScript("publishCached", _PUBLISH_CACHED)
         self.addScript("cached", _CACHED)
-        policy = backoffPolicy(initialDelay=RETRY_INITIAL, maxDelay=retryMax, factor=2.0,
-                               jitter=lambda: random.random() * RETRY_INITIAL)
-        endpoint = clientFromString(reactor, address.endpoint)
-        self._factories = (_Factory(_Commands, address, self._lost),
-                           _Factory(_Subscriber, address, self._lost, self._message))
-        self._commandService = ClientService(
-            _RecordingEndpoint(endpoint, self._connectFailed, self._refuse), self._factories[0],
-            retryPolicy=policy, clock=reactor, prepareConnection=self._prepareCommands)
-        self._subscriberService = ClientService(
-            _RecordingEndpoint(endpoint, self._connectFailed, self._refuse), self._factories[1],
-            retryPolicy=policy, clock=reactor, prepareConnection=self._prepareSubscriber)
+        if endpoint is None:
+            endpoint = clientFromString(reactor, address.endpoint)
+        where = address.display.removeprefix("redis ")
+        credentials = (address.password, address.dbid, address.username)
+        self._commandLink = Link(
+            "commands", where, endpoint, RedisFactory(Commands, *credentials), reactor,
+            self._prepareCommands, self._commandsReady, self._commandsLost, self._reportHealth,
+            maxDelay=retryMax, jitter=jitter)
+        self._subscriberLink = Link(
+            "subscriber", where, endpoint,
+            RedisFactory(Subscriber, *credentials, onMessage=self._message), reactor,
+            self._prepareSubscriber, self._subscriberReady, self._subscriberLost,
+            self._reportHealth, maxDelay=retryMax, jitter=jitter)
 
     # -- IBroker ------------------------------------------------------------------------------
 
     @property
     def healthy(self) -> bool:
-        return self._commands is not None and self._subscribed
+        """True while publishes can be carried: both connections up and answering."""
+        return self._commands is not None and self._stalledSince is None and self._subscribed
+
+    @property
+    def linked(self) -> bool:
+        """True while the subscriber connection carries every channel with local subscribers."""
+        return self._subscribed
 
     @property
     def status(self) -> str:
         """'ok', or a sentence saying why publishes cannot be carried now."""
         if self.healthy:
             return "ok"
-        return f"{self.address.display} unreachable: {self._problem}"
+        display = self.address.display
+        if self._commands is None:
+            return f"{display} unreachable: {self._commandLink.problem}"
+        if self._stalledSince is not None:
+            return f"{display} not answering: no reply within {COMMAND_TIMEOUT:g} s"
+        return f"{display} unreachable: {self._subscriberLink.problem}"
 
     def setReceiver(self, receive: Callable[[bytes], None]) -> None:
         self._receive = receive
 
     def setHealthListener(self, listener: Callable[[bool], None]) -> None:
         """
-        C{listener(False)} whenever the subscriber connection is lost or the broker becomes
-        unhealthy (not while stopping), C{listener(True)} when it is healthy again.
+        C{listener(False)} whenever the subscriber connection is lost (events may have been
+        missed; not while stopping), C{listener(True)} when it carries every channel again.
+        The command connection coming and going (or stalling) only changes L{healthy}.
         """
         self._healthListener = listener
 
@@ -319,21 +273,21 @@ class RedisBroker:
         return d
 
     def start(self) -> Deferred[None]:
-        """Start connecting (and reconnecting for as long as it runs); fires with None at once."""
-        self._commandService.startService()
-        self._subscriberService.startService()
+        """
+        Start connecting (and reconnecting for as long as it runs); fires with None at once.
+        The subscriber connection is made once the command connection first was, so a Redis
+        that refuses the password is reported once per attempt, not twice.
+        """
+        self._commandLink.start()
         return succeed(None)
 
     def stop(self) -> Deferred[None]:
         """Close both connections and stop reconnecting. Fires with None once they are closed."""
-        # Close the connections first: ClientService (Twisted 26.10) does not expect a
-        # connection it is still preparing to be lost after stopService.
         self._stopping = True
-        d = gatherResults([factory.closeAll() for factory in self._factories],
+        if self._probe.running:
+            self._probe.stop()
+        d = gatherResults([self._commandLink.stop(), self._subscriberLink.stop()],
                           consumeErrors=True)
-        d.addBoth(lambda _: gatherResults([self._commandService.stopService(),
-                                           self._subscriberService.stopService()],
-                                          consumeErrors=True))
         # txredisapi hands bytes that arrived with a reply to the next reactor turn.
         d.addBoth(lambda _: deferLater(self.reactor, 0, lambda: None))
         return d.addBoth(lambda _: None)
@@ -348,7 +302,7 @@ class RedisBroker:
                 cache: bytes | None = None) -> Deferred[None]:
         """
         Fires with None once Redis took it (and kept C{cache} as the channel's last event);
-        fails with L{BrokerUnavailable}.
+        fails with L{BrokerUnavailable}, within L{COMMAND_TIMEOUT} when Redis does not answer.
         """
         if not self.healthy:
             return fail(BrokerUnavailable(self.status))
@@ -401,14 +355,17 @@ class RedisBroker:
         def failed(f: Failure) -> None:
             # The connection went away; the reconnect restores every subscription still wanted.
             log.warn("redis {what} {name} failed: {error}", what=what, name=name,
-                     error=_reason(f))
+                     error=reason(f))
 
         return d.addCallbacks(lambda _: None, failed)
 
     # -- commands for the cluster state --------------------------------------------------------
 
     def command(self, *args: Any) -> Deferred[Any]:
-        """Run one command; fails with L{BrokerUnavailable} when Redis is not reachable."""
+        """
+        Run one command; fires with its reply, fails with L{BrokerUnavailable} when Redis is
+        not reachable or has not answered within L{COMMAND_TIMEOUT} (on the reactor's clock).
+        """
         conn = self._commands
         if conn is None:
             return fail(BrokerUnavailable(self.status))
@@ -416,10 +373,15 @@ class RedisBroker:
             d: Deferred[Any] = conn.execute_command(*args)
         except Exception as e:
             return fail(BrokerUnavailable(f"{self.address.display}: {e}"))
+        # Cancelling leaves txredisapi's reply queue in step: the late reply is dropped.
+        d.addTimeout(COMMAND_TIMEOUT, self.reactor)
 
         def failed(f: Failure) -> Failure:
+            if f.check(TimeoutError):
+                self._stalled()
+                raise BrokerUnavailable(self.status)
             if f.check(txredisapi.ConnectionError):
-                raise BrokerUnavailable(f"{self.address.display}: {_reason(f)}")
+                raise BrokerUnavailable(f"{self.address.display}: {reason(f)}")
             return f
 
         return d.addErrback(failed)
@@ -447,123 +409,178 @@ class RedisBroker:
         """Call C{hook()} every time the command connection is (re)established and ready."""
         self._readyHooks.append(hook)
 
+    # -- stalls --------------------------------------------------------------------------------
+
+    def _sendProbe(self) -> None:
+        """Every L{PROBE_INTERVAL}: PING on both connections (unless the last is unanswered)."""
+        self._probeCommands()
+        self._probeSubscriber()
+
+    def _probeCommands(self) -> None:
+        conn = self._commands
+        if conn is None:
+            return
+        if self._probing:
+            since = self._stalledSince
+            if since is not None and self.reactor.seconds() - since >= STALL_ABORT:
+                # Perhaps a half-open connection: make it again (clients stay connected).
+                self._commandLink.drop(f"did not answer for {STALL_ABORT:g} s")
+            return
+        self._probing = True
+        sent = self.reactor.seconds()
+        deadline = self.reactor.callLater(COMMAND_TIMEOUT, self._stalled)
+
+        def answered(result: Any) -> None:
+            self._probing = False
+            if deadline.active():
+                deadline.cancel()
+            if conn is self._commands and not isinstance(result, Failure):
+                self._commandsAnswered = sent
+                self._answering()
+
+        try:
+            d: Deferred[Any] = conn.execute_command("PING")
+        except Exception as e:
+            d = fail(e)
+        d.addBoth(answered)
+
+    def _probeSubscriber(self) -> None:
+        """
+        A subscriber connection whose PING goes unanswered while the command connection
+        answers one sent later is broken (half-open, or its replies stuck): it is made again,
+        which closes the clients (4200) as any loss of it does. When both are silent Redis
+        itself stalls and nothing is published meanwhile, so the link is only given up after
+        L{SUBSCRIBER_SILENCE}.
+        """
+        conn = self._subscriber if self._subscribed else None
+        if conn is None:
+            return
+        now = self.reactor.seconds()
+        sent = self._subscriberPing
+        if sent is None:
+            self._subscriberPing = now
+
+            def answered(_: object) -> None:
+                if conn is self._subscriber:
+                    self._subscriberPing = self._subscriberSuspect = None
+
+            try:
+                d: Deferred[Any] = conn.execute_command("PING")
+            except Exception as e:
+                d = fail(e)
+            d.addBoth(answered)
+            return
+        silent = now - sent
+        commandsAlive = self._commandsAnswered is not None and self._commandsAnswered > sent
+        if silent >= COMMAND_TIMEOUT and commandsAlive and self._subscriberSuspect is None:
+            # Replies that Redis sent together after a stall may still be on their way here:
+            # look again at the next tick.
+            self._subscriberSuspect = now
+            return
+        suspect = self._subscriberSuspect
+        if silent >= SUBSCRIBER_SILENCE or (suspect is not None
+                                            and now - suspect >= PROBE_INTERVAL):
+            self._subscriberLink.drop(f"did not answer on the subscriber connection for "
+                                      f"{silent:.0f} s")
+
+    def _stalled(self) -> None:
+        if self._stalledSince is None and self._commands is not None:
+            self._stalledSince = self.reactor.seconds()
+            self._reportHealth()
+
+    def _answering(self) -> None:
+        if self._stalledSince is not None:
+            took = self.reactor.seconds() - self._stalledSince + COMMAND_TIMEOUT
+            self._stalledSince = None
+            log.info("Redis {redis} answers again after about {took:.1f} s",
+                     redis=self.address.display, took=took)
+            self._reportHealth()
+
     # -- connections ---------------------------------------------------------------------------
-
-    def _refuse(self) -> bool:
-        return self._stopping
-
-    def _connectFailed(self, f: Failure) -> None:
-        self._problem = _reason(f)
-        self._reportHealth()
-
-    def _lost(self, conn: Any, why: Failure) -> None:
-        lostSubscriber = False
-        if conn is self._commands:
-            self._commands = None
-        if conn is self._subscriber:
-            self._subscriber = None
-            self._subscribed = False
-            lostSubscriber = True
-        if conn.factory.error:
-            self._problem = conn.factory.error
-        else:
-            self._problem = f"connection lost ({_reason(why)})"
-        self._reportHealth(lostSubscriber)
 
     def _name(self, conn: Any, role: str) -> Deferred[None]:
         """C{CLIENT SETNAME}; a Redis that refuses it (ACLs) is used all the same."""
         def failed(f: Failure) -> None:
-            log.warn("redis CLIENT SETNAME failed: {error}", error=_reason(f))
+            if "NOAUTH" in reason(f):
+                f.raiseException()
+            log.warn("redis CLIENT SETNAME failed: {error}", error=reason(f))
 
         d: Deferred[Any] = maybeDeferred(conn.execute_command, "CLIENT", "SETNAME",
                                          f"{self.name}:{role}")
         return d.addCallbacks(lambda _: None, failed)
 
-    def _prepare(self, proxy: Any, ready: Callable[[Any], Deferred[Any]]) -> Deferred[None]:
-        """
-        Run C{ready(connection)} once AUTH/SELECT are done. The Deferred handed to ClientService
-        never fails and fires at the latest when the connection is lost: ClientService (Twisted
-        26.10) breaks when a connection it is preparing is lost after a failed preparation.
-        """
-        result: Deferred[None] = Deferred()
+    def _prepareCommands(self, conn: Any) -> Deferred[None]:
+        """Fires with None once the connection is named and every script is loaded."""
+        loads = [self._name(conn, "commands")]
+        loads += [conn.execute_command("SCRIPT", "LOAD", source)
+                  for _, source in self._scripts.values()]
+        return gatherResults(loads, consumeErrors=True).addCallback(lambda _: None)
 
-        def finish(_: object) -> None:
-            if not result.called:
-                result.callback(None)
+    def _commandsReady(self, conn: Any) -> None:
+        self._commands = conn
+        self._stalledSince = None
+        self._probing = False
+        if not self._probe.running:
+            self._probe.start(PROBE_INTERVAL, now=False)
+        self._reportHealth()
+        for hook in self._readyHooks:
+            try:
+                hook()
+            except Exception:
+                log.failure("redis ready hook")
+        self._subscriberLink.start()
 
-        def connected(conn: Any) -> None:
-            d = maybeDeferred(ready, conn)
-            d.addErrback(lambda f: log.warn("preparing the redis connection failed: {error}",
-                                            error=_reason(f)))
-            d.addBoth(finish)
+    def _commandsLost(self, conn: Any, wasReady: bool) -> None:
+        # Publishes fail (503) until it is back; nothing was missed, so clients stay.
+        if conn is self._commands:
+            self._commands = None
+            self._stalledSince = None
+        self._reportHealth()
 
-        proxy.whenDisconnected().addCallback(finish)
-        proxy.whenConnected().addCallback(connected)
-        return result
-
-    def _prepareCommands(self, proxy: Any) -> Deferred[None]:
-        def ready(conn: Any) -> Deferred[None]:
-            loads = [self._name(conn, "commands")]
-            loads += [conn.execute_command("SCRIPT", "LOAD", source)
-                      for _, source in self._scripts.values()]
-            d: Deferred[Any] = gatherResults(loads, consumeErrors=True)
-            return d.addCallback(done, conn)
-
-        def done(_: object, conn: Any) -> None:
-            if conn not in self._factories[0].protocols:
-                return  # lost meanwhile
-            # Ready (and healthy) only once every reply of the preparation came back.
-            self._commands = conn
-            self._reportHealth()
-            for hook in self._readyHooks:
-                try:
-                    hook()
-                except Exception:
-                    log.failure("redis ready hook")
-
-        return self._prepare(proxy, ready)
-
-    def _prepareSubscriber(self, proxy: Any) -> Deferred[None]:
-        def ready(conn: Any) -> Deferred[None]:
-            return self._name(conn, "subscriber").addCallback(named, conn)
-
-        def named(_: object, conn: Any) -> Deferred[None] | None:
-            if conn not in self._factories[1].protocols:
-                return None  # lost meanwhile
+    def _prepareSubscriber(self, conn: Any) -> Deferred[None]:
+        """Fires with None once the connection is named and subscribed to every channel."""
+        def named(_: object) -> Deferred[None]:
             # From here on subscribe() sends at once, so nothing added meanwhile is missed.
             self._subscriber = conn
             names = list(self._channels)
             d: Deferred[Any] = gatherResults([conn.subscribe(name) for name in names],
                                              consumeErrors=True)
-            return d.addCallback(done, conn, len(names))
+            return d.addCallback(done, len(names))
 
-        def done(_: object, conn: Any, count: int) -> None:
-            if self._subscriber is not conn:
-                return
-            self._subscribed = True
+        def done(_: object, count: int) -> None:
             if count:
                 log.info("redis subscriptions restored: {n} channels", n=count)
-            self._reportHealth()
 
-        return self._prepare(proxy, ready)
+        return self._name(conn, "subscriber").addCallback(named)
 
-    def _reportHealth(self, lostSubscriber: bool = False) -> None:
+    def _subscriberReady(self, conn: Any) -> None:
+        self._subscribed = True
+        self._reportHealth(linkChanged=True)
+
+    def _subscriberLost(self, conn: Any, wasReady: bool) -> None:
+        if conn is not self._subscriber:
+            return  # lost before it subscribed anything: nothing to report
+        self._subscriber = None
+        self._subscriberPing = self._subscriberSuspect = None
+        self._subscribed = False
+        self._reportHealth(linkChanged=True)
+
+    def _reportHealth(self, linkChanged: bool = False) -> None:
+        """Wake the waiters, log a change of health, and tell the listener of the link."""
         if self.healthy:
             waiters, self._healthWaiters = self._healthWaiters, []
             for d in waiters:
                 d.callback(None)
-        changed = False
         if self.healthy and not self._wasHealthy:
-            self._wasHealthy = changed = True
+            self._wasHealthy = True
             log.info("broker ready: {redis}", redis=self.address.display)
         elif not self.healthy and self._wasHealthy:
             self._wasHealthy = False
-            changed = True
-            log.error("broker down: {status}", status=self.status)
-        if (changed or lostSubscriber) and self._healthListener is not None \
-                and not self._stopping:
+            if not self._stopping:
+                log.error("broker down: {status}", status=self.status)
+        if linkChanged and self._healthListener is not None and not self._stopping:
             try:
-                self._healthListener(self.healthy)
+                self._healthListener(self._subscribed)
             except Exception:
                 log.failure("broker health listener")
 

@@ -2,10 +2,11 @@
 The one service that owns start-up and shut-down order.
 
 Start: lock the data directory (creating it if missing) -> credentials -> store, broker, hub and
-resources -> listen -> open and migrate the store, retrying while it is unreachable (health says
-so meanwhile). A failure before the reactor runs (data directory unusable or locked, port taken,
-PostgreSQL database missing) raises L{StartupError}: one line on stderr, exit status 1, no
-traceback, and nothing left behind (no data directory, no pidfile).
+resources -> open-file limit raised, connection caps set -> listen -> open and migrate the store,
+retrying while it is unreachable (health says so meanwhile). A failure before the reactor runs
+(data directory unusable or locked, port taken, PostgreSQL database missing) raises
+L{StartupError}: one line on stderr, exit status 1, no traceback, and nothing left behind (no
+data directory, no pidfile).
 
 Stop: stop listening -> tell WebSocket clients to reconnect elsewhere (4200) -> withdraw this
 process from the cluster state -> stop the broker -> close the store, so nothing acknowledged is
@@ -14,7 +15,6 @@ half-written.
 
 from __future__ import annotations
 
-import shutil
 import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -32,9 +32,13 @@ from twisted.python.failure import Failure
 from pushsvc import __version__
 from pushsvc.apps import SECRET_ENV, App, Apps, loadOrCreateApp, loadOrCreateKey
 from pushsvc.chat import ChatAPI, makeChatResource
-from pushsvc.datadir import DataDirError, lockDataDir, unlockDataDir
+from pushsvc.datadir import DataDirError, lockDataDir, removeCreated, unlockDataDir
+from pushsvc.filemodes import privateDirectory
 from pushsvc.health import HealthResource, MetricsResource
+from pushsvc.httpchannel import HTTPLimits
 from pushsvc.interfaces import IBroker, PushSettings
+from pushsvc.limits import AcceptGuard, ConnectionLimits, raiseOpenFileLimit
+from pushsvc.proxy import TrustedProxies
 from pushsvc.session import SessionSigner
 from pushsvc.site import makeSite, webRoot
 from pushsvc.store import IStore, storeFromURL
@@ -94,6 +98,13 @@ class ServiceConfig:
     activityTimeout: int = 120
     allowedOrigins: tuple[str, ...] = ()
     logPublishes: bool = False  # access-log successful HTTP API publishes too
+    chatMessagesPerMinute: int = 60  # per chat session, in bursts of up to 20
+    maxConnections: int = 0  # 0: derived from the open-file limit (pushsvc.limits)
+    maxConnectionsPerIp: int = 1000  # 0: no cap per client address
+    trustedProxies: tuple[str, ...] = ()  # addresses/networks whose X-Forwarded-For is believed
+    headerTimeout: float = 10.0  # --header-timeout: request line and headers within this
+    bodyMinRate: int = 1024  # --body-min-rate: bytes/s a body must keep up, after the above
+    idleTimeout: float = 60.0  # --idle-timeout: idle keep-alive, or replies not read
     logWebSockets: bool = True  # one info line per WebSocket opened and closed
 
 
@@ -105,6 +116,7 @@ class PushService(MultiService):
         self.config = config
         self.reactor = reactor
         self.ports: list[IListeningPort] = []
+        self.acceptGuards: list[AcceptGuard] = []
         self.storeReady = False
         self.storeError = "opening"
         self.store: IStore | None = None
@@ -129,6 +141,8 @@ class PushService(MultiService):
 
     def _loadApp(self) -> tuple[App, bytes]:
         c = self.config
+        for change in privateDirectory(c.dataDir):
+            log.warn("{change}: the data directory is for this user only", change=change)
         app, generated = loadOrCreateApp(
             c.dataDir, c.appId, c.appKey, c.appSecretFile, c.environ, c.maxDataBytes
         )
@@ -188,6 +202,7 @@ class PushService(MultiService):
             self.reactor.seconds,
             lambda: self.storeReady,
             c.activityTimeout,
+            messagesPerMinute=c.chatMessagesPerMinute,
         )
         self.pusherApi = makeApiResource(apps, self.hub, self.reactor.seconds)
         self.site = makeSite(
@@ -199,9 +214,33 @@ class PushService(MultiService):
             makeAppResource(apps, self.hub, self.registry, self.reactor, settings),
             HealthResource(self.healthChecks),
             MetricsResource(self.metrics),
+            HTTPLimits(c.headerTimeout, c.bodyMinRate, c.idleTimeout),
+            self.reactor,
         )
         self.site.logPublishes = c.logPublishes
         return self.site
+
+    def _applyLimits(self, site: Any) -> None:
+        """Raise the open-file limit; give the site its caps and trusted proxies (logged)."""
+        c = self.config
+        fileLimit = raiseOpenFileLimit()
+        site.limits = limits = ConnectionLimits.fromFileLimit(
+            c.maxConnections, c.maxConnectionsPerIp, fileLimit)
+        site.trustedProxies = TrustedProxies(c.trustedProxies)
+        log.info(
+            "at most {max} connections ({how}), {perIp} per client address; "
+            "trusted proxies: {proxies}",
+            max=limits.maxConnections,
+            how=("--max-connections" if c.maxConnections else
+                 f"the open-file limit {fileLimit} less {fileLimit - limits.maxConnections} "
+                 "kept for the store, Redis, logs and refusals" if fileLimit else "no limit"),
+            perIp=c.maxConnectionsPerIp or "no cap",
+            proxies=", ".join(site.trustedProxies.entries()) or "none",
+        )
+
+    def _describeConnections(self) -> str:
+        limits = self.site.limits
+        return f"{limits.open} connections open (cap {limits.maxConnections})"
 
     def startService(self) -> None:
         """
@@ -216,13 +255,12 @@ class PushService(MultiService):
         try:
             site = self._build()
             self._checkStore()
+            self._applyLimits(site)
             self._listen(site)
         except BaseException:
             unlockDataDir(self._lock)
             self._lock = None
-            if created:
-                # Made a moment ago by this start and locked since: only our files are in it.
-                shutil.rmtree(self.config.dataDir, ignore_errors=True)
+            removeCreated(created)
             raise
         super().startService()
         log.info(
@@ -258,6 +296,9 @@ class PushService(MultiService):
                 raise startupError(f"cannot listen on {description}: {reason}; stop what uses "
                                    "it, or choose another --listen")
             self.ports.append(result[0])
+            guard = AcceptGuard.install(result[0], self.reactor, self._describeConnections)
+            if guard is not None:
+                self.acceptGuards.append(guard)
             log.info("listening on {description}", description=description)
 
     def urls(self) -> list[str]:
@@ -333,7 +374,7 @@ class PushService(MultiService):
         return d.addCallbacks(ok, bad)
 
     def metrics(self) -> list[tuple[str, str, str, float]]:
-        return self.registry.metrics() + self.pusherApi.metrics()
+        return self.registry.metrics() + self.pusherApi.metrics() + self.site.limits.metrics()
 
     # -- shut-down -----------------------------------------------------------------------
 
@@ -352,6 +393,8 @@ class PushService(MultiService):
         log.info("stopping: closing listeners and telling clients to reconnect")
         stops = [port.stopListening() for port in self.ports]
         self.ports = []
+        for guard in self.acceptGuards:
+            guard.stop()
         d: Deferred[Any] = DeferredList([s for s in stops if s is not None])
         steps: list[tuple[str, Callable[[], Any]]] = [
             ("close WebSocket connections", lambda: self.registry.closeAll(4200, "shutting down")),

@@ -1,8 +1,10 @@
 """
-Stateless chat sessions: the cookie carries the user id and display name, signed with a server key.
+Signed chat sessions: the cookie carries a random session id, the user id, the display name and
+its expiry, signed with a server key.
 
 Any process that has the same key accepts a cookie that another issued, so sessions need no
-shared storage.
+shared storage to be checked; only signing out does (the chat records the revoked session id in
+the store until the cookie would expire, see L{pushsvc.chat}).
 """
 
 from __future__ import annotations
@@ -23,6 +25,8 @@ MAX_AGE = 30 * 24 * 3600
 class Session:
     userId: str
     name: str
+    sessionId: str = ""  # random per sign-in: what signing out revokes
+    expires: int = 0  # when the cookie expires, seconds since the epoch
 
 
 def _b64(data: bytes) -> str:
@@ -45,8 +49,9 @@ class SessionSigner:
         return _b64(mac.digest())
 
     def issue(self, name: str) -> tuple[str, Session]:
-        session = Session(userId=secrets.token_hex(8), name=name)
-        body = {"u": session.userId, "n": name, "e": int(self._now()) + MAX_AGE}
+        session = Session(userId=secrets.token_hex(8), name=name,
+                          sessionId=secrets.token_urlsafe(16), expires=int(self._now()) + MAX_AGE)
+        body = {"u": session.userId, "n": name, "s": session.sessionId, "e": session.expires}
         payload = _b64(json.dumps(body, separators=(",", ":")).encode("utf-8"))
         return f"{payload}.{self._sign(payload)}", session
 
@@ -60,10 +65,13 @@ class SessionSigner:
         try:
             body = json.loads(_unb64(payload))
             userId, name, expires = body["u"], body["n"], body["e"]
-        except (ValueError, KeyError, TypeError):
+            # Cookies issued before sessions had their own id are revoked by their user id,
+            # which is random per sign-in too (revoking needs the cookie, not just the id).
+            sessionId = body.get("s", userId)
+        except (ValueError, KeyError, TypeError, AttributeError):
             return None
-        if not (isinstance(userId, str) and isinstance(name, str) and isinstance(expires, int)):
+        if not all(isinstance(v, str) for v in (userId, name, sessionId)):
             return None
-        if expires < self._now():
+        if not isinstance(expires, int) or expires < self._now():
             return None
-        return Session(userId=userId, name=name)
+        return Session(userId=userId, name=name, sessionId=sessionId, expires=expires)

@@ -2,22 +2,28 @@
 
 from __future__ import annotations
 
+import os
 import warnings
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
 from twisted.internet.defer import Deferred, succeed
+from twisted.internet.interfaces import IReactorTime
 from twisted.web import http
 from twisted.web.resource import IResource, Resource
 from twisted.web.server import Request, Site
 
+from pushsvc.httpchannel import HTTPLimits, channelFactory
 from pushsvc.httputil import HTTPError, errorBody
+from pushsvc.limits import OVER_ADDRESS, ConnectionLimits
+from pushsvc.proxy import NOBODY, TrustedProxies, clientOf, peerAddress
 
 with warnings.catch_warnings():
-    # Importing it builds three default error pages with a constructor deprecated since Twisted
-    # 22.10 (unused here: Pages answers with JSON); that is three warnings at every start.
-    warnings.simplefilter("ignore", DeprecationWarning)
+    # Importing twisted.web.static builds its old HTML error pages (childNotFound, forbidden),
+    # deprecated since Twisted 22.10: three warnings at start-up. Pages serves JSON errors.
+    warnings.filterwarnings("ignore", category=DeprecationWarning,
+                            module=r"twisted\.web\.static")
     from twisted.web.static import File
 
 MAX_REQUEST_BODY = 1024 * 1024  # above every resource's own limit
@@ -40,8 +46,36 @@ def webRoot() -> Path:
     return Path(__file__).resolve().parent.parent / "web"
 
 
+def _etagMatches(header: bytes | None, etag: bytes) -> bool:
+    """Whether an C{If-None-Match} value names C{etag} (weak comparison, RFC 9110 13.1.2)."""
+    if header is None:
+        return False
+    if header.strip() == b"*":
+        return True
+    tags = (tag.strip() for tag in header.split(b","))
+    return etag in (tag[2:] if tag.startswith(b"W/") else tag for tag in tags)
+
+
+class JSONForbidden(Resource):
+    isLeaf = True
+
+    def render(self, request: Request) -> bytes:
+        return errorBody(request, HTTPError(403, "This file cannot be read."))
+
+
 class Pages(File):
-    """Static files with no directory listings and C{index.html} at the root."""
+    """
+    Static files with no directory listings and C{index.html} at the root.
+
+    Every file carries an C{ETag} (size and modification time) and C{Cache-Control: no-cache}:
+    a browser keeps the file but asks each time, and gets a 304 with no body while it has not
+    changed, so a new deploy is picked up at once. C{Range} is honoured for one range only: a
+    request for several gets the whole file once, with 200 (twisted.web would send each range
+    however many there were, overlapping or not, and its multi-range producer fails on very
+    many).
+    """
+
+    forbidden = JSONForbidden()  # type: ignore[assignment]  # not twisted.web's HTML page
 
     def getChild(self, path: bytes, request: Request) -> Any:
         if b"\x00" in path:  # the file system would raise, and log a traceback, for these
@@ -50,6 +84,45 @@ class Pages(File):
 
     def directoryListing(self) -> Resource:
         return JSONNotFound()
+
+    def etag(self) -> bytes:
+        """The file's entity tag: its size and modification time, in hex."""
+        info = os.stat(self.path)
+        return b'"%x-%x"' % (info.st_size, info.st_mtime_ns)
+
+    def render_GET(self, request: Request) -> Any:
+        self.restat(False)
+        if self.isfile():
+            try:
+                etag = self.etag()
+            except OSError:
+                return super().render_GET(request)  # gone meanwhile: its 404 or 403
+            request.setHeader(b"etag", etag)
+            request.setHeader(b"cache-control", b"no-cache")
+            noneMatch = request.getHeader(b"if-none-match")
+            if noneMatch is not None:
+                if _etagMatches(noneMatch, etag):
+                    request.setResponseCode(http.NOT_MODIFIED)
+                    return b""
+                # If-None-Match decides alone when present (RFC 9110 13.1.3).
+                request.requestHeaders.removeHeader(b"if-modified-since")
+            ifRange = request.getHeader(b"if-range")
+            if ifRange is not None and ifRange.strip() != etag:
+                request.requestHeaders.removeHeader(b"range")  # changed since: all of it
+        return super().render_GET(request)
+
+    render_HEAD = render_GET
+
+    def makeProducer(self, request: Request, fileForReading: Any) -> Any:
+        byteRange = request.getHeader(b"range")
+        if byteRange is not None:
+            try:
+                single = len(self._parseRangeHeader(byteRange)) == 1
+            except ValueError:
+                single = False
+            if not single:
+                request.requestHeaders.removeHeader(b"range")  # the whole file, once
+        return super().makeProducer(request, fileForReading)
 
 
 class JSONNotFound(Resource):
@@ -98,7 +171,32 @@ class PushRequest(Request):
             self.write(errorBody(self, error))
             self.finish()
             return
+        if self._refusedOverCap():
+            return
         super().process()
+
+    # Over a connection cap (pushsvc.limits): why, for the WebSocket resource to close with 4100.
+    refusal: str | None = None
+
+    def _refusedOverCap(self) -> bool:
+        """Answer 503 when this request is over a connection cap; whether it was."""
+        admit = getattr(getattr(self.channel, "site", None), "admitRequest", None)
+        refusal = admit(self) if admit is not None else None
+        if refusal is None:
+            return False
+        upgrade = (self.getHeader(b"upgrade") or b"").lower() == b"websocket"
+        if upgrade and self.path.startswith(b"/app/"):
+            self.refusal = refusal  # the handshake completes, then 4100 (pusher-js backs off)
+            return False
+        slot = getattr(self.channel, "connectionSlot", None)
+        if slot is not None and not slot.proxied:
+            self.channel.persistent = False
+            self.setHeader(b"connection", b"close")
+        body = errorBody(self, HTTPError(503, refusal, {"retry-after": "10"}))
+        self.setHeader(b"content-length", b"%d" % len(body))
+        self.write(body)
+        self.finish()
+        return True
 
 
 class PushSite(Site):
@@ -113,6 +211,8 @@ class PushSite(Site):
     """
 
     logPublishes = False
+    # Peers whose forwarding headers are believed (pushsvc.proxy.clientOf).
+    trustedProxies: TrustedProxies = NOBODY
 
     def __init__(self, resource: IResource) -> None:
         # No form parsing of every POST body into request.args: twisted.web does it with the
@@ -121,6 +221,7 @@ class PushSite(Site):
         super().__init__(resource, parsePOSTFormSubmission=False)
         self.channels: set[Any] = set()
         self._whenEmpty: list[Deferred[None]] = []
+        self.limits = ConnectionLimits(2**31 - 1, 0)  # the service sets the configured caps
 
     def log(self, request: http.Request) -> None:
         if getattr(request, "publish", False) and request.code < 400 and not self.logPublishes:
@@ -128,17 +229,54 @@ class PushSite(Site):
         super().log(request)
 
     def buildProtocol(self, addr: Any) -> Any:
+        address = peerAddress(addr)
+        slot = self.limits.admit(address, bool(self.trustedProxies)
+                                 and self.trustedProxies.trusts(address))
+        if slot is None:
+            return None  # over every cap and refusal slot: the port closes it at once
         channel = super().buildProtocol(addr)
-        if channel is not None:
+        if channel is None:
+            self.limits.release(slot)
+        else:
+            # The count follows the TCP connection, also once a WebSocket took it over: the slot
+            # becomes the transport's connectionLost. The HTTP channel holds it for requests.
+            getattr(channel, "_channel", channel).connectionSlot = slot
+            made = channel.makeConnection
+
+            def makeConnection(transport: Any) -> None:
+                del channel.makeConnection
+                slot.attach(transport)
+                made(transport)
+
+            channel.makeConnection = makeConnection
             self.channels.add(channel)
             lost = channel.connectionLost
 
             def connectionLost(reason: Any) -> None:
                 lost(reason)
                 self.forgetChannel(channel)
+                self.limits.release(slot)  # at once if the transport was not hooked
 
             channel.connectionLost = connectionLost
         return channel
+
+    def admitRequest(self, request: Any) -> str | None:
+        """
+        Why C{request} is refused over a connection cap (see L{pushsvc.limits}), or None.
+
+        A trusted proxy's connection is counted under the client address its latest request
+        forwards (a WebSocket's for as long as it lives), so the cap per address holds behind
+        a proxy too; any other connection was counted by its peer when accepted.
+        """
+        slot = getattr(request.channel, "connectionSlot", None)
+        if slot is None or (slot.refusal is None and not slot.proxied):
+            return None
+        if slot.refusal is not None:
+            self.limits.refused += 1
+            return str(slot.refusal)
+        if self.limits.countUnder(slot, clientOf(request).address):
+            return None
+        return OVER_ADDRESS
 
     def forgetChannel(self, channel: Any) -> None:
         """
@@ -178,6 +316,8 @@ def makeSite(
     websocket: IResource,
     health: IResource,
     metrics: IResource,
+    limits: HTTPLimits | None = None,
+    clock: IReactorTime | None = None,
 ) -> PushSite:
     root = Pages(str(pages))
     root.indexNames = ["index.html"]
@@ -191,5 +331,8 @@ def makeSite(
     root.putChild(b"metrics", metrics)
     site = PushSite(root)
     site.requestFactory = PushRequest
+    if clock is not None:
+        site.reactor = clock
+    site.protocol = channelFactory(limits or HTTPLimits(), site.reactor)  # type: ignore[method-assign]
     site.displayTracebacks = False
     return site

@@ -56,6 +56,46 @@ def _positiveInt(name: str):  # type: ignore[no-untyped-def]
     return coerce
 
 
+def _countOrZero(name: str, zero: str):  # type: ignore[no-untyped-def]
+    def coerce(value: str) -> int:
+        try:
+            number = int(value)
+        except ValueError:
+            raise ValueError(f"{name} must be a whole number, not {value!r}") from None
+        if number < 0:
+            raise ValueError(f"{name} must be 0 ({zero}) or more")
+        return number
+
+    coerce.coerceDoc = f"A whole number; 0 for {zero}."  # type: ignore[attr-defined]
+    return coerce
+
+
+def _trustedProxies(value: str) -> tuple[str, ...]:
+    from pushsvc.proxy import TrustedProxies
+
+    try:
+        return TrustedProxies.parse(value).entries()
+    except ValueError as e:
+        raise ValueError(f"--trusted-proxies: {e}") from None
+
+
+_trustedProxies.coerceDoc = "Comma-separated IPs or CIDR networks, e.g. 10.0.0.1,10.1.0.0/16."  # type: ignore[attr-defined]
+
+
+def _positiveSeconds(name: str):  # type: ignore[no-untyped-def]
+    def coerce(value: str) -> float:
+        try:
+            number = float(value)
+        except ValueError:
+            raise ValueError(f"{name} must be a number of seconds, not {value!r}") from None
+        if not 0 < number < float("inf"):
+            raise ValueError(f"{name} must be a number of seconds greater than 0")
+        return number
+
+    coerce.coerceDoc = "Seconds, greater than 0."  # type: ignore[attr-defined]
+    return coerce
+
+
 def _existingFile(value: str) -> Path:
     path = Path(value)
     if not path.is_file():
@@ -212,6 +252,55 @@ class Options(usage.Options):
             "Comma-separated WebSocket origins allowed (default: any), e.g. https://example.com.",
         ],
         [
+            "chat-messages-per-minute",
+            None,
+            60,
+            "Chat messages one session may post a minute (bursts of up to 20); 429 above it.",
+            _positiveInt("--chat-messages-per-minute"),
+        ],
+        [
+            "max-connections",
+            None,
+            0,
+            "Connections (HTTP and WebSocket) held at once; 0: what the open-file limit allows.",
+            _countOrZero("--max-connections", "derived from the open-file limit"),
+        ],
+        [
+            "max-connections-per-ip",
+            None,
+            1000,
+            "Connections held at once per client address; 0: no cap.",
+            _countOrZero("--max-connections-per-ip", "no cap"),
+        ],
+        [
+            "trusted-proxies",
+            None,
+            (),
+            "Comma-separated proxy IPs/networks whose X-Forwarded-For and Forwarded are believed.",
+            _trustedProxies,
+        ],
+        [
+            "header-timeout",
+            None,
+            10.0,
+            "Seconds a client has to send a request's line and headers (WebSocket handshakes too).",
+            _positiveSeconds("--header-timeout"),
+        ],
+        [
+            "body-min-rate",
+            None,
+            1024,
+            "Bytes a second a request body must arrive at, after --header-timeout of grace.",
+            _positiveInt("--body-min-rate"),
+        ],
+        [
+            "idle-timeout",
+            None,
+            60.0,
+            "Seconds an idle keep-alive connection, or one not reading its replies, is kept.",
+            _positiveSeconds("--idle-timeout"),
+        ],
+        [
             "log-format",
             None,
             "text",
@@ -296,6 +385,13 @@ def makeService(options: Options) -> IService:
         activityTimeout=options["activity-timeout"],
         allowedOrigins=options["allowed-origins"],
         logPublishes=bool(options["log-publishes"]),
+        chatMessagesPerMinute=options["chat-messages-per-minute"],
+        maxConnections=options["max-connections"],
+        maxConnectionsPerIp=options["max-connections-per-ip"],
+        trustedProxies=tuple(options["trusted-proxies"]),
+        headerTimeout=options["header-timeout"],
+        bodyMinRate=options["body-min-rate"],
+        idleTimeout=options["idle-timeout"],
         logWebSockets=not options["quiet-websockets"],
     )
     twistd = getattr(options, "parent", None)  # twistd's own options, when run by twistd

@@ -88,18 +88,20 @@ def startTwistd(
     cwd: str | None = None,
     python: str = sys.executable,
     usePythonPath: bool = True,
+    setup: str = "",
     twistdArgs: tuple[str, ...] = ("-n", "--pidfile="),
 ) -> TwistdProcess:
     """
     Spawn C{python -c twistd TWISTDARGS pushsvc ARGS} with the source tree importable; by
     default C{-n --pidfile=} (give e.g. C{--pidfile=p --logfile=l} for daemon mode).
+    C{setup} is Python run first in the child (e.g. lowering a resource limit).
     """
     proto = TwistdProcess()
     childEnv = dict(os.environ)
     if usePythonPath:
         childEnv["PYTHONPATH"] = str(ROOT) + os.pathsep + childEnv.get("PYTHONPATH", "")
     childEnv.update(env or {})
-    argv = [python, "-c", TWISTD, *twistdArgs, "pushsvc", *args]
+    argv = [python, "-c", f"{setup}\n{TWISTD}", *twistdArgs, "pushsvc", *args]
     reactor.spawnProcess(proto, python, argv, env=childEnv, path=cwd)  # type: ignore[attr-defined]
     return proto
 

@@ -16,13 +16,16 @@ import uuid
 from typing import Any
 
 from twisted.internet import reactor
-from twisted.internet.defer import Deferred, gatherResults, inlineCallbacks
-from twisted.internet.error import ProcessDone, ProcessTerminated
+from twisted.internet.address import IPv4Address
+from twisted.internet.defer import Deferred, fail, gatherResults, inlineCallbacks, succeed
+from twisted.internet.error import ConnectionDone, ConnectionLost, ProcessDone, ProcessTerminated
+from twisted.internet.interfaces import IStreamClientEndpoint
 from twisted.internet.protocol import ProcessProtocol
 from twisted.python.failure import Failure
 from twisted.trial.unittest import TestCase
 from twisted.web.resource import Resource
 from twisted.web.server import Site
+from zope.interface import implementer
 
 from pushsvc.apps import Apps
 from pushsvc.frames import Member
@@ -94,8 +97,9 @@ def deleteKeys(pattern: str, port: int = REDIS_PORT) -> None:
 class RedisServer(ProcessProtocol):
     """A private C{redis-server} on a spare loopback port (no persistence), stopped by PID."""
 
-    def __init__(self, port: int | None = None) -> None:
+    def __init__(self, port: int | None = None, debug: bool = False) -> None:
         self.port = port or freePort()
+        self.debug = debug  # allow DEBUG (SLEEP) from loopback (redis-server 7 refuses it)
         self.output = b""
         self.ended: Deferred[None] | None = None
         self._ready: Deferred[None] | None = None
@@ -110,6 +114,8 @@ class RedisServer(ProcessProtocol):
         self._ready.addTimeout(15, reactor)
         argv = [REDIS_SERVER, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
                 "--appendonly", "no", "--daemonize", "no"]
+        if self.debug:
+            argv += ["--enable-debug-command", "local"]
         reactor.spawnProcess(self, REDIS_SERVER, argv, env=None)  # type: ignore[attr-defined]
         return self._ready
 
@@ -313,3 +319,171 @@ class RedisTestCase(TestCase):
         if established:
             yield client.expect("pusher:connection_established")
         return client
+
+
+class FakeRedisConnection:
+    """
+    The server side of one connection to L{FakeRedis}: a transport for the txredisapi protocol
+    that parses its commands and answers on the clock's next turn (or holds the answers while
+    the server is stalled).
+    """
+
+    def __init__(self, server: FakeRedis, protocol: Any) -> None:
+        self.server = server
+        self.protocol = protocol
+        self.name = ""
+        self.authenticated = server.password is None
+        self.muted = False  # replies are dropped, as on a half-open connection
+        self.connected = True
+        self._buffer = b""
+        self.disconnecting = False
+
+    # -- ITransport, as far as txredisapi uses it -------------------------------------------
+
+    def write(self, data: bytes) -> None:
+        self._buffer += data
+        while True:
+            command, rest = _parseCommand(self._buffer)
+            if command is None:
+                return
+            self._buffer = rest
+            self.server._answer(self, self._reply(command))
+
+    def writeSequence(self, data: list[bytes]) -> None:
+        self.write(b"".join(data))
+
+    def loseConnection(self) -> None:
+        self.close(Failure(ConnectionDone()))
+
+    def abortConnection(self) -> None:
+        self.close(Failure(ConnectionLost()))
+
+    def pauseProducing(self) -> None:
+        pass
+
+    def resumeProducing(self) -> None:
+        pass
+
+    def stopProducing(self) -> None:
+        pass
+
+    def getPeer(self) -> Any:
+        return IPv4Address("TCP", "127.0.0.1", 6379)
+
+    def getHost(self) -> Any:
+        return IPv4Address("TCP", "127.0.0.1", 50000)
+
+    def close(self, why: Failure) -> None:
+        """The connection ends (as CLIENT KILL would); the client hears of it next turn."""
+        if not self.connected:
+            return
+        self.connected = False
+        self.server.connections.remove(self)
+        self.server.clock.callLater(0, self.protocol.connectionLost, why)
+
+    # -- commands ----------------------------------------------------------------------------
+
+    def _reply(self, command: list[bytes]) -> bytes:
+        import hashlib
+
+        name = command[0].upper().decode()
+        self.server.commands.append(name)
+        if name == "AUTH":
+            if command[-1].decode() == self.server.password:
+                self.authenticated = True
+                return b"+OK\r\n"
+            return b"-WRONGPASS invalid username-password pair or user is disabled.\r\n"
+        if not self.authenticated:
+            return b"-NOAUTH Authentication required.\r\n"
+        if name == "CLIENT" and command[1].upper() == b"SETNAME":
+            self.name = command[2].decode()
+            return b"+OK\r\n"
+        if name == "SCRIPT":
+            sha = hashlib.sha1(command[2]).hexdigest().encode()
+            return b"$40\r\n" + sha + b"\r\n"
+        if name == "PING":
+            return b"+PONG\r\n"
+        if name in ("PUBLISH", "EVALSHA"):
+            return b":0\r\n"
+        if name in ("SUBSCRIBE", "UNSUBSCRIBE"):
+            kind = name.lower().encode()
+            return (b"*3\r\n$%d\r\n%s\r\n$%d\r\n%s\r\n:1\r\n"
+                    % (len(kind), kind, len(command[1]), command[1]))
+        return b"+OK\r\n"
+
+
+def _parseCommand(data: bytes) -> tuple[list[bytes] | None, bytes]:
+    """One RESP command array from the start of C{data}, and what follows it."""
+    if not data.startswith(b"*") or b"\r\n" not in data:
+        return None, data
+    head, rest = data.split(b"\r\n", 1)
+    args = []
+    for _ in range(int(head[1:])):
+        if b"\r\n" not in rest:
+            return None, data
+        size, rest = rest.split(b"\r\n", 1)
+        n = int(size[1:])
+        if len(rest) < n + 2:
+            return None, data
+        args.append(rest[:n])
+        rest = rest[n + 2:]
+    return args, rest
+
+
+@implementer(IStreamClientEndpoint)
+class FakeRedis:
+    """
+    An in-memory Redis double reached through this endpoint, driven by a
+    L{twisted.internet.task.Clock}: C{password} (AUTH is checked), C{refuse} (connects fail),
+    C{stall()}/C{resume()} (no answers meanwhile, as under C{DEBUG SLEEP}) and C{kill(name)}
+    (C{CLIENT KILL} the connection that named itself C{name}).
+    """
+
+    def __init__(self, clock: Any, password: str | None = None) -> None:
+        self.clock = clock
+        self.password = password
+        self.refuse = False
+        self.stalled = False
+        self.connections: list[FakeRedisConnection] = []
+        self.commands: list[str] = []  # every command's name, in order
+        self._held: list[tuple[FakeRedisConnection, bytes]] = []
+
+    def connect(self, factory: Any) -> Deferred[Any]:
+        if self.refuse:
+            return fail(ConnectionRefusedError(111, "Connection refused"))
+        protocol = factory.buildProtocol(None)
+        # txredisapi reads what follows a bulk reply on the next turn of the global reactor.
+        protocol.callLater = self.clock.callLater
+        conn = FakeRedisConnection(self, protocol)
+        self.connections.append(conn)
+        protocol.makeConnection(conn)
+        return succeed(protocol)
+
+    def _answer(self, conn: FakeRedisConnection, reply: bytes) -> None:
+        if conn.muted:
+            return
+        if self.stalled:
+            self._held.append((conn, reply))
+        else:
+            self.clock.callLater(0, self._deliver, conn, reply)
+
+    def _deliver(self, conn: FakeRedisConnection, reply: bytes) -> None:
+        if conn.connected:
+            conn.protocol.dataReceived(reply)
+
+    def stall(self) -> None:
+        self.stalled = True
+
+    def resume(self) -> None:
+        """Answer everything held back, in order, on the clock's next turn."""
+        self.stalled = False
+        held, self._held = self._held, []
+        for conn, reply in held:
+            self.clock.callLater(0, self._deliver, conn, reply)
+
+    def named(self, name: str) -> FakeRedisConnection:
+        [conn] = [c for c in self.connections if c.name == name]
+        return conn
+
+    def kill(self, name: str) -> None:
+        self.named(name).close(Failure(ConnectionLost("killed by CLIENT KILL")))

@@ -7,6 +7,7 @@ from typing import Any
 
 from treq.testing import StubTreq
 from twisted.internet.defer import Deferred, inlineCallbacks
+from twisted.internet.task import Clock
 from twisted.trial.unittest import TestCase
 from twisted.web.resource import Resource
 
@@ -27,18 +28,25 @@ class ChatAPITests(TestCase):
         self.store = MemoryStore()
         self.hub = FakeHub()
         self.ready = True
-        self.chat = ChatAPI(
+        self.clock = Clock()
+        self.clock.advance(1234.5)
+        self.chat, self.treq = self.makeChat()
+        self.cookies: dict[str, str] = {}
+
+    def makeChat(self, messagesPerMinute: int = 60) -> tuple[ChatAPI, StubTreq]:
+        """A chat API (as one process would have) on the shared store, clock and session key."""
+        chat = ChatAPI(
             Apps([self.app]),
             self.store,
             self.hub,
             SessionSigner(b"k" * 32, lambda: 1000.0),
-            lambda: 1234.5,
+            self.clock.seconds,
             lambda: self.ready,
+            messagesPerMinute=messagesPerMinute,
         )
         root = Resource()
-        root.putChild(b"api", makeChatResource(self.chat))
-        self.treq = StubTreq(root)
-        self.cookies: dict[str, str] = {}
+        root.putChild(b"api", makeChatResource(chat))
+        return chat, StubTreq(root)
 
     @inlineCallbacks
     def call(
@@ -86,13 +94,46 @@ class ChatAPITests(TestCase):
 
     @inlineCallbacks
     def test_badNames(self) -> Any:
-        """Names are 1-32 characters after trimming, a string, no control characters."""
-        for name in ["", "   ", "x" * 33, 42, None, "a\x00b", "a\nb", "\ud800"]:
-            code, body = yield self.signIn(name)  # type: ignore[arg-type]
-            self.assertEqual(code, 400, name)
+        """
+        Names are strings of 1-40 visible characters after trimming, with no control, format,
+        bidi or zero-width characters, nor a leading combining mark; each refusal is a 400 with
+        a sentence, and the bidi and zero-width ones name the character.
+        """
+        bidi = "\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069\u200e\u200f\u061c"
+        zeroWidth = "\u200b\u200c\u200d\u2060\ufeff"
+        refused: list[Any] = [
+            "", "   ", "x" * 41, 42, None, "a\x00b", "a\nb", "a\tb", "\ud800", "\u00ad",
+            "a\u2028b", "\U000e0041", "\ue000", "\u0378", "\u0301abc", "\u0301",
+            "e" + "\u0323" * 200, "x" * 1000,
+        ]
+        refused += [f"ann{c}lee" for c in bidi + zeroWidth]
+        for name in refused:
+            code, body = yield self.signIn(name)
+            self.assertEqual(code, 400, repr(name))
             self.assertIsInstance(body["error"], str)
-        code, _ = yield self.signIn("x" * 32)
+        code, body = yield self.signIn("evil\u202egnp.exe")
+        self.assertIn("U+202E", body["error"])
+        code, body = yield self.signIn("a\u200bb")
+        self.assertIn("U+200B", body["error"])
+        code, _ = yield self.signIn("x" * 40)
         self.assertEqual(code, 200)
+
+    @inlineCallbacks
+    def test_namesNormalised(self) -> Any:
+        """Names are NFC, trimmed, inner white space runs made one space; combining marks do
+        not count towards the 40 characters."""
+        for given, stored in [
+            ("  Ann \u3000  Lee  ", "Ann Lee"),
+            ("Zoe\u0308", "Zo\u00eb"),
+            ("\u1100\u1161", "\uac00"),
+            ("e\u0301" * 40, "\u00e9" * 40),
+            ("\u0928\u092e\u0938\u094d\u0924\u0947", "\u0928\u092e\u0938\u094d\u0924\u0947"),
+            ("\U0001f600 ok", "\U0001f600 ok"),
+        ]:
+            code, body = yield self.signIn(given)
+            self.assertEqual((code, body["name"]), (200, stored), repr(given))
+            _, me = yield self.call("GET", "/api/session")
+            self.assertEqual(me["name"], stored)
 
     @inlineCallbacks
     def test_postAndRead(self) -> Any:
@@ -246,3 +287,146 @@ class ChatAPITests(TestCase):
         code, body = yield self.call("GET", "/api/config")
         self.assertEqual(body["app_key"], "the-key")
         self.assertEqual(body["ws_path"], "/app/the-key")
+
+    @inlineCallbacks
+    def test_messageRateLimit(self) -> Any:
+        """
+        A session posts 20 messages at once, then one a second: the next is a 429 with
+        Retry-After and a JSON sentence, and is not stored. Another session has its own bucket.
+        """
+        yield self.signIn("Ann")
+        for i in range(20):
+            code, _ = yield self.call("POST", "/api/rooms/general/messages", {"text": f"m{i}"})
+            self.assertEqual(code, 201, i)
+        response = yield self.treq.request(
+            "POST", BASE + "/api/rooms/general/messages", data=b'{"text": "too many"}',
+            headers={**JSON, "Host": ["chat.example:8080"]}, cookies=self.cookies,
+        )
+        self.assertEqual(response.code, 429)
+        self.assertEqual(response.headers.getRawHeaders(b"retry-after"), [b"1"])
+        body = json.loads((yield response.content()))
+        self.assertIn("60 a minute", body["error"])
+        _, listing = yield self.call("GET", "/api/rooms/general/messages?limit=200")
+        self.assertEqual(len(listing["messages"]), 20)
+        self.assertEqual(len(self.hub.published), 20)
+
+        self.clock.advance(1)
+        code, _ = yield self.call("POST", "/api/rooms/general/messages", {"text": "later"})
+        self.assertEqual(code, 201)
+        code, _ = yield self.call("POST", "/api/rooms/general/messages", {"text": "again"})
+        self.assertEqual(code, 429)
+
+        ann = dict(self.cookies)
+        yield self.signIn("Bo")
+        code, _ = yield self.call("POST", "/api/rooms/general/messages", {"text": "bo here"})
+        self.assertEqual(code, 201)
+        self.cookies = ann
+        self.clock.advance(20)
+        for i in range(20):
+            code, _ = yield self.call("POST", "/api/rooms/general/messages", {"text": f"n{i}"})
+            self.assertEqual(code, 201, i)
+
+    @inlineCallbacks
+    def test_messageRateOption(self) -> Any:
+        """--chat-messages-per-minute 6: bursts of 6, then Retry-After 10 s."""
+        self.chat, self.treq = self.makeChat(messagesPerMinute=6)
+        yield self.signIn()
+        codes = []
+        for _ in range(7):
+            codes.append((yield self.call("POST", "/api/rooms/r/messages", {"text": "x"}))[0])
+        self.assertEqual(codes, [201] * 6 + [429])
+        self.clock.advance(9)
+        code, body = yield self.call("POST", "/api/rooms/r/messages", {"text": "x"})
+        self.assertEqual(code, 429)
+        self.assertIn("1 s", body["error"])
+        self.clock.advance(1)
+        code, _ = yield self.call("POST", "/api/rooms/r/messages", {"text": "x"})
+        self.assertEqual(code, 201)
+
+    @inlineCallbacks
+    def test_invalidPostsCostNothing(self) -> Any:
+        """Refused posts (bad text, bad room) do not spend the session's message allowance."""
+        yield self.signIn()
+        for _ in range(30):
+            code, _ = yield self.call("POST", "/api/rooms/general/messages", {"text": ""})
+            self.assertEqual(code, 400)
+        for i in range(20):
+            code, _ = yield self.call("POST", "/api/rooms/general/messages", {"text": "ok"})
+            self.assertEqual(code, 201, i)
+
+    @inlineCallbacks
+    def test_signOut(self) -> Any:
+        """
+        DELETE /api/session revokes the session and clears the cookie: the old cookie then gets
+        401 from GET /api/session, posting and channel auth, here and on another process
+        sharing the store; a new sign-in works; another session is untouched.
+        """
+        yield self.signIn("Bo")
+        bo = dict(self.cookies)
+        yield self.signIn("Ann")
+        ann = dict(self.cookies)
+        response = yield self.treq.delete(
+            BASE + "/api/session", headers={"Host": ["chat.example:8080"]}, cookies=ann
+        )
+        self.assertEqual(response.code, 200)
+        self.assertEqual(json.loads((yield response.content())), {"signed_out": True})
+        (cleared,) = response.headers.getRawHeaders("set-cookie")
+        self.assertIn("pushsvc_session=;", cleared)
+        self.assertIn("Max-Age=0", cleared)
+
+        _, otherProcess = self.makeChat()
+        form = {"Content-Type": ["application/x-www-form-urlencoded"]}
+        auth = b"socket_id=1.2&channel_name=presence-room-general"
+        for treq in (self.treq, otherProcess):
+            self.treq = treq
+            self.cookies = dict(ann)
+            for method, path, body, headers, raw in [
+                ("GET", "/api/session", None, None, None),
+                ("POST", "/api/rooms/general/messages", {"text": "x"}, None, None),
+                ("POST", "/api/pusher/auth", None, form, auth),
+                ("DELETE", "/api/session", None, None, None),
+            ]:
+                code, reply = yield self.call(method, path, body, headers=headers, raw=raw)
+                self.assertEqual(code, 401, (method, path))
+                self.assertIn("signed out", reply["error"])
+            self.cookies = dict(bo)
+            code, me = yield self.call("GET", "/api/session")
+            self.assertEqual((code, me["name"]), (200, "Bo"))
+        self.cookies = {}
+        code, _ = yield self.signIn("Ann")
+        self.assertEqual(code, 200)
+        code, _ = yield self.call("POST", "/api/rooms/general/messages", {"text": "back"})
+        self.assertEqual(code, 201)
+
+    @inlineCallbacks
+    def test_signOutNeedsSession(self) -> Any:
+        """Signing out without a session is a 401; from another site a 403; with the store
+        unavailable a 503, and the session stays valid."""
+        code, _ = yield self.call("DELETE", "/api/session")
+        self.assertEqual(code, 401)
+        yield self.signIn()
+        code, _ = yield self.call("DELETE", "/api/session",
+                                  headers={"Origin": ["http://evil.example"]})
+        self.assertEqual(code, 403)
+        self.ready = False
+        code, _ = yield self.call("DELETE", "/api/session")
+        self.assertEqual(code, 503)
+        self.ready = True
+        code, _ = yield self.call("GET", "/api/session")
+        self.assertEqual(code, 200)
+
+    @inlineCallbacks
+    def test_floodCostsNoStoreQueries(self) -> Any:
+        """Posts over the rate are refused before the store is asked anything."""
+        yield self.signIn()
+        asked = []
+        original = self.store.sessionRevoked
+
+        def counting(sessionId: str) -> Deferred[bool]:
+            asked.append(sessionId)
+            return original(sessionId)
+
+        self.patch(self.store, "sessionRevoked", counting)
+        for _ in range(50):
+            yield self.call("POST", "/api/rooms/general/messages", {"text": "x"})
+        self.assertEqual(len(asked), 20)

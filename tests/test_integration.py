@@ -9,6 +9,7 @@ import hashlib
 import hmac
 import json
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -204,6 +205,41 @@ class ServiceTests(ServiceCase):
         message = yield posted.json()
         msg = yield a.expect("message", "presence-room-general")
         self.assertEqual(json.loads(msg["data"]), message)
+
+    @inlineCallbacks
+    def test_signOutOnEveryProcess(self) -> Any:
+        """
+        Over real sockets and the SQLite file: a session signed out on one process is refused
+        (401) by another process sharing the data dir. That process allows one message a
+        minute: the second gets 429 with Retry-After.
+        """
+        other = PushService(replace(self.service.config, chatMessagesPerMinute=1), reactor)
+        other.startService()
+        self.addCleanup(other.stopService)
+        yield other.whenReady()
+        otherBase = f"http://127.0.0.1:{other.ports[0].getHost().port}"
+        session = yield self.http.post(f"{self.base}/api/session", json={"name": "Ann"})
+        cookies = session.cookies()
+        yield session.content()
+        codes = []
+        for i in range(2):
+            posted = yield self.http.post(f"{otherBase}/api/rooms/general/messages",
+                                          json={"text": f"m{i}"}, cookies=cookies)
+            codes.append(posted.code)
+            yield posted.content()
+        self.assertEqual(codes, [201, 429])
+        (retry,) = posted.headers.getRawHeaders(b"retry-after")
+        self.assertTrue(50 <= int(retry) <= 60, retry)
+        me = yield self.http.get(f"{otherBase}/api/session", cookies=cookies)
+        self.assertEqual(me.code, 200)
+        yield me.content()
+        out = yield self.http.delete(f"{self.base}/api/session", cookies=cookies)
+        self.assertEqual(out.code, 200)
+        yield out.content()
+        for base in (self.base, otherBase):
+            me = yield self.http.get(f"{base}/api/session", cookies=cookies)
+            self.assertEqual(me.code, 401)
+            self.assertIn("signed out", (yield me.json())["error"])
 
     @inlineCallbacks
     def test_pusherAuthForm(self) -> Any:

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import random
-import re
 from typing import Any
 
 from hypothesis import given, settings
@@ -21,6 +20,7 @@ from twisted.web.server import Site
 from zope.interface.verify import verifyObject
 
 from pushsvc import frames
+from pushsvc import hub as hub_module
 from pushsvc.apps import App, Apps
 from pushsvc.hub import Hub, LocalBroker
 from pushsvc.interfaces import IBroker, IHub, PushSettings
@@ -54,10 +54,12 @@ class LinkBroker(LocalBroker):
 
     def cut(self) -> None:
         self.healthy, self.status = False, "redis unreachable: connection lost"
+        self.linked = False
         self._listener(False)
 
     def restore(self) -> None:
         self.healthy, self.status = True, "ok"
+        self.linked = True
         self._listener(True)
 
 
@@ -744,14 +746,39 @@ class LoopbackTests(TestCase):
 
 
 class SocketIdTests(SynchronousTestCase):
-    def test_unique(self) -> None:
-        """Socket ids are A.B, distinct within a hub and (by prefix) between hubs."""
+    def setUp(self) -> None:
+        harness = InMemoryTests()
+        harness.setUp()
+        self.server = harness.server
+        self.connect = harness.connect
+
+    def test_unpredictableAndUnique(self) -> None:
+        """
+        200 connections get 200 socket ids in Pusher's digits.digits form, and no part of one
+        repeats in another (nor the node id): neither part is shared or counted.
+        """
+        clients = [self.connect() for _ in range(200)]
+        ids = [c.socketId for c in clients]
+        for socketId in ids:
+            self.assertRegex(socketId, r"\A[1-9][0-9]{15}\.[1-9][0-9]{15}\Z")
+        parts = [part for socketId in ids for part in socketId.split(".")]
+        self.assertEqual(len(set(parts)), 400)
+        self.assertNotIn(self.server.hub.nodeId, parts)
+        self.assertEqual(self.server.registry.connectionCount, 200)
+
+    def test_neverOneInUse(self) -> None:
+        """An id that a connection of this process holds is never handed out again."""
+        hub = self.server.hub
+        taken = self.connect().socketId
+        drawn = iter([taken, "1234567890123456.1234567890123456"])
+        self.patch(hub_module, "randomSocketId", lambda: next(drawn))
+        self.assertEqual(hub.newSocketId(), "1234567890123456.1234567890123456")
+
+    def test_nodeIdPerHub(self) -> None:
+        """Each hub (process) has its own random node id for the cluster state."""
         clock = Clock()
         hubs = [Hub(Registry(PushSettings(), clock), LocalBroker(), clock) for _ in range(3)]
-        ids = [h.newSocketId() for h in hubs for _ in range(100)]
-        self.assertEqual(len(set(ids)), 300)
-        for i in ids:
-            self.assertTrue(re.fullmatch(r"\d+\.\d+", i))
+        self.assertEqual(len({h.nodeId for h in hubs}), 3)
 
 
 # -- property tests on a live connection ---------------------------------------------------------

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
+
 from twisted.trial.unittest import SynchronousTestCase
 
-from pushsvc.session import MAX_AGE, SessionSigner
+from pushsvc.session import MAX_AGE, Session, SessionSigner, _b64
 
 
 class SessionSignerTests(SynchronousTestCase):
@@ -39,3 +41,23 @@ class SessionSignerTests(SynchronousTestCase):
         value, _ = self.signer.issue("Ann")
         self.now += MAX_AGE + 1
         self.assertIsNone(self.signer.verify(value))
+
+    def test_sessionIds(self) -> None:
+        """Each sign-in gets its own random session id and the cookie's expiry, which verify
+        returns; even the same name signed in twice gets two sessions."""
+        one, first = self.signer.issue("Ann")
+        two, second = self.signer.issue("Ann")
+        self.assertNotEqual(first.sessionId, second.sessionId)
+        self.assertGreaterEqual(len(first.sessionId), 20)
+        self.assertEqual(first.expires, int(self.now) + MAX_AGE)
+        self.assertEqual(self.signer.verify(one), first)
+        self.assertEqual(self.signer.verify(two), second)
+
+    def test_olderCookies(self) -> None:
+        """A cookie from before session ids is still accepted, and revoked by its user id."""
+        payload = _b64(json.dumps({"u": "u1", "n": "Ann", "e": int(self.now) + 10}).encode())
+        session = self.signer.verify(f"{payload}.{self.signer._sign(payload)}")
+        self.assertEqual(session, Session("u1", "Ann", "u1", int(self.now) + 10))
+        for body in [{"u": "u1", "n": "Ann", "e": 2**40, "s": 5}, [1, 2]]:
+            payload = _b64(json.dumps(body).encode())
+            self.assertIsNone(self.signer.verify(f"{payload}.{self.signer._sign(payload)}"))

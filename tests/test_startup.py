@@ -56,12 +56,17 @@ class DataDirTests(SynchronousTestCase):
         self.assertFalse(created)
         unlockDataDir(fd)
 
-    def test_missingParent(self) -> None:
-        """A data directory whose parent is missing is refused; nothing is created."""
-        path = Path(self.mktemp()) / "a" / "b"
-        e = self.assertRaises(DataDirError, checkDataDir, path)
-        self.assertIn("does not exist", str(e))
-        self.assertFalse(path.parent.exists())
+    def test_missingParents(self) -> None:
+        """Missing parents are fine: the check creates nothing; the lock creates them, and says
+        which outermost directory it created."""
+        top = Path(self.mktemp()).resolve()
+        path = top / "a" / "b"
+        checkDataDir(path)
+        self.assertFalse(top.exists())
+        fd, created = lockDataDir(path)
+        self.addCleanup(unlockDataDir, fd)
+        self.assertEqual(created, top)
+        self.assertTrue(path.is_dir())
 
     def test_notADirectory(self) -> None:
         path = Path(self.mktemp())
@@ -107,6 +112,15 @@ class StartServiceTests(SynchronousTestCase):
         self.assertIn("choose another --listen", str(e))
         self.assertFalse(path.exists())
         self.assertEqual(service.ports, [])
+
+    def test_portTakenRemovesCreatedParents(self) -> None:
+        """The parents created for a data directory go too when start-up fails."""
+        port = takenPort(self)
+        top = Path(self.mktemp())
+        with capturedLogs():
+            self.assertRaises(StartupError, self.service(
+                top / "a" / "data", f"tcp:{port}:interface=127.0.0.1").startService)
+        self.assertFalse(top.exists())
 
     def test_portTakenKeepsExistingDir(self) -> None:
         """A data directory that was there before is left (with its files) and unlocked."""

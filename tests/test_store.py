@@ -68,13 +68,20 @@ INSERT INTO no_such_table VALUES (1);
 """
 
 
-def schemaDir(testCase: TestCase, engine: str, *extra: str) -> Path:
-    """A copy of C{engine}'s packaged scripts plus C{extra} scripts numbered 2, 3..."""
+# The newest packaged schema version (both engines have the same number of scripts).
+PACKAGED = len(loadScripts(defaultSchema("sqlite")))
+
+
+def schemaDir(testCase: TestCase, engine: str, *extra: str, upTo: int = PACKAGED) -> Path:
+    """
+    A copy of C{engine}'s packaged scripts up to version C{upTo}, plus C{extra} scripts numbered
+    after them.
+    """
     directory = Path(testCase.mktemp())
     directory.mkdir()
-    for script in loadScripts(defaultSchema(engine)):
+    for script in loadScripts(defaultSchema(engine))[:upTo]:
         (directory / script.name).write_text(script.sql, encoding="utf-8")
-    for number, sql in enumerate(extra, start=2):
+    for number, sql in enumerate(extra, start=upTo + 1):
         (directory / f"{number:03d}-test.sql").write_text(sql, encoding="utf-8")
     return directory
 
@@ -192,6 +199,24 @@ class StoreContractMixin(_MixinBase):
         self.assertEqual(stored, sorted(appended, key=lambda m: m.id))
 
     @inlineCallbacks
+    def test_revokedSessions(self) -> Generator[Deferred[Any], Any, None]:
+        """
+        A revoked session id is reported revoked, others are not; revoking twice is no error;
+        a revocation is dropped once its cookie would have expired anyway.
+        """
+        store = yield self.openStore()
+        self.assertFalse((yield store.sessionRevoked("a")))
+        self.assertIsNone((yield store.revokeSession("a", 2000.0, 1000.0)))
+        yield store.revokeSession("a", 2000.0, 1000.0)
+        yield store.revokeSession("b", 1500.0, 1000.0)
+        revoked = yield gatherResults([store.sessionRevoked(s) for s in ["a", "b", "c", "A", "a "]])
+        self.assertEqual(revoked, [True, True, False, False, False])
+        # At 1600 b's cookie has expired: its record goes, a's stays.
+        yield store.revokeSession("c", 3000.0, 1600.0)
+        revoked = yield gatherResults([store.sessionRevoked(s) for s in ["a", "b", "c"]])
+        self.assertEqual(revoked, [True, False, True])
+
+    @inlineCallbacks
     def test_ping(self) -> Generator[Deferred[Any], Any, None]:
         """An open store answers ping with None."""
         store = yield self.openStore()
@@ -239,14 +264,14 @@ class PersistentStoreMixin(StoreContractMixin):
         yield v1.open()
         yield v1.append("r", "ann", "from version 1", 1.0)
         yield v1.close()
-        self.assertEqual((yield self.queryOne("SELECT version FROM version")), 1)
+        self.assertEqual((yield self.queryOne("SELECT version FROM version")), PACKAGED)
 
         v2dir = schemaDir(self, self.engine, V2_SCRIPT)
         v2 = self.newStore(v2dir)
         yield v2.open()
         yield v2.close()
         eq = self.assertEqual
-        eq((yield self.queryOne("SELECT version FROM version")), 2)
+        eq((yield self.queryOne("SELECT version FROM version")), PACKAGED + 1)
         eq((yield self.queryOne("SELECT count(*) FROM version")), 1)
         eq((yield self.queryOne("SELECT count(*) FROM reactions")), 0)
         eq((yield self.queryOne("SELECT count(*) FROM messages WHERE edited_at IS NULL")), 1)
@@ -264,7 +289,7 @@ class PersistentStoreMixin(StoreContractMixin):
         self.addCleanup(broken.close)
         yield self.assertFailure(broken.open(), Exception)
         eq = self.assertEqual
-        eq((yield self.queryOne("SELECT version FROM version")), 1)
+        eq((yield self.queryOne("SELECT version FROM version")), PACKAGED)
         eq((yield self.queryOne(self.tableExistsSQL % "half_done")), 0)
         eq((yield self.queryOne("SELECT count(*) FROM messages")), 1)
 
@@ -275,7 +300,34 @@ class PersistentStoreMixin(StoreContractMixin):
         older = self.newStore()
         self.addCleanup(older.close)
         failure = yield self.assertFailure(older.open(), SchemaError)
-        self.assertIn("version 2", str(failure))
+        self.assertIn(f"version {PACKAGED + 1}", str(failure))
+
+    @inlineCallbacks
+    def test_upgradeFromVersionOne(self) -> Generator[Deferred[Any], Any, None]:
+        """A database of the first release gets the revoked sessions table, messages intact."""
+        first = self.newStore(schemaDir(self, self.engine, upTo=1))
+        yield first.open()
+        yield first.append("r", "ann", "old", 1.0)
+        yield first.close()
+        self.assertEqual((yield self.queryOne(self.tableExistsSQL % "revoked_sessions")), 0)
+        store = yield self.openStore()
+        self.assertEqual((yield self.queryOne("SELECT version FROM version")), PACKAGED)
+        yield store.revokeSession("s1", 100.0, 50.0)
+        self.assertTrue((yield store.sessionRevoked("s1")))
+        self.assertEqual([m.text for m in (yield store.messages("r", 0, 10))], ["old"])
+
+    @inlineCallbacks
+    def test_revocationSharedByStores(self) -> Generator[Deferred[Any], Any, None]:
+        """A session revoked through one store (one process) is revoked for another on the same
+        database, and stays so across a reopen."""
+        one = yield self.openStore()
+        two = yield self.openStore()
+        self.assertFalse((yield two.sessionRevoked("sid-1")))
+        yield one.revokeSession("sid-1", 5000.0, 1000.0)
+        self.assertTrue((yield two.sessionRevoked("sid-1")))
+        yield one.close()
+        three = yield self.openStore()
+        self.assertTrue((yield three.sessionRevoked("sid-1")))
 
 
 class MemoryStoreTests(StoreContractMixin, TestCase):
@@ -356,8 +408,9 @@ class SchemaScriptTests(SynchronousTestCase):
         """Both engines ship version 1 and the scripts load from the installed package."""
         for engine in ("sqlite", "postgresql"):
             scripts = loadScripts(defaultSchema(engine))
-            self.assertEqual([s.version for s in scripts], [1])
+            self.assertEqual([s.version for s in scripts], [1, 2])
             self.assertIn("CREATE TABLE version", scripts[0].sql)
+            self.assertIn("CREATE TABLE revoked_sessions", scripts[1].sql)
 
     def test_order(self) -> None:
         """Scripts sort by number; other files are ignored."""

@@ -95,3 +95,46 @@ class OptionsTests(SynchronousTestCase):
         service = makeService(self.parse("--data-dir", str(dataDir)))
         self.assertIsInstance(service, PushService)
         self.assertFalse(dataDir.exists())
+
+    def test_chatMessagesPerMinute(self) -> None:
+        """--chat-messages-per-minute: 60 by default, a positive whole number, in the config."""
+        self.assertEqual(self.parse()["chat-messages-per-minute"], 60)
+        options = self.parse("--chat-messages-per-minute", "6", "--data-dir", self.mktemp())
+        self.assertEqual(options["chat-messages-per-minute"], 6)
+        service = makeService(options)
+        assert isinstance(service, PushService)
+        self.assertEqual(service.config.chatMessagesPerMinute, 6)
+        for bad in ("0", "-1", "many"):
+            error = self.assertRaises(
+                SystemExit, self.parse, "--chat-messages-per-minute", bad
+            )
+            self.assertIn("--chat-messages-per-minute", str(error))
+
+class HTTPDeadlineOptionsTests(SynchronousTestCase):
+    """--header-timeout, --body-min-rate and --idle-timeout reach the service's config."""
+
+    def parse(self, *args: str) -> Options:
+        options = Options()
+        options.parseOptions(list(args))
+        return options
+
+    def test_defaults(self) -> None:
+        config = makeService(self.parse()).config  # type: ignore[attr-defined]
+        self.assertEqual((config.headerTimeout, config.bodyMinRate, config.idleTimeout),
+                         (10.0, 1024, 60.0))
+
+    def test_given(self) -> None:
+        options = self.parse("--header-timeout", "2.5", "--body-min-rate", "4096",
+                             "--idle-timeout", "30")
+        config = makeService(options).config  # type: ignore[attr-defined]
+        self.assertEqual((config.headerTimeout, config.bodyMinRate, config.idleTimeout),
+                         (2.5, 4096, 30.0))
+
+    def test_refused(self) -> None:
+        """Zero, negative, infinite or non-numbers are refused with a one-line message."""
+        for option, value in [("--header-timeout", "0"), ("--header-timeout", "soon"),
+                              ("--idle-timeout", "-1"), ("--idle-timeout", "inf"),
+                              ("--body-min-rate", "0"), ("--body-min-rate", "1.5")]:
+            e = self.assertRaises(SystemExit, self.parse, option, value)
+            self.assertIn(option, str(e))
+            self.assertNotIn("\n", str(e))

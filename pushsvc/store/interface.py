@@ -73,5 +73,15 @@ class IStore(Interface):
     def rooms(limit: int) -> Any:
         """Fires with up to C{limit} L{RoomSummary}s, most recently active first."""
 
+    def revokeSession(sessionId: str, expiresAt: float, now: float) -> Any:
+        """
+        Record that chat session C{sessionId} is signed out; its cookie would expire at
+        C{expiresAt} anyway, after which the record may go (records older than C{now} are
+        pruned). Revoking twice is no error. Fires with None once it is durable.
+        """
+
+    def sessionRevoked(sessionId: str) -> Any:
+        """Fires with True when C{sessionId} was revoked (and its cookie not yet expired)."""
+
     def ping() -> Any:
         """Fires with None when the engine answers; fails with L{StoreUnavailable} otherwise."""

@@ -16,6 +16,7 @@ class MemoryStore:
 
     def __init__(self) -> None:
         self._messages: dict[str, list[Message]] = {}
+        self._revoked: dict[str, float] = {}  # session id -> when its cookie expires
 
     def open(self) -> Deferred[None]:
         return succeed(None)
@@ -46,6 +47,15 @@ class MemoryStore:
         # Like the SQL engines: most recent first, ties by name.
         summaries.sort(key=lambda s: (-s.lastAt, s.name))
         return succeed(summaries[: max(limit, 0)])
+
+    def revokeSession(self, sessionId: str, expiresAt: float, now: float) -> Deferred[None]:
+        self._revoked.setdefault(sessionId, expiresAt)
+        for old in [s for s, expires in self._revoked.items() if expires < now]:
+            del self._revoked[old]
+        return succeed(None)
+
+    def sessionRevoked(self, sessionId: str) -> Deferred[bool]:
+        return succeed(sessionId in self._revoked)
 
     def ping(self) -> Deferred[None]:
         return succeed(None)

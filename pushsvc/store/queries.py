@@ -84,6 +84,21 @@ def rooms(cursor: Any, d: Dialect, limit: int) -> list[RoomSummary]:
     return [RoomSummary(n, i, a) for n, i, a in cursor.fetchall()]
 
 
+def revokeSession(cursor: Any, d: Dialect, sessionId: str, expiresAt: float, now: float) -> None:
+    if d.beginWrite:
+        cursor.execute(d.beginWrite)
+    cursor.execute(
+        d.sql("INSERT INTO revoked_sessions (id, expires_at) VALUES (?, ?) ON CONFLICT DO NOTHING"),
+        (sessionId, expiresAt),
+    )
+    cursor.execute(d.sql("DELETE FROM revoked_sessions WHERE expires_at < ?"), (now,))
+
+
+def sessionRevoked(cursor: Any, d: Dialect, sessionId: str) -> bool:
+    cursor.execute(d.sql("SELECT 1 FROM revoked_sessions WHERE id = ?"), (sessionId,))
+    return cursor.fetchone() is not None
+
+
 def ping(cursor: Any, d: Dialect) -> None:
     cursor.execute("SELECT 1")
     cursor.fetchone()
@@ -112,6 +127,12 @@ class SQLStore:
 
     def rooms(self, limit: int) -> Deferred[list[RoomSummary]]:
         return self._run(rooms, self.dialect, limit)
+
+    def revokeSession(self, sessionId: str, expiresAt: float, now: float) -> Deferred[None]:
+        return self._run(revokeSession, self.dialect, sessionId, expiresAt, now)
+
+    def sessionRevoked(self, sessionId: str) -> Deferred[bool]:
+        return self._run(sessionRevoked, self.dialect, sessionId)
 
     def ping(self) -> Deferred[None]:
         return self._run(ping, self.dialect)

@@ -18,14 +18,17 @@ from typing import Any, TypeVar
 from twisted.enterprise import adbapi
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.threads import deferToThreadPool
+from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from pushsvc.filemodes import DIR_MODE, createPrivateFile, privateFile
 from pushsvc.store import queries
 from pushsvc.store.interface import IStore, StoreUnavailable
 from pushsvc.store.schema import defaultSchema, loadScripts, pendingScripts
 
 T = TypeVar("T")
+log = Logger()
 
 # RETURNING arrived in SQLite 3.35 (2021); older libraries read the new id back instead.
 DIALECT = queries.Dialect(
@@ -48,7 +51,8 @@ class SQLiteStore(queries.SQLStore):
         busyTimeout: float = 10.0,
     ) -> None:
         """
-        @param path: the database file; its directory is created on L{open}.
+        @param path: the database file; it (0600) and its directory (0700) are created on
+            L{open}.
         @param schema: the directory of versioned C{.sql} scripts (tests pass their own).
         @param busyTimeout: seconds to wait for another process's write lock.
         """
@@ -82,9 +86,10 @@ class SQLiteStore(queries.SQLStore):
                 cp_reactor=self._reactor,
             )
         pool = self._pool
-        d: Deferred[None] = deferToThreadPool(
-            self._reactor, pool.threadpool, self.path.parent.mkdir, parents=True, exist_ok=True
+        prepared: Deferred[list[str]] = deferToThreadPool(
+            self._reactor, pool.threadpool, _prepareFile, self.path
         )
+        d = prepared.addCallback(_logChanges)
         d.addErrback(_unavailable, self.description)
         d.addCallback(lambda _: self._run(_migrate, self._schema))
         return d
@@ -101,6 +106,26 @@ class SQLiteStore(queries.SQLStore):
             return fail(StoreUnavailable(f"{self.description} is not open"))
         d: Deferred[T] = self._pool.runInteraction(interaction, *args)
         return d.addErrback(_unavailable, self.description)
+
+
+def _prepareFile(path: Path) -> list[str]:
+    """
+    Create the database file 0600 (in a new directory 0700) before SQLite opens it, which would
+    create it with the umask's mode; SQLite gives its -wal and -shm files the database file's
+    mode. Existing looser files are tightened. Returns the changes, as sentences to log.
+    """
+    changes = []
+    if not path.parent.is_dir():
+        path.parent.mkdir(mode=DIR_MODE, parents=True, exist_ok=True)
+    changes += createPrivateFile(path)
+    for suffix in ("-wal", "-shm"):
+        changes += privateFile(path.with_name(path.name + suffix))
+    return changes
+
+
+def _logChanges(changes: list[str]) -> None:
+    for change in changes:
+        log.warn("{change}: the database is for this user only", change=change)
 
 
 def _unavailable(f: Failure, description: str) -> Failure:

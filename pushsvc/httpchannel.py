@@ -1,0 +1,310 @@
+"""
+The HTTP/1.1 connection: twisted.web's L{HTTPChannel} with bounds and deadlines.
+
+Bounds. A client that pipelines requests and never reads the replies must not make the server
+hold its replies without end. twisted.web stops reading only when the transport says its write
+buffer is full I{between} requests; a request answered synchronously (a static file's 404,
+C{/metrics}) fills the buffer I{while} it is handled, so the pause never comes and the next
+pipelined request is parsed from what was already read (a 64 KiB read holds ~2,000 of them).
+Here, after every answered request:
+
+  - if the transport has asked us to pause (its buffer passed its C{bufferSize}, 64 KiB for
+    TCP), nothing more is parsed or read until it has sent everything and resumes us;
+  - at most L{MAX_PIPELINED} requests are answered from one read: the rest waits for the next
+    reactor turn, so one connection cannot keep the reactor from everybody else.
+
+So a connection's unsent replies stay below the transport's buffer size plus one reply, and its
+unparsed input below one read plus twisted.web's 16 KiB look-ahead.
+
+Deadlines, one timer a connection, on the clock passed in, instead of twisted.web's idle timer
+that every received byte restarts:
+
+  - C{headers}: the request line and headers complete within C{headerTimeout} of the
+    connection's start or of the request's first byte (the WebSocket upgrade request is the
+    WebSocket handshake, so it is covered too);
+  - C{body}: the body at C{bodyMinRate} bytes a second after C{headerTimeout} of grace:
+    at any time, what has arrived must have taken at most C{headerTimeout + received /
+    bodyMinRate}, so a body of a declared length is done within C{headerTimeout + length /
+    bodyMinRate}; a chunked body is held to the same rate;
+  - C{idle}: a keep-alive connection with no request in progress is closed after
+    C{idleTimeout};
+  - C{stalled}: a client that does not take a reply within C{idleTimeout} is cut off.
+
+A request timed out before it was answered gets a 408 with a JSON body; otherwise the
+connection is just closed. Nothing is timed while a request is being handled, and every timer
+is cancelled when the connection is lost or taken over by a WebSocket (which keeps its own).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from twisted.internet.interfaces import IDelayedCall, IPushProducer, IReactorTime, ITCPTransport
+from twisted.internet.protocol import connectionDone
+from twisted.logger import Logger
+from twisted.protocols.basic import LineReceiver
+from twisted.python.failure import Failure
+from twisted.web.http import HTTPChannel, _GenericHTTPChannelProtocol, _NoPushProducer
+
+from pushsvc.httputil import jsonBytes
+
+log = Logger()
+
+MAX_PIPELINED = 4  # requests answered from one read before the others wait a reactor turn
+ABORT_GRACE = 5.0  # seconds a timed-out connection has to take its 408 before it is cut
+
+
+@dataclass(frozen=True)
+class HTTPLimits:
+    """The deadlines of L{BoundedHTTPChannel}, in seconds (rate in bytes a second)."""
+
+    headerTimeout: float = 10.0
+    bodyMinRate: int = 1024
+    idleTimeout: float = 60.0
+
+
+def timeoutReply(message: str) -> bytes:
+    """A complete C{408} reply with C{{"error": message}}, closing the connection."""
+    body = jsonBytes({"error": message})
+    return (
+        b"HTTP/1.1 408 Request Timeout\r\n"
+        b"Content-Type: application/json; charset=utf-8\r\n"
+        b"Cache-Control: no-store\r\n"
+        b"X-Content-Type-Options: nosniff\r\n"
+        b"Connection: close\r\n"
+        b"Content-Length: %d\r\n\r\n" % (len(body),)
+    ) + body
+
+
+class BoundedHTTPChannel(HTTPChannel):
+    """An L{HTTPChannel} with the bounds and deadlines described in the module docstring."""
+
+    # The idle timer of twisted.web's TimeoutMixin is not used: the deadlines replace it.
+    @property
+    def timeOut(self) -> None:
+        return None
+
+    @timeOut.setter
+    def timeOut(self, value: object) -> None:
+        pass  # HTTPFactory.buildProtocol sets the site's; ignored
+
+    def __init__(self, limits: HTTPLimits, clock: IReactorTime) -> None:
+        super().__init__()
+        self.limits = limits
+        self.clock = clock
+        self._phase = ""  # what the timer is for: headers, body, idle, stalled, closing
+        self._timer: IDelayedCall | None = None
+        self._yieldCall: IDelayedCall | None = None
+        self._answered = 0  # requests answered since the last read
+        self._bodyStart = 0.0
+        self._bodyLength: int | None = 0
+        self._bodyReceived = 0
+        self._done = False  # lost, or taken over by a WebSocket: no timers any more
+        self._closing = False  # timed out: only the abort after ABORT_GRACE is left
+
+    # -- timers --------------------------------------------------------------------------
+
+    def _arm(self, phase: str, delay: float) -> None:
+        self._phase = phase
+        timer = self._timer
+        if timer is not None and timer.active():
+            timer.reset(delay)
+        else:
+            self._timer = self.clock.callLater(delay, self._expired)
+
+    def _disarm(self) -> None:
+        self._phase = ""
+        if self._timer is not None:
+            if self._timer.active():
+                self._timer.cancel()
+            self._timer = None
+
+    def stopTimers(self) -> None:
+        """Cancel every timer of this connection, for good (lost, or no longer HTTP)."""
+        self._done = True
+        self._disarm()
+        if self._yieldCall is not None:
+            if self._yieldCall.active():
+                self._yieldCall.cancel()
+            self._yieldCall = None
+
+    def setTimeout(self, period: float | None) -> None:
+        # twisted.web calls this with None when the connection is lost; PushWebSocketResource
+        # when a WebSocket takes the connection over. Both end this channel's timers.
+        if period is None:
+            self.stopTimers()
+
+    def _expired(self) -> None:
+        self._timer = None
+        phase, self._phase = self._phase, ""
+        transport: Any = self.transport
+        if transport is None or self._done:
+            return
+        if phase == "body":
+            # The time allowed grows with what has arrived, up to what the declared length
+            # would take at the minimum rate.
+            limits = self.limits
+            received = self._bodyReceived
+            if self._bodyLength is not None:
+                received = min(received, self._bodyLength)
+            allowed = limits.headerTimeout + received / limits.bodyMinRate
+            left = self._bodyStart + allowed - self.clock.seconds()
+            if left > 0:
+                self._arm("body", left)
+                return
+        if getattr(transport, "disconnecting", False) and phase != "stalled":
+            phase = "closing"  # closed already (a 400, a stop) and still not gone
+        if phase in ("headers", "body"):
+            log.info("closing {peer}: its request {part} did not arrive in time",
+                     peer=str(self.getPeer()), part="body" if phase == "body" else "headers")
+            self._hold()
+            self._closing = True
+            transport.write(timeoutReply(
+                f"The request {'body' if phase == 'body' else 'headers'} did not arrive in time."))
+            self.loseConnection()
+            self._arm("closing", ABORT_GRACE)
+        elif phase == "idle":
+            self._hold()
+            self._closing = True
+            self.loseConnection()
+            self._arm("closing", ABORT_GRACE)
+        elif phase in ("stalled", "closing"):
+            if phase == "stalled":
+                log.info("closing {peer}: it does not read its replies", peer=str(self.getPeer()))
+            transport.abortConnection()
+
+    # -- reading ------------------------------------------------------------------------------
+
+    def _hold(self) -> None:
+        """Parse and read nothing more until L{_resume}."""
+        self.paused = True
+        self._networkProducer.pauseProducing()
+
+    def _resume(self) -> None:
+        """
+        Read and parse again when nothing stops it: no request in hand, the transport not full,
+        no turn being waited for. Otherwise hold, with the stall deadline if the transport is
+        full.
+        """
+        if self._done or self._closing or self.transport is None:
+            return
+        if self._handlingRequest:
+            return
+        if self._waitingForTransport:
+            self._hold()
+            if self._phase != "stalled":
+                self._arm("stalled", self.limits.idleTimeout)
+            return
+        if self._answered >= MAX_PIPELINED and self._buffer:
+            self._hold()
+            self._disarm()
+            if self._yieldCall is None:
+                self._yieldCall = self.clock.callLater(0, self._nextTurn)
+            return
+        if self._yieldCall is not None:
+            return
+        if self._buffer:
+            self._arm("headers", self.limits.headerTimeout)
+        else:
+            self._arm("idle", self.limits.idleTimeout)
+        self.paused = False
+        self._networkProducer.resumeProducing()
+        if self._buffer and not self._busyReceiving:
+            LineReceiver.dataReceived(self, b"")  # what was read meanwhile
+
+    def _nextTurn(self) -> None:
+        self._yieldCall = None
+        self._answered = 0
+        self._resume()
+
+    # -- HTTPChannel ------------------------------------------------------------------------
+
+    def connectionMade(self) -> None:
+        # HTTPChannel's, without its idle timer.
+        if ITCPTransport.providedBy(self.transport):
+            self.transport.setTcpNoDelay(True)
+        self._networkProducer = IPushProducer(self.transport, _NoPushProducer())
+        self._networkProducer.registerProducer(self, True)  # type: ignore[attr-defined]
+        self._arm("headers", self.limits.headerTimeout)
+
+    def dataReceived(self, data: bytes) -> None:
+        if not self._busyReceiving:
+            self._answered = 0
+        if self._phase == "idle":
+            self._arm("headers", self.limits.headerTimeout)
+        elif self._phase == "body":
+            self._bodyReceived += len(data)
+        LineReceiver.dataReceived(self, data)
+
+    def allHeadersReceived(self) -> None:
+        super().allHeadersReceived()
+        if self.length != 0 and not self._done:
+            self._bodyStart = self.clock.seconds()
+            self._bodyLength = self.length
+            self._bodyReceived = 0
+            self._arm("body", self.limits.headerTimeout)
+
+    def allContentReceived(self) -> None:
+        self._disarm()
+        super().allContentReceived()
+        if self.transport is None:  # a WebSocket took the connection over
+            self.stopTimers()
+
+    def requestDone(self, request: Any) -> None:
+        if request != self.requests[0]:
+            raise TypeError
+        del self.requests[0]
+        if not self.persistent:
+            self.loseConnection()
+            return
+        self._handlingRequest = False
+        self._answered += 1
+        # What arrived while the request was handled comes before what is left of the read.
+        if self._dataBuffer:
+            self._buffer = b"".join(self._dataBuffer) + self._buffer
+            self._dataBuffer = []
+        self.line_mode = 1
+        if not self.paused and (self._waitingForTransport or self._answered >= MAX_PIPELINED):
+            self.paused = True  # stops the parsing loop of the read in progress, if any
+        self._resume()
+
+    def pauseProducing(self) -> None:
+        self._waitingForTransport = True
+        if self._requestProducer is not None:
+            self._requestProducer.pauseProducing()
+        if self._done or self._closing:
+            return
+        # The network too while a request is handled: twisted.web would go on buffering what
+        # a client pipelines behind it.
+        self._networkProducer.pauseProducing()
+        if not self._handlingRequest:
+            self.paused = True
+        self._arm("stalled", self.limits.idleTimeout)
+
+    def resumeProducing(self) -> None:
+        self._waitingForTransport = False
+        if self._requestProducer is not None:
+            self._requestProducer.resumeProducing()
+        if self._done or self._closing:
+            return
+        if self._handlingRequest:
+            if self._phase == "stalled":
+                self._disarm()
+            if sum(map(len, self._dataBuffer)) <= self._optimisticEagerReadSize:
+                self._networkProducer.resumeProducing()
+            return
+        self._resume()
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        self.stopTimers()
+        super().connectionLost(reason)
+
+
+def channelFactory(limits: HTTPLimits, clock: IReactorTime) -> Any:
+    """What to set as a Site's C{protocol}: builds L{BoundedHTTPChannel}s."""
+
+    def build() -> _GenericHTTPChannelProtocol:
+        return _GenericHTTPChannelProtocol(BoundedHTTPChannel(limits, clock))
+
+    return build
