@@ -155,7 +155,8 @@ class NginxChatTests(SynchronousTestCase):
         """
         Two people chat through nginx over TLS: the message one posts arrives live in the other's
         page (by WebSocket, through the proxy); the session cookie is Secure; pushsvc logs the
-        browser's address for the WebSockets; the run saves a screenshot.
+        browser's address (in the access log and the WebSocket lines); the run saves a
+        screenshot.
         """
         base = f"https://127.0.0.1:{self.port}"
         ann = ChatPage(self.browser, base, "Ann")
@@ -172,5 +173,8 @@ class NginxChatTests(SynchronousTestCase):
         self.assertTrue(all(c["secure"] for c in cookies), cookies)
         opened = self.server.waitFor("WebSocket open")
         self.assertIn("client 127.0.0.1,", opened)
-        self.assertNotIn(PROXY_ADDRESS, "".join(self.server.output))
+        output = "".join(self.server.output)
+        self.assertNotIn(f"client {PROXY_ADDRESS}", output)  # WebSocket lines
+        self.assertNotIn(f'"{PROXY_ADDRESS}" - -', output)  # access log
+        self.assertIn('"127.0.0.1" - - ', output)
         self.assertEqual(ann.errors + bob.errors, [])
