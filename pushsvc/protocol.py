@@ -181,7 +181,7 @@ class PushServerProtocol(WebSocketServerProtocol):
     outbound: Outbound | None = None
     userId: str | None = None
     userInfo: Any = None
-    client = ""  # the peer, for the open and close log lines (PushSettings.logWebSockets)
+    client = ""  # its address, for the open and close log lines (PushSettings.logWebSockets)
     openedAt = 0.0
     pingSentAt: float | None = None
     lastSeen = 0.0
