@@ -1,3 +1,3 @@
 """pushsvc: a real-time push service speaking the Pusher Channels protocol v7, on Twisted."""
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"

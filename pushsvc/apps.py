@@ -82,11 +82,11 @@ def loadOrCreateApp(
     secretFile: Path | None,
     environ: Mapping[str, str],
     maxDataBytes: int = DEFAULT_MAX_DATA_BYTES,
-) -> tuple[App, bool]:
+) -> tuple[App, list[str]]:
     """
     The app from options, environment or the data directory, generating what is missing.
 
-    @return: the app and whether credentials were generated now.
+    @return: the app and what was generated now, of C{"id"}, C{"key"} and C{"secret"}.
     """
     credsPath = dataDir / "app.json"
     secretPath = dataDir / "app-secret"
@@ -94,7 +94,11 @@ def loadOrCreateApp(
     stored: dict[str, str] = {}
     if credsPath.exists():
         stored = json.loads(credsPath.read_text())
-    generated = False
+    generated: list[str] = []
+    if not (appId or stored.get("app_id")):
+        generated.append("id")
+    if not (appKey or stored.get("app_key")):
+        generated.append("key")
     if secretFile is not None:
         secret = readSecretFile(secretFile)
     elif environ.get(SECRET_ENV):
@@ -104,12 +108,11 @@ def loadOrCreateApp(
     else:
         secret = secrets.token_hex(16)
         writePrivateFile(secretPath, secret + "\n")
-        generated = True
+        generated.append("secret")
     appId = appId or stored.get("app_id") or str(secrets.randbelow(900000) + 100000)
     appKey = appKey or stored.get("app_key") or secrets.token_hex(10)
     if stored.get("app_id") != appId or stored.get("app_key") != appKey:
         writePrivateFile(credsPath, json.dumps({"app_id": appId, "app_key": appKey}) + "\n")
-        generated = generated or not stored
     return App(id=appId, key=appKey, secret=secret, maxDataBytes=maxDataBytes), generated
 
 

@@ -45,6 +45,7 @@ from pushsvc.httputil import (
 )
 from pushsvc.interfaces import IHub
 from pushsvc.names import isChannel, isRoom, isSocketId
+from pushsvc.proxy import clientOf
 from pushsvc.ratelimit import RateLimiter
 from pushsvc.session import COOKIE_NAME, MAX_AGE, Session, SessionSigner
 from pushsvc.signing import channelAuth
@@ -213,13 +214,14 @@ class ChatAPI:
         return self.store
 
     def checkOrigin(self, request: Request) -> None:
-        """Refuse cross-site writes: an C{Origin}, when sent, must be this server's."""
+        """Refuse cross-site writes: an C{Origin}, when sent, must be this server's (its host as
+        the browser asked for it: behind a trusted proxy, the forwarded one)."""
         origin = request.getHeader(b"origin")
         if origin is None:
             return
-        host = request.getHeader(b"host")
+        host = clientOf(request).host
         parts = urlsplit(origin.decode("latin-1"))
-        if host is None or parts.netloc.encode("latin-1").lower() != host.lower():
+        if host is None or parts.netloc.lower() != host.lower():
             raise HTTPError(403, "Cross-site requests are not allowed.")
 
 
@@ -260,7 +262,7 @@ class SessionResource(JSONResource):
         cookie = (
             f"{COOKIE_NAME.decode()}={value}; Path=/; Max-Age={MAX_AGE}; HttpOnly; SameSite=Lax"
         )
-        if request.isSecure():
+        if clientOf(request).scheme == "https":  # behind a trusted TLS proxy too
             cookie += "; Secure"
         request.responseHeaders.addRawHeader(b"set-cookie", cookie.encode("ascii"))
         return 200, {"user_id": session.userId, "name": session.name}
@@ -276,7 +278,7 @@ class SessionResource(JSONResource):
         )
         self.chat.messageLimit.forget(session.sessionId)
         cookie = f"{COOKIE_NAME.decode()}=; Path=/; Max-Age=0; HttpOnly; SameSite=Lax"
-        if request.isSecure():
+        if clientOf(request).scheme == "https":  # behind a trusted TLS proxy too
             cookie += "; Secure"
         request.responseHeaders.addRawHeader(b"set-cookie", cookie.encode("ascii"))
         return 200, {"signed_out": True}

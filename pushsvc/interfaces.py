@@ -38,6 +38,7 @@ class PushSettings:
     maxOutboundBytes: int = 1024 * 1024  # unsent bytes before a connection is closed with 4100
     clientEventsPerSecond: int = 10
     allowedOrigins: tuple[str, ...] = field(default=())  # empty: any origin
+    logWebSockets: bool = True  # one info line per WebSocket opened (or refused) and closed
 
 
 class IBroker(Interface):

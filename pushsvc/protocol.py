@@ -54,6 +54,7 @@ from pushsvc.frames import (
 )
 from pushsvc.hub import Hub
 from pushsvc.interfaces import PushSettings
+from pushsvc.proxy import clientOf
 from pushsvc.registry import Outbound, Registry
 from pushsvc.signing import verifyChannelAuth, verifyUserAuth
 
@@ -180,6 +181,8 @@ class PushServerProtocol(WebSocketServerProtocol):
     outbound: Outbound | None = None
     userId: str | None = None
     userInfo: Any = None
+    client = ""  # its address, for the open and close log lines (PushSettings.logWebSockets)
+    openedAt = 0.0
     pingSentAt: float | None = None
     lastSeen = 0.0
     _refused: tuple[int, str] | None = None
@@ -235,6 +238,11 @@ class PushServerProtocol(WebSocketServerProtocol):
             self.appId = app.id
             if f.overCap is not None:  # the site's connection caps (pushsvc.limits)
                 self._refused = (CLOSE_OVER_CAPACITY, f.overCap)
+        if f.settings.logWebSockets:
+            # The client's address (behind --trusted-proxies, the forwarded one), from the
+            # upgrade request (PushWebSocketResource.render), else the TCP peer.
+            peer: Any = self.transport.getPeer()  # type: ignore[union-attr]
+            self.client = f.client or str(getattr(peer, "host", request.peer))
 
     def onOpen(self) -> None:
         f = self.factory
@@ -246,6 +254,9 @@ class PushServerProtocol(WebSocketServerProtocol):
             self._refused = (CLOSE_OVER_CAPACITY, "cannot deliver events now: try again later")
         if self._refused is not None:
             code, reason = self._refused
+            if f.settings.logWebSockets:
+                log.info("WebSocket refused: app {appId}, client {client}, code {code} ({reason})",
+                         appId=self.appId or "-", client=self.client, code=code, reason=reason)
             transport.write(wsTextFrame(frames.error(code, reason)))
             self._closing = True
             self.sendClose(code, reason)
@@ -265,6 +276,10 @@ class PushServerProtocol(WebSocketServerProtocol):
         f.registry.addConnection(self)
         f.keepalive.add(self)
         self.send(frames.connectionEstablished(self.socketId, f.settings.activityTimeout))
+        if f.settings.logWebSockets:
+            self.openedAt = self.lastSeen
+            log.info("WebSocket open: app {appId}, client {client}, socket {socketId}",
+                     appId=self.appId, client=self.client, socketId=self.socketId)
 
     def _forgetHandshake(self) -> None:
         # Autobahn keeps the opening handshake (request bytes, headers, response) for the life of
@@ -305,6 +320,17 @@ class PushServerProtocol(WebSocketServerProtocol):
         f = self.factory
         f.keepalive.remove(self)
         f.hub.disconnect(self)
+        if f.settings.logWebSockets:
+            # The code we sent, if we closed and no clean answer came; else the peer's code, or
+            # 1006: no close frame at all (RFC 6455).
+            sent = getattr(self, "localCloseCode", None)
+            if sent and code in (None, 1006):
+                code = sent
+            log.info("WebSocket closed: app {appId}, client {client}, socket {socketId}, "
+                     "code {code}, after {duration:.1f}s",
+                     appId=self.appId, client=self.client, socketId=self.socketId,
+                     code=code or 1006,
+                     duration=f.clock.seconds() - self.openedAt)
 
     def closeWith(self, code: int, reason: str) -> None:
         """Send a close frame with C{code}; nothing more is written to this connection."""
@@ -493,6 +519,7 @@ class PushServerFactory(WebSocketServerFactory):
         # Set only while the resource hands over a handshake that is over a connection cap:
         # the handshake completes, then the connection is closed with 4100 and this reason.
         self.overCap: str | None = None
+        self.client: str | None = None  # the upgrade request's client address (render)
         self._idle: list[Deferred[None]] = []
         self.setProtocolOptions(
             maxFramePayloadSize=settings.maxFrameBytes,
@@ -560,10 +587,13 @@ class PushWebSocketResource(WebSocketResource):
         httpProtocol = getattr(transport, "protocol", None)
         factory: PushServerFactory = self._factory
         factory.overCap = getattr(request, "refusal", None)  # see PushRequest._refusedOverCap
+        if factory.settings.logWebSockets:
+            factory.client = clientOf(request).address  # for the open and close log lines
         try:
             result = super().render(request)  # the handshake is handled within
         finally:
             factory.overCap = None
+            factory.client = None
         if transport is not None and channel.transport is None:  # the WebSocket took it over
             channel.setTimeout(None)
             forget = getattr(request.site, "forgetChannel", None)

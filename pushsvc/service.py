@@ -1,10 +1,12 @@
 """
 The one service that owns start-up and shut-down order.
 
-Start: data directory and credentials -> store, broker, hub and resources -> open-file limit
-raised, connection caps set -> listen (a bind
-failure stops start-up with a one-line error) -> open and migrate the store, retrying while it is
-unreachable (health says so meanwhile).
+Start: lock the data directory (creating it if missing) -> credentials -> store, broker, hub and
+resources -> open-file limit raised, connection caps set -> listen -> open and migrate the store,
+retrying while it is unreachable (health says so meanwhile). A failure before the reactor runs
+(data directory unusable or locked, port taken, PostgreSQL database missing) raises
+L{StartupError}: one line on stderr, exit status 1, no traceback, and nothing left behind (no
+data directory, no pidfile).
 
 Stop: stop listening -> tell WebSocket clients to reconnect elsewhere (4200) -> withdraw this
 process from the cluster state -> stop the broker -> close the store, so nothing acknowledged is
@@ -27,8 +29,10 @@ from twisted.internet.task import deferLater
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from pushsvc import __version__
 from pushsvc.apps import SECRET_ENV, App, Apps, loadOrCreateApp, loadOrCreateKey
 from pushsvc.chat import ChatAPI, makeChatResource
+from pushsvc.datadir import DataDirError, lockDataDir, removeCreated, unlockDataDir
 from pushsvc.filemodes import privateDirectory
 from pushsvc.health import HealthResource, MetricsResource
 from pushsvc.httpchannel import HTTPLimits
@@ -44,6 +48,38 @@ log = Logger()
 SESSION_KEY_ENV = "PUSHSVC_SESSION_KEY"
 STORE_RETRY_MAX = 30.0
 DRAIN_TIMEOUT = 10.0  # seconds a stop waits for HTTP responses in progress
+
+
+class StartupError(SystemExit, Exception):
+    """
+    A start-up failure the operator can fix; C{str()} is the one line that says how.
+
+    An L{Exception}, so that twistd removes its pidfile and tells a daemon's waiting parent
+    (C{UnixApplicationRunner.postApplication} catches Exception, not SystemExit); and a
+    C{SystemExit(1)}, so that the process then ends with status 1 and no traceback.
+    """
+
+    def __init__(self, message: str) -> None:
+        super().__init__(1)
+        self.message = message
+
+    def __str__(self) -> str:
+        return self.message
+
+
+def startupError(message: str) -> StartupError:
+    """Log C{message}, write it as one line on the real stderr, and return the error to raise."""
+    message = f"pushsvc: {message}"
+    log.critical("{message}", message=message)
+    # twistd has replaced sys.stderr with the log by now; the person who started it should see
+    # the line on the real one. (A daemon's is /dev/null: tap.preflight answers before the fork.)
+    if sys.__stderr__ is not None:
+        try:
+            sys.__stderr__.write(message + "\n")
+            sys.__stderr__.flush()
+        except OSError:
+            pass
+    return StartupError(message)
 
 
 @dataclass(frozen=True)
@@ -69,6 +105,7 @@ class ServiceConfig:
     headerTimeout: float = 10.0  # --header-timeout: request line and headers within this
     bodyMinRate: int = 1024  # --body-min-rate: bytes/s a body must keep up, after the above
     idleTimeout: float = 60.0  # --idle-timeout: idle keep-alive, or replies not read
+    logWebSockets: bool = True  # one info line per WebSocket opened and closed
 
 
 class PushService(MultiService):
@@ -85,6 +122,20 @@ class PushService(MultiService):
         self.store: IStore | None = None
         self._stopping = False
         self._readyWaiters: list[Deferred[None]] = []
+        self._lock: int | None = None
+        # An ILogObserver for twistd to use instead of its own (tap: --log-format json).
+        self.logObserver: Any = None
+
+    def setServiceParent(self, parent: Any) -> Any:
+        """
+        Join C{parent}; when it is twistd's Application, hand it L{logObserver}: twistd asks the
+        application for an C{ILogObserver} component before it begins logging.
+        """
+        if self.logObserver is not None and hasattr(parent, "setComponent"):
+            from twisted.logger import ILogObserver
+
+            parent.setComponent(ILogObserver, self.logObserver)
+        return super().setServiceParent(parent)
 
     # -- start-up ------------------------------------------------------------------------
 
@@ -101,9 +152,10 @@ class PushService(MultiService):
             where = f"the {SECRET_ENV} environment variable"
         else:
             where = str((c.dataDir / "app-secret").resolve())
+        # "generated" only for what was made up just now, not for what options or files gave.
         log.info(
-            "{how} app id {appId}, key {appKey}; secret in {where}",
-            how="generated" if generated else "using",
+            "app id {appId}, key {appKey}; secret in {where}{note}",
+            note=f" (generated now: {', '.join(generated)})" if generated else "",
             appId=app.id,
             appKey=app.key,
             where=where,
@@ -128,6 +180,7 @@ class PushService(MultiService):
             activityTimeout=c.activityTimeout,
             maxOutboundBytes=c.maxOutboundBytes,
             allowedOrigins=c.allowedOrigins,
+            logWebSockets=c.logWebSockets,
         )
         self.registry = Registry(settings, self.reactor)
         if c.redis is not None:
@@ -190,9 +243,47 @@ class PushService(MultiService):
         return f"{limits.open} connections open (cap {limits.maxConnections})"
 
     def startService(self) -> None:
+        """
+        Lock the data directory, build everything, listen, then open the store in the background.
+
+        @raise StartupError: something the operator must fix; nothing is left behind.
+        """
+        try:
+            self._lock, created = lockDataDir(self.config.dataDir)
+        except DataDirError as e:
+            raise startupError(str(e)) from None
+        try:
+            site = self._build()
+            self._checkStore()
+            self._applyLimits(site)
+            self._listen(site)
+        except BaseException:
+            unlockDataDir(self._lock)
+            self._lock = None
+            removeCreated(created)
+            raise
         super().startService()
-        site = self._build()
-        self._applyLimits(site)
+        log.info(
+            "pushsvc {version} started: open {urls} (serving app {apps})",
+            version=__version__,
+            urls=", ".join(self.urls()) or "(no TCP listener)",
+            apps=", ".join(f"id {a.id}, key {a.key}" for a in self.apps),
+        )
+        # The broker connects (and reconnects) in the background: the process serves what it
+        # can while Redis is away, and health says so.
+        d = self.broker.start()
+        d.addCallback(lambda _: self.hub.state.start())
+        d.addCallback(lambda _: self._openStore())
+
+    def _checkStore(self) -> None:
+        """A store that says it cannot work as configured (e.g. a missing PostgreSQL database)
+        stops start-up; one that is merely unreachable is retried later."""
+        check = getattr(self.store, "startupProblem", None)
+        problem = check() if check is not None else None
+        if problem:
+            raise startupError(problem)
+
+    def _listen(self, site: Any) -> None:
         for description in self.config.listen:
             endpoint = serverFromString(self.reactor, description)
             result: list[Any] = []
@@ -201,24 +292,31 @@ class PushService(MultiService):
                 reason = result[0].getErrorMessage() if result else "listening did not finish"
                 for port in self.ports:
                     port.stopListening()
-                message = f"pushsvc: cannot listen on {description}: {reason}"
-                log.critical("{message}", message=message)
-                # twistd has replaced sys.stderr with the log by now; the person who started it
-                # should see one line on the real one, and exit status 1, not a traceback.
-                if sys.__stderr__ is not None:
-                    sys.__stderr__.write(message + "\n")
-                    sys.__stderr__.flush()
-                raise SystemExit(1)
+                self.ports = []
+                raise startupError(f"cannot listen on {description}: {reason}; stop what uses "
+                                   "it, or choose another --listen")
             self.ports.append(result[0])
             guard = AcceptGuard.install(result[0], self.reactor, self._describeConnections)
             if guard is not None:
                 self.acceptGuards.append(guard)
             log.info("listening on {description}", description=description)
-        # The broker connects (and reconnects) in the background: the process serves what it
-        # can while Redis is away, and health says so.
-        d = self.broker.start()
-        d.addCallback(lambda _: self.hub.state.start())
-        d.addCallback(lambda _: self._openStore())
+
+    def urls(self) -> list[str]:
+        """Where a browser opens the chat, one URL per TCP listener (C{localhost} for loopback
+        and every-interface listeners)."""
+        urls = []
+        for description, port in zip(self.config.listen, self.ports, strict=False):
+            address: Any = port.getHost()
+            host = getattr(address, "host", None)
+            if host is None:
+                continue
+            if host in ("127.0.0.1", "0.0.0.0", "::", "::1", ""):
+                host = "localhost"
+            elif ":" in host:
+                host = f"[{host}]"
+            scheme = "https" if description.startswith("ssl:") else "http"
+            urls.append(f"{scheme}://{host}:{address.port}/")
+        return urls
 
     def _openStore(self, delay: float = 0.5) -> Deferred[None]:
         assert self.store is not None
@@ -285,6 +383,11 @@ class PushService(MultiService):
         d.addTimeout(DRAIN_TIMEOUT, self.reactor)
         return d
 
+    def _unlock(self) -> None:
+        lock, self._lock = self._lock, None
+        if lock is not None:
+            unlockDataDir(lock)
+
     def stopService(self) -> Deferred[None]:
         self._stopping = True
         log.info("stopping: closing listeners and telling clients to reconnect")
@@ -300,6 +403,7 @@ class PushService(MultiService):
             ("stop the broker", self.broker.stop),
             ("close the store", lambda: self.store.close() if self.store is not None else None),
             ("stop child services", lambda: MultiService.stopService(self)),
+            ("unlock the data directory", self._unlock),
         ]
 
         def run(_: object, step: Callable[[], Any]) -> Any:

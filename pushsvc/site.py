@@ -8,9 +8,11 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IReactorTime
 from twisted.web import http
+from twisted.web.http import combinedLogFormatter
 from twisted.web.resource import IResource, Resource
 from twisted.web.server import Request, Site
 
@@ -199,6 +201,33 @@ class PushRequest(Request):
         return True
 
 
+class _ForwardedClient:
+    """A finished request as the access log sees it: from the client a trusted proxy named."""
+
+    def __init__(self, request: Any, address: Any) -> None:
+        self._request = request
+        self._address = address
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._request, name)
+
+    def getClientAddress(self) -> Any:
+        return self._address
+
+
+def accessLogLine(timestamp: str, request: Any) -> str:
+    """
+    twisted.web's combined access-log line; behind one of C{--trusted-proxies} it names the
+    client the proxy forwarded (L{clientOf}), not the proxy.
+    """
+    if getattr(getattr(request, "site", None), "trustedProxies", None):
+        client = clientOf(request).address
+        if client != getattr(request.getClientAddress(), "host", None):
+            forwarded = (IPv6Address if ":" in client else IPv4Address)("TCP", client, 0)
+            request = _ForwardedClient(request, forwarded)
+    return str(combinedLogFormatter(timestamp, request))
+
+
 class PushSite(Site):
     """
     A Site that knows its open HTTP connections, so that a stop can close them.
@@ -218,7 +247,7 @@ class PushSite(Site):
         # No form parsing of every POST body into request.args: twisted.web does it with the
         # email package (~100 us a request, on the publish path too) and whole multipart bodies.
         # The one form endpoint, /api/pusher/auth, reads its body itself (httputil.formArgs).
-        super().__init__(resource, parsePOSTFormSubmission=False)
+        super().__init__(resource, parsePOSTFormSubmission=False, logFormatter=accessLogLine)
         self.channels: set[Any] = set()
         self._whenEmpty: list[Deferred[None]] = []
         self.limits = ConnectionLimits(2**31 - 1, 0)  # the service sets the configured caps

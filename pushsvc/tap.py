@@ -2,8 +2,10 @@
 C{twistd pushsvc}: command-line options and the service they describe.
 
 Only this module touches the global reactor (to validate endpoint strings and to hand the
-reactor to the service). L{makeService} does no I/O: files, ports and databases are opened
-by L{pushsvc.service.PushService.startService}.
+reactor to the service). L{makeService} creates nothing: files, ports and databases are opened
+by L{pushsvc.service.PushService.startService}. Before twistd forks a daemon, it checks (without
+creating anything) what usually fails at start-up, so that the daemon's waiting parent can say
+so in one line (L{pushsvc.preflight}).
 """
 
 from __future__ import annotations
@@ -15,9 +17,12 @@ from typing import Any
 
 from twisted.application.service import IService
 from twisted.internet.endpoints import serverFromString
+from twisted.logger import ILogObserver, jsonFileLogObserver
 from twisted.python import usage
+from zope.interface import implementer
 
 from pushsvc import __version__
+from pushsvc.preflight import preflight
 from pushsvc.service import PushService, ServiceConfig
 from pushsvc.store import validateStoreURL
 
@@ -99,7 +104,52 @@ def _existingFile(value: str) -> Path:
 
 
 def _storeURL(value: str) -> str:
-    return validateStoreURL(value)
+    url = validateStoreURL(value)
+    scheme, _, path = url.partition(":")
+    if scheme.lower() == "sqlite" and path:
+        # A relative path is inside the data directory, which pushsvc creates; it creates
+        # nothing else, so an absolute path's directory must be there already.
+        where = Path(path).expanduser()
+        if where.is_absolute() and not where.parent.is_dir():
+            raise ValueError(f"the directory {where.parent} does not exist; create it first "
+                             "(pushsvc creates only its --data-dir)")
+    return url
+
+
+def _logFormat(value: str) -> str:
+    if value not in ("text", "json"):
+        raise ValueError(f"--log-format must be text or json, not {value!r}")
+    return value
+
+
+_logFormat.coerceDoc = "text (twistd's own), or json: one JSON object a line."  # type: ignore[attr-defined]
+
+
+@implementer(ILogObserver)
+class _JSONLog:
+    """
+    twistd's log destination (its C{--logfile}, or stdout with C{-n}) written as one JSON object
+    a line (C{twisted.logger.eventAsJSON}); the file is opened at the first event.
+    """
+
+    def __init__(self, twistdOptions: Any) -> None:
+        get = twistdOptions.get if twistdOptions is not None else {}.get
+        name = get("logfile")
+        self._name: str | None = None
+        self._stream: Any = sys.stdout  # the real one: twistd redirects it once logging begins
+        if not (name == "-" or (not name and (get("nodaemon") or twistdOptions is None))):
+            self._name = name or "twistd.log"
+        self._observer: Any = None
+
+    def __call__(self, event: dict[str, Any]) -> None:
+        if self._observer is None:
+            out = self._stream
+            if self._name is not None:
+                from twisted.python.logfile import LogFile
+
+                out = LogFile.fromFullPath(self._name)
+            self._observer = jsonFileLogObserver(out, recordSeparator="")
+        self._observer(event)
 
 
 def _redis(value: str) -> str:
@@ -140,6 +190,11 @@ class Options(usage.Options):
             "log-publishes",
             None,
             "Write successful HTTP API publishes to the access log too (failed ones always are).",
+        ],
+        [
+            "quiet-websockets",
+            None,
+            "Do not log each WebSocket opened, refused and closed (for busy deployments).",
         ],
     ]
 
@@ -245,6 +300,13 @@ class Options(usage.Options):
             "Seconds an idle keep-alive connection, or one not reading its replies, is kept.",
             _positiveSeconds("--idle-timeout"),
         ],
+        [
+            "log-format",
+            None,
+            "text",
+            "text, or json: one JSON object a line in twistd's log, for log shippers.",
+            _logFormat,
+        ],
     ]
 
     def __init__(self) -> None:
@@ -266,6 +328,20 @@ class Options(usage.Options):
         self["listen"].append(_endpoint(description))
 
     opt_l = opt_listen
+
+    def opt_app_secret(self, value: str) -> None:
+        """Refused: the secret never goes on the command line (see --app-secret-file)."""
+        raise usage.UsageError(
+            "there is no --app-secret: a secret on the command line is visible to every user; "
+            "put it in a file for --app-secret-file, or in PUSHSVC_APP_SECRET"
+        )
+
+    def opt_session_key(self, value: str) -> None:
+        """Refused: the key never goes on the command line (see --session-key-file)."""
+        raise usage.UsageError(
+            "there is no --session-key: a key on the command line is visible to every user; "
+            "put it in a file for --session-key-file, or in PUSHSVC_SESSION_KEY"
+        )
 
     def opt_version(self) -> None:
         """Print the version and exit."""
@@ -316,5 +392,14 @@ def makeService(options: Options) -> IService:
         headerTimeout=options["header-timeout"],
         bodyMinRate=options["body-min-rate"],
         idleTimeout=options["idle-timeout"],
+        logWebSockets=not options["quiet-websockets"],
     )
-    return PushService(config, reactor)
+    twistd = getattr(options, "parent", None)  # twistd's own options, when run by twistd
+    if twistd is not None and not (twistd.get("nodaemon") or twistd.get("debug")):
+        problem = preflight(reactor, config.listen, config.dataDir, config.storeURL)
+        if problem is not None:
+            raise SystemExit(f"pushsvc: {problem}")  # one line on stderr, status 1
+    service = PushService(config, reactor)
+    if options["log-format"] == "json":
+        service.logObserver = _JSONLog(twistd)
+    return service

@@ -89,9 +89,11 @@ def startTwistd(
     python: str = sys.executable,
     usePythonPath: bool = True,
     setup: str = "",
+    twistdArgs: tuple[str, ...] = ("-n", "--pidfile="),
 ) -> TwistdProcess:
     """
-    Spawn C{python -c twistd -n --pidfile= pushsvc ARGS} with the source tree importable;
+    Spawn C{python -c twistd TWISTDARGS pushsvc ARGS} with the source tree importable; by
+    default C{-n --pidfile=} (give e.g. C{--pidfile=p --logfile=l} for daemon mode).
     C{setup} is Python run first in the child (e.g. lowering a resource limit).
     """
     proto = TwistdProcess()
@@ -99,7 +101,7 @@ def startTwistd(
     if usePythonPath:
         childEnv["PYTHONPATH"] = str(ROOT) + os.pathsep + childEnv.get("PYTHONPATH", "")
     childEnv.update(env or {})
-    argv = [python, "-c", f"{setup}\n{TWISTD}", "-n", "--pidfile=", "pushsvc", *args]
+    argv = [python, "-c", f"{setup}\n{TWISTD}", *twistdArgs, "pushsvc", *args]
     reactor.spawnProcess(proto, python, argv, env=childEnv, path=cwd)  # type: ignore[attr-defined]
     return proto
 

@@ -39,8 +39,11 @@ PUSHER_JS_VERSION = json.loads(
 )["dependencies"]["pusher-js"]
 
 
-def launchBrowser(case: SynchronousTestCase) -> Any:
-    """A Playwright Chromium browser, closed at cleanup; skips (fails in CI) without one."""
+def launchBrowser(case: SynchronousTestCase, *extraArgs: str) -> Any:
+    """
+    A Playwright Chromium browser (with C{extraArgs} after the usual ones), closed at cleanup;
+    skips (fails in CI) without one.
+    """
     if not os.path.exists(CHROMIUM):
         requireService("Chromium", f"is not installed at {CHROMIUM} (apt-get install chromium)")
     try:
@@ -49,7 +52,8 @@ def launchBrowser(case: SynchronousTestCase) -> Any:
         requireService("Playwright", "is not installed (pip install playwright)")
     manager = sync_playwright().start()
     case.addCleanup(manager.stop)
-    browser = manager.chromium.launch(executable_path=CHROMIUM, args=ARGS, headless=True)
+    browser = manager.chromium.launch(executable_path=CHROMIUM, args=[*ARGS, *extraArgs],
+                                      headless=True)
     case.addCleanup(browser.close)
     return browser
 

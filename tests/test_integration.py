@@ -221,10 +221,15 @@ class ServiceTests(ServiceCase):
     def test_signOutOnEveryProcess(self) -> Any:
         """
         Over real sockets and the SQLite file: a session signed out on one process is refused
-        (401) by another process sharing the data dir. That process allows one message a
-        minute: the second gets 429 with Retry-After.
+        (401) by another process sharing the SQLite file and the session key (with a data dir of
+        its own: a data dir is locked by the process using it). That process allows one
+        message a minute: the second gets 429 with Retry-After.
         """
-        other = PushService(replace(self.service.config, chatMessagesPerMinute=1), reactor)
+        first = self.service.config.dataDir.resolve()
+        other = PushService(replace(
+            self.service.config, chatMessagesPerMinute=1, dataDir=Path(self.mktemp()),
+            storeURL=f"sqlite:{first / 'pushsvc.sqlite3'}", sessionKeyFile=first / "session-key",
+        ), reactor)
         other.startService()
         self.addCleanup(other.stopService)
         yield other.whenReady()

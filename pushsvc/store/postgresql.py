@@ -14,6 +14,7 @@ which would keep calls failing for a while after the server is back.
 
 from __future__ import annotations
 
+import re
 import threading
 from collections.abc import Callable
 from importlib.resources.abc import Traversable
@@ -42,6 +43,8 @@ KEEPALIVE = {
     "tcp_user_timeout": 30000,  # ms of unacknowledged data before the connection is dropped
 }
 CONNECT_TIMEOUT = 5  # seconds; libpq's default is to wait for as long as TCP does
+STARTUP_CONNECT_TIMEOUT = 3  # seconds the start-up check waits for an answer
+_MISSING_DATABASE = re.compile(r'database "(.+?)" does not exist')
 
 
 def parseConninfo(conninfo: str) -> dict[str, Any]:
@@ -98,6 +101,28 @@ class PostgreSQLStore(queries.SQLStore):
         self._threads: ThreadPool | None = None
         self._idle: list[psycopg.Connection[Any]] = []
         self._lock = threading.Lock()
+
+    def startupProblem(self) -> str | None:
+        """
+        One quick connection, before the reactor runs (it blocks): a sentence saying what to do
+        when the server answers that the database does not exist, which no retry would mend;
+        None otherwise (an unreachable server is retried in the background by L{open}).
+        """
+        try:
+            psycopg.connect(self._conninfo, connect_timeout=STARTUP_CONNECT_TIMEOUT).close()
+        except psycopg.Error as e:
+            missing = _MISSING_DATABASE.search(str(e))
+            if missing is not None:
+                params = conninfo_to_dict(self._conninfo)
+                where = " ".join(
+                    f"-{flag} {params[key]}"
+                    for flag, key in (("h", "host"), ("p", "port"), ("U", "user"))
+                    if params.get(key)
+                )
+                name = missing.group(1)
+                return (f"the PostgreSQL database {name!r} does not exist at {self.description}; "
+                        f"create it with: createdb {where} {name}".replace("  ", " "))
+        return None
 
     def open(self) -> Deferred[None]:
         """Migrate the schema. Fires with None; fails with L{StoreUnavailable} when the server
