@@ -26,11 +26,12 @@ else
 fi
 "$VENV_PYTHON" -m pip install --quiet --disable-pip-version-check -e '.[test]'
 
-# Headless Chromium for the browser tests comes from Debian (playwright cannot download browsers here).
-if [ ! -x /usr/bin/chromium ] && command -v apt-get >/dev/null; then
-  echo "installing Debian's chromium for the browser tests"
-  as_root apt-get update -qq && as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null \
-    || echo "could not install chromium: browser tests will say so"
+# Headless Chromium for the browser tests and nginx for the reverse-proxy test come from Debian
+# (playwright cannot download browsers here).
+if { [ ! -x /usr/bin/chromium ] || [ ! -x /usr/sbin/nginx ]; } && command -v apt-get >/dev/null; then
+  echo "installing Debian's chromium and nginx for the browser and proxy tests"
+  as_root apt-get update -qq && as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium nginx >/dev/null \
+    || echo "could not install chromium/nginx: the tests that need them will say so"
 fi
 
 # The official pusher-js client, for the compatibility tests.

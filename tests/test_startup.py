@@ -13,6 +13,7 @@ import socket
 from pathlib import Path
 from typing import Any
 
+from pushsvc.testing_ws import FakeClient
 from twisted.application.service import Application
 from twisted.internet import reactor
 from twisted.internet.task import Clock
@@ -27,7 +28,6 @@ from pushsvc.preflight import preflight
 from pushsvc.protocol import makeAppFactory
 from pushsvc.service import PushService, ServiceConfig, StartupError
 from pushsvc.tap import Options, _JSONLog, makeService
-from pushsvc.testing_ws import FakeClient
 from tests.test_protocol import APP, PATH, Server
 
 
