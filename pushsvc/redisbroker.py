@@ -68,7 +68,10 @@ log = Logger()
 
 DEFAULT_PREFIX = "pushsvc"
 COMMAND_TIMEOUT = 2.0  # seconds; a command or PING not answered this long means Redis stalls
-PROBE_INTERVAL = 1.0  # seconds between the PINGs of the liveness probe
+PROBE_INTERVAL = 0.5  # seconds between the PINGs of the liveness probe
+# A PING of the probe unanswered this long marks a stall: with PINGs every PROBE_INTERVAL, an
+# idle stall shows in health within PROBE_INTERVAL + PROBE_DEADLINE = 2 s.
+PROBE_DEADLINE = 1.5
 STALL_ABORT = 10.0  # seconds; a command connection stalled this long is made again
 SUBSCRIBER_SILENCE = 30.0  # seconds; a subscriber connection silent this long is made again
 
@@ -250,7 +253,7 @@ class RedisBroker:
         if self._commands is None:
             return f"{display} unreachable: {self._commandLink.problem}"
         if self._stalledSince is not None:
-            return f"{display} not answering: no reply within {COMMAND_TIMEOUT:g} s"
+            return f"{display} not answering: no reply within {PROBE_DEADLINE:g} s"
         return f"{display} unreachable: {self._subscriberLink.problem}"
 
     def setReceiver(self, receive: Callable[[bytes], None]) -> None:
@@ -438,7 +441,7 @@ class RedisBroker:
             return
         self._probing = True
         sent = self.reactor.seconds()
-        deadline = self.reactor.callLater(COMMAND_TIMEOUT, self._stalled)
+        deadline = self.reactor.callLater(PROBE_DEADLINE, self._stalled)
 
         def answered(result: Any) -> None:
             self._probing = False

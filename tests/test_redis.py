@@ -384,7 +384,7 @@ class CommandFaultTests(RedisTestCase):
         else:
             self.fail("no publish failed while Redis slept")
         self.assertEqual(b.hub.health()["broker"],
-                         f"redis {address} not answering: no reply within 2 s")
+                         f"redis {address} not answering: no reply within 1.5 s")
         self.assertTrue(b.hub.acceptingConnections)
         yield b.whenHealthy()
         yield a.whenHealthy()
@@ -677,7 +677,7 @@ class StallTests(SynchronousTestCase):
         self.assertEqual(response.code, 503)
         body = self.successResultOf(response.json())
         self.assertEqual(body["broker"],
-                         "redis://127.0.0.1:6390/0 not answering: no reply within 2 s")
+                         "redis://127.0.0.1:6390/0 not answering: no reply within 1.5 s")
         self.assertEqual(body["status"], "degraded")
         self.failureResultOf(node.hub.publish(APP, ["news"], "ev", "x"), BrokerUnavailable)
         node.clock.pump([0.5] * 10)  # 5 s more, still stalled
@@ -692,11 +692,12 @@ class StallTests(SynchronousTestCase):
         self.assertIsNone(node.conn.closed)
 
     def test_probeSeesAnIdleStall(self) -> None:
-        """With nothing published, the PING probe makes health say so within 3 s."""
+        """With nothing published, the PING probe makes health say so within 2 s."""
         node = FakeNode()
         node.start()
+        node.clock.pump([0.1] * 3)  # the stall starts between two PINGs
         node.redis.stall()
-        node.clock.pump([0.5] * 6)
+        node.clock.pump([0.1] * 20)
         self.assertIn("not answering", node.hub.health()["broker"])
         self.assertIsNone(node.conn.closed)
 
@@ -746,9 +747,9 @@ class SubscriberProbeTests(SynchronousTestCase):
         node = FakeNode()
         node.start()
         node.redis.named("n:subscriber").muted = True
-        node.clock.pump([0.5] * 6)
-        self.assertIsNone(node.conn.closed)  # 3 s: not yet (it may be a stall)
         node.clock.pump([0.5] * 4)
+        self.assertIsNone(node.conn.closed)  # 2 s: not yet (it may be a stall)
+        node.clock.pump([0.5] * 6)
         self.assertEqual(node.conn.closed, 4200)
         node.clock.pump([0.5] * 2)
         node.turn()
