@@ -100,15 +100,23 @@ def apiSignature(secret: str, method: str, path: str, params: dict[str, str]) ->
     The HTTP API's C{auth_signature}: HMAC-SHA256 of C{METHOD\\nPATH\\nQUERY}, QUERY being every
     parameter but C{auth_signature}, keys lower-cased, sorted, C{k=v} joined by C{&}, unescaped.
     """
-    query = "&".join(f"{k}={v}" for k, v in sorted(
-        (k.lower(), v) for k, v in params.items() if k.lower() != "auth_signature"))
+    query = "&".join(
+        f"{k}={v}"
+        for k, v in sorted(
+            (k.lower(), v) for k, v in params.items() if k.lower() != "auth_signature"
+        )
+    )
     return hmacHex(secret, f"{method}\n{path}\n{query}".encode())
 
 
-def signedParams(method: str, path: str, body: bytes, now: float | None = None,
-                 secret: str = APP_SECRET) -> dict[str, str]:
-    params = {"auth_key": APP_KEY, "auth_timestamp": str(int(now or time.time())),
-              "auth_version": "1.0"}
+def signedParams(
+    method: str, path: str, body: bytes, now: float | None = None, secret: str = APP_SECRET
+) -> dict[str, str]:
+    params = {
+        "auth_key": APP_KEY,
+        "auth_timestamp": str(int(now or time.time())),
+        "auth_version": "1.0",
+    }
     if body:
         params["body_md5"] = hashlib.md5(body, usedforsecurity=False).hexdigest()
     params["auth_signature"] = apiSignature(secret, method, path, params)
@@ -147,8 +155,9 @@ def abort(writer: asyncio.StreamWriter) -> None:
         transport.abort()
 
 
-async def openConn(port: int, src: str | None = None, rcvbuf: int | None = None,
-                   timeout: float = 5) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+async def openConn(
+    port: int, src: str | None = None, rcvbuf: int | None = None, timeout: float = 5
+) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
     """A TCP connection to 127.0.0.1:C{port}, from C{src} (127.0.0.x) with a C{rcvbuf}."""
     sock = socket.socket()
     sock.setblocking(False)
@@ -157,8 +166,9 @@ async def openConn(port: int, src: str | None = None, rcvbuf: int | None = None,
     if src is not None:
         sock.bind((src, 0))
     try:
-        await asyncio.wait_for(asyncio.get_running_loop().sock_connect(
-            sock, ("127.0.0.1", port)), timeout)
+        await asyncio.wait_for(
+            asyncio.get_running_loop().sock_connect(sock, ("127.0.0.1", port)), timeout
+        )
         reader, writer = await asyncio.open_connection(sock=sock)
     except BaseException:
         sock.close()
@@ -222,8 +232,13 @@ async def readReply(reader: asyncio.StreamReader) -> Reply:
     return Reply(status, headers, body)
 
 
-def requestBytes(method: str, path: str, body: bytes = b"", headers: dict[str, str] | None = None,
-                 close: bool = True) -> bytes:
+def requestBytes(
+    method: str,
+    path: str,
+    body: bytes = b"",
+    headers: dict[str, str] | None = None,
+    close: bool = True,
+) -> bytes:
     out = f"{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n"
     for k, v in (headers or {}).items():
         out += f"{k}: {v}\r\n"
@@ -234,9 +249,15 @@ def requestBytes(method: str, path: str, body: bytes = b"", headers: dict[str, s
     return (out + "\r\n").encode("latin-1") + body
 
 
-async def http(port: int, method: str, path: str, body: bytes = b"",
-               headers: dict[str, str] | None = None, timeout: float = 10,
-               src: str | None = None) -> Reply:
+async def http(
+    port: int,
+    method: str,
+    path: str,
+    body: bytes = b"",
+    headers: dict[str, str] | None = None,
+    timeout: float = 10,
+    src: str | None = None,
+) -> Reply:
     """One request on a fresh connection; fires with the L{Reply}."""
     reader, writer = await openConn(port, src=src, timeout=timeout)
     try:
@@ -253,8 +274,9 @@ def jsonHeaders(cookie: str | None = None) -> dict[str, str]:
     return headers
 
 
-async def publish(port: int, channel: str, event: str, data: str, timeout: float = 5,
-                  extraQuery: str = "") -> Reply:
+async def publish(
+    port: int, channel: str, event: str, data: str, timeout: float = 5, extraQuery: str = ""
+) -> Reply:
     """A signed C{POST /apps/{id}/events}; C{extraQuery} is appended after signing."""
     path = f"/apps/{APP_ID}/events"
     body = json.dumps({"name": event, "channel": channel, "data": data}).encode()
@@ -264,8 +286,9 @@ async def publish(port: int, channel: str, event: str, data: str, timeout: float
 
 async def session(port: int, name: str = "abuser") -> str:
     """Sign in to the chat; fires with the C{Cookie} header value."""
-    reply = await http(port, "POST", "/api/session", json.dumps({"name": name}).encode(),
-                       jsonHeaders())
+    reply = await http(
+        port, "POST", "/api/session", json.dumps({"name": name}).encode(), jsonHeaders()
+    )
     if reply.status != 200:
         raise RuntimeError(f"POST /api/session answered {reply.status}")
     return reply.headers["set-cookie"].split(";", 1)[0]
@@ -298,17 +321,33 @@ class WS:
         self.socketId = ""
 
     @classmethod
-    async def open(cls, port: int, src: str | None = None, rcvbuf: int | None = None,
-                   established: bool = True, timeout: float = 5) -> WS:
+    async def open(
+        cls,
+        port: int,
+        src: str | None = None,
+        rcvbuf: int | None = None,
+        established: bool = True,
+        timeout: float = 5,
+    ) -> WS:
         """
         Fires with a client whose handshake is done (and C{connection_established} read);
         fails with L{Refused} (HTTP status) or L{WSClosed} (close code).
         """
         reader, writer = await openConn(port, src, rcvbuf, timeout)
         key = base64.b64encode(os.urandom(16)).decode()
-        writer.write(requestBytes("GET", WS_PATH, headers={
-            "Upgrade": "websocket", "Connection": "Upgrade", "Sec-WebSocket-Key": key,
-            "Sec-WebSocket-Version": "13"}, close=False))
+        writer.write(
+            requestBytes(
+                "GET",
+                WS_PATH,
+                headers={
+                    "Upgrade": "websocket",
+                    "Connection": "Upgrade",
+                    "Sec-WebSocket-Key": key,
+                    "Sec-WebSocket-Version": "13",
+                },
+                close=False,
+            )
+        )
         try:
             head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), timeout)
         except asyncio.IncompleteReadError:
@@ -416,15 +455,22 @@ def stopAll() -> None:
             proc.wait(5)
 
 
-def spawn(argv: list[str], logPath: Path, env: dict[str, str] | None = None,
-          nofile: int | None = None) -> subprocess.Popen[bytes]:
+def spawn(
+    argv: list[str], logPath: Path, env: dict[str, str] | None = None, nofile: int | None = None
+) -> subprocess.Popen[bytes]:
     def limit() -> None:
         if nofile is not None:
             resource.setrlimit(resource.RLIMIT_NOFILE, (nofile, nofile))
 
     with open(logPath, "ab") as log:
-        proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=env,
-                                stdin=subprocess.DEVNULL, preexec_fn=limit)
+        proc = subprocess.Popen(
+            argv,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            preexec_fn=limit,
+        )
     STARTED.append(proc)
     return proc
 
@@ -467,8 +513,7 @@ class Node:
     def logSince(self, offset: int) -> list[str]:
         with open(self.logPath, "rb") as f:
             f.seek(offset)
-            return [line for line in f.read().decode(errors="replace").splitlines()
-                    if line.strip()]
+            return [line for line in f.read().decode(errors="replace").splitlines() if line.strip()]
 
 
 def startNode(work: Path, name: str, extra: list[str], nofile: int | None = None) -> Node:
@@ -479,14 +524,28 @@ def startNode(work: Path, name: str, extra: list[str], nofile: int | None = None
     env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")]).rstrip(":")
     env["PUSHSVC_APP_SECRET"] = APP_SECRET
     env.pop("PUSHSVC_SESSION_KEY", None)
-    argv = [*twistd(), "-n", "--pidfile=", f"--logfile={logPath}", "pushsvc",
-            "--listen", f"tcp:{port}:interface=127.0.0.1", "--data-dir", str(dataDir),
-            "--app-id", APP_ID, "--app-key", APP_KEY, *extra]
+    argv = [
+        *twistd(),
+        "-n",
+        "--pidfile=",
+        f"--logfile={logPath}",
+        "pushsvc",
+        "--listen",
+        f"tcp:{port}:interface=127.0.0.1",
+        "--data-dir",
+        str(dataDir),
+        "--app-id",
+        APP_ID,
+        "--app-key",
+        APP_KEY,
+        *extra,
+    ]
     return Node(name, port, dataDir, logPath, spawn(argv, logPath, env, nofile))
 
 
-async def waitListening(proc: subprocess.Popen[bytes], port: int, logPath: Path,
-                        timeout: float = 60) -> None:
+async def waitListening(
+    proc: subprocess.Popen[bytes], port: int, logPath: Path, timeout: float = 60
+) -> None:
     """Fires once something accepts on C{port}; fails if the process ends first."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
@@ -525,8 +584,21 @@ class Redis:
         port = freePort()
         logPath = work / f"{name}.log"
         server = shutil.which("redis-server") or "/usr/bin/redis-server"
-        argv = [server, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-                "--appendonly", "no", "--daemonize", "no", "--enable-debug-command", "local"]
+        argv = [
+            server,
+            "--port",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--daemonize",
+            "no",
+            "--enable-debug-command",
+            "local",
+        ]
         if password:
             argv += ["--requirepass", password]
         return cls(port, password, spawn(argv, logPath), logPath)
@@ -536,8 +608,7 @@ class Redis:
         return f"redis://127.0.0.1:{self.port}/0"
 
 
-async def redisCall(port: int, *args: str, password: str | None = None,
-                    timeout: float = 5) -> Any:
+async def redisCall(port: int, *args: str, password: str | None = None, timeout: float = 5) -> Any:
     """One Redis command on a fresh connection; fires with the decoded reply."""
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     _track(writer)
@@ -679,8 +750,11 @@ class Bystander:
             ws.close()
 
     def summary(self) -> str:
-        seen = (f"max {max(self.latencies):.1f} ms over {len(self.latencies)} publishes"
-                if self.latencies else "no publish seen")
+        seen = (
+            f"max {max(self.latencies):.1f} ms over {len(self.latencies)} publishes"
+            if self.latencies
+            else "no publish seen"
+        )
         return f"bystander {seen}" + (f", {self.missed} lost or over 2 s" if self.missed else "")
 
     @property
@@ -722,18 +796,22 @@ def pipelining(path: str) -> Probe:
         abort(writer)
         await asyncio.sleep(2)  # a measurement window: what the server keeps once it is gone
         after = rssMiB(node.pid)
-        queued = writer.transport.get_write_buffer_size() // len(requestBytes("GET", path,
-                                                                             close=False))
+        queued = writer.transport.get_write_buffer_size() // len(
+            requestBytes("GET", path, close=False)
+        )
         growth = peak - before
-        return (f"RSS {before:.0f} -> {peak:.0f} MiB (+{growth:.1f}), {after:.0f} after close; "
-                f"~{sent - queued:,} requests written in {duration} s{stoppedEarly}; "
-                f"{bystander.summary()}"), growth < 20 and bystander.ok
+        return (
+            f"RSS {before:.0f} -> {peak:.0f} MiB (+{growth:.1f}), {after:.0f} after close; "
+            f"~{sent - queued:,} requests written in {duration} s{stoppedEarly}; "
+            f"{bystander.summary()}"
+        ), growth < 20 and bystander.ok
 
     return run
 
 
-async def dribble(writer: asyncio.StreamWriter, reader: asyncio.StreamReader,
-                  data: bytes, limit: float) -> tuple[float | None, int | None]:
+async def dribble(
+    writer: asyncio.StreamWriter, reader: asyncio.StreamReader, data: bytes, limit: float
+) -> tuple[float | None, int | None]:
     """
     Send C{data} one byte a second until the server closes; fires with (seconds until it
     closed or None, the status it answered or None).
@@ -744,7 +822,7 @@ async def dribble(writer: asyncio.StreamWriter, reader: asyncio.StreamReader,
     received = b""
     for i in range(int(limit)):
         try:
-            writer.write(data[i % len(data):i % len(data) + 1])
+            writer.write(data[i % len(data) : i % len(data) + 1])
         except ConnectionError:
             return loop.time() - started, status
         try:
@@ -768,8 +846,10 @@ async def probeDribbleHeader(ctx: Ctx) -> Result:
     closed, status = await dribble(writer, reader, b"X-Dribble: " + b"a" * 100, 20)
     if closed is None:
         return "still open after 20 s", False
-    return (f"closed after {closed:.1f} s" + (f" (answered {status})" if status else ""),
-            closed <= 15)
+    return (
+        f"closed after {closed:.1f} s" + (f" (answered {status})" if status else ""),
+        closed <= 15,
+    )
 
 
 async def probeDribbleBody(ctx: Ctx) -> Result:
@@ -777,16 +857,25 @@ async def probeDribbleBody(ctx: Ctx) -> Result:
     path = f"/apps/{APP_ID}/events"
     body = json.dumps({"name": "e", "channel": "dribble", "data": "x" * 2000}).encode()
     reader, writer = await openConn(node.port)
-    writer.write(requestBytes("POST", f"{path}?{urlencode(signedParams('POST', path, body))}",
-                              b"", {"Content-Type": "application/json"}, close=False)
-                 .replace(b"Content-Length: 0", f"Content-Length: {len(body)}".encode()))
+    writer.write(
+        requestBytes(
+            "POST",
+            f"{path}?{urlencode(signedParams('POST', path, body))}",
+            b"",
+            {"Content-Type": "application/json"},
+            close=False,
+        ).replace(b"Content-Length: 0", f"Content-Length: {len(body)}".encode())
+    )
     # The deadline from --body-min-rate (1,024 bytes/s) + 10 s, and 3 s to spare.
     allowed = 10 + len(body) / 1024 + 3
     closed, status = await dribble(writer, reader, body, 25)
     if closed is None:
         return f"{len(body):,}-byte body at 1 byte/s: still open after 25 s", False
-    return (f"{len(body):,}-byte body at 1 byte/s: closed after {closed:.1f} s"
-            + (f" (answered {status})" if status else ""), closed <= allowed)
+    return (
+        f"{len(body):,}-byte body at 1 byte/s: closed after {closed:.1f} s"
+        + (f" (answered {status})" if status else ""),
+        closed <= allowed,
+    )
 
 
 async def holdWebSockets(port: int, sources: Iterable[str]) -> list[WS]:
@@ -817,9 +906,11 @@ async def probeCapsPerIp(ctx: Ctx) -> Result:
     other = await http(node.port, "GET", "/healthz", src="127.0.0.2")
     for ws in held:
         ws.close()
-    return (f"50 WebSockets from 127.0.0.1 held; 51st HTTP {http51.short()}, 51st WebSocket "
-            f"{ws51}; from 127.0.0.2 HTTP {other.status}",
-            http51.status == 503 and ws51 == "close 4100" and other.status == 200)
+    return (
+        f"50 WebSockets from 127.0.0.1 held; 51st HTTP {http51.short()}, 51st WebSocket "
+        f"{ws51}; from 127.0.0.2 HTTP {other.status}",
+        http51.status == 503 and ws51 == "close 4100" and other.status == 200,
+    )
 
 
 async def probeCapsProcess(ctx: Ctx) -> Result:
@@ -829,8 +920,11 @@ async def probeCapsProcess(ctx: Ctx) -> Result:
     ws51 = await wsOutcome(node.port, "127.0.0.4")
     for ws in held:
         ws.close()
-    return (f"50 WebSockets from two addresses held; 51st (a third address) HTTP "
-            f"{http51.short()}, WebSocket {ws51}", http51.status == 503 and ws51 == "close 4100")
+    return (
+        f"50 WebSockets from two addresses held; 51st (a third address) HTTP "
+        f"{http51.short()}, WebSocket {ws51}",
+        http51.status == 503 and ws51 == "close 4100",
+    )
 
 
 async def probeFds(ctx: Ctx) -> Result:
@@ -881,20 +975,29 @@ async def probeFds(ctx: Ctx) -> Result:
     stop.set()
     connected = sum(await asyncio.gather(*holders))
     failed = ", ".join(f"{n} x {s}" for s, n in attempts.items() if s != "200")
-    text = (f"{connected}/300 connected and held, server fds {fdsBefore} -> {peakFds}; "
-            + (f"a publish ok after {recovered:.1f} s" if recovered is not None
-               else "no publish ok within 20 s") + (f" (before: {failed})" if failed else "")
-            + f"; meanwhile CPU {cpuShare:.0%}, {lines} log lines")
+    text = (
+        f"{connected}/300 connected and held, server fds {fdsBefore} -> {peakFds}; "
+        + (
+            f"a publish ok after {recovered:.1f} s"
+            if recovered is not None
+            else "no publish ok within 20 s"
+        )
+        + (f" (before: {failed})" if failed else "")
+        + f"; meanwhile CPU {cpuShare:.0%}, {lines} log lines"
+    )
     return text, cpuShare < 0.2 and lines <= 20 and recovered is not None and recovered <= 15
 
 
 async def probeRange100(ctx: Ctx) -> Result:
     node = ctx.node("main")
     size = len((await http(node.port, "GET", "/app.js")).body)
-    reply = await http(node.port, "GET", "/app.js",
-                       headers={"Range": "bytes=" + ",".join(["0-"] * 100)})
-    return (f"{reply.status}, {len(reply.body):,} bytes for a {size:,}-byte file",
-            0 < len(reply.body) <= size)
+    reply = await http(
+        node.port, "GET", "/app.js", headers={"Range": "bytes=" + ",".join(["0-"] * 100)}
+    )
+    return (
+        f"{reply.status}, {len(reply.body):,} bytes for a {size:,}-byte file",
+        0 < len(reply.body) <= size,
+    )
 
 
 async def probeRange1500(ctx: Ctx) -> Result:
@@ -903,8 +1006,13 @@ async def probeRange1500(ctx: Ctx) -> Result:
     fdsBefore = openFds(node.pid)
     started = loop.time()
     try:
-        reply = await http(node.port, "GET", "/app.js", timeout=5,
-                           headers={"Range": "bytes=" + ",".join(["0-"] * 1500)})
+        reply = await http(
+            node.port,
+            "GET",
+            "/app.js",
+            timeout=5,
+            headers={"Range": "bytes=" + ",".join(["0-"] * 1500)},
+        )
         got = f"{reply.status} with {len(reply.body):,} bytes in {loop.time() - started:.2f} s"
         complete = True
     except NET_ERRORS as e:
@@ -915,7 +1023,8 @@ async def probeRange1500(ctx: Ctx) -> Result:
         await asyncio.sleep(0.1)
         fdsAfter = openFds(node.pid)
     return f"{got}; server fds {fdsBefore} before, {fdsAfter} after", (
-        complete and fdsAfter <= fdsBefore)
+        complete and fdsAfter <= fdsBefore
+    )
 
 
 _formats: dict[int, str] = {}
@@ -943,9 +1052,17 @@ def sign(fmt: str, ts: str, channel: str, body: bytes) -> str:
 
 
 async def notify(port: int, path: str, body: bytes, ts: str, signature: str) -> Reply:
-    return await http(port, "POST", f"/notify/{path}", body, {
-        "Content-Type": "application/json", "X-Pushsvc-Timestamp": ts,
-        "X-Pushsvc-Signature": signature})
+    return await http(
+        port,
+        "POST",
+        f"/notify/{path}",
+        body,
+        {
+            "Content-Type": "application/json",
+            "X-Pushsvc-Timestamp": ts,
+            "X-Pushsvc-Signature": signature,
+        },
+    )
 
 
 async def probeNotifyReplay(ctx: Ctx) -> Result:
@@ -967,11 +1084,17 @@ async def probeNotifyReplay(ctx: Ctx) -> Result:
             leaked += 1
     except TimeoutError:
         pass
-    return (f"signed for public-orders ({fmt} format): accepted {first.status}; replayed to "
-            f"private-admin {admin.short()}, to #server-to-user-u1 {user.short()}; identical "
-            f"replay {again.short()}; the private subscriber got {leaked}",
-            first.status == 202 and admin.status == 401 and user.status == 401
-            and again.status == 409 and again.isJSONError and leaked == 0)
+    return (
+        f"signed for public-orders ({fmt} format): accepted {first.status}; replayed to "
+        f"private-admin {admin.short()}, to #server-to-user-u1 {user.short()}; identical "
+        f"replay {again.short()}; the private subscriber got {leaked}",
+        first.status == 202
+        and admin.status == 401
+        and user.status == 401
+        and again.status == 409
+        and again.isJSONError
+        and leaked == 0,
+    )
 
 
 async def probeNotifyCluster(ctx: Ctx) -> Result:
@@ -982,8 +1105,10 @@ async def probeNotifyCluster(ctx: Ctx) -> Result:
     signature = sign(fmt, ts, "public-orders", body)
     first = await notify(one.port, "public-orders", body, ts, signature)
     replay = await notify(two.port, "public-orders", body, ts, signature)
-    return (f"accepted on node 1: {first.status}; the identical request on node 2: "
-            f"{replay.short()}", first.status == 202 and replay.status == 409)
+    return (
+        f"accepted on node 1: {first.status}; the identical request on node 2: {replay.short()}",
+        first.status == 202 and replay.status == 409,
+    )
 
 
 def nested(depth: int) -> bytes:
@@ -998,20 +1123,29 @@ async def probeNestedJSON(ctx: Ctx) -> Result:
     # /api/session takes 4 KiB bodies: 2,000 deep is as deep as fits, and deeper than
     # Python's recursion limit.
     sessionBody = b'{"name":' + nested(2000) + b"}"
-    replies = {"/api/session (2,000 deep)": await http(node.port, "POST", "/api/session",
-                                                       sessionBody, jsonHeaders())}
+    replies = {
+        "/api/session (2,000 deep)": await http(
+            node.port, "POST", "/api/session", sessionBody, jsonHeaders()
+        )
+    }
     ts = str(int(time.time()))
     replies["/notify/x"] = await notify(node.port, "x", deep, ts, sign(fmt, ts, "x", deep))
     path = f"/apps/{APP_ID}/events"
     replies["/apps/{id}/events"] = await http(
-        node.port, "POST", f"{path}?{urlencode(signedParams('POST', path, deep))}", deep,
-        jsonHeaders())
+        node.port,
+        "POST",
+        f"{path}?{urlencode(signedParams('POST', path, deep))}",
+        deep,
+        jsonHeaders(),
+    )
     await asyncio.sleep(0.5)  # let the log be written
     logged = "\n".join(node.logSince(offset))
     tracebacks = logged.count("Traceback") + logged.count("RecursionError")
-    return ("; ".join(f"{k} {r.short()}" for k, r in replies.items())
-            + f"; {tracebacks} Traceback/RecursionError in the log",
-            all(r.status == 400 and r.isJSONError for r in replies.values()) and not tracebacks)
+    return (
+        "; ".join(f"{k} {r.short()}" for k, r in replies.items())
+        + f"; {tracebacks} Traceback/RecursionError in the log",
+        all(r.status == 400 and r.isJSONError for r in replies.values()) and not tracebacks,
+    )
 
 
 async def probeQueryParams(ctx: Ctx) -> Result:
@@ -1019,9 +1153,11 @@ async def probeQueryParams(ctx: Ctx) -> Result:
     plain = await publish(node.port, "query", "e", "{}")
     caseVariant = await publish(node.port, "query", "e", "{}", extraQuery="&Auth_Signature=zzz")
     repeated = await publish(node.port, "query", "e", "{}", extraQuery=f"&auth_key={APP_KEY}")
-    return (f"signed publish {plain.status}; + &Auth_Signature=zzz {caseVariant.short()}; "
-            f"+ a second auth_key {repeated.short()}",
-            plain.status == 200 and caseVariant.status == 400 and repeated.status == 400)
+    return (
+        f"signed publish {plain.status}; + &Auth_Signature=zzz {caseVariant.short()}; "
+        f"+ a second auth_key {repeated.short()}",
+        plain.status == 200 and caseVariant.status == 400 and repeated.status == 400,
+    )
 
 
 async def probeSocketIds(ctx: Ctx) -> Result:
@@ -1035,22 +1171,32 @@ async def probeSocketIds(ctx: Ctx) -> Result:
     firsts = {i.partition(".")[0] for i in ids}
     seconds = {i.partition(".")[2] for i in ids}
     parts = [p for i in ids for p in i.split(".")]
-    return (f"200 ids, e.g. {ids[0]}, {ids[1]}: {len(firsts)} distinct first parts, "
-            f"{len(seconds)} distinct second parts, {len(parts) - len(set(parts))} repeats in "
-            f"all, {len(malformed)} not digits.digits",
-            not malformed and len(set(parts)) == len(parts) == 400)
+    return (
+        f"200 ids, e.g. {ids[0]}, {ids[1]}: {len(firsts)} distinct first parts, "
+        f"{len(seconds)} distinct second parts, {len(parts) - len(set(parts))} repeats in "
+        f"all, {len(malformed)} not digits.digits",
+        not malformed and len(set(parts)) == len(parts) == 400,
+    )
 
 
 async def probeNewline(ctx: Ctx) -> Result:
     node = ctx.node("main")
     cookie = await session(node.port, "newline")
-    room = await http(node.port, "POST", "/api/rooms/general%0A/messages",
-                      b'{"text":"hi"}', jsonHeaders(cookie))
-    auth = await http(node.port, "POST", "/api/pusher/auth",
-                      b"socket_id=1.2%0A&channel_name=presence-room-general",
-                      {"Content-Type": "application/x-www-form-urlencoded", "Cookie": cookie})
-    return (f"POST /api/rooms/general%0A/messages {room.short()}; /api/pusher/auth with "
-            f"socket_id=1.2%0A {auth.short()}", room.status == 400 and auth.status == 400)
+    room = await http(
+        node.port, "POST", "/api/rooms/general%0A/messages", b'{"text":"hi"}', jsonHeaders(cookie)
+    )
+    auth = await http(
+        node.port,
+        "POST",
+        "/api/pusher/auth",
+        b"socket_id=1.2%0A&channel_name=presence-room-general",
+        {"Content-Type": "application/x-www-form-urlencoded", "Cookie": cookie},
+    )
+    return (
+        f"POST /api/rooms/general%0A/messages {room.short()}; /api/pusher/auth with "
+        f"socket_id=1.2%0A {auth.short()}",
+        room.status == 400 and auth.status == 400,
+    )
 
 
 async def probeRedisKill(ctx: Ctx) -> Result:
@@ -1060,8 +1206,11 @@ async def probeRedisKill(ctx: Ctx) -> Result:
     await ws.subscribe("kill-probe")
     name = f"pushsvc-{one.pid}:commands"
     clients = await redisCall(ctx.redis.port, "CLIENT", "LIST")
-    ids = [re.search(r"\bid=(\d+)", line).group(1)  # type: ignore[union-attr]
-           for line in clients.splitlines() if f" name={name} " in f" {line} "]
+    ids = [
+        re.search(r"\bid=(\d+)", line).group(1)  # type: ignore[union-attr]
+        for line in clients.splitlines()
+        if f" name={name} " in f" {line} "
+    ]
     if not ids:
         raise RuntimeError(f"no client named {name} in CLIENT LIST")
     killed = await redisCall(ctx.redis.port, "CLIENT", "KILL", "ID", ids[0])
@@ -1074,9 +1223,12 @@ async def probeRedisKill(ctx: Ctx) -> Result:
             delivered = f"yes ({reply.status})"
         except (TimeoutError, WSClosed):
             delivered = f"no ({reply.status})"
-    return (f"killed {name} ({killed}); its WebSocket after 3 s: "
-            f"{'still open' if outcome == 'open' else f'closed {outcome}'}; a publish on "
-            f"node 2 reached it: {delivered}", outcome == "open")
+    return (
+        f"killed {name} ({killed}); its WebSocket after 3 s: "
+        f"{'still open' if outcome == 'open' else f'closed {outcome}'}; a publish on "
+        f"node 2 reached it: {delivered}",
+        outcome == "open",
+    )
 
 
 async def waitHealthy(port: int, timeout: float) -> bool:
@@ -1123,16 +1275,21 @@ async def probeRedisStall(ctx: Ctx) -> Result:
         return status, loop.time() - t0
 
     health, (status, took) = await asyncio.gather(degraded(), publishing())
-    codes = await asyncio.gather(*(ws.closedWith(max(0.5, t0 + 9.5 - loop.time()))
-                                   for ws in clients))
+    codes = await asyncio.gather(
+        *(ws.closedWith(max(0.5, t0 + 9.5 - loop.time())) for ws in clients)
+    )
     await sleeper
     healed = await waitHealthy(one.port, 15) and await waitHealthy(two.port, 15)
-    closed = ", ".join(f"node {i + 1}: {'open' if c == 'open' else f'closed {c}'}"
-                       for i, c in enumerate(codes))
-    return ("/healthz 503 " + (f"after {health:.1f} s" if health is not None else "not within 4 s")
-            + f"; a publish answered {status} after {took:.1f} s; clients 2.5 s after the "
-            f"stall: {closed}; healthy again: {'yes' if healed else 'no'}",
-            health is not None and health <= 2 and status == "503" and took <= 2)
+    closed = ", ".join(
+        f"node {i + 1}: {'open' if c == 'open' else f'closed {c}'}" for i, c in enumerate(codes)
+    )
+    return (
+        "/healthz 503 "
+        + (f"after {health:.1f} s" if health is not None else "not within 4 s")
+        + f"; a publish answered {status} after {took:.1f} s; clients 2.5 s after the "
+        f"stall: {closed}; healthy again: {'yes' if healed else 'no'}",
+        health is not None and health <= 2 and status == "503" and took <= 2,
+    )
 
 
 async def probeWrongPassword(ctx: Ctx) -> Result:
@@ -1151,9 +1308,11 @@ async def probeWrongPassword(ctx: Ctx) -> Result:
     address = f"127.0.0.1:{ctx.redisPw.port}"
     withAddress = sum(address in line for line in lines)
     leaked = ctx.badPassword in node.log()
-    return (f"{len(lines)} log lines in 20 s, {withAddress} of them name {address}; password "
-            f"{'IN the log' if leaked else 'not in the log'}",
-            1 <= len(lines) <= 10 and withAddress == len(lines) and not leaked)
+    return (
+        f"{len(lines)} log lines in 20 s, {withAddress} of them name {address}; password "
+        f"{'IN the log' if leaked else 'not in the log'}",
+        1 <= len(lines) <= 10 and withAddress == len(lines) and not leaked,
+    )
 
 
 async def probeChatRate(ctx: Ctx) -> Result:
@@ -1164,15 +1323,23 @@ async def probeChatRate(ctx: Ctx) -> Result:
     retryAfter = None
     started = loop.time()
     while loop.time() - started < 5:
-        reply = await http(node.port, "POST", "/api/rooms/abuse-rate/messages",
-                           b'{"text":"flood"}', jsonHeaders(cookie))
+        reply = await http(
+            node.port,
+            "POST",
+            "/api/rooms/abuse-rate/messages",
+            b'{"text":"flood"}',
+            jsonHeaders(cookie),
+        )
         counts[reply.status] = counts.get(reply.status, 0) + 1
         if reply.status == 429 and retryAfter is None:
             retryAfter = reply.headers.get("retry-after", "missing")
     stored = counts.get(201, 0)
-    return ("5 s of posts: " + ", ".join(f"{n:,} x {s}" for s, n in sorted(counts.items()))
-            + (f"; Retry-After: {retryAfter}" if retryAfter else ""),
-            retryAfter not in (None, "missing") and stored <= 30)
+    return (
+        "5 s of posts: "
+        + ", ".join(f"{n:,} x {s}" for s, n in sorted(counts.items()))
+        + (f"; Retry-After: {retryAfter}" if retryAfter else ""),
+        retryAfter not in (None, "missing") and stored <= 30,
+    )
 
 
 async def probeLogout(ctx: Ctx) -> Result:
@@ -1180,16 +1347,19 @@ async def probeLogout(ctx: Ctx) -> Result:
     cookie = await session(node.port, "leaver")
     out = await http(node.port, "DELETE", "/api/session", headers={"Cookie": cookie})
     after = await http(node.port, "GET", "/api/session", headers={"Cookie": cookie})
-    return (f"DELETE /api/session {out.short()}; the old cookie then {after.status}",
-            200 <= out.status < 300 and after.status == 401)
+    return (
+        f"DELETE /api/session {out.short()}; the old cookie then {after.status}",
+        200 <= out.status < 300 and after.status == 401,
+    )
 
 
 async def probeNames(ctx: Ctx) -> Result:
     node = ctx.node("main")
     outcomes, ok = [], True
     for label, name in (("U+202E", "Mall\u202eory"), ("U+200B", "zero\u200bwidth")):
-        reply = await http(node.port, "POST", "/api/session",
-                           json.dumps({"name": name}).encode(), jsonHeaders())
+        reply = await http(
+            node.port, "POST", "/api/session", json.dumps({"name": name}).encode(), jsonHeaders()
+        )
         got = (reply.json() or {}).get("name", "") if reply.status == 200 else ""
         if reply.status == 400:
             outcomes.append(f"{label}: 400 (refused)")
@@ -1207,8 +1377,11 @@ async def probeFiles(ctx: Ctx) -> Result:
     for path in sorted(node.dataDir.iterdir()):
         if path.name.startswith("pushsvc.sqlite3") or path.name in ("session-key", "app-secret"):
             modes[path.name] = path.stat().st_mode & 0o777
-    ok = modes["data dir"] == 0o700 and len(modes) > 1 and all(
-        mode == 0o600 for name, mode in modes.items() if name != "data dir")
+    ok = (
+        modes["data dir"] == 0o700
+        and len(modes) > 1
+        and all(mode == 0o600 for name, mode in modes.items() if name != "data dir")
+    )
     return ", ".join(f"{name} {mode:04o}" for name, mode in modes.items()), ok
 
 
@@ -1243,8 +1416,9 @@ async def probeSlowConsumer(ctx: Ctx) -> Result:
         if (await publish(node.port, "slow-probe", "big", data)).status == 200:
             published += 1
         if published % 20 == 0:
-            logged = any("slow consumer" in line and slow.socketId in line
-                         for line in node.logSince(offset))
+            logged = any(
+                "slow consumer" in line and slow.socketId in line for line in node.logSince(offset)
+            )
     events = 0
     code: int | None | str = "open"
     try:
@@ -1259,14 +1433,18 @@ async def probeSlowConsumer(ctx: Ctx) -> Result:
     while readerGot < published and loop.time() < deadline and not readerTask.done():
         await asyncio.sleep(0.1)
     readerTask.cancel()
-    logged = logged or any("slow consumer" in line and slow.socketId in line
-                           for line in node.logSince(offset))
-    closed = ("stayed open" if code == "open" else "was dropped" if code is None
-              else f"got close {code}")
-    return (f"{published} events of 10 kB published: the unread client read {events}, then "
-            f"{closed}; the server logged it as a slow consumer: {'yes' if logged else 'no'}; "
-            f"a reading client got {readerGot}",
-            (code == 4100 or (code is None and logged)) and readerGot == published)
+    logged = logged or any(
+        "slow consumer" in line and slow.socketId in line for line in node.logSince(offset)
+    )
+    closed = (
+        "stayed open" if code == "open" else "was dropped" if code is None else f"got close {code}"
+    )
+    return (
+        f"{published} events of 10 kB published: the unread client read {events}, then "
+        f"{closed}; the server logged it as a slow consumer: {'yes' if logged else 'no'}; "
+        f"a reading client got {readerGot}",
+        (code == 4100 or (code is None and logged)) and readerGot == published,
+    )
 
 
 async def probeBadFrames(ctx: Ctx) -> Result:
@@ -1303,8 +1481,10 @@ async def probeCycles(ctx: Ctx) -> Result:
     await asyncio.gather(*(worker(cycles // 10) for _ in range(10)))
     await asyncio.sleep(2)  # let closing connections go
     after = rssMiB(node.pid)
-    return (f"RSS {before:.1f} -> {after:.1f} MiB over {cycles:,} connect/disconnect cycles",
-            after - before < 10)
+    return (
+        f"RSS {before:.1f} -> {after:.1f} MiB over {cycles:,} connect/disconnect cycles",
+        after - before < 10,
+    )
 
 
 def secretsFound(ctx: Ctx) -> dict[str, list[str]]:
@@ -1339,51 +1519,97 @@ PROBES = [
     ProbeSpec("pipelined GET /metrics, never read", PIPELINE_EXPECTED, pipelining("/metrics")),
     ProbeSpec("pipelined GET /nope (404), never read", PIPELINE_EXPECTED, pipelining("/nope")),
     ProbeSpec("pipelined GET /, never read", PIPELINE_EXPECTED, pipelining("/")),
-    ProbeSpec("request header dribbled at 1 byte/s", "closed within 15 s (--header-timeout 10)",
-              probeDribbleHeader),
-    ProbeSpec("request body dribbled at 1 byte/s",
-              "closed within 10 s + size/1,024 s (--body-min-rate 1024) + 3 s", probeDribbleBody),
-    ProbeSpec("many connections from one IP", "with --max-connections-per-ip 50: 51st HTTP 503, "
-              "51st WebSocket close 4100, another IP 200", probeCapsPerIp),
-    ProbeSpec("connections over the process cap", "with --max-connections 50: 51st HTTP 503, "
-              "WebSocket close 4100", probeCapsProcess),
-    ProbeSpec("fd exhaustion: RLIMIT_NOFILE 256, 300 half-open connections",
-              "CPU < 20% and <= 20 log lines while saturated; a publish ok within 15 s "
-              "though they are held (the header deadline frees their fds)",
-              probeFds),
-    ProbeSpec("Range: 100 x bytes=0- on /app.js", "bytes returned <= the file size",
-              probeRange100),
-    ProbeSpec("Range: 1,500 x bytes=0- on /app.js",
-              "a complete reply within 5 s; server fds back to where they were", probeRange1500),
-    ProbeSpec("/notify signed for public-orders, replayed",
-              "202 once; other channels 401; identical replay 409 (JSON); private subscriber "
-              "gets nothing", probeNotifyReplay),
-    ProbeSpec("/notify replayed across two Redis nodes", "202 on node 1, 409 on node 2",
-              probeNotifyCluster),
-    ProbeSpec("JSON nested 4,000 deep", "400 with a JSON body each; no traceback in the log",
-              probeNestedJSON),
-    ProbeSpec("repeated / case-variant query parameter on a signed API request",
-              "400 (a plain signed request 200)", probeQueryParams),
+    ProbeSpec(
+        "request header dribbled at 1 byte/s",
+        "closed within 15 s (--header-timeout 10)",
+        probeDribbleHeader,
+    ),
+    ProbeSpec(
+        "request body dribbled at 1 byte/s",
+        "closed within 10 s + size/1,024 s (--body-min-rate 1024) + 3 s",
+        probeDribbleBody,
+    ),
+    ProbeSpec(
+        "many connections from one IP",
+        "with --max-connections-per-ip 50: 51st HTTP 503, "
+        "51st WebSocket close 4100, another IP 200",
+        probeCapsPerIp,
+    ),
+    ProbeSpec(
+        "connections over the process cap",
+        "with --max-connections 50: 51st HTTP 503, WebSocket close 4100",
+        probeCapsProcess,
+    ),
+    ProbeSpec(
+        "fd exhaustion: RLIMIT_NOFILE 256, 300 half-open connections",
+        "CPU < 20% and <= 20 log lines while saturated; a publish ok within 15 s "
+        "though they are held (the header deadline frees their fds)",
+        probeFds,
+    ),
+    ProbeSpec("Range: 100 x bytes=0- on /app.js", "bytes returned <= the file size", probeRange100),
+    ProbeSpec(
+        "Range: 1,500 x bytes=0- on /app.js",
+        "a complete reply within 5 s; server fds back to where they were",
+        probeRange1500,
+    ),
+    ProbeSpec(
+        "/notify signed for public-orders, replayed",
+        "202 once; other channels 401; identical replay 409 (JSON); private subscriber "
+        "gets nothing",
+        probeNotifyReplay,
+    ),
+    ProbeSpec(
+        "/notify replayed across two Redis nodes",
+        "202 on node 1, 409 on node 2",
+        probeNotifyCluster,
+    ),
+    ProbeSpec(
+        "JSON nested 4,000 deep",
+        "400 with a JSON body each; no traceback in the log",
+        probeNestedJSON,
+    ),
+    ProbeSpec(
+        "repeated / case-variant query parameter on a signed API request",
+        "400 (a plain signed request 200)",
+        probeQueryParams,
+    ),
     ProbeSpec("socket ids of 200 WebSockets", "digits.digits; no part repeats", probeSocketIds),
     ProbeSpec("newline in a room name and a socket id", "400 and 400", probeNewline),
-    ProbeSpec("Redis: only the commands connection killed",
-              "the node's WebSocket stays open (no 4200)", probeRedisKill),
-    ProbeSpec("Redis stalls 7 s (DEBUG SLEEP 7)",
-              "/healthz 503 within 2 s; a publish 503 within 2 s", probeRedisStall, 60),
-    ProbeSpec("wrong Redis password", "1-10 log lines in 20 s, each naming the address; never "
-              "the password", probeWrongPassword, 60),
-    ProbeSpec("chat: one session posting as fast as it can",
-              "429 with Retry-After; <= 30 stored (bursts of 20, 60/min)", probeChatRate),
+    ProbeSpec(
+        "Redis: only the commands connection killed",
+        "the node's WebSocket stays open (no 4200)",
+        probeRedisKill,
+    ),
+    ProbeSpec(
+        "Redis stalls 7 s (DEBUG SLEEP 7)",
+        "/healthz 503 within 2 s; a publish 503 within 2 s",
+        probeRedisStall,
+        60,
+    ),
+    ProbeSpec(
+        "wrong Redis password",
+        "1-10 log lines in 20 s, each naming the address; never the password",
+        probeWrongPassword,
+        60,
+    ),
+    ProbeSpec(
+        "chat: one session posting as fast as it can",
+        "429 with Retry-After; <= 30 stored (bursts of 20, 60/min)",
+        probeChatRate,
+    ),
     ProbeSpec("chat: DELETE /api/session, then the old cookie", "2xx, then 401", probeLogout),
-    ProbeSpec("chat: display name with U+202E / U+200B", "400, or normalised away",
-              probeNames),
-    ProbeSpec("files in the data dir", "data dir 0700; database and key files 0600",
-              probeFiles),
-    ProbeSpec("held: a slow WebSocket consumer", "closed with 4100; a reading client gets all",
-              probeSlowConsumer),
-    ProbeSpec("held: bad WebSocket frames",
-              "not JSON: pusher:error 4002 and open; not UTF-8: 1007; 70 kB: 1009",
-              probeBadFrames),
+    ProbeSpec("chat: display name with U+202E / U+200B", "400, or normalised away", probeNames),
+    ProbeSpec("files in the data dir", "data dir 0700; database and key files 0600", probeFiles),
+    ProbeSpec(
+        "held: a slow WebSocket consumer",
+        "closed with 4100; a reading client gets all",
+        probeSlowConsumer,
+    ),
+    ProbeSpec(
+        "held: bad WebSocket frames",
+        "not JSON: pusher:error 4002 and open; not UTF-8: 1007; 70 kB: 1009",
+        probeBadFrames,
+    ),
     ProbeSpec("held: connect/disconnect cycles", "RSS growth < 10 MiB", probeCycles, 180),
     ProbeSpec("held: no secret in a log or an error reply", "none found", probeSecrets),
 ]
@@ -1396,8 +1622,9 @@ async def runProbes(ctx: Ctx) -> list[Row]:
     async def one(run: Probe) -> None:
         spec = SPECS[run]
         rows[spec.name] = await guard(ctx, spec)
-        print(f"  {'ok ' if rows[spec.name].ok else 'NO '} {spec.name}", file=sys.stderr,
-              flush=True)
+        print(
+            f"  {'ok ' if rows[spec.name].ok else 'NO '} {spec.name}", file=sys.stderr, flush=True
+        )
 
     async def inOrder(*runs: Probe) -> None:
         for run in runs:
@@ -1407,13 +1634,33 @@ async def runProbes(ctx: Ctx) -> list[Row]:
     await inOrder(*(spec.run for spec in PROBES[:3]))
     # Timers and the quick checks overlap: none of these measures memory or fds.
     await asyncio.gather(
-        one(probeDribbleHeader), one(probeDribbleBody),
-        inOrder(probeNestedJSON, probeQueryParams, probeSocketIds, probeNewline,
-                probeNotifyReplay, probeChatRate, probeLogout, probeNames),
+        one(probeDribbleHeader),
+        one(probeDribbleBody),
+        inOrder(
+            probeNestedJSON,
+            probeQueryParams,
+            probeSocketIds,
+            probeNewline,
+            probeNotifyReplay,
+            probeChatRate,
+            probeLogout,
+            probeNames,
+        ),
     )
-    await inOrder(probeRange100, probeRange1500, probeCapsPerIp, probeCapsProcess, probeFds,
-                  probeNotifyCluster, probeRedisKill, probeRedisStall, probeSlowConsumer,
-                  probeBadFrames, probeCycles, probeFiles)
+    await inOrder(
+        probeRange100,
+        probeRange1500,
+        probeCapsPerIp,
+        probeCapsProcess,
+        probeFds,
+        probeNotifyCluster,
+        probeRedisKill,
+        probeRedisStall,
+        probeSlowConsumer,
+        probeBadFrames,
+        probeCycles,
+        probeFiles,
+    )
     await background
     await one(probeSecrets)
     return [rows[spec.name] for spec in PROBES]
@@ -1424,8 +1671,10 @@ def table(rows: list[Row]) -> str:
         return text.replace("|", "\\|").replace("\n", " ")
 
     out = ["| probe | result | expected | ok |", "|---|---|---|---|"]
-    out += [f"| {cell(r.probe)} | {cell(r.result)} | {cell(r.expected)} | "
-            f"{'yes' if r.ok else 'no'} |" for r in rows]
+    out += [
+        f"| {cell(r.probe)} | {cell(r.result)} | {cell(r.expected)} | {'yes' if r.ok else 'no'} |"
+        for r in rows
+    ]
     return "\n".join(out)
 
 
@@ -1480,8 +1729,11 @@ def cli() -> int:
     results = HERE / "results"
     results.mkdir(exist_ok=True)
     (results / time.strftime("abuse-%Y%m%d-%H%M%S.md")).write_text(output + "\n")
-    print(f"\n{sum(r.ok for r in rows)}/{len(rows)} ok in {time.monotonic() - started:.0f} s"
-          + (f"; logs in {work}" if args.keep else ""), file=sys.stderr)
+    print(
+        f"\n{sum(r.ok for r in rows)}/{len(rows)} ok in {time.monotonic() - started:.0f} s"
+        + (f"; logs in {work}" if args.keep else ""),
+        file=sys.stderr,
+    )
     return 0 if all(r.ok for r in rows) else 1
 
 

@@ -61,8 +61,9 @@ def wsloadBinary() -> Path:
     if shutil.which(cc[0]) is None:
         raise RuntimeError(f"bench: a C compiler ({cc[0]!r}, or $CC) is needed to build {source}")
     building = binary.with_name(f"{binary.name}.{os.getpid()}")
-    done = subprocess.run([*cc, "-O2", "-o", str(building), str(source)],
-                          capture_output=True, text=True)
+    done = subprocess.run(
+        [*cc, "-O2", "-o", str(building), str(source)], capture_output=True, text=True
+    )
     if done.returncode != 0:
         building.unlink(missing_ok=True)
         raise RuntimeError(f"bench: {shlex.join(cc)} could not build {source}:\n{done.stderr}")
@@ -147,9 +148,17 @@ class LoadGen:
             return self.wsload
         t = self.target
         proc = subprocess.Popen(
-            [str(wsloadBinary()), t.host, str(t.wsPort), t.wsPath,
-             "pusher" if t.pusher else "plain"],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, bufsize=0)
+            [
+                str(wsloadBinary()),
+                t.host,
+                str(t.wsPort),
+                t.wsPath,
+                "pusher" if t.pusher else "plain",
+            ],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            bufsize=0,
+        )
         # wsload shares this process's CPU (the load CPU): inherited, made sure of here.
         mine = os.sched_getaffinity(0)
         if os.sched_getaffinity(proc.pid) != mine:
@@ -196,8 +205,11 @@ class LoadGen:
         fields = dict(zip(words[1::2], words[2::2], strict=True))
         self.ready = int(fields["ready"])
         codes = fields["codes"]
-        self.closedCodes = {} if codes == "-" else {
-            int(code): int(n) for code, n in (item.split("=") for item in codes.split(","))}
+        self.closedCodes = (
+            {}
+            if codes == "-"
+            else {int(code): int(n) for code, n in (item.split("=") for item in codes.split(","))}
+        )
         return fields
 
     def connect(self, n: int, deadline: float, concurrency: int = 64) -> int:
@@ -319,8 +331,9 @@ class LoadGen:
         self._drain(drain)
         return self._endPhase()
 
-    def flood(self, window: int, seconds: float, maxPublishes: int,
-              drain: float = 5.0, stall: float = 5.0) -> PhaseStats:
+    def flood(
+        self, window: int, seconds: float, maxPublishes: int, drain: float = 5.0, stall: float = 5.0
+    ) -> PhaseStats:
         """
         Publish as fast as the window allows: a publish is in flight until every subscriber got
         it, and at most C{window} are. Stops after C{seconds} or C{maxPublishes}.

@@ -101,14 +101,17 @@ class Server:
                 self.proc.wait(5)
 
 
-def waitListening(proc: subprocess.Popen[bytes], ports: list[int], logPath: Path,
-                  timeout: float = 30.0) -> None:
+def waitListening(
+    proc: subprocess.Popen[bytes], ports: list[int], logPath: Path, timeout: float = 30.0
+) -> None:
     deadline = time.monotonic() + timeout
     for port in ports:
         while True:
             if proc.poll() is not None:
-                raise RuntimeError(f"server exited with {proc.returncode}; see {logPath}:\n"
-                                   + logPath.read_text()[-3000:])
+                raise RuntimeError(
+                    f"server exited with {proc.returncode}; see {logPath}:\n"
+                    + logPath.read_text()[-3000:]
+                )
             try:
                 socket.create_connection(("127.0.0.1", port), timeout=1).close()
                 break
@@ -134,9 +137,10 @@ def pusherRequest(port: int, frameBytes: int) -> Callable[[int, int], bytes]:
     path = f"/apps/{APP_ID}/events"
 
     def make(seq: int, sentNs: int) -> bytes:
-        body = json.dumps({"name": "m", "channel": "bench", "data": eventData(seq, sentNs,
-                                                                              frameBytes)},
-                          separators=(",", ":")).encode()
+        body = json.dumps(
+            {"name": "m", "channel": "bench", "data": eventData(seq, sentNs, frameBytes)},
+            separators=(",", ":"),
+        ).encode()
         params = {
             "auth_key": APP_KEY,
             "auth_timestamp": str(int(time.time())),
@@ -144,9 +148,10 @@ def pusherRequest(port: int, frameBytes: int) -> Callable[[int, int], bytes]:
             "body_md5": hashlib.md5(body, usedforsecurity=False).hexdigest(),
         }
         params["auth_signature"] = apiSignature(APP_SECRET, "POST", path, params)
-        return (f"POST {path}?{urlencode(params)} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
-                f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
-                ).encode() + body
+        return (
+            f"POST {path}?{urlencode(params)} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
+            f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
+        ).encode() + body
 
     return make
 
@@ -154,8 +159,10 @@ def pusherRequest(port: int, frameBytes: int) -> Callable[[int, int], bytes]:
 def peerRequest(port: int, frameBytes: int) -> Callable[[int, int], bytes]:
     def make(seq: int, sentNs: int) -> bytes:
         body = eventFrame(eventData(seq, sentNs, frameBytes)).encode()
-        return (f"POST /publish HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
-                f"Content-Length: {len(body)}\r\n\r\n").encode() + body
+        return (
+            f"POST /publish HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
+            f"Content-Length: {len(body)}\r\n\r\n"
+        ).encode() + body
 
     return make
 
@@ -169,12 +176,30 @@ def startServer(name: str, work: Path, frameBytes: int, extra: list[str]) -> Ser
         data = Path(tempfile.mkdtemp(prefix="data-", dir=work))
         env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")]).rstrip(":")
         env["PUSHSVC_APP_SECRET"] = APP_SECRET
-        argv = [*twistd(), "-n", "--pidfile=",
-                f"--logfile={work / 'pushsvc-twistd.log'}", "pushsvc",
-                "--listen", f"tcp:{port}:interface=127.0.0.1:backlog=1024",
-                "--data-dir", str(data), "--app-id", APP_ID, "--app-key", APP_KEY, *extra]
-        target = Target(name, port, f"/app/{APP_KEY}?protocol=7&client=bench&version=1", True,
-                        port, pusherRequest(port, frameBytes))
+        argv = [
+            *twistd(),
+            "-n",
+            "--pidfile=",
+            f"--logfile={work / 'pushsvc-twistd.log'}",
+            "pushsvc",
+            "--listen",
+            f"tcp:{port}:interface=127.0.0.1:backlog=1024",
+            "--data-dir",
+            str(data),
+            "--app-id",
+            APP_ID,
+            "--app-key",
+            APP_KEY,
+            *extra,
+        ]
+        target = Target(
+            name,
+            port,
+            f"/app/{APP_KEY}?protocol=7&client=bench&version=1",
+            True,
+            port,
+            pusherRequest(port, frameBytes),
+        )
         ports = [port]
     elif name == "node-ws":
         port = freePort()
@@ -183,14 +208,14 @@ def startServer(name: str, work: Path, frameBytes: int, extra: list[str]) -> Ser
         ports = [port]
     elif name in ("websockets", "autobahn"):
         wsPort, httpPort = freePort(), freePort()
-        argv = [sys.executable, str(HERE / "peers" / f"{name}_peer.py"), str(wsPort),
-                str(httpPort)]
+        argv = [sys.executable, str(HERE / "peers" / f"{name}_peer.py"), str(wsPort), str(httpPort)]
         target = Target(name, wsPort, "/", False, httpPort, peerRequest(httpPort, frameBytes))
         ports = [wsPort, httpPort]
     else:
         raise ValueError(name)
-    proc = subprocess.Popen(pinned(argv), stdout=log, stderr=subprocess.STDOUT, env=env,
-                            stdin=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        pinned(argv), stdout=log, stderr=subprocess.STDOUT, env=env, stdin=subprocess.DEVNULL
+    )
     log.close()
     server = Server(name, proc, target, logPath)
     try:
@@ -267,15 +292,34 @@ def profiler(server: Server, scenario: str, profile: Path | None) -> subprocess.
         raise SystemExit("bench: --profile needs py-spy (pip install py-spy)")
     profile.mkdir(parents=True, exist_ok=True)
     out = profile / f"{server.name}-{scenario.replace(' ', '-').replace('/', '')}.txt"
-    proc = subprocess.Popen([pyspy, "record", "--format", "raw", "--rate", "250", "--nonblocking",
-                             "--output", str(out), "--pid", str(server.pid)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [
+            pyspy,
+            "record",
+            "--format",
+            "raw",
+            "--rate",
+            "250",
+            "--nonblocking",
+            "--output",
+            str(out),
+            "--pid",
+            str(server.pid),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     time.sleep(1.0)  # py-spy attaches
     return proc
 
 
-def measured(server: Server, gen: LoadGen, scenario: str,
-             run: Callable[[], PhaseStats], profile: Path | None = None) -> Phase:
+def measured(
+    server: Server,
+    gen: LoadGen,
+    scenario: str,
+    run: Callable[[], PhaseStats],
+    profile: Path | None = None,
+) -> Phase:
     spy = profiler(server, scenario, profile)
     before = cpuSeconds(server.pid)
     loadBefore = cpuSeconds(gen.wsloadPid)
@@ -286,16 +330,19 @@ def measured(server: Server, gen: LoadGen, scenario: str,
         spy.send_signal(signal.SIGINT)
         spy.wait(30)
     phase = Phase(scenario, stats.subscribers, stats, cpu, gen.ready, loadCpu)
-    say(f"  {scenario}: {phase.deliveries} deliveries, {phase.usPerDelivery:.2f} us/delivery, "
+    say(
+        f"  {scenario}: {phase.deliveries} deliveries, {phase.usPerDelivery:.2f} us/delivery, "
         f"{phase.rate:,.0f}/s, p50 {phase.p50:.2f} ms, p99 {phase.p99:.2f} ms, "
         f"lost {stats.lost()}, dup {stats.duplicated}, reordered {stats.outOfOrder}, "
-        f"publish errors {stats.publishErrors}, loadgen {phase.loadUsPerDelivery:.2f} us/del")
+        f"publish errors {stats.publishErrors}, loadgen {phase.loadUsPerDelivery:.2f} us/del"
+    )
     return phase
 
 
 @contextmanager
-def running(name: str, args: argparse.Namespace, work: Path, result: Result,
-            part: str) -> Iterator[tuple[Server, LoadGen]]:
+def running(
+    name: str, args: argparse.Namespace, work: Path, result: Result, part: str
+) -> Iterator[tuple[Server, LoadGen]]:
     """A fresh server and load generator for one part; their close codes go into C{result}."""
     server = startServer(name, work, args.frame_bytes, args.pushsvc_arg or [])
     gen = LoadGen(server.target)
@@ -311,8 +358,12 @@ def running(name: str, args: argparse.Namespace, work: Path, result: Result,
 
 def flooded(server: Server, gen: LoadGen, subscribers: int, args: argparse.Namespace) -> Phase:
     return measured(
-        server, gen, f"{subscribers} flood",
-        lambda: gen.flood(args.window, args.flood_seconds, args.max_publishes), args.profile)
+        server,
+        gen,
+        f"{subscribers} flood",
+        lambda: gen.flood(args.window, args.flood_seconds, args.max_publishes),
+        args.profile,
+    )
 
 
 def benchServer(name: str, args: argparse.Namespace, work: Path) -> Result:
@@ -325,8 +376,12 @@ def benchServer(name: str, args: argparse.Namespace, work: Path) -> Result:
             say(f"  only {held} of {args.subs} connected: {gen.closedCodes}")
         gen.idle(1.0)
         result.phases["steady"] = measured(
-            server, gen, f"{args.subs} steady {args.rate:g}/s",
-            lambda: gen.steady(args.rate, args.steady_seconds), args.profile)
+            server,
+            gen,
+            f"{args.subs} steady {args.rate:g}/s",
+            lambda: gen.steady(args.rate, args.steady_seconds),
+            args.profile,
+        )
         result.phases["flood"] = flooded(server, gen, args.subs, args)
     # B: memory per idle connection, then a flood, with the larger number
     with running(name, args, work, result, "B") as (server, gen):
@@ -376,7 +431,8 @@ def tables(results: list[Result], args: argparse.Namespace) -> str:
         lines.append(
             f"| {r.server} | {fmt(p['steady'].usPerDelivery)} | {fmt(p['flood'].usPerDelivery)}"
             f" | {fmt(p['bigflood'].usPerDelivery)} | {fmt(r.rssPerConn)}"
-            f" | {fmt(p['steady'].p99)} | {r.idleHeld:,}/{r.idleWanted:,} |")
+            f" | {fmt(p['steady'].p99)} | {r.idleHeld:,}/{r.idleWanted:,} |"
+        )
     lines += [
         "",
         "| server | scenario | publishes | deliveries | server CPU s | µs/delivery"
@@ -393,7 +449,8 @@ def tables(results: list[Result], args: argparse.Namespace) -> str:
                 f" | {fmt(ph.loadUsPerDelivery, 2)} | {ph.rate:,.0f}"
                 f" | {fmt(ph.p50, 2)} | {fmt(ph.p99, 2)}"
                 f" | {fmt(ph.max, 2)} | {st.lost():,} | {st.duplicated:,}"
-                f" | {st.outOfOrder:,} | {ph.held:,}/{ph.subscribers:,} |")
+                f" | {st.outOfOrder:,} | {ph.held:,}/{ph.subscribers:,} |"
+            )
     closes = {r.server: r.closeCodes for r in results if r.closeCodes}
     if closes:
         lines += ["", f"Connections closed during the run (phase:code -> count): {closes}"]
@@ -411,9 +468,11 @@ def environment() -> str:
 
     node = version(["node", "--version"])
     ws = json.loads((HERE / "node" / "node_modules" / "ws" / "package.json").read_text())
-    return (f"Python {platform.python_version()}, Twisted {pkg('twisted')}, Autobahn "
-            f"{pkg('autobahn')}, websockets {pkg('websockets')}, Node {node}, ws {ws['version']};"
-            f" {os.cpu_count()} CPUs, kernel {platform.release()}")
+    return (
+        f"Python {platform.python_version()}, Twisted {pkg('twisted')}, Autobahn "
+        f"{pkg('autobahn')}, websockets {pkg('websockets')}, Node {node}, ws {ws['version']};"
+        f" {os.cpu_count()} CPUs, kernel {platform.release()}"
+    )
 
 
 def ensureNode() -> None:
@@ -423,8 +482,9 @@ def ensureNode() -> None:
     if npm is None:
         raise SystemExit("bench: npm is needed for the Node ws peer (or pass --servers)")
     say("installing the Node peer's packages (npm ci)")
-    subprocess.run([npm, "ci", "--no-audit", "--no-fund", "--silent"], cwd=HERE / "node",
-                   check=True)
+    subprocess.run(
+        [npm, "ci", "--no-audit", "--no-fund", "--silent"], cwd=HERE / "node", check=True
+    )
 
 
 def raiseFileLimit(need: int) -> None:
@@ -439,11 +499,15 @@ def raiseFileLimit(need: int) -> None:
 
 
 def parseArgs(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--quick", action="store_true", help="small numbers, for development")
-    p.add_argument("--servers", default=",".join(ALL_SERVERS),
-                   help=f"comma-separated, from {', '.join(ALL_SERVERS)}")
+    p.add_argument(
+        "--servers",
+        default=",".join(ALL_SERVERS),
+        help=f"comma-separated, from {', '.join(ALL_SERVERS)}",
+    )
     p.add_argument("--subs", type=int, help="subscribers of the steady and first flood phase")
     p.add_argument("--big", type=int, help="subscribers of the memory and second flood phase")
     p.add_argument("--rate", type=float, default=20.0, help="publishes/s of the steady phase")
@@ -454,14 +518,23 @@ def parseArgs(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--max-publishes", type=int, default=100000)
     p.add_argument("--frame-bytes", type=int, default=100, help="size of a delivered frame")
     p.add_argument("--pushsvc-arg", action="append", help="extra twistd pushsvc option")
-    p.add_argument("--profile", type=Path, metavar="DIR",
-                   help="sample the Python servers with py-spy during each phase (collapsed "
-                        "stacks in DIR; the figures of such a run are not comparable)")
+    p.add_argument(
+        "--profile",
+        type=Path,
+        metavar="DIR",
+        help="sample the Python servers with py-spy during each phase (collapsed "
+        "stacks in DIR; the figures of such a run are not comparable)",
+    )
     p.add_argument("--out", type=Path, help="results file (default bench/results/<time>.md)")
     args = p.parse_args(argv)
     quick = args.quick
-    defaults = {"subs": (100, 1000), "big": (1000, 10000), "steady_seconds": (3.0, 20.0),
-                "flood_seconds": (3.0, 10.0), "idle_seconds": (1.0, 3.0)}
+    defaults = {
+        "subs": (100, 1000),
+        "big": (1000, 10000),
+        "steady_seconds": (3.0, 20.0),
+        "flood_seconds": (3.0, 10.0),
+        "idle_seconds": (1.0, 3.0),
+    }
     for key, (small, full) in defaults.items():
         if getattr(args, key) is None:
             setattr(args, key, small if quick else full)
@@ -489,11 +562,14 @@ def main(argv: list[str] | None = None) -> int:
             say(f"{name} failed: {e!r}")
             results.append(Result(name, error=repr(e)[:200]))
     stamp = time.strftime("%Y%m%d-%H%M%S")
-    text = (f"# pushsvc benchmark {stamp}{' (quick)' if args.quick else ''}\n\n"
-            f"{environment()}\n\n"
-            f"Frames of {args.frame_bytes} bytes; flood window {args.window}; steady "
-            f"{args.steady_seconds:g}s, floods {args.flood_seconds:g}s each.\n\n"
-            + tables(results, args) + "\n")
+    text = (
+        f"# pushsvc benchmark {stamp}{' (quick)' if args.quick else ''}\n\n"
+        f"{environment()}\n\n"
+        f"Frames of {args.frame_bytes} bytes; flood window {args.window}; steady "
+        f"{args.steady_seconds:g}s, floods {args.flood_seconds:g}s each.\n\n"
+        + tables(results, args)
+        + "\n"
+    )
     out = args.out or HERE / "results" / f"{stamp}{'-quick' if args.quick else ''}.md"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(text)

@@ -226,15 +226,21 @@ class PusherAPI(Resource):
 
     def metrics(self) -> list[tuple[str, str, str, float]]:
         """C{(name, help, type, value)} for C{/metrics}."""
-        return [("pushsvc_api_events_published_total",
-                 "Events published through the HTTP API (a batch counts each one)", "counter",
-                 self.published)]
+        return [
+            (
+                "pushsvc_api_events_published_total",
+                "Events published through the HTTP API (a batch counts each one)",
+                "counter",
+                self.published,
+            )
+        ]
 
     def render(self, request: Request) -> bytes | int:
         return respond(request, self.dispatch)
 
-    def route(self, segments: list[str], method: bytes
-              ) -> tuple[Handler, int, tuple[str, ...], list[str]]:
+    def route(
+        self, segments: list[str], method: bytes
+    ) -> tuple[Handler, int, tuple[str, ...], list[str]]:
         for pattern, methods in self.routes.items():
             if len(pattern) != len(segments):
                 continue

@@ -71,8 +71,9 @@ def checkParameterNames(names: Iterable[str], allowed: Iterable[str] = ()) -> No
         folded = name.lower()
         if folded in seen:
             raise ApiAuthError(
-                400, f"The parameter {name!r} is given more than once (names are compared "
-                "without case)."
+                400,
+                f"The parameter {name!r} is given more than once (names are compared "
+                "without case).",
             )
         seen.add(folded)
         if unknown is None and name not in known:

@@ -93,11 +93,14 @@ def validName(raw: object) -> str:
     name = unicodedata.normalize("NFC", raw)
     for c in name:
         if c in BIDI_CONTROLS:
-            raise HTTPError(400, "The name must not contain bidirectional text controls "
-                                 f"(such as U+{ord(c):04X}).")
+            raise HTTPError(
+                400,
+                f"The name must not contain bidirectional text controls (such as U+{ord(c):04X}).",
+            )
         if c in ZERO_WIDTH:
-            raise HTTPError(400, "The name must not contain zero-width characters "
-                                 f"(such as U+{ord(c):04X}).")
+            raise HTTPError(
+                400, f"The name must not contain zero-width characters (such as U+{ord(c):04X})."
+            )
         if unicodedata.category(c) in _NAME_REFUSED_CATEGORIES:
             raise HTTPError(400, "The name must not contain control or formatting characters.")
     name = " ".join(name.split())

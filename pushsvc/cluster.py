@@ -305,15 +305,17 @@ class LocalState:
         return succeed(_info(channel, count, len(self.registry.members(appId, channel))))
 
     def occupied(self, appId: str, prefix: str | None) -> Deferred[dict[str, ChannelInfo]]:
-        return succeed({
-            channel: _info(channel, count, len(self.registry.members(appId, channel)))
-            for channel, count in self.registry.channels(appId)
-            if channel.startswith(prefix or "") and channelKind(channel) != "user"
-        })
+        return succeed(
+            {
+                channel: _info(channel, count, len(self.registry.members(appId, channel)))
+                for channel, count in self.registry.channels(appId)
+                if channel.startswith(prefix or "") and channelKind(channel) != "user"
+            }
+        )
 
 
 def _pairs(flat: list[Any], size: int) -> list[list[Any]]:
-    return [flat[i:i + size] for i in range(0, len(flat), size)]
+    return [flat[i : i + size] for i in range(0, len(flat), size)]
 
 
 @implementer(IClusterState)
@@ -324,8 +326,14 @@ class RedisState:
     dead ones; a reconnect rewrites this node's whole share.
     """
 
-    def __init__(self, broker: RedisBroker, registry: Registry, clock: IReactorTime,
-                 heartbeat: float = HEARTBEAT, nodeTTL: float = NODE_TTL) -> None:
+    def __init__(
+        self,
+        broker: RedisBroker,
+        registry: Registry,
+        clock: IReactorTime,
+        heartbeat: float = HEARTBEAT,
+        nodeTTL: float = NODE_TTL,
+    ) -> None:
         self.broker = broker
         self.registry = registry
         self.clock = clock
@@ -357,9 +365,11 @@ class RedisState:
         stopped = self._timer.stopService()
         waits = [w for w in (stopped, *self._pending) if w is not None]
         d: Deferred[Any] = DeferredList(waits, consumeErrors=True)
-        d.addCallback(lambda _: DeferredList(
-            [self._sync(appId, retire=True) for appId in sorted(self._apps)],
-            consumeErrors=True))
+        d.addCallback(
+            lambda _: DeferredList(
+                [self._sync(appId, retire=True) for appId in sorted(self._apps)], consumeErrors=True
+            )
+        )
         return d.addCallback(lambda _: None)
 
     # -- writes --------------------------------------------------------------------------------
@@ -383,19 +393,24 @@ class RedisState:
     def _checkAbsent(self, appId: str, absent: Any) -> None:
         """This node was missing from Redis: reaped while away, or Redis lost its data."""
         if int(absent) and appId in self._registered:
-            log.warn("this node's cluster state for app {appId} was gone; rewriting it",
-                     appId=appId)
+            log.warn(
+                "this node's cluster state for app {appId} was gone; rewriting it", appId=appId
+            )
             self._sync(appId)
         self._registered.add(appId)
 
     def _logFailure(self, what: str) -> Callable[[Failure], None]:
         def failed(f: Failure) -> None:
             if f.check(BrokerUnavailable):
-                log.debug("cluster state {what} not written: {error}", what=what,
-                          error=f.getErrorMessage())
+                log.debug(
+                    "cluster state {what} not written: {error}",
+                    what=what,
+                    error=f.getErrorMessage(),
+                )
             else:
-                log.error("cluster state {what} failed: {error}", what=what,
-                          error=f.getErrorMessage())
+                log.error(
+                    "cluster state {what} failed: {error}", what=what, error=f.getErrorMessage()
+                )
 
         return failed
 
@@ -494,8 +509,9 @@ class RedisState:
         self._checkAbsent(appId, reply[0])
         gone = _pairs(reply[1], 2)
         if gone:
-            log.info("reaped a dead node of app {appId}: {n} members gone", appId=appId,
-                     n=len(gone))
+            log.info(
+                "reaped a dead node of app {appId}: {n} members gone", appId=appId, n=len(gone)
+            )
         for channel, userId in gone:
             self.hub.announceMemberGone(appId, channel, userId)
 
@@ -511,6 +527,6 @@ class RedisState:
 
     def occupied(self, appId: str, prefix: str | None) -> Deferred[dict[str, ChannelInfo]]:
         d = self.broker.script("channels", [], self._args(appId, prefix or ""))
-        return d.addCallback(lambda flat: {
-            c: _info(c, int(n), int(u)) for c, n, u in _pairs(flat, 3) if int(n) > 0
-        })
+        return d.addCallback(
+            lambda flat: {c: _info(c, int(n), int(u)) for c, n, u in _pairs(flat, 3) if int(n) > 0}
+        )

@@ -41,22 +41,30 @@ def checkDataDir(path: Path) -> None:
     """
     if path.exists():
         if not path.is_dir():
-            raise DataDirError(f"the data directory {path} exists and is not a directory; "
-                               "choose another --data-dir")
+            raise DataDirError(
+                f"the data directory {path} exists and is not a directory; "
+                "choose another --data-dir"
+            )
         if not os.access(path, os.W_OK | os.X_OK):
-            raise DataDirError(f"cannot write to the data directory {path.resolve()}: give the "
-                               "user running pushsvc write access, or choose another --data-dir")
+            raise DataDirError(
+                f"cannot write to the data directory {path.resolve()}: give the "
+                "user running pushsvc write access, or choose another --data-dir"
+            )
         return
     top = _topMissing(path)
     assert top is not None
     parent = top.parent
     if not parent.is_dir():
-        raise DataDirError(f"cannot create the data directory {path.resolve()}: {parent} is not "
-                           "a directory; choose another --data-dir")
+        raise DataDirError(
+            f"cannot create the data directory {path.resolve()}: {parent} is not "
+            "a directory; choose another --data-dir"
+        )
     if not os.access(parent, os.W_OK | os.X_OK):
-        raise DataDirError(f"cannot create the data directory {path.resolve()}: {parent} is not "
-                           "writable; create the directory for the user running pushsvc, or "
-                           "choose another --data-dir")
+        raise DataDirError(
+            f"cannot create the data directory {path.resolve()}: {parent} is not "
+            "writable; create the directory for the user running pushsvc, or "
+            "choose another --data-dir"
+        )
 
 
 def _holder(fd: int) -> str:
@@ -107,14 +115,18 @@ def lockDataDir(path: Path) -> tuple[int, Path | None]:
     try:
         path.mkdir(mode=0o700, parents=True, exist_ok=True)
     except OSError as e:
-        raise DataDirError(f"cannot create the data directory {path.resolve()}: "
-                           f"{e.strerror}; choose another --data-dir") from None
+        raise DataDirError(
+            f"cannot create the data directory {path.resolve()}: "
+            f"{e.strerror}; choose another --data-dir"
+        ) from None
     try:
         fd = os.open(path / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o600)
     except OSError as e:
         removeCreated(created)
-        raise DataDirError(f"cannot write to the data directory {path.resolve()}: "
-                           f"{e.strerror}; choose another --data-dir") from None
+        raise DataDirError(
+            f"cannot write to the data directory {path.resolve()}: "
+            f"{e.strerror}; choose another --data-dir"
+        ) from None
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError as e:
@@ -122,8 +134,9 @@ def lockDataDir(path: Path) -> tuple[int, Path | None]:
         os.close(fd)
         if e.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
             raise _inUse(path, holder) from None
-        raise DataDirError(f"cannot lock the data directory {path.resolve()}: {e.strerror}") \
-            from None
+        raise DataDirError(
+            f"cannot lock the data directory {path.resolve()}: {e.strerror}"
+        ) from None
     os.ftruncate(fd, 0)
     os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
     return fd, created

@@ -156,12 +156,15 @@ class BoundedHTTPChannel(HTTPChannel):
         if getattr(transport, "disconnecting", False) and phase != "stalled":
             phase = "closing"  # closed already (a 400, a stop) and still not gone
         if phase in ("headers", "body"):
-            log.info("closing {peer}: its request {part} did not arrive in time",
-                     peer=str(self.getPeer()), part="body" if phase == "body" else "headers")
+            log.info(
+                "closing {peer}: its request {part} did not arrive in time",
+                peer=str(self.getPeer()),
+                part="body" if phase == "body" else "headers",
+            )
             self._hold()
             self._closing = True
-            transport.write(timeoutReply(
-                f"The request {'body' if phase == 'body' else 'headers'} did not arrive in time."))
+            part = "body" if phase == "body" else "headers"
+            transport.write(timeoutReply(f"The request {part} did not arrive in time."))
             self.loseConnection()
             self._arm("closing", ABORT_GRACE)
         elif phase == "idle":

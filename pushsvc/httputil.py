@@ -89,8 +89,9 @@ def formArgs(request: Request, limit: int = DEFAULT_MAX_BODY) -> dict[bytes, lis
     if ctype == b"application/x-www-form-urlencoded":
         # Decoded here, as UTF-8: parse_qs on bytes fails (a 500) on a %-escaped non-ASCII value.
         try:
-            form = parse_qs(readBody(request, limit).decode("ascii"), keep_blank_values=True,
-                            errors="strict")
+            form = parse_qs(
+                readBody(request, limit).decode("ascii"), keep_blank_values=True, errors="strict"
+            )
         except (UnicodeDecodeError, ValueError):
             raise HTTPError(400, "The form body is not URL-encoded UTF-8.") from None
         # As twisted.web did: a name in the body replaces the same name in the query.
@@ -121,8 +122,9 @@ def requireJSONContentType(request: Request) -> None:
         raise HTTPError(415, "The request body must be sent as application/json.")
 
 
-def queryArg(request: Request, name: str,
-             args: dict[bytes, list[bytes]] | None = None) -> str | None:
+def queryArg(
+    request: Request, name: str, args: dict[bytes, list[bytes]] | None = None
+) -> str | None:
     """The first value of argument C{name} in C{args} (the query's by default), decoded."""
     source = request.args if args is None else args
     values = (source or {}).get(name.encode())

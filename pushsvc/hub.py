@@ -76,8 +76,15 @@ SOCKET_ID_LOW = 10**15
 SOCKET_ID_SPAN = 9 * 10**15
 
 
-def encodeEnvelope(kind: str, appId: str, channel: str, event: str, data: str | None,
-                   exceptSocketId: str | None = None, userId: str | None = None) -> bytes:
+def encodeEnvelope(
+    kind: str,
+    appId: str,
+    channel: str,
+    event: str,
+    data: str | None,
+    exceptSocketId: str | None = None,
+    userId: str | None = None,
+) -> bytes:
     return json.dumps(
         [kind, appId, channel, event, data, exceptSocketId, userId], separators=(",", ":")
     ).encode("utf-8")
@@ -115,8 +122,9 @@ class LocalBroker:
     def stop(self) -> Deferred[None]:
         return succeed(None)
 
-    def publish(self, appId: str, channel: str, message: bytes,
-                cache: bytes | None = None) -> Deferred[None]:
+    def publish(
+        self, appId: str, channel: str, message: bytes, cache: bytes | None = None
+    ) -> Deferred[None]:
         """Hands C{message} to the hub at once (which remembers cache events); fires with None."""
         if self._receive is None:
             raise BrokerUnavailable("no hub is attached to the broker")
@@ -159,8 +167,10 @@ class LocalBroker:
 
 def randomSocketId() -> str:
     """C{digits.digits}, both parts drawn from L{secrets}."""
-    return (f"{secrets.randbelow(SOCKET_ID_SPAN) + SOCKET_ID_LOW}."
-            f"{secrets.randbelow(SOCKET_ID_SPAN) + SOCKET_ID_LOW}")
+    return (
+        f"{secrets.randbelow(SOCKET_ID_SPAN) + SOCKET_ID_LOW}."
+        f"{secrets.randbelow(SOCKET_ID_SPAN) + SOCKET_ID_LOW}"
+    )
 
 
 def _none(_: object) -> None:
@@ -180,8 +190,13 @@ class Hub:
     Publishes through C{broker} and delivers what the broker brings back through C{registry}.
     """
 
-    def __init__(self, registry: Registry, broker: IBroker, clock: IReactorTime,
-                 state: IClusterState | None = None) -> None:
+    def __init__(
+        self,
+        registry: Registry,
+        broker: IBroker,
+        clock: IReactorTime,
+        state: IClusterState | None = None,
+    ) -> None:
         self.registry = registry
         self.broker = broker
         self.clock = clock
@@ -209,28 +224,37 @@ class Hub:
 
     # -- publishing ----------------------------------------------------------------------------
 
-    def _send(self, appId: str, channel: str, envelope: bytes,
-              cache: bytes | None = None) -> Deferred[None]:
+    def _send(
+        self, appId: str, channel: str, envelope: bytes, cache: bytes | None = None
+    ) -> Deferred[None]:
         if cache is None:
             return maybeDeferred(self.broker.publish, appId, channel, envelope)
         return maybeDeferred(self.broker.publish, appId, channel, envelope, cache)
 
     @staticmethod
-    def _cacheFrame(channel: str, event: str, data: str, userId: str | None = None
-                    ) -> bytes | None:
+    def _cacheFrame(channel: str, event: str, data: str, userId: str | None = None) -> bytes | None:
         """The frame a cache channel keeps as its last event (None on other channels)."""
         return encodeEvent(event, channel, data, userId) if isCacheChannel(channel) else None
 
-    def publish(self, app: Any, channels: Iterable[str], event: str, data: str,
-                exceptSocketId: str | None = None) -> Deferred[None]:
+    def publish(
+        self,
+        app: Any,
+        channels: Iterable[str],
+        event: str,
+        data: str,
+        exceptSocketId: str | None = None,
+    ) -> Deferred[None]:
         """
         Publish C{event} on every one of C{channels}. Fires with None once the broker took all
         of them; fails with L{BrokerUnavailable} (or what the broker failed with).
         """
         ds = [
-            self._send(app.id, channel,
-                       encodeEnvelope(KIND_EVENT, app.id, channel, event, data, exceptSocketId),
-                       self._cacheFrame(channel, event, data))
+            self._send(
+                app.id,
+                channel,
+                encodeEnvelope(KIND_EVENT, app.id, channel, event, data, exceptSocketId),
+                self._cacheFrame(channel, event, data),
+            )
             for channel in channels
         ]
         if len(ds) == 1:  # nearly every publish: no DeferredList to gather one result
@@ -239,35 +263,56 @@ class Hub:
         d.addErrback(_firstFailure)
         return d.addCallback(_none)
 
-    def clientEvent(self, conn: Subscriber, channel: str, event: str, data: str,
-                    userId: str | None) -> Deferred[None]:
+    def clientEvent(
+        self, conn: Subscriber, channel: str, event: str, data: str, userId: str | None
+    ) -> Deferred[None]:
         """Relay a client event to every subscriber of C{channel} but C{conn}."""
-        envelope = encodeEnvelope(KIND_CLIENT, conn.appId, channel, event, data, conn.socketId,
-                                  userId)
+        envelope = encodeEnvelope(
+            KIND_CLIENT, conn.appId, channel, event, data, conn.socketId, userId
+        )
         cache = self._cacheFrame(channel, event, data, userId)
         return self._logged(self._send(conn.appId, channel, envelope, cache), "client event")
 
-    def _internal(self, appId: str, channel: str, event: str, data: str,
-                  exceptSocketId: str | None) -> None:
+    def _internal(
+        self, appId: str, channel: str, event: str, data: str, exceptSocketId: str | None
+    ) -> None:
         envelope = encodeEnvelope(KIND_MEMBER, appId, channel, event, data, exceptSocketId)
         self._logged(self._send(appId, channel, envelope), event)
 
-    def announceMember(self, appId: str, channel: str, userId: str, userInfo: Any,
-                       exceptSocketId: str | None = None) -> None:
+    def announceMember(
+        self,
+        appId: str,
+        channel: str,
+        userId: str,
+        userInfo: Any,
+        exceptSocketId: str | None = None,
+    ) -> None:
         """Tell every subscriber of presence C{channel}, on every process, that C{userId} came."""
-        self._internal(appId, channel, "pusher_internal:member_added",
-                       memberAddedData(userId, userInfo), exceptSocketId)
+        self._internal(
+            appId,
+            channel,
+            "pusher_internal:member_added",
+            memberAddedData(userId, userInfo),
+            exceptSocketId,
+        )
 
-    def announceMemberGone(self, appId: str, channel: str, userId: str,
-                           exceptSocketId: str | None = None) -> None:
+    def announceMemberGone(
+        self, appId: str, channel: str, userId: str, exceptSocketId: str | None = None
+    ) -> None:
         """Tell every subscriber of presence C{channel} that C{userId} has no connection left."""
-        self._internal(appId, channel, "pusher_internal:member_removed",
-                       memberRemovedData(userId), exceptSocketId)
+        self._internal(
+            appId,
+            channel,
+            "pusher_internal:member_removed",
+            memberRemovedData(userId),
+            exceptSocketId,
+        )
 
     def _logged(self, d: Deferred[Any], what: str) -> Deferred[None]:
         def failed(f: Failure) -> None:
-            log.error("broker failed to carry {what}: {error}", what=what,
-                      error=f.getErrorMessage())
+            log.error(
+                "broker failed to carry {what}: {error}", what=what, error=f.getErrorMessage()
+            )
 
         return d.addCallbacks(lambda _: None, failed)
 
@@ -279,8 +324,9 @@ class Hub:
             log.error("dropping a malformed envelope from the broker")
             return
         if kind == KIND_TERMINATE:
-            self.registry.closeChannel(appId, channel, CLOSE_TERMINATED,
-                                       "connections terminated by the app")
+            self.registry.closeChannel(
+                appId, channel, CLOSE_TERMINATED, "connections terminated by the app"
+            )
             return
         payload = encodeEvent(event, channel, data, userId)
         if kind != KIND_MEMBER and isCacheChannel(channel):
@@ -289,8 +335,7 @@ class Hub:
 
     # -- cache channels ------------------------------------------------------------------------
 
-    def _remember(self, appId: str, channel: str, payload: bytes,
-                  at: float | None = None) -> None:
+    def _remember(self, appId: str, channel: str, payload: bytes, at: float | None = None) -> None:
         key = (appId, channel)
         self._cache.pop(key, None)
         self._cache[key] = (payload, self.clock.seconds() if at is None else at)
@@ -303,6 +348,7 @@ class Hub:
         (if any) into this process's cache, unless this process received a younger one itself.
         Fires with None; never fails (this process's cache answers meanwhile).
         """
+
         def got(entry: tuple[bytes, float] | None) -> None:
             if entry is None:
                 return
@@ -313,8 +359,11 @@ class Hub:
                 self._remember(appId, channel, payload, at)
 
         def failed(f: Failure) -> None:
-            log.warn("reading the cached event of {channel} failed: {error}", channel=channel,
-                     error=f.getErrorMessage())
+            log.warn(
+                "reading the cached event of {channel} failed: {error}",
+                channel=channel,
+                error=f.getErrorMessage(),
+            )
 
         return maybeDeferred(self.broker.cached, appId, channel).addCallbacks(got, failed)
 
@@ -330,8 +379,9 @@ class Hub:
 
     # -- subscriptions -------------------------------------------------------------------------
 
-    def subscribe(self, conn: Subscriber, channel: str, member: Member | None = None
-                  ) -> Deferred[None]:
+    def subscribe(
+        self, conn: Subscriber, channel: str, member: Member | None = None
+    ) -> Deferred[None]:
         """
         Subscribe C{conn}: the broker hears of the channel's first local subscriber, the cluster
         state of the new count, the other members of a presence channel of a user's first
@@ -348,8 +398,9 @@ class Hub:
         appId = conn.appId
         ds: list[Deferred[Any]] = []
         if first:
-            ds.append(self._logged(maybeDeferred(self.broker.subscribe, appId, channel),
-                                   "subscribe"))
+            ds.append(
+                self._logged(maybeDeferred(self.broker.subscribe, appId, channel), "subscribe")
+            )
         if isCacheChannel(channel):
             # The kept event is read once the broker has the subscription, so an event published
             # meanwhile is read here or delivered (or both), never neither.
@@ -357,14 +408,21 @@ class Hub:
             ds.append(subscribed.addCallback(lambda _: self._recall(appId, channel)))
         ds.append(self.state.counted(appId, channel))
         if userFirst and member is not None:
+
             def joined(new: bool) -> None:
                 if new:
-                    self.announceMember(appId, channel, member.userId, member.userInfo,
-                                        conn.socketId)
+                    self.announceMember(
+                        appId, channel, member.userId, member.userInfo, conn.socketId
+                    )
 
-            ds.append(self._logged(
-                self.state.joined(appId, channel, member.userId, member.userInfo)
-                .addCallback(joined), "member_added"))
+            ds.append(
+                self._logged(
+                    self.state.joined(appId, channel, member.userId, member.userInfo).addCallback(
+                        joined
+                    ),
+                    "member_added",
+                )
+            )
         if len(ds) == 1:
             return ds[0].addCallback(lambda _: None)
         return gatherResults(ds).addBoth(lambda _: None)
@@ -373,16 +431,17 @@ class Hub:
         last, userLeft = self.registry.unsubscribe(conn, channel)
         appId = conn.appId
         if userLeft is not None:
+
             def left(gone: bool) -> None:
                 if gone:
                     self.announceMemberGone(appId, channel, userLeft, conn.socketId)
 
-            self._logged(self.state.left(appId, channel, userLeft).addCallback(left),
-                         "member_removed")
+            self._logged(
+                self.state.left(appId, channel, userLeft).addCallback(left), "member_removed"
+            )
         self.state.counted(appId, channel)
         if last:
-            self._logged(maybeDeferred(self.broker.unsubscribe, appId, channel),
-                         "unsubscribe")
+            self._logged(maybeDeferred(self.broker.unsubscribe, appId, channel), "unsubscribe")
 
     def signin(self, conn: Subscriber, userId: str) -> None:
         """C{conn} is signed in as C{userId}: it gets what is sent to C{#server-to-user-{id}}."""
@@ -402,9 +461,13 @@ class Hub:
         Fires with user id -> user info of the members of presence C{channel} on every process
         (only this process's while the cluster state cannot be reached).
         """
+
         def local(f: Failure) -> dict[str, Any]:
-            log.warn("presence members of {channel} from this process only: {error}",
-                     channel=channel, error=f.getErrorMessage())
+            log.warn(
+                "presence members of {channel} from this process only: {error}",
+                channel=channel,
+                error=f.getErrorMessage(),
+            )
             return self.registry.members(appId, channel)
 
         return self.state.members(appId, channel).addErrback(local)
@@ -453,8 +516,11 @@ class Hub:
         self._linkLost = True
         count = self.registry.connectionCount
         if count:
-            log.warn("broker link lost: closing {n} WebSocket connections with 4200 so they "
-                     "reconnect and catch up", n=count)
+            log.warn(
+                "broker link lost: closing {n} WebSocket connections with 4200 so they "
+                "reconnect and catch up",
+                n=count,
+            )
         # The Deferred fires once they are all gone; nothing waits for it here.
         self.registry.closeAll(CLOSE_SHUTDOWN, "lost the link to the other nodes: reconnect")
 

@@ -53,7 +53,8 @@ class IBroker(Interface):
     status = Attribute("'ok', or a sentence saying why publishes cannot be carried now.")
     linked = Attribute(
         "True while every publish accepted by any process reaches this one (the subscriber "
-        "link is up); may be true while publishes from this process cannot be carried.")
+        "link is up); may be true while publishes from this process cannot be carried."
+    )
 
     def start() -> Any:
         """Connect. Fires with None."""

@@ -44,8 +44,9 @@ class Slot:
 
     __slots__ = ("limits", "address", "refusal", "proxied", "lost")
 
-    def __init__(self, limits: ConnectionLimits, address: str | None, refusal: str | None,
-                 proxied: bool) -> None:
+    def __init__(
+        self, limits: ConnectionLimits, address: str | None, refusal: str | None, proxied: bool
+    ) -> None:
         self.limits: ConnectionLimits | None = limits  # None once released
         self.address = address  # counted under this address (None: not counted per address)
         self.refusal = refusal  # why every request on it is refused, or None
@@ -79,12 +80,14 @@ def refusalSlotsFor(connections: int) -> int:
 class ConnectionLimits:
     """The counts and caps of one site's connections (see the module docstring)."""
 
-    def __init__(self, maxConnections: int, maxPerAddress: int,
-                 refusalSlots: int | None = None) -> None:
+    def __init__(
+        self, maxConnections: int, maxPerAddress: int, refusalSlots: int | None = None
+    ) -> None:
         self.maxConnections = maxConnections
         self.maxPerAddress = maxPerAddress  # 0: no cap per address
-        self.refusalSlots = (refusalSlotsFor(maxConnections) if refusalSlots is None
-                             else refusalSlots)
+        self.refusalSlots = (
+            refusalSlotsFor(maxConnections) if refusalSlots is None else refusalSlots
+        )
         self.open = 0  # admitted connections
         self.refusing = 0  # connections held only to be refused with a reply
         self.perAddress: dict[str, int] = {}
@@ -93,8 +96,9 @@ class ConnectionLimits:
         self.dropped = 0  # connections closed at once
 
     @classmethod
-    def fromFileLimit(cls, maxConnections: int, maxPerAddress: int,
-                      fileLimit: int | None) -> ConnectionLimits:
+    def fromFileLimit(
+        cls, maxConnections: int, maxPerAddress: int, fileLimit: int | None
+    ) -> ConnectionLimits:
         """
         C{maxConnections}, or when it is 0 the most the open-file limit C{fileLimit} affords
         (no cap without a known limit).
@@ -114,16 +118,19 @@ class ConnectionLimits:
         """
         if proxied:
             address = None
-        over = address is not None and self.maxPerAddress and (
-            self.perAddress.get(address, 0) >= self.maxPerAddress)
+        over = (
+            address is not None
+            and self.maxPerAddress
+            and (self.perAddress.get(address, 0) >= self.maxPerAddress)
+        )
         if self.open < self.maxConnections and not over:
             self.open += 1
             if address is not None:
                 self.perAddress[address] = self.perAddress.get(address, 0) + 1
             return Slot(self, address, None, proxied)
         if self.refusing >= self.refusalSlots or (
-                address is not None
-                and self.refusingPerAddress.get(address, 0) >= REFUSALS_PER_ADDRESS):
+            address is not None and self.refusingPerAddress.get(address, 0) >= REFUSALS_PER_ADDRESS
+        ):
             self.dropped += 1
             return None
         self.refusing += 1
@@ -174,16 +181,25 @@ class ConnectionLimits:
 
     def metrics(self) -> list[tuple[str, str, str, float]]:
         return [
-            ("pushsvc_connections_open", "TCP connections admitted and open", "gauge",
-             self.open),
-            ("pushsvc_connections_max", "The cap on admitted TCP connections", "gauge",
-             self.maxConnections),
-            ("pushsvc_connections_refused_total",
-             "Requests and WebSocket handshakes refused over a connection cap (503 / 4100)",
-             "counter", self.refused),
-            ("pushsvc_connections_dropped_total",
-             "Connections closed at once, over a cap with no refusal slot left", "counter",
-             self.dropped),
+            ("pushsvc_connections_open", "TCP connections admitted and open", "gauge", self.open),
+            (
+                "pushsvc_connections_max",
+                "The cap on admitted TCP connections",
+                "gauge",
+                self.maxConnections,
+            ),
+            (
+                "pushsvc_connections_refused_total",
+                "Requests and WebSocket handshakes refused over a connection cap (503 / 4100)",
+                "counter",
+                self.refused,
+            ),
+            (
+                "pushsvc_connections_dropped_total",
+                "Connections closed at once, over a cap with no refusal slot left",
+                "counter",
+                self.dropped,
+            ),
         ]
 
 
@@ -202,8 +218,12 @@ def raiseOpenFileLimit() -> int | None:
             resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
             soft = hard
         except (ValueError, OSError) as e:
-            log.warn("cannot raise the open-file limit from {soft} to {hard}: {error}",
-                     soft=soft, hard=hard, error=e)
+            log.warn(
+                "cannot raise the open-file limit from {soft} to {hard}: {error}",
+                soft=soft,
+                hard=hard,
+                error=e,
+            )
     if soft == resource.RLIM_INFINITY:
         return None
     log.info("open-file limit: {soft}", soft=soft)
@@ -227,8 +247,14 @@ class AcceptGuard:
     an episode and one line ends it.
     """
 
-    def __init__(self, port: Any, clock: IReactorTime, describe: Callable[[], str] = str,
-                 initialDelay: float = 0.1, maxDelay: float = 1.0) -> None:
+    def __init__(
+        self,
+        port: Any,
+        clock: IReactorTime,
+        describe: Callable[[], str] = str,
+        initialDelay: float = 0.1,
+        maxDelay: float = 1.0,
+    ) -> None:
         self.port = port
         self.clock = clock
         self.describe = describe
@@ -244,16 +270,15 @@ class AcceptGuard:
         self._doRead = port.doRead
         portLogger = port._logger
         self._forward = portLogger.observer
-        port._logger = Logger(namespace=portLogger.namespace,
-                              observer=self._observe)  # type: ignore[arg-type]
+        port._logger = Logger(namespace=portLogger.namespace, observer=self._observe)  # type: ignore[arg-type]
         port.doRead = self.doRead
 
     @classmethod
-    def install(cls, port: Any, clock: IReactorTime,
-                describe: Callable[[], str] = str) -> AcceptGuard | None:
+    def install(
+        cls, port: Any, clock: IReactorTime, describe: Callable[[], str] = str
+    ) -> AcceptGuard | None:
         """Guard C{port} if it is a Twisted C{tcp.Port} (or like one); None otherwise."""
-        if not all(hasattr(port, a) for a in ("doRead", "_logger", "stopReading",
-                                              "startReading")):
+        if not all(hasattr(port, a) for a in ("doRead", "_logger", "stopReading", "startReading")):
             return None
         return cls(port, clock, describe)
 
@@ -276,7 +301,8 @@ class AcceptGuard:
             log.info(
                 "accepting connections again after {seconds:.1f}s and {pauses} pauses; "
                 "{closed} connections were closed unanswered meanwhile",
-                seconds=self.clock.seconds() - self._episodeStart, pauses=self._episodePauses,
+                seconds=self.clock.seconds() - self._episodeStart,
+                pauses=self._episodePauses,
                 closed=self.closedUnanswered,
             )
             self._episodeStart = None
@@ -293,7 +319,9 @@ class AcceptGuard:
             log.warn(
                 "cannot accept connections ({error}: out of file descriptors); {state}; "
                 "pausing accepts, retrying with back-off up to {maxDelay}s",
-                error=error, state=self.describe(), maxDelay=self.maxDelay,
+                error=error,
+                state=self.describe(),
+                maxDelay=self.maxDelay,
             )
         self.port.stopReading()
         if self._call is None or not self._call.active():
@@ -302,8 +330,7 @@ class AcceptGuard:
 
     def _resume(self) -> None:
         self._call = None
-        if getattr(self.port, "connected", True) and not getattr(self.port, "disconnecting",
-                                                                 False):
+        if getattr(self.port, "connected", True) and not getattr(self.port, "disconnecting", False):
             self.port.startReading()
 
     @property

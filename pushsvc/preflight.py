@@ -34,13 +34,16 @@ def _portProblem(reactor: Any, description: str) -> str | None:
         try:
             probe.bind((interface, port))
         except OSError as e:
-            return (f"cannot listen on {description}: {e.strerror}; stop what uses it, or "
-                    "choose another --listen")
+            return (
+                f"cannot listen on {description}: {e.strerror}; stop what uses it, or "
+                "choose another --listen"
+            )
     return None
 
 
-def preflight(reactor: Any, listen: tuple[str, ...], dataDir: Any,
-              storeURL: str | None = None) -> str | None:
+def preflight(
+    reactor: Any, listen: tuple[str, ...], dataDir: Any, storeURL: str | None = None
+) -> str | None:
     """The first problem found, as one line for the operator, or None."""
     try:
         checkDataDir(dataDir)

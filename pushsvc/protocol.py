@@ -255,15 +255,21 @@ class PushServerProtocol(WebSocketServerProtocol):
         if self._refused is not None:
             code, reason = self._refused
             if f.settings.logWebSockets:
-                log.info("WebSocket refused: app {appId}, client {client}, code {code} ({reason})",
-                         appId=self.appId or "-", client=self.client, code=code, reason=reason)
+                log.info(
+                    "WebSocket refused: app {appId}, client {client}, code {code} ({reason})",
+                    appId=self.appId or "-",
+                    client=self.client,
+                    code=code,
+                    reason=reason,
+                )
             transport.write(wsTextFrame(frames.error(code, reason)))
             self._closing = True
             self.sendClose(code, reason)
             return
         self.socketId = f.hub.newSocketId()
-        self.outbound = Outbound(transport.write, f.settings.maxOutboundBytes, self._tooSlow,
-                                 transport)
+        self.outbound = Outbound(
+            transport.write, f.settings.maxOutboundBytes, self._tooSlow, transport
+        )
         # twisted.web's HTTPChannel is still registered as the transport's producer.
         try:
             transport.unregisterProducer()
@@ -278,8 +284,12 @@ class PushServerProtocol(WebSocketServerProtocol):
         self.send(frames.connectionEstablished(self.socketId, f.settings.activityTimeout))
         if f.settings.logWebSockets:
             self.openedAt = self.lastSeen
-            log.info("WebSocket open: app {appId}, client {client}, socket {socketId}",
-                     appId=self.appId, client=self.client, socketId=self.socketId)
+            log.info(
+                "WebSocket open: app {appId}, client {client}, socket {socketId}",
+                appId=self.appId,
+                client=self.client,
+                socketId=self.socketId,
+            )
 
     def _forgetHandshake(self) -> None:
         # Autobahn keeps the opening handshake (request bytes, headers, response) for the life of
@@ -326,11 +336,15 @@ class PushServerProtocol(WebSocketServerProtocol):
             sent = getattr(self, "localCloseCode", None)
             if sent and code in (None, 1006):
                 code = sent
-            log.info("WebSocket closed: app {appId}, client {client}, socket {socketId}, "
-                     "code {code}, after {duration:.1f}s",
-                     appId=self.appId, client=self.client, socketId=self.socketId,
-                     code=code or 1006,
-                     duration=f.clock.seconds() - self.openedAt)
+            log.info(
+                "WebSocket closed: app {appId}, client {client}, socket {socketId}, "
+                "code {code}, after {duration:.1f}s",
+                appId=self.appId,
+                client=self.client,
+                socketId=self.socketId,
+                code=code or 1006,
+                duration=f.clock.seconds() - self.openedAt,
+            )
 
     def closeWith(self, code: int, reason: str) -> None:
         """Send a close frame with C{code}; nothing more is written to this connection."""
@@ -344,8 +358,9 @@ class PushServerProtocol(WebSocketServerProtocol):
         if self.outbound is not None:
             self.outbound.close()  # also when no close frame could be sent
 
-    def sendCloseFrame(self, code: int | None = None, reasonUtf8: bytes | None = None,
-                       isReply: bool = False) -> None:
+    def sendCloseFrame(
+        self, code: int | None = None, reasonUtf8: bytes | None = None, isReply: bool = False
+    ) -> None:
         # Every close frame goes through here, Autobahn's own too (answering the client's close,
         # failing a connection): what was delivered before it is written before it, and
         # nothing after it.
@@ -418,8 +433,11 @@ class PushServerProtocol(WebSocketServerProtocol):
             elif self.userId is not None:
                 member = Member(self.userId, self.userInfo)
             else:
-                self.send(frames.subscriptionError(
-                    channel, "AuthError", "presence channels need channel_data", 401))
+                self.send(
+                    frames.subscriptionError(
+                        channel, "AuthError", "presence channels need channel_data", 401
+                    )
+                )
                 return
         if kind in ("private", "private-encrypted", "presence") and not verifyChannelAuth(
             self.app, self.socketId, channel, req.auth, req.channelData
@@ -474,7 +492,8 @@ class PushServerProtocol(WebSocketServerProtocol):
         f = self.factory
         if not frames.takesClientEvents(channel):
             raise ProtocolError(
-                ERR_NOT_ALLOWED, "client events go only on private and presence channels")
+                ERR_NOT_ALLOWED, "client events go only on private and presence channels"
+            )
         if not f.registry.isSubscribed(self, channel):
             raise ProtocolError(ERR_NOT_ALLOWED, f"not subscribed to {channel}")
         now = f.clock.seconds()
@@ -506,8 +525,9 @@ class PushServerFactory(WebSocketServerFactory):
 
     protocol = PushServerProtocol  # type: ignore[assignment]
 
-    def __init__(self, apps: Apps, hub: Hub, registry: Registry, clock: IReactorTime,
-                 settings: PushSettings) -> None:
+    def __init__(
+        self, apps: Apps, hub: Hub, registry: Registry, clock: IReactorTime, settings: PushSettings
+    ) -> None:
         super().__init__(server="pushsvc")
         self.apps = apps
         self.hub = hub
@@ -545,7 +565,6 @@ class PushServerFactory(WebSocketServerFactory):
                 options[name] = staticmethod(value)
         self.protocol = type("PushServerProtocol", (PushServerProtocol,), options)  # type: ignore[assignment]
 
-
     def forget(self, proto: PushServerProtocol) -> None:
         self.live.discard(proto)
         if not self.live:
@@ -562,13 +581,15 @@ class PushServerFactory(WebSocketServerFactory):
         return d
 
 
-def makeAppFactory(apps: Apps, hub: Hub, registry: Registry, clock: IReactorTime,
-                   settings: PushSettings) -> PushServerFactory:
+def makeAppFactory(
+    apps: Apps, hub: Hub, registry: Registry, clock: IReactorTime, settings: PushSettings
+) -> PushServerFactory:
     return PushServerFactory(apps, hub, registry, clock, settings)
 
 
-def makeAppResource(apps: Apps, hub: Hub, registry: Registry, clock: IReactorTime,
-                    settings: PushSettings) -> IResource:
+def makeAppResource(
+    apps: Apps, hub: Hub, registry: Registry, clock: IReactorTime, settings: PushSettings
+) -> IResource:
     """The resource to mount at C{/app}: C{/app/{key}} is the WebSocket."""
     return PushWebSocketResource(makeAppFactory(apps, hub, registry, clock, settings))
 

@@ -24,8 +24,10 @@ from typing import Any
 
 UNIX = "unix"  # in --trusted-proxies: trust peers on a UNIX socket (a local proxy)
 
-_HOST = re.compile(r"\A(?:[A-Za-z0-9](?:[A-Za-z0-9.-]{0,251}[A-Za-z0-9])?|\[[0-9A-Fa-f:.]+\])"
-                   r"(?::[0-9]{1,5})?\Z")
+_HOST = re.compile(
+    r"\A(?:[A-Za-z0-9](?:[A-Za-z0-9.-]{0,251}[A-Za-z0-9])?|\[[0-9A-Fa-f:.]+\])"
+    r"(?::[0-9]{1,5})?\Z"
+)
 _SCHEMES = frozenset(("http", "https"))
 # One RFC 7239 pair: token=token or token="quoted string".
 _PAIR = re.compile(r'\s*([!#$%&\'*+.^_`|~0-9A-Za-z-]+)\s*=\s*("(?:[^"\\]|\\.)*"|[^;,\s]*)\s*')

@@ -16,8 +16,9 @@ from collections.abc import Callable, Hashable
 class RateLimiter:
     """Token buckets per key: C{rate} tokens a second, at most C{burst} saved up."""
 
-    def __init__(self, rate: float, burst: int, now: Callable[[], float],
-                 maxKeys: int = 100_000) -> None:
+    def __init__(
+        self, rate: float, burst: int, now: Callable[[], float], maxKeys: int = 100_000
+    ) -> None:
         if rate <= 0 or burst < 1:
             raise ValueError("a rate limit needs a positive rate and a burst of at least 1")
         self.rate = rate

@@ -36,6 +36,7 @@ txredisapi's own connection functions hide the connection behind a pool; driving
 directly gives the broker its preparation step (restore the subscriptions, load the scripts
 before anything else is sent) and the failure reasons for C{/healthz}.
 """
+
 from __future__ import annotations
 
 import os
@@ -184,10 +185,16 @@ class RedisBroker:
     command connection for the cluster state.
     """
 
-    def __init__(self, address: RedisAddress, reactor: Any, prefix: str = DEFAULT_PREFIX,
-                 retryMax: float = RETRY_MAX, name: str | None = None,
-                 jitter: Callable[[], float] = random.random,
-                 endpoint: IStreamClientEndpoint | None = None) -> None:
+    def __init__(
+        self,
+        address: RedisAddress,
+        reactor: Any,
+        prefix: str = DEFAULT_PREFIX,
+        retryMax: float = RETRY_MAX,
+        name: str | None = None,
+        jitter: Callable[[], float] = random.random,
+        endpoint: IStreamClientEndpoint | None = None,
+    ) -> None:
         """
         C{retryMax}: the longest wait between reconnect attempts; C{jitter}: random numbers in
         [0, 1) that shorten each wait a little; C{endpoint}: connect there rather than to
@@ -223,14 +230,31 @@ class RedisBroker:
         where = address.display.removeprefix("redis ")
         credentials = (address.password, address.dbid, address.username)
         self._commandLink = Link(
-            "commands", where, endpoint, RedisFactory(Commands, *credentials), reactor,
-            self._prepareCommands, self._commandsReady, self._commandsLost, self._reportHealth,
-            maxDelay=retryMax, jitter=jitter)
+            "commands",
+            where,
+            endpoint,
+            RedisFactory(Commands, *credentials),
+            reactor,
+            self._prepareCommands,
+            self._commandsReady,
+            self._commandsLost,
+            self._reportHealth,
+            maxDelay=retryMax,
+            jitter=jitter,
+        )
         self._subscriberLink = Link(
-            "subscriber", where, endpoint,
-            RedisFactory(Subscriber, *credentials, onMessage=self._message), reactor,
-            self._prepareSubscriber, self._subscriberReady, self._subscriberLost,
-            self._reportHealth, maxDelay=retryMax, jitter=jitter)
+            "subscriber",
+            where,
+            endpoint,
+            RedisFactory(Subscriber, *credentials, onMessage=self._message),
+            reactor,
+            self._prepareSubscriber,
+            self._subscriberReady,
+            self._subscriberLost,
+            self._reportHealth,
+            maxDelay=retryMax,
+            jitter=jitter,
+        )
 
     # -- IBroker ------------------------------------------------------------------------------
 
@@ -289,8 +313,9 @@ class RedisBroker:
         self._stopping = True
         if self._probe.running:
             self._probe.stop()
-        d = gatherResults([self._commandLink.stop(), self._subscriberLink.stop()],
-                          consumeErrors=True)
+        d = gatherResults(
+            [self._commandLink.stop(), self._subscriberLink.stop()], consumeErrors=True
+        )
         # txredisapi hands bytes that arrived with a reply to the next reactor turn.
         d.addBoth(lambda _: deferLater(self.reactor, 0, lambda: None))
         return d.addBoth(lambda _: None)
@@ -301,8 +326,9 @@ class RedisBroker:
     def cacheKey(self, appId: str, channel: str) -> str:
         return f"{self.prefix}:{appId}:cache:{channel}"
 
-    def publish(self, appId: str, channel: str, message: bytes,
-                cache: bytes | None = None) -> Deferred[None]:
+    def publish(
+        self, appId: str, channel: str, message: bytes, cache: bytes | None = None
+    ) -> Deferred[None]:
         """
         Fires with None once Redis took it (and kept C{cache} as the channel's last event);
         fails with L{BrokerUnavailable}, within L{COMMAND_TIMEOUT} when Redis does not answer.
@@ -313,8 +339,11 @@ class RedisBroker:
         if cache is None:
             d = self.command("PUBLISH", name, message)
         else:
-            d = self.script("publishCached", [self.cacheKey(appId, channel)],
-                            [name, message, cache, int(CACHE_TTL * 1000)])
+            d = self.script(
+                "publishCached",
+                [self.cacheKey(appId, channel)],
+                [name, message, cache, int(CACHE_TTL * 1000)],
+            )
         return d.addCallback(lambda _: None)
 
     def cached(self, appId: str, channel: str) -> Deferred[tuple[bytes, float] | None]:
@@ -322,6 +351,7 @@ class RedisBroker:
         Fires with (event frame, seconds it has left) of the last event published on cache
         channel C{channel}, or None; fails with L{BrokerUnavailable}.
         """
+
         def got(reply: Any) -> tuple[bytes, float] | None:
             frame, left = reply
             if not frame:
@@ -367,8 +397,7 @@ class RedisBroker:
 
         def failed(f: Failure) -> None:
             # The connection went away; the reconnect restores every subscription still wanted.
-            log.warn("redis {what} {name} failed: {error}", what=what, name=name,
-                     error=reason(f))
+            log.warn("redis {what} {name} failed: {error}", what=what, name=name, error=reason(f))
 
         return d.addCallbacks(lambda _: None, failed)
 
@@ -491,10 +520,12 @@ class RedisBroker:
             self._subscriberSuspect = now
             return
         suspect = self._subscriberSuspect
-        if silent >= SUBSCRIBER_SILENCE or (suspect is not None
-                                            and now - suspect >= PROBE_INTERVAL):
-            self._subscriberLink.drop(f"did not answer on the subscriber connection for "
-                                      f"{silent:.0f} s")
+        if silent >= SUBSCRIBER_SILENCE or (
+            suspect is not None and now - suspect >= PROBE_INTERVAL
+        ):
+            self._subscriberLink.drop(
+                f"did not answer on the subscriber connection for {silent:.0f} s"
+            )
 
     def _stalled(self) -> None:
         if self._stalledSince is None and self._commands is not None:
@@ -505,28 +536,34 @@ class RedisBroker:
         if self._stalledSince is not None:
             took = self.reactor.seconds() - self._stalledSince + COMMAND_TIMEOUT
             self._stalledSince = None
-            log.info("Redis {redis} answers again after about {took:.1f} s",
-                     redis=self.address.display, took=took)
+            log.info(
+                "Redis {redis} answers again after about {took:.1f} s",
+                redis=self.address.display,
+                took=took,
+            )
             self._reportHealth()
 
     # -- connections ---------------------------------------------------------------------------
 
     def _name(self, conn: Any, role: str) -> Deferred[None]:
         """C{CLIENT SETNAME}; a Redis that refuses it (ACLs) is used all the same."""
+
         def failed(f: Failure) -> None:
             if "NOAUTH" in reason(f):
                 f.raiseException()
             log.warn("redis CLIENT SETNAME failed: {error}", error=reason(f))
 
-        d: Deferred[Any] = maybeDeferred(conn.execute_command, "CLIENT", "SETNAME",
-                                         f"{self.name}:{role}")
+        d: Deferred[Any] = maybeDeferred(
+            conn.execute_command, "CLIENT", "SETNAME", f"{self.name}:{role}"
+        )
         return d.addCallbacks(lambda _: None, failed)
 
     def _prepareCommands(self, conn: Any) -> Deferred[None]:
         """Fires with None once the connection is named and every script is loaded."""
         loads = [self._name(conn, "commands")]
-        loads += [conn.execute_command("SCRIPT", "LOAD", source)
-                  for _, source in self._scripts.values()]
+        loads += [
+            conn.execute_command("SCRIPT", "LOAD", source) for _, source in self._scripts.values()
+        ]
         return gatherResults(loads, consumeErrors=True).addCallback(lambda _: None)
 
     def _commandsReady(self, conn: Any) -> None:
@@ -552,12 +589,14 @@ class RedisBroker:
 
     def _prepareSubscriber(self, conn: Any) -> Deferred[None]:
         """Fires with None once the connection is named and subscribed to every channel."""
+
         def named(_: object) -> Deferred[None]:
             # From here on subscribe() sends at once, so nothing added meanwhile is missed.
             self._subscriber = conn
             names = list(self._channels)
-            d: Deferred[Any] = gatherResults([conn.subscribe(name) for name in names],
-                                             consumeErrors=True)
+            d: Deferred[Any] = gatherResults(
+                [conn.subscribe(name) for name in names], consumeErrors=True
+            )
             return d.addCallback(done, len(names))
 
         def done(_: object, count: int) -> None:

@@ -35,8 +35,9 @@ RETRY_JITTER = 0.2  # each delay is shortened by up to this fraction of it, at r
 CONNECT_TIMEOUT = 5.0  # TCP connect + AUTH/SELECT + preparation
 
 
-def retryDelay(attempt: int, initial: float = RETRY_INITIAL, maximum: float = RETRY_MAX,
-               jitter: float = 0.0) -> float:
+def retryDelay(
+    attempt: int, initial: float = RETRY_INITIAL, maximum: float = RETRY_MAX, jitter: float = 0.0
+) -> float:
     """
     Seconds to wait after the C{attempt}th failed attempt in a row (1, 2, ...): C{initial}
     doubling up to C{maximum}, shortened by C{RETRY_JITTER * jitter} of it (C{jitter} in [0, 1)).
@@ -91,9 +92,14 @@ class RedisFactory(Factory):
     noisy = False
     isLazy = False  # txredisapi: do not log.msg a failed AUTH/SELECT (the link logs the cause)
 
-    def __init__(self, protocolClass: type, password: str | None, dbid: int | None,
-                 username: str | None,
-                 onMessage: Callable[[Any], None] | None = None) -> None:
+    def __init__(
+        self,
+        protocolClass: type,
+        password: str | None,
+        dbid: int | None,
+        username: str | None,
+        onMessage: Callable[[Any], None] | None = None,
+    ) -> None:
         self.protocolClass = protocolClass
         self._credentials = (password, dbid, username)
         self.onMessage = onMessage or (lambda message: None)
@@ -104,8 +110,14 @@ class RedisFactory(Factory):
         password, dbid, username = self._credentials
         # No replyTimeout: the broker times commands out itself, on its clock, without
         # dropping a connection that is merely slow.
-        p = self.protocolClass(charset="utf-8", replyTimeout=None, password=password,
-                               dbid=dbid, convertNumbers=False, username=username)
+        p = self.protocolClass(
+            charset="utf-8",
+            replyTimeout=None,
+            password=password,
+            dbid=dbid,
+            convertNumbers=False,
+            username=username,
+        )
         p.factory = self
         return p
 
@@ -125,14 +137,21 @@ class Link:
     L{problem} changed while no connection was up.
     """
 
-    def __init__(self, role: str, where: str, endpoint: IStreamClientEndpoint,
-                 factory: RedisFactory, clock: Any,
-                 prepare: Callable[[Any], Deferred[Any]],
-                 onReady: Callable[[Any], None],
-                 onLost: Callable[[Any, bool], None],
-                 onProblem: Callable[[], None],
-                 initialDelay: float = RETRY_INITIAL, maxDelay: float = RETRY_MAX,
-                 jitter: Callable[[], float] = random.random) -> None:
+    def __init__(
+        self,
+        role: str,
+        where: str,
+        endpoint: IStreamClientEndpoint,
+        factory: RedisFactory,
+        clock: Any,
+        prepare: Callable[[Any], Deferred[Any]],
+        onReady: Callable[[Any], None],
+        onLost: Callable[[Any, bool], None],
+        onProblem: Callable[[], None],
+        initialDelay: float = RETRY_INITIAL,
+        maxDelay: float = RETRY_MAX,
+        jitter: Callable[[], float] = random.random,
+    ) -> None:
         self.role = role
         self.where = where  # the address for log lines: never holds the password
         self.endpoint = endpoint
@@ -231,8 +250,9 @@ class Link:
         # the connection instead (and _lost tells why).
         d: Deferred[Any] = conn.whenConnected()
         d.addCallback(lambda _: self.prepare(conn))
-        d.addCallbacks(self._prepared, self._prepareFailed, callbackArgs=(conn,),
-                       errbackArgs=(conn,))
+        d.addCallbacks(
+            self._prepared, self._prepareFailed, callbackArgs=(conn,), errbackArgs=(conn,)
+        )
 
     def _prepared(self, _: object, conn: Any) -> None:
         if conn is not self.conn or not self._running:
@@ -240,11 +260,13 @@ class Link:
         self._cancelDeadline()
         self.ready = True
         if self.everReady:
-            log.info("reconnected to Redis {redis} ({role} connection)", redis=self.where,
-                     role=self.role)
+            log.info(
+                "reconnected to Redis {redis} ({role} connection)", redis=self.where, role=self.role
+            )
         else:
-            log.info("connected to Redis {redis} ({role} connection)", redis=self.where,
-                     role=self.role)
+            log.info(
+                "connected to Redis {redis} ({role} connection)", redis=self.where, role=self.role
+            )
         self.everReady = True
         self.attempts = 0
         self.onReady(conn)
@@ -282,6 +304,11 @@ class Link:
     def _retryLater(self, cause: str) -> None:
         self.attempts += 1
         delay = retryDelay(self.attempts, self.initialDelay, self.maxDelay, self.jitter())
-        log.warn("Redis {redis} {cause}; {role} connection retrying in {delay:.1f} s",
-                 redis=self.where, cause=cause, role=self.role, delay=delay)
+        log.warn(
+            "Redis {redis} {cause}; {role} connection retrying in {delay:.1f} s",
+            redis=self.where,
+            cause=cause,
+            role=self.role,
+            delay=delay,
+        )
         self._retry = self.clock.callLater(delay, self._connect)

@@ -63,8 +63,10 @@ def writable(transport: Any) -> bool:
     stops the producer, L{Outbound}) before it closes the socket, whose number may then be reused
     by another connection.
     """
-    return bool(transport.connected and not (
-        transport._tempDataLen or transport.dataBuffer or transport.disconnecting))
+    return bool(
+        transport.connected
+        and not (transport._tempDataLen or transport.dataBuffer or transport.disconnecting)
+    )
 
 
 @implementer(IPushProducer)
@@ -91,11 +93,26 @@ class Outbound:
     first, so the order in which frames were written is the order on the wire.
     """
 
-    __slots__ = ("write", "paused", "queued", "limit", "onOverflow", "closed", "transport",
-                 "fd", "pending", "owner")
+    __slots__ = (
+        "write",
+        "paused",
+        "queued",
+        "limit",
+        "onOverflow",
+        "closed",
+        "transport",
+        "fd",
+        "pending",
+        "owner",
+    )
 
-    def __init__(self, write: Callable[[bytes], Any], limit: int,
-                 onOverflow: Callable[[], None], transport: Any = None) -> None:
+    def __init__(
+        self,
+        write: Callable[[bytes], Any],
+        limit: int,
+        onOverflow: Callable[[], None],
+        transport: Any = None,
+    ) -> None:
         self.write = write
         self.paused = False
         self.queued = 0
@@ -279,8 +296,9 @@ class Registry:
 
     # -- subscriptions -------------------------------------------------------------------------
 
-    def subscribe(self, conn: Subscriber, channel: str, member: Member | None = None
-                  ) -> tuple[bool, bool]:
+    def subscribe(
+        self, conn: Subscriber, channel: str, member: Member | None = None
+    ) -> tuple[bool, bool]:
         """
         Add C{conn} to C{channel} (as C{member} on presence channels).
 
@@ -373,8 +391,9 @@ class Registry:
 
     # -- fan-out -------------------------------------------------------------------------------
 
-    def deliver(self, appId: str, channel: str, payload: bytes,
-                exceptSocketId: str | None = None) -> int:
+    def deliver(
+        self, appId: str, channel: str, payload: bytes, exceptSocketId: str | None = None
+    ) -> int:
         """
         Queue C{payload} (one JSON frame), framed once, for every local subscriber of C{channel}
         but C{exceptSocketId}.
@@ -401,8 +420,12 @@ class Registry:
         count = len(subs) - (skip is not None)
         self.deliveries += count
         outbounds: Iterator[Outbound] = iter(subs.values())
-        if (self._flushCall is None and not self._flushing and not self._dirty
-                and self.clock.seconds() - self._idleSince >= QUIET_SECONDS):
+        if (
+            self._flushCall is None
+            and not self._flushing
+            and not self._dirty
+            and self.clock.seconds() - self._idleSince >= QUIET_SECONDS
+        ):
             # A copy: what the writes set off must not change what this loop walks through.
             targets = list(subs.values())
             if len(targets) > SYNC_LIMIT:
@@ -440,8 +463,7 @@ class Registry:
             self._idleSince = self.clock.seconds()
         return count
 
-    def _writeAtOnce(self, outbounds: list[Outbound], skip: Outbound | None,
-                     frame: bytes) -> None:
+    def _writeAtOnce(self, outbounds: list[Outbound], skip: Outbound | None, frame: bytes) -> None:
         """
         Write C{frame} to each of C{outbounds} (but C{skip}) now. Nothing was queued anywhere
         when this began, so no frame waits ahead of it.
@@ -467,8 +489,7 @@ class Registry:
                 try:
                     if fd >= 0:
                         t = outbound.transport
-                        if t.connected and not (
-                                t._tempDataLen or t.dataBuffer or t.disconnecting):
+                        if t.connected and not (t._tempDataLen or t.dataBuffer or t.disconnecting):
                             try:
                                 sent = _write(fd, frame)
                             except OSError:
@@ -544,22 +565,49 @@ class Registry:
         """C{(name, help, type, value)} for C{/metrics}."""
         return [
             ("pushsvc_connections", "Open WebSocket connections", "gauge", len(self._conns)),
-            ("pushsvc_connections_total", "WebSocket connections opened", "counter",
-             self.connectionsTotal),
+            (
+                "pushsvc_connections_total",
+                "WebSocket connections opened",
+                "counter",
+                self.connectionsTotal,
+            ),
             ("pushsvc_subscriptions", "Current channel subscriptions", "gauge", self.subscriptions),
             ("pushsvc_channels", "Occupied channels", "gauge", len(self._subs)),
-            ("pushsvc_publishes_total", "Events received for local fan-out", "counter",
-             self.publishes),
-            ("pushsvc_deliveries_total", "Frames queued for subscribers", "counter",
-             self.deliveries),
-            ("pushsvc_delivery_failures_total",
-             "Writes to a subscriber that failed (each may carry several frames)", "counter",
-             self.deliveryFailures),
-            ("pushsvc_slow_consumer_closes_total", "Connections closed with 4100 (too slow)",
-             "counter", self.slowConsumerCloses),
+            (
+                "pushsvc_publishes_total",
+                "Events received for local fan-out",
+                "counter",
+                self.publishes,
+            ),
+            (
+                "pushsvc_deliveries_total",
+                "Frames queued for subscribers",
+                "counter",
+                self.deliveries,
+            ),
+            (
+                "pushsvc_delivery_failures_total",
+                "Writes to a subscriber that failed (each may carry several frames)",
+                "counter",
+                self.deliveryFailures,
+            ),
+            (
+                "pushsvc_slow_consumer_closes_total",
+                "Connections closed with 4100 (too slow)",
+                "counter",
+                self.slowConsumerCloses,
+            ),
             ("pushsvc_client_events_total", "Client events relayed", "counter", self.clientEvents),
-            ("pushsvc_client_events_rate_limited_total", "Client events refused with 4301",
-             "counter", self.rateLimited),
-            ("pushsvc_protocol_errors_total", "Client frames answered with pusher:error",
-             "counter", self.protocolErrors),
+            (
+                "pushsvc_client_events_rate_limited_total",
+                "Client events refused with 4301",
+                "counter",
+                self.rateLimited,
+            ),
+            (
+                "pushsvc_protocol_errors_total",
+                "Client frames answered with pusher:error",
+                "counter",
+                self.protocolErrors,
+            ),
         ]

@@ -189,8 +189,9 @@ class PushService(MultiService):
 
             redis = RedisBroker(parseRedisAddress(c.redis), self.reactor)
             self.broker: IBroker = redis
-            self.hub = Hub(self.registry, redis, self.reactor,
-                           RedisState(redis, self.registry, self.reactor))
+            self.hub = Hub(
+                self.registry, redis, self.reactor, RedisState(redis, self.registry, self.reactor)
+            )
         else:
             self.broker = LocalBroker(self.reactor)
             self.hub = Hub(self.registry, self.broker, self.reactor)
@@ -225,15 +226,21 @@ class PushService(MultiService):
         c = self.config
         fileLimit = raiseOpenFileLimit()
         site.limits = limits = ConnectionLimits.fromFileLimit(
-            c.maxConnections, c.maxConnectionsPerIp, fileLimit)
+            c.maxConnections, c.maxConnectionsPerIp, fileLimit
+        )
         site.trustedProxies = TrustedProxies(c.trustedProxies)
         log.info(
             "at most {max} connections ({how}), {perIp} per client address; "
             "trusted proxies: {proxies}",
             max=limits.maxConnections,
-            how=("--max-connections" if c.maxConnections else
-                 f"the open-file limit {fileLimit} less {fileLimit - limits.maxConnections} "
-                 "kept for the store, Redis, logs and refusals" if fileLimit else "no limit"),
+            how=(
+                "--max-connections"
+                if c.maxConnections
+                else f"the open-file limit {fileLimit} less {fileLimit - limits.maxConnections} "
+                "kept for the store, Redis, logs and refusals"
+                if fileLimit
+                else "no limit"
+            ),
             perIp=c.maxConnectionsPerIp or "no cap",
             proxies=", ".join(site.trustedProxies.entries()) or "none",
         )
@@ -293,8 +300,10 @@ class PushService(MultiService):
                 for port in self.ports:
                     port.stopListening()
                 self.ports = []
-                raise startupError(f"cannot listen on {description}: {reason}; stop what uses "
-                                   "it, or choose another --listen")
+                raise startupError(
+                    f"cannot listen on {description}: {reason}; stop what uses "
+                    "it, or choose another --listen"
+                )
             self.ports.append(result[0])
             guard = AcceptGuard.install(result[0], self.reactor, self._describeConnections)
             if guard is not None:

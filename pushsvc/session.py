@@ -49,8 +49,12 @@ class SessionSigner:
         return _b64(mac.digest())
 
     def issue(self, name: str) -> tuple[str, Session]:
-        session = Session(userId=secrets.token_hex(8), name=name,
-                          sessionId=secrets.token_urlsafe(16), expires=int(self._now()) + MAX_AGE)
+        session = Session(
+            userId=secrets.token_hex(8),
+            name=name,
+            sessionId=secrets.token_urlsafe(16),
+            expires=int(self._now()) + MAX_AGE,
+        )
         body = {"u": session.userId, "n": name, "s": session.sessionId, "e": session.expires}
         payload = _b64(json.dumps(body, separators=(",", ":")).encode("utf-8"))
         return f"{payload}.{self._sign(payload)}", session

@@ -24,8 +24,7 @@ from pushsvc.proxy import NOBODY, TrustedProxies, clientOf, peerAddress
 with warnings.catch_warnings():
     # Importing twisted.web.static builds its old HTML error pages (childNotFound, forbidden),
     # deprecated since Twisted 22.10: three warnings at start-up. Pages serves JSON errors.
-    warnings.filterwarnings("ignore", category=DeprecationWarning,
-                            module=r"twisted\.web\.static")
+    warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"twisted\.web\.static")
     from twisted.web.static import File
 
 MAX_REQUEST_BODY = 1024 * 1024  # above every resource's own limit
@@ -259,8 +258,9 @@ class PushSite(Site):
 
     def buildProtocol(self, addr: Any) -> Any:
         address = peerAddress(addr)
-        slot = self.limits.admit(address, bool(self.trustedProxies)
-                                 and self.trustedProxies.trusts(address))
+        slot = self.limits.admit(
+            address, bool(self.trustedProxies) and self.trustedProxies.trusts(address)
+        )
         if slot is None:
             return None  # over every cap and refusal slot: the port closes it at once
         channel = super().buildProtocol(addr)

@@ -111,8 +111,10 @@ def _storeURL(value: str) -> str:
         # nothing else, so an absolute path's directory must be there already.
         where = Path(path).expanduser()
         if where.is_absolute() and not where.parent.is_dir():
-            raise ValueError(f"the directory {where.parent} does not exist; create it first "
-                             "(pushsvc creates only its --data-dir)")
+            raise ValueError(
+                f"the directory {where.parent} does not exist; create it first "
+                "(pushsvc creates only its --data-dir)"
+            )
     return url
 
 

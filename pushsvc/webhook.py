@@ -116,13 +116,15 @@ class NotifyResource(JSONResource):
             raise HTTPError(413, f"data is larger than {app.maxDataBytes} bytes.")
         return self.publish(app, channel, event, data, signature)
 
-    async def publish(self, app: Any, channel: str, event: str, data: str,
-                      signature: str) -> tuple[int, Any]:
+    async def publish(
+        self, app: Any, channel: str, event: str, data: str, signature: str
+    ) -> tuple[int, Any]:
         # Claimed before publishing, so two copies sent at once cannot both go out.
         if not await brokerCall(self.hub.claim, app, signature, NOTIFY_CLAIM_TTL):
             raise HTTPError(
-                409, "This signed call was already accepted; sign each notification anew "
-                "(a new timestamp or body) to send it again."
+                409,
+                "This signed call was already accepted; sign each notification anew "
+                "(a new timestamp or body) to send it again.",
             )
         await brokerCall(self.hub.publish, app, [channel], event, data, None)
         log.debug("webhook published {event} on {channel}", event=event, channel=channel)

@@ -52,6 +52,10 @@ if command -v pg_isready >/dev/null && ! pg_isready -q -h 127.0.0.1 -p 5432; the
     || echo "could not start PostgreSQL"
 fi
 
+# Lint and format: the same rules for every contributor (pyproject.toml's [tool.ruff]).
+"$VENV_PYTHON" -m ruff check pushsvc tests bench
+"$VENV_PYTHON" -m ruff format --check pushsvc tests bench
+
 # The chat's sync algorithm (web/sync.js) has its own unit tests.
 if command -v node >/dev/null; then
   node --test tests/js/*.test.mjs

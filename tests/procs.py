@@ -48,7 +48,7 @@ class TwistdProcess(ProcessProtocol):
 
     def _check(self) -> None:
         for item in list(self._waiting):
-            if item[0] in self.output[item[1]:]:
+            if item[0] in self.output[item[1] :]:
                 self._waiting.remove(item)
                 item[2].callback(None)
 

@@ -112,8 +112,19 @@ class RedisServer(ProcessProtocol):
         self.ended = Deferred()
         self._ready = Deferred()
         self._ready.addTimeout(15, reactor)
-        argv = [REDIS_SERVER, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-                "--appendonly", "no", "--daemonize", "no"]
+        argv = [
+            REDIS_SERVER,
+            "--port",
+            str(self.port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--daemonize",
+            "no",
+        ]
         if self.debug:
             argv += ["--enable-debug-command", "local"]
         reactor.spawnProcess(self, REDIS_SERVER, argv, env=None)  # type: ignore[attr-defined]
@@ -189,8 +200,9 @@ class Conn:
                     d.callback(m)
                     break
 
-    def next(self, event: str, channel: str | None = None,
-             timeout: float = 10) -> Deferred[dict[str, Any]]:
+    def next(
+        self, event: str, channel: str | None = None, timeout: float = 10
+    ) -> Deferred[dict[str, Any]]:
         """Fires with the first unclaimed message C{event} (on C{channel})."""
         d: Deferred[dict[str, Any]] = Deferred()
         self._waiters.append((event, channel, d))
@@ -216,16 +228,23 @@ class Conn:
 class Node:
     """One pushsvc process's push side, in this process: registry, Redis broker, state, hub."""
 
-    def __init__(self, address: str, prefix: str, heartbeat: float = 0.2,
-                 nodeTTL: float = 1.0, name: str | None = None) -> None:
+    def __init__(
+        self,
+        address: str,
+        prefix: str,
+        heartbeat: float = 0.2,
+        nodeTTL: float = 1.0,
+        name: str | None = None,
+    ) -> None:
         from pushsvc.cluster import RedisState
         from pushsvc.hub import Hub
         from pushsvc.redisbroker import RedisBroker, parseRedisAddress
 
         self.registry = Registry(PushSettings(), reactor)
         # name: CLIENT SETNAME prefix, so a test finds (and kills) only its own connections.
-        self.broker = RedisBroker(parseRedisAddress(address), reactor, prefix, retryMax=0.5,
-                                  name=name)
+        self.broker = RedisBroker(
+            parseRedisAddress(address), reactor, prefix, retryMax=0.5, name=name
+        )
         self.state = RedisState(self.broker, self.registry, reactor, heartbeat, nodeTTL)
         self.hub = Hub(self.registry, self.broker, reactor, self.state)
         self._ready: list[Deferred[None]] = []
@@ -253,8 +272,9 @@ class Node:
         self.registry.addConnection(conn)
         return conn
 
-    def subscribe(self, conn: Conn, channel: str, userId: str | None = None,
-                  info: Any = None) -> Deferred[None]:
+    def subscribe(
+        self, conn: Conn, channel: str, userId: str | None = None, info: Any = None
+    ) -> Deferred[None]:
         member = Member(userId, info) if userId is not None else None
         return self.hub.subscribe(conn, channel, member)
 
@@ -279,7 +299,6 @@ class RedisTestCase(TestCase):
     def nodes(self, n: int, address: str = REDIS_URL) -> Deferred[list[Node]]:
         """Fires with C{n} started nodes."""
         return gatherResults([self.node(address) for _ in range(n)])
-
 
     def listen(self, node: Node, apps: Apps) -> int:
         """
@@ -307,8 +326,13 @@ class RedisTestCase(TestCase):
     @inlineCallbacks
     def wsConnect(self, port: int, key: str, established: bool = True) -> Any:
         """Fires with a L{WSClient} connected to C{port} (aborted at cleanup)."""
-        client: WSClient = yield connectClient(port, PATH.format(key=key), established=False,
-                                               openHandshakeTimeout=0, closeHandshakeTimeout=0)
+        client: WSClient = yield connectClient(
+            port,
+            PATH.format(key=key),
+            established=False,
+            openHandshakeTimeout=0,
+            closeHandshakeTimeout=0,
+        )
 
         def close() -> Deferred[Any]:
             if not client.closed.called:
@@ -407,8 +431,12 @@ class FakeRedisConnection:
             return b":0\r\n"
         if name in ("SUBSCRIBE", "UNSUBSCRIBE"):
             kind = name.lower().encode()
-            return (b"*3\r\n$%d\r\n%s\r\n$%d\r\n%s\r\n:1\r\n"
-                    % (len(kind), kind, len(command[1]), command[1]))
+            return b"*3\r\n$%d\r\n%s\r\n$%d\r\n%s\r\n:1\r\n" % (
+                len(kind),
+                kind,
+                len(command[1]),
+                command[1],
+            )
         return b"+OK\r\n"
 
 
@@ -426,7 +454,7 @@ def _parseCommand(data: bytes) -> tuple[list[bytes] | None, bytes]:
         if len(rest) < n + 2:
             return None, data
         args.append(rest[:n])
-        rest = rest[n + 2:]
+        rest = rest[n + 2 :]
     return args, rest
 
 

@@ -504,10 +504,12 @@ class CommonErrorTests(APITestsMixin, TestCase):
             ("GET", channels + "&Info=user_count", b""),
             ("GET", channels + "&info=user_count", b""),
             ("GET", signedURL("GET", "/apps/3/channels", query={"extra": "1"}), b""),
-            ("GET", signedURL("GET", "/apps/3/channels/c", query={"filter_by_prefix": "c"}),
-             b""),
-            ("GET", signedURL("GET", "/apps/3/channels/presence-c/users",
-                              query={"info": "user_count"}), b""),
+            ("GET", signedURL("GET", "/apps/3/channels/c", query={"filter_by_prefix": "c"}), b""),
+            (
+                "GET",
+                signedURL("GET", "/apps/3/channels/presence-c/users", query={"info": "user_count"}),
+                b"",
+            ),
         ):
             code, reply = yield self.call(method, "", raw=raw, url=url)
             self.assertEqual(code, 400, url)
@@ -520,8 +522,11 @@ class CommonErrorTests(APITestsMixin, TestCase):
     def test_nestedJSON(self) -> Any:
         """A body nested 4,000 deep, or 33 deep, is 400 with a JSON error, never a 500; 32 deep
         is not refused for its depth."""
-        for raw in (b"[" * 4000 + b"]" * 4000, b'{"name":"e","x":' + b"[" * 4000 + b"]" * 4000
-                    + b"}", b'{"name":"e","x":' + b"[" * 32 + b"]" * 32 + b"}"):
+        for raw in (
+            b"[" * 4000 + b"]" * 4000,
+            b'{"name":"e","x":' + b"[" * 4000 + b"]" * 4000 + b"}",
+            b'{"name":"e","x":' + b"[" * 32 + b"]" * 32 + b"}",
+        ):
             for path in ("/apps/3/events", "/apps/3/batch_events"):
                 code, reply = yield self.call("POST", path, raw=raw)
                 self.assertEqual(code, 400, (path, raw[:20]))
@@ -533,16 +538,23 @@ class CommonErrorTests(APITestsMixin, TestCase):
     @inlineCallbacks
     def test_namesWithControlCharacters(self) -> Any:
         """Channels, event names and socket ids with a trailing newline are 400."""
-        for body in ({"name": "e", "data": "d", "channel": "c\n"},
-                     {"name": "e\n", "data": "d", "channel": "c"},
-                     {"name": "e\u202e", "data": "d", "channel": "c"},
-                     {"name": "e", "data": "d", "channel": "c", "socket_id": "1.2\n"},
-                     {"name": "e", "data": "d", "channel": "c", "socket_id": "\u0661.2"}):
+        for body in (
+            {"name": "e", "data": "d", "channel": "c\n"},
+            {"name": "e\n", "data": "d", "channel": "c"},
+            {"name": "e\u202e", "data": "d", "channel": "c"},
+            {"name": "e", "data": "d", "channel": "c", "socket_id": "1.2\n"},
+            {"name": "e", "data": "d", "channel": "c", "socket_id": "\u0661.2"},
+        ):
             code, _ = yield self.call("POST", "/apps/3/events", body)
             self.assertEqual(code, 400, body)
-        code, _ = yield self.call("POST", "/apps/3/users/u%0A/terminate_connections", {},
-                                  url=signedURL("POST", "/apps/3/users/u\n/terminate_connections",
-                                                b"{}").replace("u\n", "u%0A"))
+        code, _ = yield self.call(
+            "POST",
+            "/apps/3/users/u%0A/terminate_connections",
+            {},
+            url=signedURL("POST", "/apps/3/users/u\n/terminate_connections", b"{}").replace(
+                "u\n", "u%0A"
+            ),
+        )
         self.assertEqual(code, 400)
         self.assertEqual(self.hub.published, [])
 
@@ -666,8 +678,9 @@ class NotifyTests(APITestsMixin, TestCase):
         self.assertEqual(code, 202)
         code, _ = yield self.notify("%23server-to-user-u1", body)
         self.assertEqual(code, 202)
-        self.assertEqual([p.channels for p in self.hub.published],
-                         [["public-orders"], ["#server-to-user-u1"]])
+        self.assertEqual(
+            [p.channels for p in self.hub.published], [["public-orders"], ["#server-to-user-u1"]]
+        )
 
     @inlineCallbacks
     def test_replayToTheSameChannel(self) -> Any:
@@ -695,8 +708,11 @@ class NotifyTests(APITestsMixin, TestCase):
     @inlineCallbacks
     def test_nestedJSON(self) -> Any:
         """A body nested 4,000 deep is 400 with a JSON error, never a 500."""
-        for raw in (b"[" * 4000 + b"]" * 4000, b'{"data":' + b"[" * 4000 + b"]" * 4000 + b"}",
-                    b'{"data":' + b"[" * 32 + b"]" * 32 + b"}"):
+        for raw in (
+            b"[" * 4000 + b"]" * 4000,
+            b'{"data":' + b"[" * 4000 + b"]" * 4000 + b"}",
+            b'{"data":' + b"[" * 32 + b"]" * 32 + b"}",
+        ):
             code, reply = yield self.notify("c", raw)
             self.assertEqual(code, 400)
             self.assertIn("nested deeper than 32 levels", reply["error"])
@@ -705,8 +721,11 @@ class NotifyTests(APITestsMixin, TestCase):
     @inlineCallbacks
     def test_controlCharacters(self) -> Any:
         """A channel or event name with a trailing newline is 400."""
-        for channel, raw in (("c%0A", b""), ("c", b'{"event":"e\\n"}'),
-                             ("%23server-to-user-u%0A", b"")):
+        for channel, raw in (
+            ("c%0A", b""),
+            ("c", b'{"event":"e\\n"}'),
+            ("%23server-to-user-u%0A", b""),
+        ):
             code, _ = yield self.notify(channel, raw)
             self.assertEqual(code, 400, (channel, raw))
         self.assertEqual(self.hub.published, [])

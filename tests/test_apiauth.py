@@ -93,8 +93,9 @@ class VectorTests(SynchronousTestCase):
         expected = hmac.new(
             SECRET.encode(), b"1700000000.public-orders.{}", hashlib.sha256
         ).hexdigest()
-        self.assertEqual(expected,
-                         "12ad3a83e18c569c46b99dcd4a34bbd5300fd645b88d8c0866690ce5a72b99ef")
+        self.assertEqual(
+            expected, "12ad3a83e18c569c46b99dcd4a34bbd5300fd645b88d8c0866690ce5a72b99ef"
+        )
         self.assertEqual(notifySignature(SECRET, "1700000000", "public-orders", b"{}"), expected)
         self.assertEqual(
             notifySignature(SECRET, "1700000000", "#server-to-user-u1", b'{"event":"updated"}'),
@@ -272,8 +273,10 @@ class PropertyTests(SynchronousTestCase):
 class ParameterNameTests(SynchronousTestCase):
     def test_documented(self) -> None:
         """The auth parameters, body_md5 and the endpoint's own parameters pass."""
-        checkParameterNames(["auth_key", "auth_timestamp", "auth_version", "auth_signature",
-                             "body_md5", "info"], ["info"])
+        checkParameterNames(
+            ["auth_key", "auth_timestamp", "auth_version", "auth_signature", "body_md5", "info"],
+            ["info"],
+        )
 
     def test_refused(self) -> None:
         """A name given twice, in any case, or one the endpoint does not take is 400."""
@@ -295,8 +298,7 @@ class NotifyTests(SynchronousTestCase):
     NOW = 1_700_000_000.0
     CHANNEL = "public-orders"
 
-    def header(self, ts: str, body: bytes, secret: str = SECRET,
-               channel: str = CHANNEL) -> str:
+    def header(self, ts: str, body: bytes, secret: str = SECRET, channel: str = CHANNEL) -> str:
         return "sha256=" + notifySignature(secret, ts, channel, body)
 
     def test_verifies(self) -> None:
@@ -306,7 +308,7 @@ class NotifyTests(SynchronousTestCase):
         header = self.header(ts, b'{"a":1}')
         self.assertEqual(
             verifyNotify(APP, ts, header, self.CHANNEL, b'{"a":1}', self.NOW),
-            header[len("sha256="):],
+            header[len("sha256=") :],
         )
         upper = "sha256=" + notifySignature(SECRET, ts, self.CHANNEL, b"").upper()
         verifyNotify(APP, ts, upper, self.CHANNEL, b"", self.NOW)
@@ -315,10 +317,17 @@ class NotifyTests(SynchronousTestCase):
         """A call signed for one channel is refused on any other, the user channels too."""
         ts = str(int(self.NOW))
         header = self.header(ts, b"{}")
-        for other in ("private-admin", "#server-to-user-u1", "public-orders2", "public-order",
-                      "public-orders.", ""):
-            e = self.assertRaises(ApiAuthError, verifyNotify, APP, ts, header, other, b"{}",
-                                  self.NOW)
+        for other in (
+            "private-admin",
+            "#server-to-user-u1",
+            "public-orders2",
+            "public-order",
+            "public-orders.",
+            "",
+        ):
+            e = self.assertRaises(
+                ApiAuthError, verifyNotify, APP, ts, header, other, b"{}", self.NOW
+            )
             self.assertEqual(e.status, 401, other)
 
     def test_replayWindow(self) -> None:
@@ -346,24 +355,28 @@ class NotifyTests(SynchronousTestCase):
             (ts, good, b"{ }"),
             (str(int(self.NOW) - 1), good, b"{}"),
             # the old format, timestamp + "." + body, no longer verifies
-            (ts, "sha256=" + hmac.new(SECRET.encode(), ts.encode() + b".{}",
-                                      hashlib.sha256).hexdigest(), b"{}"),
+            (
+                ts,
+                "sha256="
+                + hmac.new(SECRET.encode(), ts.encode() + b".{}", hashlib.sha256).hexdigest(),
+                b"{}",
+            ),
         ]
         for timestamp, signature, body in cases:
             e = self.assertRaises(
-                ApiAuthError, verifyNotify, APP, timestamp, signature, self.CHANNEL, body,
-                self.NOW
+                ApiAuthError, verifyNotify, APP, timestamp, signature, self.CHANNEL, body, self.NOW
             )
             self.assertEqual(e.status, 401)
 
-    @given(st.text(CHANNEL_CHARS, min_size=1, max_size=40),
-           st.text(CHANNEL_CHARS, min_size=1, max_size=40),
-           st.sampled_from([b"", b"{}", b'{"event":"e","data":{"a":[1]}}']))
+    @given(
+        st.text(CHANNEL_CHARS, min_size=1, max_size=40),
+        st.text(CHANNEL_CHARS, min_size=1, max_size=40),
+        st.sampled_from([b"", b"{}", b'{"event":"e","data":{"a":[1]}}']),
+    )
     def test_otherChannelFails(self, channel: str, other: str, body: bytes) -> None:
         """A signature for one channel never verifies for another, whatever the two are."""
         ts = str(int(self.NOW))
         header = self.header(ts, body, channel=channel)
         verifyNotify(APP, ts, header, channel, body, self.NOW)
         if other != channel:
-            self.assertRaises(ApiAuthError, verifyNotify, APP, ts, header, other, body,
-                              self.NOW)
+            self.assertRaises(ApiAuthError, verifyNotify, APP, ts, header, other, body, self.NOW)

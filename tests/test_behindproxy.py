@@ -22,13 +22,23 @@ from pushsvc.store.memory import MemoryStore
 from pushsvc.testing import FakeHub
 from tests.test_proxy import request
 
-PROXIED = {"x-forwarded-for": ["198.51.100.9"], "x-forwarded-proto": ["https"],
-           "x-forwarded-host": ["chat.example.com"], "origin": ["https://chat.example.com"]}
+PROXIED = {
+    "x-forwarded-for": ["198.51.100.9"],
+    "x-forwarded-proto": ["https"],
+    "x-forwarded-host": ["chat.example.com"],
+    "origin": ["https://chat.example.com"],
+}
 
 
 def chat() -> ChatAPI:
-    return ChatAPI(Apps([App("1", "k", "s")]), MemoryStore(), FakeHub(),
-                   SessionSigner(b"k" * 32, lambda: 1000.0), Clock().seconds, lambda: True)
+    return ChatAPI(
+        Apps([App("1", "k", "s")]),
+        MemoryStore(),
+        FakeHub(),
+        SessionSigner(b"k" * 32, lambda: 1000.0),
+        Clock().seconds,
+        lambda: True,
+    )
 
 
 def signIn(req: Request) -> str:

@@ -49,11 +49,16 @@ class WsloadQuantileTests(SynchronousTestCase):
             requireService("A C compiler", f"({cc[0]!r}, or $CC) is missing: it builds wsload")
         with tempfile.TemporaryDirectory() as tmp:
             binary = Path(tmp) / "wsload"
-            built = subprocess.run([*cc, "-O2", "-o", str(binary), str(WSLOAD)],
-                                   capture_output=True, text=True, timeout=120)
+            built = subprocess.run(
+                [*cc, "-O2", "-o", str(binary), str(WSLOAD)],
+                capture_output=True,
+                text=True,
+                timeout=120,
+            )
             self.assertEqual(built.returncode, 0, built.stderr)
-            ran = subprocess.run([str(binary), "selftest"], capture_output=True, text=True,
-                                 timeout=60)
+            ran = subprocess.run(
+                [str(binary), "selftest"], capture_output=True, text=True, timeout=60
+            )
         self.assertEqual((ran.returncode, ran.stdout.strip()), (0, "selftest ok"))
 
 
@@ -63,14 +68,19 @@ class AbuseScriptTests(SynchronousTestCase):
 
     def test_apiSignatureIsTheDocVector(self) -> None:
         """The script's HTTP API signature of the doc's vector is the doc's signature."""
-        params = {"auth_key": KEY, "auth_timestamp": str(TIMESTAMP), "auth_version": "1.0",
-                  "body_md5": "ec365a775a4cd0599faeb73354201b6f"}
+        params = {
+            "auth_key": KEY,
+            "auth_timestamp": str(TIMESTAMP),
+            "auth_version": "1.0",
+            "body_md5": "ec365a775a4cd0599faeb73354201b6f",
+        }
         self.assertEqual(
             self.abuse.apiSignature(SECRET, "POST", PATH, params),
             "da454824c97ba181a32ccc17a72625ba02771f50b50e1e7430e47a1f3f457e6c",
         )
-        self.assertEqual(self.abuse.signedParams("POST", PATH, BODY, TIMESTAMP)["body_md5"],
-                         params["body_md5"])
+        self.assertEqual(
+            self.abuse.signedParams("POST", PATH, BODY, TIMESTAMP)["body_md5"], params["body_md5"]
+        )
 
     def test_notifySignatureBindsTheChannel(self) -> None:
         """
@@ -90,5 +100,7 @@ class AbuseScriptTests(SynchronousTestCase):
     def test_tableEscapesCells(self) -> None:
         """A result holding | or a newline stays one cell of one markdown row."""
         rows = [self.abuse.Row("p", "a|b\nc", "x", True), self.abuse.Row("q", "r", "y", False)]
-        self.assertEqual(self.abuse.table(rows).splitlines()[2:],
-                         ["| p | a\\|b c | x | yes |", "| q | r | y | no |"])
+        self.assertEqual(
+            self.abuse.table(rows).splitlines()[2:],
+            ["| p | a\\|b c | x | yes |", "| q | r | y | no |"],
+        )

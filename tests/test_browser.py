@@ -52,8 +52,9 @@ def launchBrowser(case: SynchronousTestCase, *extraArgs: str) -> Any:
         requireService("Playwright", "is not installed (pip install playwright)")
     manager = sync_playwright().start()
     case.addCleanup(manager.stop)
-    browser = manager.chromium.launch(executable_path=CHROMIUM, args=[*ARGS, *extraArgs],
-                                      headless=True)
+    browser = manager.chromium.launch(
+        executable_path=CHROMIUM, args=[*ARGS, *extraArgs], headless=True
+    )
     case.addCleanup(browser.close)
     return browser
 

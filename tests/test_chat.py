@@ -102,9 +102,24 @@ class ChatAPITests(TestCase):
         bidi = "\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069\u200e\u200f\u061c"
         zeroWidth = "\u200b\u200c\u200d\u2060\ufeff"
         refused: list[Any] = [
-            "", "   ", "x" * 41, 42, None, "a\x00b", "a\nb", "a\tb", "\ud800", "\u00ad",
-            "a\u2028b", "\U000e0041", "\ue000", "\u0378", "\u0301abc", "\u0301",
-            "e" + "\u0323" * 200, "x" * 1000,
+            "",
+            "   ",
+            "x" * 41,
+            42,
+            None,
+            "a\x00b",
+            "a\nb",
+            "a\tb",
+            "\ud800",
+            "\u00ad",
+            "a\u2028b",
+            "\U000e0041",
+            "\ue000",
+            "\u0378",
+            "\u0301abc",
+            "\u0301",
+            "e" + "\u0323" * 200,
+            "x" * 1000,
         ]
         refused += [f"ann{c}lee" for c in bidi + zeroWidth]
         for name in refused:
@@ -294,9 +309,11 @@ class ChatAPITests(TestCase):
         _, rooms = yield self.call("GET", "/api/rooms")
         self.assertEqual(rooms["rooms"], [])
         form = {"Content-Type": ["application/x-www-form-urlencoded"]}
-        for raw in (b"socket_id=1.2%0A&channel_name=presence-room-general",
-                    b"socket_id=%D9%A1.2&channel_name=presence-room-general",
-                    b"socket_id=1.2&channel_name=presence-room-general%0A"):
+        for raw in (
+            b"socket_id=1.2%0A&channel_name=presence-room-general",
+            b"socket_id=%D9%A1.2&channel_name=presence-room-general",
+            b"socket_id=1.2&channel_name=presence-room-general%0A",
+        ):
             code, reply = yield self.call("POST", "/api/pusher/auth", headers=form, raw=raw)
             self.assertEqual(code, 400, raw)
             self.assertNotIn("auth", reply)
@@ -335,8 +352,11 @@ class ChatAPITests(TestCase):
             code, _ = yield self.call("POST", "/api/rooms/general/messages", {"text": f"m{i}"})
             self.assertEqual(code, 201, i)
         response = yield self.treq.request(
-            "POST", BASE + "/api/rooms/general/messages", data=b'{"text": "too many"}',
-            headers={**JSON, "Host": ["chat.example:8080"]}, cookies=self.cookies,
+            "POST",
+            BASE + "/api/rooms/general/messages",
+            data=b'{"text": "too many"}',
+            headers={**JSON, "Host": ["chat.example:8080"]},
+            cookies=self.cookies,
         )
         self.assertEqual(response.code, 429)
         self.assertEqual(response.headers.getRawHeaders(b"retry-after"), [b"1"])
@@ -441,8 +461,9 @@ class ChatAPITests(TestCase):
         code, _ = yield self.call("DELETE", "/api/session")
         self.assertEqual(code, 401)
         yield self.signIn()
-        code, _ = yield self.call("DELETE", "/api/session",
-                                  headers={"Origin": ["http://evil.example"]})
+        code, _ = yield self.call(
+            "DELETE", "/api/session", headers={"Origin": ["http://evil.example"]}
+        )
         self.assertEqual(code, 403)
         self.ready = False
         code, _ = yield self.call("DELETE", "/api/session")

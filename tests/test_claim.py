@@ -127,11 +127,16 @@ class NotifyAcrossNodesTests(RedisTestCase):
             ],
         }
         codes = []
-        for base, channel in ((bases[0], "public-orders"), (bases[1], "public-orders"),
-                              (bases[0], "public-orders"), (bases[1], "private-admin"),
-                              (bases[0], "%23server-to-user-u1")):
-            response = yield treq.post(f"{base}/notify/{channel}", data=body, headers=headers,
-                                       pool=pool, timeout=10)
+        for base, channel in (
+            (bases[0], "public-orders"),
+            (bases[1], "public-orders"),
+            (bases[0], "public-orders"),
+            (bases[1], "private-admin"),
+            (bases[0], "%23server-to-user-u1"),
+        ):
+            response = yield treq.post(
+                f"{base}/notify/{channel}", data=body, headers=headers, pool=pool, timeout=10
+            )
             reply = json.loads((yield response.content()))
             codes.append(response.code)
             if response.code >= 400:
@@ -140,6 +145,8 @@ class NotifyAcrossNodesTests(RedisTestCase):
         message = yield conn.next("paid", "public-orders")
         self.assertEqual(json.loads(message["data"]), {"id": 7})
         self.assertEqual(conn.events("paid"), [])
-        left = yield a.broker.command("PTTL", f"{self.prefix}:{APP.id}:claim:"
-                                      + headers["X-Pushsvc-Signature"][0][len("sha256="):])
+        left = yield a.broker.command(
+            "PTTL",
+            f"{self.prefix}:{APP.id}:claim:" + headers["X-Pushsvc-Signature"][0][len("sha256=") :],
+        )
         self.assertTrue(0 < left <= NOTIFY_CLAIM_TTL * 1000, left)

@@ -77,10 +77,18 @@ class Cluster:
         waits = []
         for _ in range(n):
             port = freePort()
-            args = ["--listen", f"tcp:{port}:interface=127.0.0.1",
-                    "--data-dir", self.case.mktemp(),
-                    "--app-id", self.app.id, "--app-key", self.app.key,
-                    "--redis", self.redis]
+            args = [
+                "--listen",
+                f"tcp:{port}:interface=127.0.0.1",
+                "--data-dir",
+                self.case.mktemp(),
+                "--app-id",
+                self.app.id,
+                "--app-key",
+                self.app.key,
+                "--redis",
+                self.redis,
+            ]
             if self.schema is not None:
                 args += ["--store", storeURL(self.schema)]
             else:
@@ -94,8 +102,14 @@ class Cluster:
         return gatherResults(waits)
 
     def sdk(self, i: int) -> pusher.Pusher:
-        return pusher.Pusher(app_id=self.app.id, key=self.app.key, secret=self.app.secret,
-                             host="127.0.0.1", port=self.ports[i], ssl=False)
+        return pusher.Pusher(
+            app_id=self.app.id,
+            key=self.app.key,
+            secret=self.app.secret,
+            host="127.0.0.1",
+            port=self.ports[i],
+            ssl=False,
+        )
 
     def call(self, i: int, method: str, *args: Any) -> Any:
         """Call the official SDK against process C{i} (in a thread: it blocks)."""
@@ -130,8 +144,9 @@ class ClusterCase(TestCase):
             client.transport.abortConnection()  # type: ignore[union-attr]
         return client.closed
 
-    def subscribe(self, cluster: Cluster, client: WSClient, channel: str,
-                  channelData: str | None = None) -> Any:
+    def subscribe(
+        self, cluster: Cluster, client: WSClient, channel: str, channelData: str | None = None
+    ) -> Any:
         return subscribeClient(cluster.app, client, channel, channelData, timeout=10)
 
 
@@ -185,14 +200,16 @@ class ClusterTests(ClusterCase):
         reader = yield self.connect(cluster, 2)
         yield self.subscribe(cluster, watcher, "presence-room", '{"user_id":"watcher"}')
         yield self.subscribe(cluster, reader, "news")
-        joined = yield self.subscribe(cluster, ann, "presence-room",
-                                      '{"user_id":"ann","user_info":{"name":"Ann"}}')
+        joined = yield self.subscribe(
+            cluster, ann, "presence-room", '{"user_id":"ann","user_info":{"name":"Ann"}}'
+        )
         self.assertEqual(sorted(joined["data"]["presence"]["ids"]), ["ann", "watcher"])
         added = yield watcher.expect("pusher_internal:member_added", "presence-room")
         self.assertEqual(added["data"], {"user_id": "ann", "user_info": {"name": "Ann"}})
 
-        info = yield cluster.call(2, "channel_info", "presence-room",
-                                  ["user_count", "subscription_count"])
+        info = yield cluster.call(
+            2, "channel_info", "presence-room", ["user_count", "subscription_count"]
+        )
         self.assertEqual((info["user_count"], info["subscription_count"]), (2, 2))
         users = yield cluster.call(2, "users_info", "presence-room")
         self.assertEqual(sorted(u["id"] for u in users["users"]), ["ann", "watcher"])
@@ -203,8 +220,9 @@ class ClusterTests(ClusterCase):
 
         killedAt = time.monotonic()
         cluster.procs[1].transport.signalProcess("KILL")  # type: ignore[union-attr]
-        removed = yield watcher.expect("pusher_internal:member_removed", "presence-room",
-                                       timeout=20)
+        removed = yield watcher.expect(
+            "pusher_internal:member_removed", "presence-room", timeout=20
+        )
         took = time.monotonic() - killedAt
         self.assertEqual(removed["data"], {"user_id": "ann"})
         self.assertLess(took, 10)
@@ -221,15 +239,20 @@ class ClusterTests(ClusterCase):
         user = yield self.connect(cluster, 1)
         other = yield self.connect(cluster, 1)
         userData = '{"id":"u1"}'
-        user.sendJSON("pusher:signin",
-                      {"auth": userAuth(cluster.app, user.socketId, userData),
-                       "user_data": userData})
+        user.sendJSON(
+            "pusher:signin",
+            {"auth": userAuth(cluster.app, user.socketId, userData), "user_data": userData},
+        )
         yield user.expect("pusher:signin_success")
         # (the SDK's terminate_user_connections leaves /apps/{id} out of the path)
         path = f"/apps/{cluster.app.id}/users/u1/terminate_connections"
         body = b"{}"
-        params = {"auth_key": cluster.app.key, "auth_timestamp": str(int(time.time())),
-                  "auth_version": "1.0", "body_md5": bodyMd5(body)}
+        params = {
+            "auth_key": cluster.app.key,
+            "auth_timestamp": str(int(time.time())),
+            "auth_version": "1.0",
+            "body_md5": bodyMd5(body),
+        }
         params["auth_signature"] = apiSignature(cluster.app.secret, "POST", path, params)
         url = f"http://127.0.0.1:{cluster.ports[0]}{path}?{urlencode(params)}"
         reply = yield self.http.post(url, data=body, headers={"Content-Type": ["application/json"]})
@@ -262,12 +285,14 @@ class OutageTests(ClusterCase):
 
         marks = [len(p.output) for p in cluster.procs]
         yield server.stop()
-        yield gatherResults([p.waitFor("broker down", after=m)
-                             for p, m in zip(cluster.procs, marks, strict=True)])
+        yield gatherResults(
+            [p.waitFor("broker down", after=m) for p, m in zip(cluster.procs, marks, strict=True)]
+        )
         code = yield client.closed
         self.assertEqual(code, 4200)
-        refused = yield connectClient(cluster.ports[1], PATH.format(key=cluster.app.key),
-                                      established=False)
+        refused = yield connectClient(
+            cluster.ports[1], PATH.format(key=cluster.app.key), established=False
+        )
         self.addCleanup(self._close, refused)
         error = yield refused.expect("pusher:error")
         self.assertEqual(error["data"]["code"], 4100)
@@ -287,8 +312,9 @@ class OutageTests(ClusterCase):
 
         marks = [len(p.output) for p in cluster.procs]
         yield server.start()
-        yield gatherResults([p.waitFor("broker ready", after=m)
-                             for p, m in zip(cluster.procs, marks, strict=True)])
+        yield gatherResults(
+            [p.waitFor("broker ready", after=m) for p, m in zip(cluster.procs, marks, strict=True)]
+        )
         client = yield self.connect(cluster, 1)
         yield self.subscribe(cluster, client, "news")
         yield cluster.call(0, "trigger", "news", "after", "3")
@@ -321,9 +347,19 @@ class BrowserTests(SynchronousTestCase):
         env = {"PUSHSVC_APP_SECRET": app.secret, "PUSHSVC_SESSION_KEY": SESSION_KEY}
         servers = []
         for _ in range(2):
-            server = ServerProcess(freePort(), self.mktemp(), "--app-id", app.id,
-                                   "--app-key", app.key, "--redis", REDIS_URL,
-                                   "--store", storeURL(schema), env=env)
+            server = ServerProcess(
+                freePort(),
+                self.mktemp(),
+                "--app-id",
+                app.id,
+                "--app-key",
+                app.key,
+                "--redis",
+                REDIS_URL,
+                "--store",
+                storeURL(schema),
+                env=env,
+            )
             self.addCleanup(server.stop)
             server.start()
             servers.append(server)

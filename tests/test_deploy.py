@@ -44,21 +44,29 @@ class SystemdUnitTests(SynchronousTestCase):
             twistd = Path(shutil.which("twistd") or "/bin/true")
         unit = Path(self.mktemp()).resolve() / "pushsvc.service"
         unit.parent.mkdir(parents=True)
-        text, n = re.subn(r"ExecStart=/opt/pushsvc/bin/twistd ", f"ExecStart={twistd} ",
-                          UNIT.read_text())
+        text, n = re.subn(
+            r"ExecStart=/opt/pushsvc/bin/twistd ", f"ExecStart={twistd} ", UNIT.read_text()
+        )
         self.assertEqual(n, 1)
         unit.write_text(text)
-        result = subprocess.run([analyze, "verify", "--man=no", str(unit)],
-                                capture_output=True, text=True, timeout=60)
+        result = subprocess.run(
+            [analyze, "verify", "--man=no", str(unit)], capture_output=True, text=True, timeout=60
+        )
         self.assertEqual((result.returncode, result.stdout + result.stderr), (0, ""))
 
     def test_unitDirectives(self) -> None:
         """The unit runs twistd in the foreground as its own user, restarts on failure, raises
         the fd limit and hands the secrets over as credentials."""
         text = UNIT.read_text()
-        for directive in ("User=pushsvc", "Restart=on-failure", "LimitNOFILE=65536",
-                          "LoadCredential=app-secret:", "NoNewPrivileges=yes",
-                          "ProtectSystem=strict", "StateDirectory=pushsvc"):
+        for directive in (
+            "User=pushsvc",
+            "Restart=on-failure",
+            "LimitNOFILE=65536",
+            "LoadCredential=app-secret:",
+            "NoNewPrivileges=yes",
+            "ProtectSystem=strict",
+            "StateDirectory=pushsvc",
+        ):
             self.assertIn(f"\n{directive}", text)
         words = execStart()
         self.assertIn("-n", words[: words.index("pushsvc")])
@@ -70,8 +78,11 @@ class SystemdUnitTests(SynchronousTestCase):
         credentials.mkdir()
         for name in ("app-secret", "session-key"):
             (credentials / name).write_text("x" * 32)
-        args = [w.replace("%d", str(credentials)) for w in words[words.index("pushsvc") + 1:]
-                if w != "$PUSHSVC_OPTIONS"]
+        args = [
+            w.replace("%d", str(credentials))
+            for w in words[words.index("pushsvc") + 1 :]
+            if w != "$PUSHSVC_OPTIONS"
+        ]
         options = Options()
         options.parseOptions(args)
         self.assertEqual(options["data-dir"], "/var/lib/pushsvc")

@@ -92,10 +92,15 @@ class ServiceFileModeTests(TestCase):
         data = Path(self.mktemp()) / "data"
         yield self.start(data)
         self.assertEqual(mode(data), 0o700)
-        names = ["app.json", "app-secret", "session-key", "pushsvc.sqlite3",
-                 "pushsvc.sqlite3-wal", "pushsvc.sqlite3-shm"]
-        self.assertEqual({name: mode(data / name) for name in names},
-                         dict.fromkeys(names, 0o600))
+        names = [
+            "app.json",
+            "app-secret",
+            "session-key",
+            "pushsvc.sqlite3",
+            "pushsvc.sqlite3-wal",
+            "pushsvc.sqlite3-shm",
+        ]
+        self.assertEqual({name: mode(data / name) for name in names}, dict.fromkeys(names, 0o600))
 
     @inlineCallbacks
     def test_looseTightened(self) -> Any:

@@ -122,8 +122,18 @@ class ChannelCase(SynchronousTestCase):
         pages.mkdir()
         (pages / "index.html").write_text("<p>hi</p>")
         self.later = Later(self.clock)
-        self.site = makeSite(pages, self.later, Resource(), Resource(), TakeOver(), Resource(),
-                             Resource(), Resource(), HTTPLimits(10, 1024, 60), self.clock)
+        self.site = makeSite(
+            pages,
+            self.later,
+            Resource(),
+            Resource(),
+            TakeOver(),
+            Resource(),
+            Resource(),
+            Resource(),
+            HTTPLimits(10, 1024, 60),
+            self.clock,
+        )
         self.site.startFactory()
         self.addCleanup(self.site.stopFactory)
         self.site.logFile = _Sink()
@@ -142,8 +152,9 @@ class ChannelCase(SynchronousTestCase):
     def timers(self, protocol: Any) -> list[Any]:
         """The clock's pending calls that belong to this connection's channel."""
         channel = self.channel(protocol)
-        return [c for c in self.clock.getDelayedCalls()
-                if getattr(c.func, "__self__", None) is channel]
+        return [
+            c for c in self.clock.getDelayedCalls() if getattr(c.func, "__self__", None) is channel
+        ]
 
 
 class PipeliningTests(ChannelCase):
@@ -244,15 +255,14 @@ class DeadlineTests(ChannelCase):
         head, body = transport.value().split(b"\r\n\r\n", 1)
         self.assertTrue(head.startswith(b"HTTP/1.1 408 "), head)
         self.assertIn(b"Content-Type: application/json", head)
-        self.assertEqual(json.loads(body),
-                         {"error": f"The request {part} did not arrive in time."})
+        self.assertEqual(json.loads(body), {"error": f"The request {part} did not arrive in time."})
 
     def test_dribbledHeadersClosedAt10s(self) -> None:
         """Headers sent a byte a second are closed at 10 s with a 408, though bytes keep coming."""
         protocol, transport = self.connect()
         header = b"GET / HTTP/1.1\r\nX-Slow: " + b"a" * 100
         for i in range(9):
-            protocol.dataReceived(header[i:i + 1])
+            protocol.dataReceived(header[i : i + 1])
             self.clock.advance(1)
         protocol.dataReceived(header[9:10])
         self.assertFalse(transport.disconnecting)
@@ -394,16 +404,18 @@ class DeadlineTests(ChannelCase):
         and the site no longer counts the connection as HTTP.
         """
         server = Server(self.clock)
-        resource: Any = makeAppResource(server.apps, server.hub, server.registry, self.clock,
-                                        server.settings)
+        resource: Any = makeAppResource(
+            server.apps, server.hub, server.registry, self.clock, server.settings
+        )
         resource._factory.setProtocolOptions(openHandshakeTimeout=0, closeHandshakeTimeout=0)
         self.site.resource.putChild(b"app", resource)
         protocol, transport = self.connect()
         transport.protocol = protocol  # type: ignore[attr-defined]  # Autobahn swaps it
         protocol.dataReceived(
             f"GET {PATH} HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-            "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
-            .encode())
+            "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+            "Sec-WebSocket-Version: 13\r\n\r\n".encode()
+        )
         self.assertIn(b"101 Switching Protocols", transport.value())
         self.assertIn(b"pusher:connection_established", transport.value())
         self.assertEqual(self.timers(protocol), [])
@@ -483,7 +495,8 @@ class RealSocketTests(TestCase):
         client = _Pipeliner(limit=100_000)
         factory = Factory.forProtocol(lambda: client)
         clientPort: Any = reactor.adoptStreamConnection(  # type: ignore[attr-defined]
-            raw.fileno(), socket.AF_INET, factory)
+            raw.fileno(), socket.AF_INET, factory
+        )
         raw.close()  # adoptStreamConnection took a copy
         channel = yield held.addTimeout(20, reactor)
         server: Any = channel.transport

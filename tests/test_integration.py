@@ -175,8 +175,7 @@ class ServiceTests(ServiceCase):
         yield self.subscribe(a, "doc-7")
         body = json.dumps({"event": "changed", "data": {"rev": 3}}).encode()
         ts = str(int(time.time()))
-        sig = hmac.new(SECRET.encode(), ts.encode() + b".doc-7." + body,
-                       hashlib.sha256).hexdigest()
+        sig = hmac.new(SECRET.encode(), ts.encode() + b".doc-7." + body, hashlib.sha256).hexdigest()
         bad = yield self.http.post(
             f"{self.base}/notify/doc-7",
             data=body,
@@ -226,10 +225,16 @@ class ServiceTests(ServiceCase):
         message a minute: the second gets 429 with Retry-After.
         """
         first = self.service.config.dataDir.resolve()
-        other = PushService(replace(
-            self.service.config, chatMessagesPerMinute=1, dataDir=Path(self.mktemp()),
-            storeURL=f"sqlite:{first / 'pushsvc.sqlite3'}", sessionKeyFile=first / "session-key",
-        ), reactor)
+        other = PushService(
+            replace(
+                self.service.config,
+                chatMessagesPerMinute=1,
+                dataDir=Path(self.mktemp()),
+                storeURL=f"sqlite:{first / 'pushsvc.sqlite3'}",
+                sessionKeyFile=first / "session-key",
+            ),
+            reactor,
+        )
         other.startService()
         self.addCleanup(other.stopService)
         yield other.whenReady()
@@ -239,8 +244,9 @@ class ServiceTests(ServiceCase):
         yield session.content()
         codes = []
         for i in range(2):
-            posted = yield self.http.post(f"{otherBase}/api/rooms/general/messages",
-                                          json={"text": f"m{i}"}, cookies=cookies)
+            posted = yield self.http.post(
+                f"{otherBase}/api/rooms/general/messages", json={"text": f"m{i}"}, cookies=cookies
+            )
             codes.append(posted.code)
             yield posted.content()
         self.assertEqual(codes, [201, 429])
@@ -275,8 +281,14 @@ class ServiceTests(ServiceCase):
         )
         self.assertEqual(answer.code, 200)
         body = yield answer.json()
-        a.sendJSON("pusher:subscribe", {"channel": "presence-room-general", "auth": body["auth"],
-                                        "channel_data": body["channel_data"]})
+        a.sendJSON(
+            "pusher:subscribe",
+            {
+                "channel": "presence-room-general",
+                "auth": body["auth"],
+                "channel_data": body["channel_data"],
+            },
+        )
         ok = yield a.expect("pusher_internal:subscription_succeeded", "presence-room-general")
         self.assertEqual(ok["data"]["presence"]["count"], 1)
 
@@ -357,24 +369,36 @@ class HostileHTTPTests(ServiceCase):
         self.addCleanup(globalLogPublisher.removeObserver, events.append)
         deep = b"[" * 4000 + b"]" * 4000
         ts = str(int(time.time()))
-        notifySig = hmac.new(SECRET.encode(), ts.encode() + b".x." + deep,
-                             hashlib.sha256).hexdigest()
-        params = {"auth_key": APP_KEY, "auth_timestamp": ts, "auth_version": "1.0",
-                  "body_md5": bodyMd5(deep)}
+        notifySig = hmac.new(
+            SECRET.encode(), ts.encode() + b".x." + deep, hashlib.sha256
+        ).hexdigest()
+        params = {
+            "auth_key": APP_KEY,
+            "auth_timestamp": ts,
+            "auth_version": "1.0",
+            "body_md5": bodyMd5(deep),
+        }
         params["auth_signature"] = apiSignature(SECRET, "POST", f"/apps/{APP_ID}/events", params)
         requests = [
             # 2,000 deep: 4,000 deep is over the 4 KiB that /api/session reads (a 413)
             ("/api/session", b"[" * 2000 + b"]" * 2000, {"Content-Type": "application/json"}),
-            ("/notify/x", deep,
-             {"X-Pushsvc-Timestamp": ts, "X-Pushsvc-Signature": "sha256=" + notifySig}),
-            (f"/apps/{APP_ID}/events?" + urlencode(params), deep,
-             {"Content-Type": "application/json"}),
+            (
+                "/notify/x",
+                deep,
+                {"X-Pushsvc-Timestamp": ts, "X-Pushsvc-Signature": "sha256=" + notifySig},
+            ),
+            (
+                f"/apps/{APP_ID}/events?" + urlencode(params),
+                deep,
+                {"Content-Type": "application/json"},
+            ),
         ]
         # What one request that is plain bad JSON logs (its access log line, and this test's
         # client factory coming and going), to compare with.
         before = len(events)
-        response = yield self.http.post(self.base + "/api/session", data=b"{",
-                                        headers={"Content-Type": "application/json"})
+        response = yield self.http.post(
+            self.base + "/api/session", data=b"{", headers={"Content-Type": "application/json"}
+        )
         self.assertEqual(response.code, 400)
         yield response.content()
         usual = len(events) - before
@@ -384,10 +408,14 @@ class HostileHTTPTests(ServiceCase):
             reply = yield response.json()
             self.assertEqual(response.code, 400, (path, reply))
             self.assertIn("nested deeper than 32 levels", reply["error"])
-            self.assertLessEqual(len(events) - before, usual,
-                                 [e.get("log_format") for e in events[before:]])
-        loud = [e for e in events if e.get("log_level") in (LogLevel.warn, LogLevel.error,
-                                                              LogLevel.critical)]
+            self.assertLessEqual(
+                len(events) - before, usual, [e.get("log_format") for e in events[before:]]
+            )
+        loud = [
+            e
+            for e in events
+            if e.get("log_level") in (LogLevel.warn, LogLevel.error, LogLevel.critical)
+        ]
         self.assertEqual(loud, [])
 
     @inlineCallbacks

@@ -53,8 +53,9 @@ class Connection:
     def closedAtOnce(self) -> bool:
         return self.channel is None
 
-    def get(self, path: str = "/", headers: dict[str, str] | None = None
-            ) -> tuple[int, dict[str, str], bytes]:
+    def get(
+        self, path: str = "/", headers: dict[str, str] | None = None
+    ) -> tuple[int, dict[str, str], bytes]:
         """Send one request; the status, headers and body of the reply."""
         self.transport.clear()
         extra = "".join(f"{k}: {v}\r\n" for k, v in (headers or {}).items())
@@ -227,15 +228,26 @@ class OptionTests(SynchronousTestCase):
 
     def test_defaultsReachConfig(self) -> None:
         config = makeService(self.parse()).config  # type: ignore[attr-defined]
-        self.assertEqual((config.maxConnections, config.maxConnectionsPerIp,
-                          config.trustedProxies), (0, 1000, ()))
+        self.assertEqual(
+            (config.maxConnections, config.maxConnectionsPerIp, config.trustedProxies),
+            (0, 1000, ()),
+        )
 
     def test_values(self) -> None:
-        config = makeService(self.parse(  # type: ignore[attr-defined]
-            "--max-connections", "5000", "--max-connections-per-ip", "0",
-            "--trusted-proxies", "10.0.0.0/8, 192.168.1.1")).config
-        self.assertEqual((config.maxConnections, config.maxConnectionsPerIp,
-                          config.trustedProxies), (5000, 0, ("192.168.1.1", "10.0.0.0/8")))
+        config = makeService(
+            self.parse(  # type: ignore[attr-defined]
+                "--max-connections",
+                "5000",
+                "--max-connections-per-ip",
+                "0",
+                "--trusted-proxies",
+                "10.0.0.0/8, 192.168.1.1",
+            )
+        ).config
+        self.assertEqual(
+            (config.maxConnections, config.maxConnectionsPerIp, config.trustedProxies),
+            (5000, 0, ("192.168.1.1", "10.0.0.0/8")),
+        )
 
     def test_badValues(self) -> None:
         """Each bad value is one line that names the option."""
@@ -280,8 +292,9 @@ class AcceptGuardTests(SynchronousTestCase):
 
     def setUp(self) -> None:
         self.reactor = FDSetReactor()
-        self.port = tcp.Port(0, Factory.forProtocol(Protocol), interface="127.0.0.1",
-                             reactor=self.reactor)
+        self.port = tcp.Port(
+            0, Factory.forProtocol(Protocol), interface="127.0.0.1", reactor=self.reactor
+        )
         self.port.startListening()
         real = self.port.socket
         self.addCleanup(real.close)
@@ -304,8 +317,7 @@ class AcceptGuardTests(SynchronousTestCase):
         for _ in range(3):
             self.port.doRead()
         self.assertIn(self.port, self.reactor.readers)
-        self.assertGreaterEqual(len(self.lines("EMFILE")) + len(self.lines("Could not accept")),
-                                3)
+        self.assertGreaterEqual(len(self.lines("EMFILE")) + len(self.lines("Could not accept")), 3)
 
     def test_pausesWithBackoff(self) -> None:
         """

@@ -56,8 +56,11 @@ class WebSocketCapTests(TestCase):
     @inlineCallbacks
     def setUp(self) -> Any:
         config = ServiceConfig(
-            listen=("tcp:0:interface=127.0.0.1",), dataDir=Path(self.mktemp()),
-            appId=APP_ID, appKey=APP_KEY, environ={"PUSHSVC_APP_SECRET": SECRET},
+            listen=("tcp:0:interface=127.0.0.1",),
+            dataDir=Path(self.mktemp()),
+            appId=APP_ID,
+            appKey=APP_KEY,
+            environ={"PUSHSVC_APP_SECRET": SECRET},
             maxConnectionsPerIp=2,
         )
         self.service = PushService(config, reactor)
@@ -164,8 +167,13 @@ class FileLimitTests(TestCase):
     def start(self, *args: str) -> Any:
         self.portNumber = freePort()
         proto = startTwistd(
-            ["--listen", f"tcp:{self.portNumber}:interface=127.0.0.1",
-             "--data-dir", self.mktemp(), *args],
+            [
+                "--listen",
+                f"tcp:{self.portNumber}:interface=127.0.0.1",
+                "--data-dir",
+                self.mktemp(),
+                *args,
+            ],
             setup=LOW_FD_LIMIT,
         )
         self.addCleanup(killIfRunning, proto)
@@ -193,8 +201,11 @@ class FileLimitTests(TestCase):
 
     @inlineCallbacks
     def fresh(self) -> Any:
-        response = yield httpClient().get(
-            f"http://127.0.0.1:{self.portNumber}/healthz").addTimeout(20, reactor)
+        response = (
+            yield httpClient()
+            .get(f"http://127.0.0.1:{self.portNumber}/healthz")
+            .addTimeout(20, reactor)
+        )
         return response.code
 
     @inlineCallbacks
@@ -207,8 +218,11 @@ class FileLimitTests(TestCase):
         """
         proto: TwistdProcess = yield self.start()
         self.assertIn(b"open-file limit: 256", proto.output)
-        cap = int(re.search(rb"at most (\d+) connections \(the open-file limit 256",
-                            proto.output).group(1))  # type: ignore[union-attr]
+        cap = int(
+            re.search(rb"at most (\d+) connections \(the open-file limit 256", proto.output).group(
+                1
+            )
+        )  # type: ignore[union-attr]
         self.assertLess(cap, FD_LIMIT)
         knocks = [self.knock(b"GET /nope HTTP/1.1\r\nHost: x\r\n\r\n")[1] for _ in range(300)]
         results = yield DeferredList([k.done for k in knocks]).addTimeout(60, reactor)
@@ -235,7 +249,8 @@ class FileLimitTests(TestCase):
         server logs that it accepts again.
         """
         proto: TwistdProcess = yield self.start(
-            "--max-connections", "100000", "--max-connections-per-ip", "0")
+            "--max-connections", "100000", "--max-connections-per-ip", "0"
+        )
         pid = proto.transport.pid  # type: ignore[union-attr]
         knocks = [self.knock() for _ in range(400)]
         yield proto.waitFor("cannot accept connections (EMFILE", timeout=30)

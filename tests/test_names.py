@@ -78,8 +78,12 @@ class ExampleTests(SynchronousTestCase):
 
 class PropertyTests(SynchronousTestCase):
     @settings(max_examples=300, deadline=None)
-    @given(st.sampled_from(sorted(VALIDATORS)), st.integers(min_value=0), controls,
-           st.text(max_size=20))
+    @given(
+        st.sampled_from(sorted(VALIDATORS)),
+        st.integers(min_value=0),
+        controls,
+        st.text(max_size=20),
+    )
     def test_controlCharacterRefusedEverywhere(
         self, what: str, index: int, control: str, noise: str
     ) -> None:

@@ -44,19 +44,28 @@ def selfSignedCertificate(directory: Path) -> tuple[Path, Path]:
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
     now = datetime.datetime.now(datetime.UTC)
     cert = (
-        x509.CertificateBuilder().subject_name(name).issuer_name(name)
-        .public_key(key.public_key()).serial_number(x509.random_serial_number())
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
         .not_valid_before(now - datetime.timedelta(minutes=5))
         .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address(
-            "127.0.0.1"))]), critical=False)
+        .add_extension(
+            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+            critical=False,
+        )
         .sign(key, hashes.SHA256())
     )
     certPath, keyPath = directory / "cert.pem", directory / "key.pem"
     certPath.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    keyPath.write_bytes(key.private_bytes(serialization.Encoding.PEM,
-                                          serialization.PrivateFormat.PKCS8,
-                                          serialization.NoEncryption()))
+    keyPath.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
     keyPath.chmod(0o600)
     return certPath, keyPath
 
@@ -86,8 +95,10 @@ class NginxProcess:
     def __init__(self, directory: Path, site: str) -> None:
         self.directory = directory
         (directory / "site.conf").write_text(site)
-        temp = " ".join(f"{kind}_temp_path {directory / kind};"
-                        for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"))
+        temp = " ".join(
+            f"{kind}_temp_path {directory / kind};"
+            for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
+        )
         user = "user root;\n" if os.geteuid() == 0 else ""
         (directory / "nginx.conf").write_text(
             f"daemon off;\n{user}pid {directory / 'nginx.pid'};\nerror_log stderr notice;\n"
@@ -101,9 +112,18 @@ class NginxProcess:
 
     def start(self, timeout: float = 20) -> None:
         self.proc = subprocess.Popen(
-            [NGINX, "-e", "stderr", "-p", str(self.directory), "-c",
-             str(self.directory / "nginx.conf")],
-            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+            [
+                NGINX,
+                "-e",
+                "stderr",
+                "-p",
+                str(self.directory),
+                "-c",
+                str(self.directory / "nginx.conf"),
+            ],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
         )
         threading.Thread(target=self._read, daemon=True).start()
         while True:
@@ -142,8 +162,9 @@ class NginxChatTests(SynchronousTestCase):
         directory = Path(self.mktemp()).resolve()
         directory.mkdir(parents=True)
         backend, self.port = freePort(), freePort()
-        self.server = ServerProcess(backend, str(directory / "data"),
-                                    "--trusted-proxies", PROXY_ADDRESS)
+        self.server = ServerProcess(
+            backend, str(directory / "data"), "--trusted-proxies", PROXY_ADDRESS
+        )
         self.server.start()
         self.addCleanup(self.server.kill)
         cert, key = selfSignedCertificate(directory)

@@ -150,8 +150,9 @@ class PagesTests(TestCase):
         endpoint = TCP4ClientEndpoint(reactor, "127.0.0.1", self.port.getHost().port)
         yield connectProtocol(endpoint, fetch)
         yield started.addTimeout(10, reactor)
-        self.assertTrue(any(target.endswith("big.bin")
-                            for _, target in openFds() - before))  # being sent
+        self.assertTrue(
+            any(target.endswith("big.bin") for _, target in openFds() - before)
+        )  # being sent
         fetch.transport.abortConnection()  # type: ignore[union-attr]
         yield fetch.done
         yield self.site.closeConnections().addTimeout(10, reactor)
@@ -193,8 +194,9 @@ class PagesTests(TestCase):
         etag = (yield self.get()).headers[b"etag"].decode()
         (self.pages / "app.js").write_bytes(SCRIPT[::-1])
         os.utime(self.pages / "app.js", ns=(1, 1))
-        reply = yield self.get(If_None_Match=etag,
-                               If_Modified_Since="Fri, 01 Jan 2100 00:00:00 GMT")
+        reply = yield self.get(
+            If_None_Match=etag, If_Modified_Since="Fri, 01 Jan 2100 00:00:00 GMT"
+        )
         self.assertEqual((reply.status, reply.body), (200, SCRIPT[::-1]))
         self.assertNotEqual(reply.headers[b"etag"].decode(), etag)
 
@@ -218,7 +220,12 @@ class PagesTests(TestCase):
         root = Path(__file__).resolve().parent.parent
         result = subprocess.run(
             [sys.executable, "-W", "error::DeprecationWarning", "-c", "import pushsvc.site"],
-            cwd=root, capture_output=True, text=True, timeout=60, check=False)
+            cwd=root,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
         self.assertEqual((result.returncode, result.stderr), (0, ""))
 
 

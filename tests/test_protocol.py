@@ -84,16 +84,27 @@ class InMemoryTests(SynchronousTestCase):
 
     def make(self, broker: LocalBroker | None = None, **settings: Any) -> None:
         self.server = Server(self.clock, broker, **settings)
-        self.factory = makeAppFactory(self.server.apps, self.server.hub, self.server.registry,
-                                      self.clock, self.server.settings)
+        self.factory = makeAppFactory(
+            self.server.apps,
+            self.server.hub,
+            self.server.registry,
+            self.clock,
+            self.server.settings,
+        )
         # No Autobahn timers on the global reactor: these tests run on the Clock.
         self.factory.setProtocolOptions(openHandshakeTimeout=0, closeHandshakeTimeout=0)
 
     def connect(self, path: str = PATH, origin: str | None = None) -> FakeClient:
         return FakeClient(self.factory, path, origin)
 
-    def subscribe(self, client: FakeClient, channel: str, channelData: str | None = None,
-                  app: App = APP, auth: str | None = None) -> list[dict[str, Any]]:
+    def subscribe(
+        self,
+        client: FakeClient,
+        channel: str,
+        channelData: str | None = None,
+        app: App = APP,
+        auth: str | None = None,
+    ) -> list[dict[str, Any]]:
         data: dict[str, Any] = {"channel": channel}
         if frames.needsAuth(channel):
             data["auth"] = auth or channelAuth(app, client.socketId, channel, channelData)
@@ -101,8 +112,9 @@ class InMemoryTests(SynchronousTestCase):
             data["channel_data"] = channelData
         return client.send("pusher:subscribe", data)
 
-    def publish(self, channel: str, event: str = "ev", data: str = "x",
-                exceptSocketId: str | None = None) -> None:
+    def publish(
+        self, channel: str, event: str = "ev", data: str = "x", exceptSocketId: str | None = None
+    ) -> None:
         self.successResultOf(self.server.hub.publish(APP, [channel], event, data, exceptSocketId))
         self.clock.advance(0)  # a reactor turn: the registry writes the fan-out
 
@@ -148,9 +160,16 @@ class InMemoryTests(SynchronousTestCase):
         ]
         for path, code in cases:
             client = self.connect(path)
-            self.assertEqual(client.messages, [
-                {"event": "pusher:error", "data": {"code": code, "message": client.messages[0][
-                    "data"]["message"]}}], path)
+            self.assertEqual(
+                client.messages,
+                [
+                    {
+                        "event": "pusher:error",
+                        "data": {"code": code, "message": client.messages[0]["data"]["message"]},
+                    }
+                ],
+                path,
+            )
             self.assertEqual(client.closeCode, code, path)
         self.assertEqual(self.server.registry.connectionCount, 0)
         for version in (5, 6, 7):
@@ -235,8 +254,10 @@ class InMemoryTests(SynchronousTestCase):
     def test_publicSubscribeAndPublish(self) -> None:
         """A public channel needs no auth; a hub.publish reaches its subscribers only."""
         a, b = self.connect(), self.connect()
-        self.assertEqual(self.subscribe(a, "news"), [
-            {"event": "pusher_internal:subscription_succeeded", "channel": "news", "data": {}}])
+        self.assertEqual(
+            self.subscribe(a, "news"),
+            [{"event": "pusher_internal:subscription_succeeded", "channel": "news", "data": {}}],
+        )
         self.subscribe(b, "other")
         self.publish("news", "update", '{"n":1}')
         self.assertEqual(a.read(), [{"event": "update", "channel": "news", "data": {"n": 1}}])
@@ -249,17 +270,29 @@ class InMemoryTests(SynchronousTestCase):
         """private- and private-encrypted- need the socket's signature; a bad one is AuthError."""
         client = self.connect()
         for channel in ("private-a", "private-encrypted-a"):
-            self.assertEqual(self.subscribe(client, channel, app=OTHER), [{
-                "event": "pusher:subscription_error", "channel": channel,
-                "data": {"type": "AuthError", "error": "invalid signature", "status": 401}}])
-            self.assertEqual(self.subscribe(client, channel)[0]["event"],
-                             "pusher_internal:subscription_succeeded")
+            self.assertEqual(
+                self.subscribe(client, channel, app=OTHER),
+                [
+                    {
+                        "event": "pusher:subscription_error",
+                        "channel": channel,
+                        "data": {"type": "AuthError", "error": "invalid signature", "status": 401},
+                    }
+                ],
+            )
+            self.assertEqual(
+                self.subscribe(client, channel)[0]["event"],
+                "pusher_internal:subscription_succeeded",
+            )
         other = self.connect()
         stolen = channelAuth(APP, client.socketId, "private-b")
-        self.assertEqual(self.subscribe(other, "private-b", auth=stolen)[0]["event"],
-                         "pusher:subscription_error")
-        self.assertEqual(other.send("pusher:subscribe", {"channel": "private-c"})[0]["event"],
-                         "pusher:subscription_error")
+        self.assertEqual(
+            self.subscribe(other, "private-b", auth=stolen)[0]["event"], "pusher:subscription_error"
+        )
+        self.assertEqual(
+            other.send("pusher:subscribe", {"channel": "private-c"})[0]["event"],
+            "pusher:subscription_error",
+        )
 
     def test_presenceMembers(self) -> None:
         """
@@ -269,12 +302,24 @@ class InMemoryTests(SynchronousTestCase):
         ann1, bob = self.connect(), self.connect()
         self.subscribe(bob, "presence-room", presenceData("bob", {"name": "Bob"}))
         [succeeded] = self.subscribe(ann1, "presence-room", presenceData("ann", {"name": "Ann"}))
-        self.assertEqual(succeeded["data"]["presence"], {
-            "ids": ["bob", "ann"], "count": 2,
-            "hash": {"bob": {"name": "Bob"}, "ann": {"name": "Ann"}}})
-        self.assertEqual(bob.events("pusher_internal:member_added"), [{
-            "event": "pusher_internal:member_added", "channel": "presence-room",
-            "data": {"user_id": "ann", "user_info": {"name": "Ann"}}}])
+        self.assertEqual(
+            succeeded["data"]["presence"],
+            {
+                "ids": ["bob", "ann"],
+                "count": 2,
+                "hash": {"bob": {"name": "Bob"}, "ann": {"name": "Ann"}},
+            },
+        )
+        self.assertEqual(
+            bob.events("pusher_internal:member_added"),
+            [
+                {
+                    "event": "pusher_internal:member_added",
+                    "channel": "presence-room",
+                    "data": {"user_id": "ann", "user_info": {"name": "Ann"}},
+                }
+            ],
+        )
         ann2 = self.connect()
         self.subscribe(ann2, "presence-room", presenceData("ann", {"name": "Ann"}))
         self.assertEqual(len(bob.events("pusher_internal:member_added")), 1)
@@ -283,11 +328,19 @@ class InMemoryTests(SynchronousTestCase):
         ann1.disconnect()
         self.assertEqual(bob.events("pusher_internal:member_removed"), [])
         ann2.send("pusher:unsubscribe", {"channel": "presence-room"})
-        self.assertEqual(bob.events("pusher_internal:member_removed"), [{
-            "event": "pusher_internal:member_removed", "channel": "presence-room",
-            "data": {"user_id": "ann"}}])
-        self.assertEqual(self.successResultOf(
-            self.server.hub.presenceUserIds(APP, "presence-room")), ["bob"])
+        self.assertEqual(
+            bob.events("pusher_internal:member_removed"),
+            [
+                {
+                    "event": "pusher_internal:member_removed",
+                    "channel": "presence-room",
+                    "data": {"user_id": "ann"},
+                }
+            ],
+        )
+        self.assertEqual(
+            self.successResultOf(self.server.hub.presenceUserIds(APP, "presence-room")), ["bob"]
+        )
 
     def test_presenceBadChannelData(self) -> None:
         """channel_data must be JSON with a string or number user_id, and is signed as sent."""
@@ -298,8 +351,12 @@ class InMemoryTests(SynchronousTestCase):
         [reply] = self.subscribe(client, "presence-a", None)
         self.assertEqual(reply["data"]["status"], 401)
         signed = presenceData(7)
-        [reply] = self.subscribe(client, "presence-a", presenceData(8),
-                                 auth=channelAuth(APP, client.socketId, "presence-a", signed))
+        [reply] = self.subscribe(
+            client,
+            "presence-a",
+            presenceData(8),
+            auth=channelAuth(APP, client.socketId, "presence-a", signed),
+        )
         self.assertEqual(reply["data"]["error"], "invalid signature")
         [reply] = self.subscribe(client, "presence-a", signed)
         self.assertEqual(reply["data"]["presence"]["ids"], ["7"])
@@ -311,8 +368,9 @@ class InMemoryTests(SynchronousTestCase):
         self.subscribe(client, "a")
         self.subscribe(client, "b")
         [reply] = self.subscribe(client, "c")
-        self.assertEqual((reply["event"], reply["data"]["type"]),
-                         ("pusher:subscription_error", "LimitReached"))
+        self.assertEqual(
+            (reply["event"], reply["data"]["type"]), ("pusher:subscription_error", "LimitReached")
+        )
 
     # client events
 
@@ -330,11 +388,14 @@ class InMemoryTests(SynchronousTestCase):
         a.read()
         b.read()
         self.assertEqual(a.send("client-hi", {"n": 1}, "private-x"), [])
-        self.assertEqual(b.read(), [{"event": "client-hi", "channel": "private-x",
-                                     "data": {"n": 1}}])
+        self.assertEqual(
+            b.read(), [{"event": "client-hi", "channel": "private-x", "data": {"n": 1}}]
+        )
         a.send("client-hi", {"n": 2}, "presence-x")
-        self.assertEqual(b.read(), [{"event": "client-hi", "channel": "presence-x",
-                                     "data": {"n": 2}, "user_id": "u-a"}])
+        self.assertEqual(
+            b.read(),
+            [{"event": "client-hi", "channel": "presence-x", "data": {"n": 2}, "user_id": "u-a"}],
+        )
         for channel in ("private-encrypted-x", "public-x", "private-not-mine"):
             [reply] = a.send("client-hi", {}, channel)
             self.assertEqual(reply["data"]["code"], 4009, channel)
@@ -364,14 +425,18 @@ class InMemoryTests(SynchronousTestCase):
         """
         userData = json.dumps({"id": "u1", "user_info": {"name": "Ann"}})
         a, b, other = self.connect(), self.connect(), self.connect()
-        [bad] = a.send("pusher:signin", {"auth": userAuth(OTHER, a.socketId, userData),
-                                          "user_data": userData})
+        [bad] = a.send(
+            "pusher:signin", {"auth": userAuth(OTHER, a.socketId, userData), "user_data": userData}
+        )
         self.assertEqual(bad["data"]["code"], 4009)
         for c in (a, b):
-            [ok] = c.send("pusher:signin", {"auth": userAuth(APP, c.socketId, userData),
-                                            "user_data": userData})
-            self.assertEqual(ok, {"event": "pusher:signin_success",
-                                  "data": {"user_data": userData}})
+            [ok] = c.send(
+                "pusher:signin",
+                {"auth": userAuth(APP, c.socketId, userData), "user_data": userData},
+            )
+            self.assertEqual(
+                ok, {"event": "pusher:signin_success", "data": {"user_data": userData}}
+            )
             # pusher-js then subscribes to its user channel
             [sub] = c.send("pusher:subscribe", {"channel": "#server-to-user-u1", "auth": ""})
             self.assertEqual(sub["event"], "pusher_internal:subscription_succeeded")
@@ -379,12 +444,14 @@ class InMemoryTests(SynchronousTestCase):
         self.assertEqual(refused["event"], "pusher:subscription_error")
         self.publish("#server-to-user-u1", "note", "hello")
         for c in (a, b):
-            self.assertEqual(c.read(), [{"event": "note", "channel": "#server-to-user-u1",
-                                         "data": "hello"}])
+            self.assertEqual(
+                c.read(), [{"event": "note", "channel": "#server-to-user-u1", "data": "hello"}]
+            )
         self.assertEqual(other.read(), [])
         # presence without channel_data uses the signed-in user
-        [joined] = self.subscribe(a, "presence-r", None, auth=channelAuth(
-            APP, a.socketId, "presence-r"))
+        [joined] = self.subscribe(
+            a, "presence-r", None, auth=channelAuth(APP, a.socketId, "presence-r")
+        )
         self.assertEqual(joined["data"]["presence"]["hash"], {"u1": {"name": "Ann"}})
         self.successResultOf(self.server.hub.terminateUserConnections(APP, "u1"))
         self.assertEqual((a.closeCode, b.closeCode, other.closeCode), (4009, 4009, None))
@@ -394,16 +461,17 @@ class InMemoryTests(SynchronousTestCase):
     def test_cacheChannel(self) -> None:
         """A cache channel answers a miss when empty, else replays its last event on subscribe."""
         a = self.connect()
-        self.assertEqual(self.subscribe(a, "cache-c")[1],
-                         {"event": "pusher:cache_miss", "channel": "cache-c"})
+        self.assertEqual(
+            self.subscribe(a, "cache-c")[1], {"event": "pusher:cache_miss", "channel": "cache-c"}
+        )
         self.publish("cache-c", "ev", "one")
         self.publish("cache-c", "ev", "two")
         b = self.connect()
-        self.assertEqual(self.subscribe(b, "cache-c")[1],
-                         {"event": "ev", "channel": "cache-c", "data": "two"})
+        self.assertEqual(
+            self.subscribe(b, "cache-c")[1], {"event": "ev", "channel": "cache-c", "data": "two"}
+        )
         self.clock.advance(31 * 60)
-        self.assertEqual(self.subscribe(self.connect(), "cache-c")[1]["event"],
-                         "pusher:cache_miss")
+        self.assertEqual(self.subscribe(self.connect(), "cache-c")[1]["event"], "pusher:cache_miss")
 
     def test_exceptSocketId(self) -> None:
         """A publish with a socket_id skips that connection only."""
@@ -418,9 +486,15 @@ class InMemoryTests(SynchronousTestCase):
     def test_badFrames(self) -> None:
         """Malformed frames get pusher:error 4002 and the connection keeps working."""
         client = self.connect()
-        for raw in [b"nope", b"[]", b'{"event":1}', b'{"event":"pusher:subscribe","data":5}',
-                    b'{"event":"pusher:subscribe","data":{"channel":"bad name!"}}',
-                    b'{"event":"pusher:whatever"}', b'{"event":"client-x","data":{}}']:
+        for raw in [
+            b"nope",
+            b"[]",
+            b'{"event":1}',
+            b'{"event":"pusher:subscribe","data":5}',
+            b'{"event":"pusher:subscribe","data":{"channel":"bad name!"}}',
+            b'{"event":"pusher:whatever"}',
+            b'{"event":"client-x","data":{}}',
+        ]:
             [reply] = client.sendRaw(raw)
             self.assertEqual(reply["data"]["code"], 4002, raw)
         [reply] = client.sendRaw(b'{"event":"pusher:ping"}', opcode=0x2)
@@ -433,8 +507,11 @@ class InMemoryTests(SynchronousTestCase):
         depth (never a RecursionError) and the connection keeps working."""
         client = self.connect()
         deep = b"[" * 40 + b"]" * 40
-        for raw in [b"[" * 4000 + b"]" * 4000, b'{"event":"client-x","data":' + deep + b"}",
-                    b'{"event":"pusher:subscribe","data":"' + deep + b'"}']:
+        for raw in [
+            b"[" * 4000 + b"]" * 4000,
+            b'{"event":"client-x","data":' + deep + b"}",
+            b'{"event":"pusher:subscribe","data":"' + deep + b'"}',
+        ]:
             [reply] = client.sendRaw(raw)
             self.assertEqual(reply["data"]["code"], 4002, raw)
             self.assertIn("nested deeper than 32 levels", reply["data"]["message"])
@@ -464,7 +541,7 @@ class InMemoryTests(SynchronousTestCase):
         self.assertEqual(len(fast.events("ev")), 20)
         self.assertEqual(slow.closeCode, 4100)
         self.assertLess(len(slow.events("ev")), 20)
-        self.assertEqual(slow.opcodes[slow.opcodes.index(0x8):], [0x8])  # nothing after it
+        self.assertEqual(slow.opcodes[slow.opcodes.index(0x8) :], [0x8])  # nothing after it
         self.assertEqual(self.server.registry.slowConsumerCloses, 1)
 
     def test_queuedFramesGoBeforeTheCloseFrame(self) -> None:
@@ -482,7 +559,7 @@ class InMemoryTests(SynchronousTestCase):
         for client, code in ((a, 1000), (b, 4009)):
             self.assertEqual([e["data"] for e in client.events("ev")], ["first", "queued"])
             self.assertEqual(client.closeCode, code)
-            self.assertEqual(client.opcodes[client.opcodes.index(0x8):], [0x8])
+            self.assertEqual(client.opcodes[client.opcodes.index(0x8) :], [0x8])
         self.assertEqual(self.server.registry.slowConsumerCloses, 0)
 
     def test_failingSubscriberCounted(self) -> None:
@@ -551,8 +628,9 @@ class LoopbackTests(TestCase):
     def start(self, **settings: Any) -> None:
         self.server = Server(reactor, **settings)
         root = Resource()
-        resource = makeAppResource(self.server.apps, self.server.hub, self.server.registry,
-                                   reactor, self.server.settings)
+        resource = makeAppResource(
+            self.server.apps, self.server.hub, self.server.registry, reactor, self.server.settings
+        )
         self.factory = resource._factory  # type: ignore[attr-defined]
         root.putChild(b"app", resource)
         self.port = reactor.listenTCP(0, Site(root), interface="127.0.0.1")  # type: ignore
@@ -570,18 +648,24 @@ class LoopbackTests(TestCase):
         yield self.port.stopListening()
 
     @inlineCallbacks
-    def connect(self, path: str | None = None, keep: bool = True,
-                established: bool = True) -> Any:
+    def connect(self, path: str | None = None, keep: bool = True, established: bool = True) -> Any:
         portNumber = self.port.getHost().port  # type: ignore[attr-defined]
-        client = yield connectClient(portNumber, path or PATH, keep, established=False,
-                                     openHandshakeTimeout=0, closeHandshakeTimeout=0)
+        client = yield connectClient(
+            portNumber,
+            path or PATH,
+            keep,
+            established=False,
+            openHandshakeTimeout=0,
+            closeHandshakeTimeout=0,
+        )
         self.clients.append(client)
         if established:
             yield client.expect("pusher:connection_established")
         return client
 
-    def subscribe(self, client: WSClient, channel: str, channelData: str | None = None,
-                  app: App = APP) -> Deferred[Any]:
+    def subscribe(
+        self, client: WSClient, channel: str, channelData: str | None = None, app: App = APP
+    ) -> Deferred[Any]:
         return subscribeClient(app, client, channel, channelData)
 
     @inlineCallbacks
@@ -666,8 +750,9 @@ class LoopbackTests(TestCase):
         """Sign-in reaches #server-to-user-{id}; a cache channel replays its last event."""
         a = yield self.connect()
         userData = '{"id":"u1"}'
-        a.sendJSON("pusher:signin", {"auth": userAuth(APP, a.socketId, userData),
-                                     "user_data": userData})
+        a.sendJSON(
+            "pusher:signin", {"auth": userAuth(APP, a.socketId, userData), "user_data": userData}
+        )
         ok = yield a.expect("pusher:signin_success")
         self.assertEqual(ok["data"], {"user_data": userData})
         yield self.server.hub.publish(APP, ["#server-to-user-u1"], "note", "hi")
@@ -723,17 +808,25 @@ class LoopbackTests(TestCase):
         victim = yield self.connect()
         rng = random.Random(1234)
         hostile: list[tuple[bytes, bool]] = [
-            (b"not json", False), (b"[]", False), (b"null", False), (b'"s"', False),
-            (b"{}", False), (b'{"event":null}', False), (b'{"event":["x"]}', False),
+            (b"not json", False),
+            (b"[]", False),
+            (b"null", False),
+            (b'"s"', False),
+            (b"{}", False),
+            (b'{"event":null}', False),
+            (b'{"event":["x"]}', False),
             (b'{"event":"pusher:subscribe"}', False),
             (b'{"event":"pusher:subscribe","data":"[1]"}', False),
             (b'{"event":"pusher:subscribe","data":{"channel":"' + b"a" * 300 + b'"}}', False),
             (b'{"event":"pusher:subscribe","data":{"channel":"a b"}}', False),
             (b'{"event":"pusher:subscribe","data":{"channel":"c","auth":5}}', False),
             (b'{"event":"pusher:signin","data":{"auth":"x"}}', False),
-            (b'{"event":"pusher:nope"}', False), (b'{"event":"nope"}', False),
+            (b'{"event":"pusher:nope"}', False),
+            (b'{"event":"nope"}', False),
             (b'{"event":"client-x","channel":"bad/name"}', False),
-            (b"[" * 5000, False), (b'{"event":"pusher:ping"}', True), (b"\x00\x01", True),
+            (b"[" * 5000, False),
+            (b'{"event":"pusher:ping"}', True),
+            (b"\x00\x01", True),
         ]
         for _ in range(100):
             junk = bytes(rng.randrange(32, 127) for _ in range(rng.randrange(0, 40)))
@@ -799,24 +892,50 @@ class SocketIdTests(SynchronousTestCase):
 # protocol events with junk data, arbitrary JSON, arbitrary bytes, binary frames.
 _json = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=20),
-    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=10), inner,
-                                                                 max_size=4),
+    lambda inner: (
+        st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=10), inner, max_size=4)
+    ),
     max_leaves=10,
 )
-_events = st.sampled_from([
-    "pusher:subscribe", "pusher:unsubscribe", "pusher:ping", "pusher:pong", "pusher:signin",
-    "client-x", "pusher_internal:member_added", "nope",
-]) | st.text(max_size=30)
-_channels = st.sampled_from([
-    "news", "private-x", "presence-x", "private-encrypted-x", "cache-x", "#server-to-user-1",
-    "", "a b", "x" * 201,
-]) | st.text(max_size=30)
+_events = st.sampled_from(
+    [
+        "pusher:subscribe",
+        "pusher:unsubscribe",
+        "pusher:ping",
+        "pusher:pong",
+        "pusher:signin",
+        "client-x",
+        "pusher_internal:member_added",
+        "nope",
+    ]
+) | st.text(max_size=30)
+_channels = st.sampled_from(
+    [
+        "news",
+        "private-x",
+        "presence-x",
+        "private-encrypted-x",
+        "cache-x",
+        "#server-to-user-1",
+        "",
+        "a b",
+        "x" * 201,
+    ]
+) | st.text(max_size=30)
 _frames = st.one_of(
-    st.builds(lambda e, d, c: json.dumps({"event": e, "data": d, "channel": c}).encode(),
-              _events, _json, _channels),
-    st.builds(lambda e, d: json.dumps({"event": e, "data": d}).encode(), _events,
-              st.dictionaries(st.sampled_from(["channel", "auth", "channel_data", "user_data"]),
-                              _json, max_size=4)),
+    st.builds(
+        lambda e, d, c: json.dumps({"event": e, "data": d, "channel": c}).encode(),
+        _events,
+        _json,
+        _channels,
+    ),
+    st.builds(
+        lambda e, d: json.dumps({"event": e, "data": d}).encode(),
+        _events,
+        st.dictionaries(
+            st.sampled_from(["channel", "auth", "channel_data", "user_data"]), _json, max_size=4
+        ),
+    ),
     st.builds(lambda v: json.dumps(v).encode(), _json),
     st.binary(max_size=200),
 )
@@ -836,8 +955,7 @@ class LiveConnectionPropertyTests(SynchronousTestCase):
         """
         clock = Clock()
         server = Server(clock)
-        factory = makeAppFactory(server.apps, server.hub, server.registry, clock,
-                                 server.settings)
+        factory = makeAppFactory(server.apps, server.hub, server.registry, clock, server.settings)
         factory.setProtocolOptions(openHandshakeTimeout=0, closeHandshakeTimeout=0)
         bystander = FakeClient(factory, PATH)
         bystander.send("pusher:subscribe", {"channel": "news"})
@@ -851,14 +969,21 @@ class LiveConnectionPropertyTests(SynchronousTestCase):
                 if event == "pusher:error":
                     self.assertIn(reply["data"]["code"], ERROR_CODES, payload)
                 else:
-                    self.assertIn(event, {
-                        "pusher:pong", "pusher_internal:subscription_succeeded",
-                        "pusher:subscription_error", "pusher:signin_success",
-                        "pusher:cache_miss",
-                    }, payload)
+                    self.assertIn(
+                        event,
+                        {
+                            "pusher:pong",
+                            "pusher_internal:subscription_succeeded",
+                            "pusher:subscription_error",
+                            "pusher:signin_success",
+                            "pusher:cache_miss",
+                        },
+                        payload,
+                    )
         if victim.closeCode is not None:
             self.assertIn(victim.closeCode, CLOSE_CODES | ERROR_CODES)
         bystander.read()
         self.successResultOf(server.hub.publish(APP, ["news"], "after", "still here"))
-        self.assertEqual(bystander.read(),
-                         [{"event": "after", "channel": "news", "data": "still here"}])
+        self.assertEqual(
+            bystander.read(), [{"event": "after", "channel": "news", "data": "still here"}]
+        )

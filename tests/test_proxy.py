@@ -14,12 +14,20 @@ from pushsvc.proxy import Client, TrustedProxies, clientOf, parseAddress, peerAd
 from pushsvc.site import PushSite
 
 
-def request(peer: str | None, headers: dict[str, list[str]] | None = None,
-            trusted: str = "", secure: bool = False) -> Request:
+def request(
+    peer: str | None,
+    headers: dict[str, list[str]] | None = None,
+    trusted: str = "",
+    secure: bool = False,
+) -> Request:
     """A request from C{peer} (None: a UNIX socket) to a site trusting C{trusted}."""
-    address = (UNIXAddress(b"/run/p.sock") if peer is None else
-               IPv6Address("TCP", peer, 5000) if ":" in peer else
-               IPv4Address("TCP", peer, 5000))
+    address = (
+        UNIXAddress(b"/run/p.sock")
+        if peer is None
+        else IPv6Address("TCP", peer, 5000)
+        if ":" in peer
+        else IPv4Address("TCP", peer, 5000)
+    )
     channel = DummyChannel(address)
     if secure:
         channel.transport = DummyChannel.SSL(address)
@@ -38,8 +46,9 @@ class UntrustedPeerTests(SynchronousTestCase):
     """A peer not in --trusted-proxies is the client, whatever its headers claim."""
 
     def test_plainPeer(self) -> None:
-        self.assertEqual(clientOf(request("203.0.113.7")),
-                         Client("203.0.113.7", "http", "push.example.com"))
+        self.assertEqual(
+            clientOf(request("203.0.113.7")), Client("203.0.113.7", "http", "push.example.com")
+        )
 
     def test_spoofedHeadersIgnored(self) -> None:
         """X-Forwarded-*, Forwarded: all ignored from a peer that is not trusted."""
@@ -49,11 +58,15 @@ class UntrustedPeerTests(SynchronousTestCase):
             "x-forwarded-host": ["evil.example"],
             "forwarded": ["for=5.6.7.8;proto=https;host=evil.example"],
         }
-        self.assertEqual(clientOf(request("203.0.113.7", spoofed)),
-                         Client("203.0.113.7", "http", "push.example.com"))
+        self.assertEqual(
+            clientOf(request("203.0.113.7", spoofed)),
+            Client("203.0.113.7", "http", "push.example.com"),
+        )
         # Trusting some other proxy changes nothing for this peer.
-        self.assertEqual(clientOf(request("203.0.113.7", spoofed, trusted="10.0.0.0/8")),
-                         Client("203.0.113.7", "http", "push.example.com"))
+        self.assertEqual(
+            clientOf(request("203.0.113.7", spoofed, trusted="10.0.0.0/8")),
+            Client("203.0.113.7", "http", "push.example.com"),
+        )
 
     def test_tlsPeer(self) -> None:
         self.assertEqual(clientOf(request("203.0.113.7", secure=True)).scheme, "https")
@@ -70,9 +83,15 @@ class TrustedProxyTests(SynchronousTestCase):
     """From a trusted peer, the forwarding headers name the client."""
 
     def test_xForwardedFor(self) -> None:
-        r = request("10.0.0.2", {"x-forwarded-for": ["198.51.100.9"],
-                                 "x-forwarded-proto": ["https"],
-                                 "x-forwarded-host": ["chat.example.org"]}, trusted="10.0.0.2")
+        r = request(
+            "10.0.0.2",
+            {
+                "x-forwarded-for": ["198.51.100.9"],
+                "x-forwarded-proto": ["https"],
+                "x-forwarded-host": ["chat.example.org"],
+            },
+            trusted="10.0.0.2",
+        )
         self.assertEqual(clientOf(r), Client("198.51.100.9", "https", "chat.example.org"))
 
     def test_rightMostUntrusted(self) -> None:
@@ -80,22 +99,23 @@ class TrustedProxyTests(SynchronousTestCase):
         The client may write anything left of what the proxies append: the right-most entry
         that is not a trusted proxy is the client, over repeated headers too.
         """
-        r = request("10.0.0.2", {"x-forwarded-for": ["6.6.6.6, 198.51.100.9", "10.0.0.3"]},
-                    trusted="10.0.0.0/24")
+        r = request(
+            "10.0.0.2",
+            {"x-forwarded-for": ["6.6.6.6, 198.51.100.9", "10.0.0.3"]},
+            trusted="10.0.0.0/24",
+        )
         self.assertEqual(clientOf(r).address, "198.51.100.9")
 
     def test_everyHopTrusted(self) -> None:
         """When every entry is a trusted proxy, the left-most (first) of them is the client."""
-        r = request("10.0.0.2", {"x-forwarded-for": ["10.0.0.5, 10.0.0.3"]},
-                    trusted="10.0.0.0/24")
+        r = request("10.0.0.2", {"x-forwarded-for": ["10.0.0.5, 10.0.0.3"]}, trusted="10.0.0.0/24")
         self.assertEqual(clientOf(r).address, "10.0.0.5")
 
     def test_garbageEntry(self) -> None:
         """An entry that is not an address stops the walk: the hop right of it is the client."""
         r = request("10.0.0.2", {"x-forwarded-for": ["1.2.3.4, nonsense"]}, trusted="10.0.0.2")
         self.assertEqual(clientOf(r).address, "10.0.0.2")
-        r = request("10.0.0.2", {"x-forwarded-for": ["nonsense, 10.0.0.3"]},
-                    trusted="10.0.0.0/24")
+        r = request("10.0.0.2", {"x-forwarded-for": ["nonsense, 10.0.0.3"]}, trusted="10.0.0.0/24")
         self.assertEqual(clientOf(r).address, "10.0.0.3")
 
     def test_portsAndIPv6(self) -> None:
@@ -108,13 +128,21 @@ class TrustedProxyTests(SynchronousTestCase):
 
     def test_forwarded(self) -> None:
         """RFC 7239: the chosen element's for=, proto= and host= (quoted or not)."""
-        r = request("10.0.0.2", {"forwarded": [
-            'for=6.6.6.6;proto=http, for="198.51.100.9:1234";proto=https;host="chat.example.org"',
-            "for=10.0.0.3;proto=http;host=inner.local",
-        ]}, trusted="10.0.0.0/24")
+        r = request(
+            "10.0.0.2",
+            {
+                "forwarded": [
+                    "for=6.6.6.6;proto=http, "
+                    'for="198.51.100.9:1234";proto=https;host="chat.example.org"',
+                    "for=10.0.0.3;proto=http;host=inner.local",
+                ]
+            },
+            trusted="10.0.0.0/24",
+        )
         self.assertEqual(clientOf(r), Client("198.51.100.9", "https", "chat.example.org"))
-        r = request("10.0.0.2", {"forwarded": ['for="[2001:db8:cafe::17]:4711"']},
-                    trusted="10.0.0.2")
+        r = request(
+            "10.0.0.2", {"forwarded": ['for="[2001:db8:cafe::17]:4711"']}, trusted="10.0.0.2"
+        )
         self.assertEqual(clientOf(r).address, "2001:db8:cafe::17")
 
     def test_forwardedObfuscated(self) -> None:
@@ -127,15 +155,24 @@ class TrustedProxyTests(SynchronousTestCase):
         self.assertEqual(clientOf(r).address, "10.0.0.2")
 
     def test_xForwardedForWinsOverForwarded(self) -> None:
-        r = request("10.0.0.2", {"x-forwarded-for": ["198.51.100.9"],
-                                 "forwarded": ["for=5.6.7.8"]}, trusted="10.0.0.2")
+        r = request(
+            "10.0.0.2",
+            {"x-forwarded-for": ["198.51.100.9"], "forwarded": ["for=5.6.7.8"]},
+            trusted="10.0.0.2",
+        )
         self.assertEqual(clientOf(r).address, "198.51.100.9")
 
     def test_badSchemeAndHostIgnored(self) -> None:
         """Only http/https and a well-formed host are taken; otherwise the request's own."""
-        r = request("10.0.0.2", {"x-forwarded-for": ["198.51.100.9"],
-                                 "x-forwarded-proto": ["gopher"],
-                                 "x-forwarded-host": ["evil.example/\r\nx"]}, trusted="10.0.0.2")
+        r = request(
+            "10.0.0.2",
+            {
+                "x-forwarded-for": ["198.51.100.9"],
+                "x-forwarded-proto": ["gopher"],
+                "x-forwarded-host": ["evil.example/\r\nx"],
+            },
+            trusted="10.0.0.2",
+        )
         self.assertEqual(clientOf(r), Client("198.51.100.9", "http", "push.example.com"))
 
     def test_noHeaders(self) -> None:

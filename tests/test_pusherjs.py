@@ -56,14 +56,20 @@ class NodeClient(ProcessProtocol):
 
     def processEnded(self, reason: Failure) -> None:
         for _, _, d in self._waiters:
-            d.errback(AssertionError(f"{self.name} ended: {self.stderr.decode(errors='replace')}"
-                                     f" {self.lines}"))
+            d.errback(
+                AssertionError(
+                    f"{self.name} ended: {self.stderr.decode(errors='replace')} {self.lines}"
+                )
+            )
         self._waiters = []
         self.ended.callback(None)
 
     def _matches(self, type: str, fields: dict[str, Any]) -> list[dict[str, Any]]:
-        return [line for line in self.lines if line.get("type") == type
-                and all(line.get(k) == v for k, v in fields.items())]
+        return [
+            line
+            for line in self.lines
+            if line.get("type") == type and all(line.get(k) == v for k, v in fields.items())
+        ]
 
     def _check(self) -> None:
         for w in list(self._waiters):
@@ -119,19 +125,33 @@ class PusherJSTests(TestCase):
         yield self.factory.whenIdle()
         yield self.port.stopListening()
 
-    def spawn(self, name: str, userId: str, channels: list[str], signin: bool = False,
-              events: tuple[str, ...] = ()) -> NodeClient:
+    def spawn(
+        self,
+        name: str,
+        userId: str,
+        channels: list[str],
+        signin: bool = False,
+        events: tuple[str, ...] = (),
+    ) -> NodeClient:
         options = {
-            "key": APP.key, "secret": APP.secret, "wsHost": "127.0.0.1",
+            "key": APP.key,
+            "secret": APP.secret,
+            "wsHost": "127.0.0.1",
             "wsPort": self.port.getHost().port,  # type: ignore[attr-defined]
-            "userId": userId, "channels": channels,
-            "signin": signin, "events": list(events),
+            "userId": userId,
+            "channels": channels,
+            "signin": signin,
+            "events": list(events),
         }
         child = NodeClient(name)
         env = {"PATH": os.environ.get("PATH", ""), "NODE_PATH": str(JS / "node_modules")}
         reactor.spawnProcess(
-            child, self.node, [self.node, str(JS / "client.js"), json.dumps(options)],
-            env=env, path=str(JS))
+            child,
+            self.node,
+            [self.node, str(JS / "client.js"), json.dumps(options)],
+            env=env,
+            path=str(JS),
+        )
         self.children.append(child)
         return child
 
@@ -166,8 +186,9 @@ class PusherJSTests(TestCase):
         added = yield ann.expect("member_added", id="bob")
         self.assertEqual(added["info"], {"name": "bob"})
 
-        bob.command(cmd="trigger", channel="presence-room", event="client-wave",
-                    data={"from": "bob"})
+        bob.command(
+            cmd="trigger", channel="presence-room", event="client-wave", data={"from": "bob"}
+        )
         wave = yield ann.expect("bound", event="client-wave", channel="presence-room")
         self.assertEqual((wave["data"], wave["user_id"]), ({"from": "bob"}, "bob"))
 
@@ -178,4 +199,3 @@ class PusherJSTests(TestCase):
         self.assertEqual([line for line in bob.lines if line.get("event") == "client-wave"], [])
         ann.command(cmd="disconnect")
         yield ann.ended
-

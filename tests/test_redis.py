@@ -37,16 +37,21 @@ OTHER = App("a2", "key2", "secret2")
 class AddressTests(SynchronousTestCase):
     def test_urls(self) -> None:
         """redis:// URLs become TCP endpoints with the database and credentials kept aside."""
-        self.assertEqual(parseRedisAddress("redis://127.0.0.1:6390/2"),
-                         RedisAddress("tcp:127.0.0.1:6390", "redis://127.0.0.1:6390/2", 2))
+        self.assertEqual(
+            parseRedisAddress("redis://127.0.0.1:6390/2"),
+            RedisAddress("tcp:127.0.0.1:6390", "redis://127.0.0.1:6390/2", 2),
+        )
         a = parseRedisAddress("redis://bob:s3cret@cache.example:7000")
-        self.assertEqual((a.endpoint, a.username, a.password, a.dbid),
-                         ("tcp:cache.example:7000", "bob", "s3cret", None))
+        self.assertEqual(
+            (a.endpoint, a.username, a.password, a.dbid),
+            ("tcp:cache.example:7000", "bob", "s3cret", None),
+        )
         self.assertNotIn("s3cret", a.display)
         self.assertEqual(parseRedisAddress("redis://h").endpoint, "tcp:h:6379")
         self.assertEqual(parseRedisAddress("rediss://h:6380").endpoint, "tls:h:6380")
-        self.assertEqual(parseRedisAddress("unix:///run/redis.sock").endpoint,
-                         "unix:/run/redis.sock")
+        self.assertEqual(
+            parseRedisAddress("unix:///run/redis.sock").endpoint, "unix:/run/redis.sock"
+        )
 
     def test_endpoints(self) -> None:
         """Twisted client endpoint strings are taken as they are."""
@@ -62,8 +67,16 @@ class AddressTests(SynchronousTestCase):
 
     def test_bad(self) -> None:
         """Bad values are refused with a sentence that never shows the password."""
-        for bad in ("", "localhost:6379", "http://h:1", "redis://h:port", "redis://h/zero",
-                    "tcp:6379", "redis://:pw@/0", "redis://u:hunter2@h/x"):
+        for bad in (
+            "",
+            "localhost:6379",
+            "http://h:1",
+            "redis://h:port",
+            "redis://h/zero",
+            "tcp:6379",
+            "redis://:pw@/0",
+            "redis://u:hunter2@h/x",
+        ):
             e = self.assertRaises(ValueError, parseRedisAddress, bad)
             self.assertNotIn("hunter2", str(e))
             self.assertTrue(str(e).endswith("."), str(e))
@@ -144,12 +157,14 @@ class ClusterStateTests(RedisTestCase):
         info = yield a.hub.channelInfo(APP, "presence-r")
         self.assertEqual((info.subscriptionCount, info.userCount), (3, 2))
         channels = yield a.hub.occupiedChannels(APP, None)
-        self.assertEqual({c: i.subscriptionCount for c, i in channels.items()},
-                         {"news": 3, "presence-r": 3})
+        self.assertEqual(
+            {c: i.subscriptionCount for c, i in channels.items()}, {"news": 3, "presence-r": 3}
+        )
         self.assertEqual(list((yield a.hub.occupiedChannels(APP, "pre"))), ["presence-r"])
         self.assertEqual(sorted((yield b.hub.presenceUserIds(APP, "presence-r"))), ["ann", "bob"])
-        self.assertEqual((yield a.hub.presenceMembers(APP.id, "presence-r")),
-                         {"ann": {"n": 1}, "bob": None})
+        self.assertEqual(
+            (yield a.hub.presenceMembers(APP.id, "presence-r")), {"ann": {"n": 1}, "bob": None}
+        )
         self.assertFalse((yield a.hub.channelInfo(APP, "empty")).occupied)
 
     @inlineCallbacks
@@ -222,7 +237,8 @@ class StallReapTests(RedisTestCase):
         yield a.subscribe(a.connect(APP.id), "presence-r", "ann")
         yield watcher.next("pusher_internal:member_added")
         raw = yield connectProtocol(
-            TCP4ClientEndpoint(reactor, "127.0.0.1", server.port), Protocol())
+            TCP4ClientEndpoint(reactor, "127.0.0.1", server.port), Protocol()
+        )
         self.addCleanup(raw.transport.loseConnection)
         woke = Deferred()
         raw.dataReceived = lambda data: woke.called or woke.callback(None)  # type: ignore
@@ -236,8 +252,9 @@ class StallReapTests(RedisTestCase):
         yield watcher.next("marker")
         self.assertEqual(watcher.events("pusher_internal:member_removed"), [])
         self.assertEqual(watcher.events("pusher_internal:member_added"), [])
-        self.assertEqual(sorted((yield b.hub.presenceUserIds(APP, "presence-r"))),
-                         ["ann", "watcher"])
+        self.assertEqual(
+            sorted((yield b.hub.presenceUserIds(APP, "presence-r"))), ["ann", "watcher"]
+        )
         deleteKeys(self.prefix + ":*", server.port)
 
 
@@ -373,7 +390,8 @@ class CommandFaultTests(RedisTestCase):
         onA = a.connect(APP.id)
         yield a.subscribe(onA, "news")
         raw = yield connectProtocol(
-            TCP4ClientEndpoint(reactor, "127.0.0.1", server.port), Protocol())
+            TCP4ClientEndpoint(reactor, "127.0.0.1", server.port), Protocol()
+        )
         self.addCleanup(raw.transport.loseConnection)
         raw.transport.write(b"DEBUG SLEEP 3\r\n")
         for _ in range(50):  # until a publish lands behind the sleep
@@ -383,8 +401,9 @@ class CommandFaultTests(RedisTestCase):
                 break
         else:
             self.fail("no publish failed while Redis slept")
-        self.assertEqual(b.hub.health()["broker"],
-                         f"redis {address} not answering: no reply within 1.5 s")
+        self.assertEqual(
+            b.hub.health()["broker"], f"redis {address} not answering: no reply within 1.5 s"
+        )
         self.assertTrue(b.hub.acceptingConnections)
         yield b.whenHealthy()
         yield a.whenHealthy()
@@ -506,19 +525,28 @@ def captureLog(case: SynchronousTestCase) -> list[dict[str, Any]]:
 
 def lines(events: list[dict[str, Any]], since: int = 0) -> list[str]:
     """The log events from index C{since} as text, but the debug ones."""
-    return [formatEvent(e) for e in events[since:]
-            if e.get("log_level") is not LogLevel.debug]
+    return [formatEvent(e) for e in events[since:] if e.get("log_level") is not LogLevel.debug]
 
 
 class FakeNode:
     """A Redis broker on a Clock against L{FakeRedis}, with a hub and one connection on 'news'."""
 
-    def __init__(self, url: str = "redis://127.0.0.1:6390/0", password: str | None = None,
-                 jitter: float = 0.0) -> None:
+    def __init__(
+        self,
+        url: str = "redis://127.0.0.1:6390/0",
+        password: str | None = None,
+        jitter: float = 0.0,
+    ) -> None:
         self.clock = Clock()
         self.redis = FakeRedis(self.clock, password)
-        self.broker = RedisBroker(parseRedisAddress(url), self.clock, "p", name="n",
-                                  jitter=lambda: jitter, endpoint=self.redis)
+        self.broker = RedisBroker(
+            parseRedisAddress(url),
+            self.clock,
+            "p",
+            name="n",
+            jitter=lambda: jitter,
+            endpoint=self.redis,
+        )
         self.registry = Registry(PushSettings(), self.clock)
         self.hub = Hub(self.registry, self.broker, self.clock)
         self.conn = Conn(APP.id, self.hub.newSocketId())
@@ -551,8 +579,11 @@ class ReconnectTests(SynchronousTestCase):
         self.assertEqual(set(delays[6:]), {30.0})
         text = lines(events)
         self.assertEqual(len(text), len(delays))
-        self.assertIn("Redis redis://127.0.0.1:6390/0 refused the connection; commands "
-                      "connection retrying in 0.5 s", text[0])
+        self.assertIn(
+            "Redis redis://127.0.0.1:6390/0 refused the connection; commands "
+            "connection retrying in 0.5 s",
+            text[0],
+        )
         self.assertIn("unreachable: refused the connection", node.broker.status)
 
     def test_jitterOnlyShortens(self) -> None:
@@ -588,11 +619,14 @@ class ReconnectTests(SynchronousTestCase):
         node.turn()
         self.assertTrue(node.broker.healthy)
         text = lines(events)
-        self.assertEqual([t for t in text if "connected to Redis" in t], [
-            "connected to Redis redis://127.0.0.1:6390/0 (commands connection)",
-            "connected to Redis redis://127.0.0.1:6390/0 (subscriber connection)",
-            "reconnected to Redis redis://127.0.0.1:6390/0 (commands connection)",
-        ])
+        self.assertEqual(
+            [t for t in text if "connected to Redis" in t],
+            [
+                "connected to Redis redis://127.0.0.1:6390/0 (commands connection)",
+                "connected to Redis redis://127.0.0.1:6390/0 (subscriber connection)",
+                "reconnected to Redis redis://127.0.0.1:6390/0 (commands connection)",
+            ],
+        )
         self.assertFalse([t for t in text if "healthy again" in t])
 
     def test_wrongPasswordIsQuiet(self) -> None:
@@ -607,10 +641,13 @@ class ReconnectTests(SynchronousTestCase):
         first = lines(events)
         self.assertTrue(3 <= len(first) <= 8, first)
         for line in first:
-            self.assertIn("Redis redis://127.0.0.1:6390/0 refused the password (WRONGPASS); "
-                          "commands connection retrying in", line)
+            self.assertIn(
+                "Redis redis://127.0.0.1:6390/0 refused the password (WRONGPASS); "
+                "commands connection retrying in",
+                line,
+            )
         node.clock.pump([1.0] * 60)
-        second = lines(events)[len(first):]
+        second = lines(events)[len(first) :]
         self.assertTrue(1 <= len(second) <= 3, second)
         status = node.broker.status
         self.assertIn("refused the password (WRONGPASS)", status)
@@ -676,8 +713,9 @@ class StallTests(SynchronousTestCase):
         response = self.successResultOf(health.get("http://h/"))
         self.assertEqual(response.code, 503)
         body = self.successResultOf(response.json())
-        self.assertEqual(body["broker"],
-                         "redis://127.0.0.1:6390/0 not answering: no reply within 1.5 s")
+        self.assertEqual(
+            body["broker"], "redis://127.0.0.1:6390/0 not answering: no reply within 1.5 s"
+        )
         self.assertEqual(body["status"], "degraded")
         self.failureResultOf(node.hub.publish(APP, ["news"], "ev", "x"), BrokerUnavailable)
         node.clock.pump([0.5] * 10)  # 5 s more, still stalled

@@ -265,7 +265,8 @@ class DirectWriteTests(TestCase):
         frames = [wsTextFrame(p) for p in payloads]
         sink = _Sink(sum(map(len, frames)))
         client = await connectProtocol(
-            TCP4ClientEndpoint(reactor, "127.0.0.1", port.getHost().port), sink)
+            TCP4ClientEndpoint(reactor, "127.0.0.1", port.getHost().port), sink
+        )
         client.transport.pauseProducing()  # reads nothing: the server's socket fills up
         served = await serverFactory.made
         transport = served.transport

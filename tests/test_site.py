@@ -69,8 +69,10 @@ class FormArgsTests(SynchronousTestCase):
 
     def test_urlencodedBody(self) -> None:
         """pusher-js's auth body (x-www-form-urlencoded) joins the query arguments."""
-        request = self.request(b"socket_id=1.2&channel_name=presence-room-x",
-                               b"application/x-www-form-urlencoded; charset=UTF-8")
+        request = self.request(
+            b"socket_id=1.2&channel_name=presence-room-x",
+            b"application/x-www-form-urlencoded; charset=UTF-8",
+        )
         args = formArgs(request)
         self.assertEqual(queryArg(request, "socket_id", args), "1.2")
         self.assertEqual(queryArg(request, "channel_name", args), "presence-room-x")
@@ -125,17 +127,20 @@ class AccessLogTests(SynchronousTestCase):
         self.log = _Lines()
         self.site.logFile = self.log
 
-    def request(self, method: str, path: str, body: bytes = b"", secret: str | None = None
-                ) -> bytes:
+    def request(
+        self, method: str, path: str, body: bytes = b"", secret: str | None = None
+    ) -> bytes:
         """Send one signed request over a fresh HTTP connection; the status line's code."""
         app = APP if secret is None else App(APP.id, APP.key, secret)
-        url = signedURL(method, path, body, None, app)[len(BASE):]
+        url = signedURL(method, path, body, None, app)[len(BASE) :]
         channel = self.site.buildProtocol(None)
         transport = StringTransport()
         channel.makeConnection(transport)
         channel.dataReceived(
             f"{method} {url} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-            f"Content-Length: {len(body)}\r\n\r\n".encode() + body)
+            f"Content-Length: {len(body)}\r\n\r\n".encode()
+            + body
+        )
         return transport.value().split(b" ", 2)[1]
 
     def publish(self, secret: str | None = None) -> bytes:
@@ -147,9 +152,17 @@ class AccessLogTests(SynchronousTestCase):
         self.assertEqual(self.publish(), b"200")
         self.assertEqual(len(self.hub.published), 1)
         self.assertEqual(self.log.lines, [])
-        self.assertEqual(self.api.metrics(), [(
-            "pushsvc_api_events_published_total",
-            "Events published through the HTTP API (a batch counts each one)", "counter", 1)])
+        self.assertEqual(
+            self.api.metrics(),
+            [
+                (
+                    "pushsvc_api_events_published_total",
+                    "Events published through the HTTP API (a batch counts each one)",
+                    "counter",
+                    1,
+                )
+            ],
+        )
 
     def test_failedPublishLogged(self) -> None:
         """A publish answered 4xx (here a wrong signature, 401) is logged, with its status."""

@@ -13,7 +13,6 @@ import socket
 from pathlib import Path
 from typing import Any
 
-from pushsvc.testing_ws import FakeClient
 from twisted.application.service import Application
 from twisted.internet import reactor
 from twisted.internet.task import Clock
@@ -28,6 +27,7 @@ from pushsvc.preflight import preflight
 from pushsvc.protocol import makeAppFactory
 from pushsvc.service import PushService, ServiceConfig, StartupError
 from pushsvc.tap import Options, _JSONLog, makeService
+from tests.fakews import FakeClient
 from tests.test_protocol import APP, PATH, Server
 
 
@@ -77,8 +77,9 @@ class DataDirTests(SynchronousTestCase):
 
 class StartServiceTests(SynchronousTestCase):
     def service(self, dataDir: Path, *listen: str, onReactor: Any = reactor) -> PushService:
-        config = ServiceConfig(listen=listen or ("tcp:0:interface=127.0.0.1",), dataDir=dataDir,
-                               storeURL="memory:")
+        config = ServiceConfig(
+            listen=listen or ("tcp:0:interface=127.0.0.1",), dataDir=dataDir, storeURL="memory:"
+        )
         return PushService(config, onReactor)
 
     def test_startupErrorIsExitOne(self) -> None:
@@ -118,8 +119,10 @@ class StartServiceTests(SynchronousTestCase):
         port = takenPort(self)
         top = Path(self.mktemp())
         with capturedLogs():
-            self.assertRaises(StartupError, self.service(
-                top / "a" / "data", f"tcp:{port}:interface=127.0.0.1").startService)
+            self.assertRaises(
+                StartupError,
+                self.service(top / "a" / "data", f"tcp:{port}:interface=127.0.0.1").startService,
+            )
         self.assertFalse(top.exists())
 
     def test_portTakenKeepsExistingDir(self) -> None:
@@ -129,8 +132,9 @@ class StartServiceTests(SynchronousTestCase):
         path.mkdir()
         (path / "keep").write_text("x")
         with capturedLogs():
-            self.assertRaises(StartupError,
-                              self.service(path, f"tcp:{port}:interface=127.0.0.1").startService)
+            self.assertRaises(
+                StartupError, self.service(path, f"tcp:{port}:interface=127.0.0.1").startService
+            )
         self.assertTrue((path / "keep").exists())
         fd, _ = lockDataDir(path)
         unlockDataDir(fd)
@@ -139,8 +143,13 @@ class StartServiceTests(SynchronousTestCase):
         """The start line says where to open the chat and which app is served; the stop
         unlocks the data directory."""
         path = Path(self.mktemp())
-        service = self.service(path, "tcp:8080:interface=127.0.0.1", "tcp:9090",
-                               "unix:/tmp/never.sock", onReactor=MemoryReactorClock())
+        service = self.service(
+            path,
+            "tcp:8080:interface=127.0.0.1",
+            "tcp:9090",
+            "unix:/tmp/never.sock",
+            onReactor=MemoryReactorClock(),
+        )
         with capturedLogs() as events:
             service.startService()
         lines = [formatEvent(e) for e in events]
@@ -189,8 +198,10 @@ class OptionMistakeTests(SynchronousTestCase):
 
     def test_secretOnCommandLine(self) -> None:
         """--app-secret VALUE (a prefix of --app-secret-file) says where a secret goes."""
-        for option, where in (("--app-secret", "PUSHSVC_APP_SECRET"),
-                              ("--session-key", "PUSHSVC_SESSION_KEY")):
+        for option, where in (
+            ("--app-secret", "PUSHSVC_APP_SECRET"),
+            ("--session-key", "PUSHSVC_SESSION_KEY"),
+        ):
             e = self.assertRaises(SystemExit, self.parse, option, "abc")
             self.assertIn(f"there is no {option}", str(e))
             self.assertIn(where, str(e))
@@ -211,8 +222,10 @@ class OptionMistakeTests(SynchronousTestCase):
         quiet = makeService(self.parse("--quiet-websockets"))
         self.assertFalse(quiet.config.logWebSockets)  # type: ignore[attr-defined]
         self.assertIsNone(makeService(self.parse()).logObserver)  # type: ignore[attr-defined]
-        self.assertIsInstance(makeService(self.parse("--log-format", "json")).logObserver,  # type: ignore[attr-defined]
-                              _JSONLog)
+        self.assertIsInstance(
+            makeService(self.parse("--log-format", "json")).logObserver,  # type: ignore[attr-defined]
+            _JSONLog,
+        )
         e = self.assertRaises(SystemExit, self.parse, "--log-format", "xml")
         self.assertIn("text or json", str(e))
 
@@ -241,8 +254,15 @@ class LogFormatTests(SynchronousTestCase):
         out = io.StringIO()
         observer = _JSONLog({"nodaemon": True, "logfile": None})
         observer._stream = out
-        observer({"log_format": "hello {who}", "who": "ann\nbob", "log_level": LogLevel.info,
-                  "log_namespace": "t", "log_time": 1.0})
+        observer(
+            {
+                "log_format": "hello {who}",
+                "who": "ann\nbob",
+                "log_level": LogLevel.info,
+                "log_namespace": "t",
+                "log_time": 1.0,
+            }
+        )
         observer({"log_format": "two", "log_level": LogLevel.warn, "log_time": 2.0})
         lines = out.getvalue().splitlines()
         self.assertEqual(len(lines), 2)
@@ -262,8 +282,7 @@ class WebSocketLogTests(SynchronousTestCase):
     def factory(self, **settings: Any) -> Any:
         clock = Clock()
         server = Server(clock, **settings)
-        factory = makeAppFactory(server.apps, server.hub, server.registry, clock,
-                                 server.settings)
+        factory = makeAppFactory(server.apps, server.hub, server.registry, clock, server.settings)
         factory.setProtocolOptions(openHandshakeTimeout=0, closeHandshakeTimeout=0)
         return factory, clock
 
@@ -279,13 +298,15 @@ class WebSocketLogTests(SynchronousTestCase):
             client.disconnect()
             FakeClient(factory, "/app/nope?protocol=7", port=41235).disconnect()
         lines = [formatEvent(e) for e in events if e["log_level"] == LogLevel.info]
-        self.assertEqual(lines, [
-            f"WebSocket open: app {APP.id}, client 127.0.0.1, "
-            f"socket {client.socketId}",
-            f"WebSocket closed: app {APP.id}, client 127.0.0.1, "
-            f"socket {client.socketId}, code 4200, after 2.5s",
-            "WebSocket refused: app -, client 127.0.0.1, code 4001 (unknown app key)",
-        ])
+        self.assertEqual(
+            lines,
+            [
+                f"WebSocket open: app {APP.id}, client 127.0.0.1, socket {client.socketId}",
+                f"WebSocket closed: app {APP.id}, client 127.0.0.1, "
+                f"socket {client.socketId}, code 4200, after 2.5s",
+                "WebSocket refused: app -, client 127.0.0.1, code 4001 (unknown app key)",
+            ],
+        )
 
     def test_quiet(self) -> None:
         """With logWebSockets off (--quiet-websockets) nothing is logged per connection."""

@@ -105,10 +105,9 @@ class OptionsTests(SynchronousTestCase):
         assert isinstance(service, PushService)
         self.assertEqual(service.config.chatMessagesPerMinute, 6)
         for bad in ("0", "-1", "many"):
-            error = self.assertRaises(
-                SystemExit, self.parse, "--chat-messages-per-minute", bad
-            )
+            error = self.assertRaises(SystemExit, self.parse, "--chat-messages-per-minute", bad)
             self.assertIn("--chat-messages-per-minute", str(error))
+
 
 class HTTPDeadlineOptionsTests(SynchronousTestCase):
     """--header-timeout, --body-min-rate and --idle-timeout reach the service's config."""
@@ -120,21 +119,29 @@ class HTTPDeadlineOptionsTests(SynchronousTestCase):
 
     def test_defaults(self) -> None:
         config = makeService(self.parse()).config  # type: ignore[attr-defined]
-        self.assertEqual((config.headerTimeout, config.bodyMinRate, config.idleTimeout),
-                         (10.0, 1024, 60.0))
+        self.assertEqual(
+            (config.headerTimeout, config.bodyMinRate, config.idleTimeout), (10.0, 1024, 60.0)
+        )
 
     def test_given(self) -> None:
-        options = self.parse("--header-timeout", "2.5", "--body-min-rate", "4096",
-                             "--idle-timeout", "30")
+        options = self.parse(
+            "--header-timeout", "2.5", "--body-min-rate", "4096", "--idle-timeout", "30"
+        )
         config = makeService(options).config  # type: ignore[attr-defined]
-        self.assertEqual((config.headerTimeout, config.bodyMinRate, config.idleTimeout),
-                         (2.5, 4096, 30.0))
+        self.assertEqual(
+            (config.headerTimeout, config.bodyMinRate, config.idleTimeout), (2.5, 4096, 30.0)
+        )
 
     def test_refused(self) -> None:
         """Zero, negative, infinite or non-numbers are refused with a one-line message."""
-        for option, value in [("--header-timeout", "0"), ("--header-timeout", "soon"),
-                              ("--idle-timeout", "-1"), ("--idle-timeout", "inf"),
-                              ("--body-min-rate", "0"), ("--body-min-rate", "1.5")]:
+        for option, value in [
+            ("--header-timeout", "0"),
+            ("--header-timeout", "soon"),
+            ("--idle-timeout", "-1"),
+            ("--idle-timeout", "inf"),
+            ("--body-min-rate", "0"),
+            ("--body-min-rate", "1.5"),
+        ]:
             e = self.assertRaises(SystemExit, self.parse, option, value)
             self.assertIn(option, str(e))
             self.assertNotIn("\n", str(e))

@@ -152,8 +152,11 @@ class StartupFailureTests(TestCase):
         work = os.path.abspath(self.mktemp())
         os.makedirs(work)
         pidfile = os.path.join(work, "p")
-        twistdArgs = (f"--pidfile={pidfile}", f"--logfile={work}/l") if daemon else ("-n",
-                                                                                  f"--pidfile={pidfile}")
+        twistdArgs = (
+            (f"--pidfile={pidfile}", f"--logfile={work}/l")
+            if daemon
+            else ("-n", f"--pidfile={pidfile}")
+        )
         proto = startTwistd(list(args), cwd=cwd or work, twistdArgs=twistdArgs)
         self.addCleanup(killIfRunning, proto)
         self.addCleanup(self.killDaemon, pidfile)
@@ -182,8 +185,9 @@ class StartupFailureTests(TestCase):
         taken.listen(1)
         port = taken.getsockname()[1]
         dataDir = os.path.abspath(self.mktemp())
-        err = yield self.failStart(daemon, "--listen", f"tcp:{port}:interface=127.0.0.1",
-                                   "--data-dir", dataDir)
+        err = yield self.failStart(
+            daemon, "--listen", f"tcp:{port}:interface=127.0.0.1", "--data-dir", dataDir
+        )
         self.assertIn(f"cannot listen on tcp:{port}", err)
         self.assertIn("address already in use", err.lower())
         self.assertIn("choose another --listen", err)
@@ -198,8 +202,9 @@ class StartupFailureTests(TestCase):
     @inlineCallbacks
     def unwritable(self, daemon: bool) -> Any:
         dataDir = os.path.join(readOnlyDir(self), "data")
-        err = yield self.failStart(daemon, "--listen", f"tcp:{freePort()}:interface=127.0.0.1",
-                                   "--data-dir", dataDir)
+        err = yield self.failStart(
+            daemon, "--listen", f"tcp:{freePort()}:interface=127.0.0.1", "--data-dir", dataDir
+        )
         self.assertIn(f"cannot create the data directory {dataDir}", err)
         self.assertIn("--data-dir", err)
         self.assertFalse(os.path.exists(dataDir))
@@ -216,15 +221,27 @@ class StartupFailureTests(TestCase):
         refused; the running one is undisturbed."""
         port = freePort()
         dataDir = os.path.abspath(self.mktemp())
-        first = startTwistd(["--listen", f"tcp:{port}:interface=127.0.0.1",
-                             "--data-dir", dataDir, "--store", "memory:"])
+        first = startTwistd(
+            [
+                "--listen",
+                f"tcp:{port}:interface=127.0.0.1",
+                "--data-dir",
+                dataDir,
+                "--store",
+                "memory:",
+            ]
+        )
         self.addCleanup(killIfRunning, first)
         yield first.waitFor("message store ready")
         elsewhere = os.path.abspath(self.mktemp())
         os.makedirs(elsewhere)
         err = yield self.failStart(
-            daemon, "--listen", f"tcp:{freePort()}:interface=127.0.0.1",
-            "--data-dir", os.path.relpath(dataDir, elsewhere), cwd=elsewhere,
+            daemon,
+            "--listen",
+            f"tcp:{freePort()}:interface=127.0.0.1",
+            "--data-dir",
+            os.path.relpath(dataDir, elsewhere),
+            cwd=elsewhere,
         )
         self.assertIn(f"the data directory {dataDir} is in use by another pushsvc process", err)
         self.assertIn(f"(pid {first.transport.pid})", err)  # type: ignore[union-attr]
@@ -245,8 +262,13 @@ class StartupFailureTests(TestCase):
         requirePostgres()
         dataDir = os.path.abspath(self.mktemp())
         err = yield self.failStart(
-            daemon, "--listen", f"tcp:{freePort()}:interface=127.0.0.1", "--data-dir", dataDir,
-            "--store", f"postgresql://postgres:{PASSWORD}@127.0.0.1:5432/pushsvc_no_such_db",
+            daemon,
+            "--listen",
+            f"tcp:{freePort()}:interface=127.0.0.1",
+            "--data-dir",
+            dataDir,
+            "--store",
+            f"postgresql://postgres:{PASSWORD}@127.0.0.1:5432/pushsvc_no_such_db",
         )
         self.assertIn("database 'pushsvc_no_such_db' does not exist", err)
         self.assertIn("createdb -h 127.0.0.1 -p 5432 -U postgres pushsvc_no_such_db", err)
@@ -283,8 +305,18 @@ class LogTests(TestCase):
         """
         port = freePort()
         proto = startTwistd(
-            ["--listen", f"tcp:{port}:interface=127.0.0.1", "--data-dir", self.mktemp(),
-             "--app-id", "1", "--app-key", "k1", "--log-format", "json"],
+            [
+                "--listen",
+                f"tcp:{port}:interface=127.0.0.1",
+                "--data-dir",
+                self.mktemp(),
+                "--app-id",
+                "1",
+                "--app-key",
+                "k1",
+                "--log-format",
+                "json",
+            ],
             env={"PUSHSVC_APP_SECRET": "s"},
         )
         self.addCleanup(killIfRunning, proto)
@@ -302,11 +334,13 @@ class LogTests(TestCase):
         opened, closed = byFormat["WebSocket open"], byFormat["WebSocket closed"]
         self.assertEqual((opened["appId"], opened["client"]), ("1", "127.0.0.1"))
         self.assertEqual(opened["log_level"]["name"], "info")
-        self.assertEqual((closed["appId"], closed["client"], closed["code"]),
-                         ("1", "127.0.0.1", 1000))
+        self.assertEqual(
+            (closed["appId"], closed["client"], closed["code"]), ("1", "127.0.0.1", 1000)
+        )
         self.assertGreaterEqual(closed["duration"], 0)
-        self.assertIn(f"open http://localhost:{port}/",
-                      formatEvent(byFormat["pushsvc {version} started"]))
+        self.assertIn(
+            f"open http://localhost:{port}/", formatEvent(byFormat["pushsvc {version} started"])
+        )
 
     @inlineCallbacks
     def test_passwordsNeverLogged(self) -> Any:
@@ -315,11 +349,18 @@ class LogTests(TestCase):
         the password, and the cause)."""
         requireRedis()
         closed = freePort()
-        proto = startTwistd([
-            "--listen", f"tcp:{freePort()}:interface=127.0.0.1", "--data-dir", self.mktemp(),
-            "--redis", f"redis://pushsvc-test:{PASSWORD}@127.0.0.1:6379/0",
-            "--store", f"postgresql://postgres:{PASSWORD}@127.0.0.1:{closed}/test",
-        ])
+        proto = startTwistd(
+            [
+                "--listen",
+                f"tcp:{freePort()}:interface=127.0.0.1",
+                "--data-dir",
+                self.mktemp(),
+                "--redis",
+                f"redis://pushsvc-test:{PASSWORD}@127.0.0.1:6379/0",
+                "--store",
+                f"postgresql://postgres:{PASSWORD}@127.0.0.1:{closed}/test",
+            ]
+        )
         self.addCleanup(killIfRunning, proto)
         yield proto.waitFor("started: open")
         yield proto.waitFor("WRONGPASS")  # Redis's answer, logged

@@ -49,8 +49,11 @@ class WSClient(WebSocketClientProtocol):
         self._waiters = []
 
     def matching(self, event: str, channel: str | None = None) -> list[dict[str, Any]]:
-        return [m for m in self.messages
-                if m["event"] == event and (channel is None or m.get("channel") == channel)]
+        return [
+            m
+            for m in self.messages
+            if m["event"] == event and (channel is None or m.get("channel") == channel)
+        ]
 
     def _check(self) -> None:
         for w in list(self._waiters):
@@ -67,8 +70,7 @@ class WSClient(WebSocketClientProtocol):
                 self._waiters.remove(w)
                 d.callback(found[i])
 
-    def expect(self, event: str, channel: str | None = None, timeout: float = 5
-               ) -> Deferred[Any]:
+    def expect(self, event: str, channel: str | None = None, timeout: float = 5) -> Deferred[Any]:
         """Fires with the next not yet expected message C{event} (on C{channel})."""
         d: Deferred[Any] = Deferred()
         self._waiters.append((event, channel, 0, d))
@@ -115,7 +117,10 @@ def connectClient(
 
 
 def subscribeClient(
-    app: App, client: WSClient, channel: str, channelData: str | None = None,
+    app: App,
+    client: WSClient,
+    channel: str,
+    channelData: str | None = None,
     timeout: float = 5,
 ) -> Deferred[Any]:
     """Subscribe, signing private-/presence- channels for C{app}; fires with the success."""

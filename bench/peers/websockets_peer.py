@@ -40,8 +40,10 @@ async def publishing(reader: asyncio.StreamReader, writer: asyncio.StreamWriter)
             body = await reader.readexactly(length)
             broadcast(CLIENTS, body.decode("utf-8"))
             reply = str(len(CLIENTS)).encode()
-            writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: %d\r\n"
-                         b"\r\n%s" % (len(reply), reply))
+            writer.write(
+                b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: %d\r\n"
+                b"\r\n%s" % (len(reply), reply)
+            )
     except (asyncio.IncompleteReadError, ConnectionError):
         writer.close()
 

@@ -120,8 +120,10 @@ class PostgreSQLStore(queries.SQLStore):
                     if params.get(key)
                 )
                 name = missing.group(1)
-                return (f"the PostgreSQL database {name!r} does not exist at {self.description}; "
-                        f"create it with: createdb {where} {name}".replace("  ", " "))
+                return (
+                    f"the PostgreSQL database {name!r} does not exist at {self.description}; "
+                    f"create it with: createdb {where} {name}".replace("  ", " ")
+                )
         return None
 
     def open(self) -> Deferred[None]:

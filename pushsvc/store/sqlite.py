@@ -170,5 +170,3 @@ def _statements(script: str) -> list[str]:
     if script[start:].strip():
         statements.append(script[start:])
     return statements
-
-
