@@ -675,6 +675,7 @@ class Ctx:
     redis: Redis | None = None
     redisPw: Redis | None = None
     badPassword: str = ""
+    only: tuple[str, ...] = ()  # --only: names (parts) of the probes to run
 
     def node(self, name: str) -> Node:
         node = self.nodes[name]
@@ -886,15 +887,29 @@ async def holdWebSockets(port: int, sources: Iterable[str]) -> list[WS]:
 
 
 async def wsOutcome(port: int, src: str) -> str:
-    """What a new WebSocket from C{src} gets: C{open}, C{close N} or C{HTTP N}."""
+    """
+    What a new WebSocket from C{src} gets: C{open}, C{close N} or C{HTTP N}. A refusal the
+    protocol announces first (C{pusher:error} N, then close N, as Pusher does) reads C{close N}
+    when both codes agree.
+    """
     try:
-        ws = await WS.open(port, src=src)
+        ws = await WS.open(port, src=src, established=False)
     except WSClosed as e:
         return f"close {e.code}"
     except Refused as e:
         return f"HTTP {e.status}"
-    outcome = await ws.closedWith(1)
+    try:
+        first = await ws.event(3)
+    except WSClosed as e:
+        return f"close {e.code}"
+    except TimeoutError:
+        ws.close()
+        return "open, but silent"
+    outcome = await ws.closedWith(3 if first.get("event") == "pusher:error" else 1)
     ws.close()
+    if first.get("event") == "pusher:error":
+        code = (first.get("data") or {}).get("code")
+        return f"close {outcome}" if code == outcome else f"pusher:error {code}, close {outcome}"
     return "open" if outcome == "open" else f"close {outcome}"
 
 
@@ -1630,6 +1645,11 @@ async def runProbes(ctx: Ctx) -> list[Row]:
         for run in runs:
             await one(run)
 
+    if ctx.only:
+        chosen = [spec for spec in PROBES if any(w in spec.name for w in ctx.only)]
+        await inOrder(*(spec.run for spec in chosen))
+        return [rows[spec.name] for spec in chosen]
+
     background = asyncio.ensure_future(one(probeWrongPassword))
     await inOrder(*(spec.run for spec in PROBES[:3]))
     # Timers and the quick checks overlap: none of these measures memory or fds.
@@ -1680,6 +1700,7 @@ def table(rows: list[Row]) -> str:
 
 async def main(args: argparse.Namespace, work: Path) -> list[Row]:
     ctx = Ctx(args.quick, work)
+    ctx.only = tuple(args.only)
     # Ctrl-C or SIGTERM cancel the run (even when started with SIGINT ignored, as a background
     # job is); the caller then ends every process it started.
     task = asyncio.current_task()
@@ -1712,6 +1733,13 @@ def cli() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[1] if __doc__ else None)
     parser.add_argument("--quick", action="store_true", help="shorter floods, fewer cycles")
     parser.add_argument("--keep", action="store_true", help="keep the logs and data dirs")
+    parser.add_argument(
+        "--only",
+        action="append",
+        default=[],
+        metavar="TEXT",
+        help="run only the probes whose name contains TEXT (repeatable)",
+    )
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="pushsvc-abuse-"))
     started = time.monotonic()

@@ -48,6 +48,7 @@ from twisted.python.failure import Failure
 from twisted.web.http import HTTPChannel, _GenericHTTPChannelProtocol, _NoPushProducer
 
 from pushsvc.httputil import jsonBytes
+from pushsvc.logthrottle import Throttle
 
 log = Logger()
 
@@ -77,6 +78,32 @@ def timeoutReply(message: str) -> bytes:
     ) + body
 
 
+class EdgeLogs:
+    """
+    The log lines a client can set off at will, bounded per site (L{pushsvc.logthrottle}): a
+    flood of slow or unread connections logs a few lines and a count, not a line each.
+    """
+
+    def __init__(self, clock: IReactorTime) -> None:
+        self.late = Throttle(
+            log,
+            clock,
+            "closed {count} more connections whose request did not arrive in time "
+            "in the last {period:g} s",
+        )
+        self.unread = Throttle(
+            log,
+            clock,
+            "closed {count} more connections that did not read their replies "
+            "in the last {period:g} s",
+        )
+
+    def stop(self) -> None:
+        """Cancel the periods in progress (the site stops)."""
+        self.late.stop()
+        self.unread.stop()
+
+
 class BoundedHTTPChannel(HTTPChannel):
     """An L{HTTPChannel} with the bounds and deadlines described in the module docstring."""
 
@@ -89,10 +116,13 @@ class BoundedHTTPChannel(HTTPChannel):
     def timeOut(self, value: object) -> None:
         pass  # HTTPFactory.buildProtocol sets the site's; ignored
 
-    def __init__(self, limits: HTTPLimits, clock: IReactorTime) -> None:
+    def __init__(
+        self, limits: HTTPLimits, clock: IReactorTime, logs: EdgeLogs | None = None
+    ) -> None:
         super().__init__()
         self.limits = limits
         self.clock = clock
+        self.logs = logs if logs is not None else EdgeLogs(clock)
         self._phase = ""  # what the timer is for: headers, body, idle, stalled, closing
         self._timer: IDelayedCall | None = None
         self._yieldCall: IDelayedCall | None = None
@@ -156,14 +186,14 @@ class BoundedHTTPChannel(HTTPChannel):
         if getattr(transport, "disconnecting", False) and phase != "stalled":
             phase = "closing"  # closed already (a 400, a stop) and still not gone
         if phase in ("headers", "body"):
-            log.info(
+            part = "body" if phase == "body" else "headers"
+            self.logs.late.info(
                 "closing {peer}: its request {part} did not arrive in time",
                 peer=str(self.getPeer()),
-                part="body" if phase == "body" else "headers",
+                part=part,
             )
             self._hold()
             self._closing = True
-            part = "body" if phase == "body" else "headers"
             transport.write(timeoutReply(f"The request {part} did not arrive in time."))
             self.loseConnection()
             self._arm("closing", ABORT_GRACE)
@@ -174,7 +204,9 @@ class BoundedHTTPChannel(HTTPChannel):
             self._arm("closing", ABORT_GRACE)
         elif phase in ("stalled", "closing"):
             if phase == "stalled":
-                log.info("closing {peer}: it does not read its replies", peer=str(self.getPeer()))
+                self.logs.unread.info(
+                    "closing {peer}: it does not read its replies", peer=str(self.getPeer())
+                )
             transport.abortConnection()
 
     # -- reading ------------------------------------------------------------------------------
@@ -307,7 +339,10 @@ class BoundedHTTPChannel(HTTPChannel):
 def channelFactory(limits: HTTPLimits, clock: IReactorTime) -> Any:
     """What to set as a Site's C{protocol}: builds L{BoundedHTTPChannel}s."""
 
-    def build() -> _GenericHTTPChannelProtocol:
-        return _GenericHTTPChannelProtocol(BoundedHTTPChannel(limits, clock))
+    logs = EdgeLogs(clock)
 
+    def build() -> _GenericHTTPChannelProtocol:
+        return _GenericHTTPChannelProtocol(BoundedHTTPChannel(limits, clock, logs))
+
+    build.logs = logs  # type: ignore[attr-defined]  # stopped by PushSite.stopFactory
     return build

@@ -251,6 +251,12 @@ class PushSite(Site):
         self._whenEmpty: list[Deferred[None]] = []
         self.limits = ConnectionLimits(2**31 - 1, 0)  # the service sets the configured caps
 
+    def stopFactory(self) -> None:
+        logs = getattr(self.protocol, "logs", None)
+        if logs is not None:
+            logs.stop()
+        super().stopFactory()
+
     def log(self, request: http.Request) -> None:
         if getattr(request, "publish", False) and request.code < 400 and not self.logPublishes:
             return

@@ -19,6 +19,7 @@ from twisted.internet.defer import Deferred, inlineCallbacks
 from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
+from twisted.logger import formatEvent, globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request
@@ -268,6 +269,29 @@ class DeadlineTests(ChannelCase):
         self.assertFalse(transport.disconnecting)
         self.clock.advance(1)
         self.assertTimedOut(transport, "headers")
+
+    def test_floodOfSlowConnectionsLogsBounded(self) -> None:
+        """
+        300 connections that never finish their headers are each closed with a 408, but the
+        log gets the first 10 in full and then one line with the count of the rest.
+        """
+        events: list[dict[str, Any]] = []
+        globalLogPublisher.addObserver(events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+        transports = []
+        for _ in range(300):
+            protocol, transport = self.connect()
+            protocol.dataReceived(b"GET / HTTP/1.1\r\n")
+            transports.append(transport)
+        self.clock.advance(10)
+        for transport in transports:
+            self.assertTimedOut(transport, "headers")
+        lines = [formatEvent(e) for e in events if e.get("log_namespace", "").startswith("pushsvc")]
+        self.assertEqual(len(lines), 10)
+        self.clock.advance(60)
+        lines = [formatEvent(e) for e in events if e.get("log_namespace", "").startswith("pushsvc")]
+        self.assertEqual(len(lines), 11)
+        self.assertIn("closed 290 more connections whose request did not arrive in time", lines[-1])
 
     def test_silentConnection(self) -> None:
         """A connection that sends nothing gets its 408 at the header deadline."""
