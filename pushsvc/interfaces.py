@@ -108,7 +108,7 @@ class IBroker(Interface):
 class IClusterState(Interface):
     """
     Who is subscribed where, counted over every process: the in-process state answers from the
-    local registry, the Redis state (L{pushsvc.cluster.RedisState}) for the whole cluster. The
+    local registry, the Redis state (L{pushsvc.redis.state.RedisState}) for the whole cluster. The
     hub tells it of every change and asks it every question of the HTTP API.
     """
 

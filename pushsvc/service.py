@@ -35,12 +35,12 @@ from pushsvc.chat import ChatAPI, makeChatResource
 from pushsvc.datadir import DataDirError, lockDataDir, removeCreated, unlockDataDir
 from pushsvc.filemodes import privateDirectory
 from pushsvc.health import HealthResource, MetricsResource
-from pushsvc.httpchannel import HTTPLimits
+from pushsvc.http.channel import HTTPLimits
+from pushsvc.http.limits import AcceptGuard, ConnectionLimits, raiseOpenFileLimit
+from pushsvc.http.proxy import TrustedProxies
+from pushsvc.http.site import makeSite, webRoot
 from pushsvc.interfaces import IBroker, PushSettings
-from pushsvc.limits import AcceptGuard, ConnectionLimits, raiseOpenFileLimit
-from pushsvc.proxy import TrustedProxies
 from pushsvc.session import SessionSigner
-from pushsvc.site import makeSite, webRoot
 from pushsvc.store import IStore, storeFromURL
 
 log = Logger()
@@ -99,7 +99,7 @@ class ServiceConfig:
     allowedOrigins: tuple[str, ...] = ()
     logPublishes: bool = False  # access-log successful HTTP API publishes too
     chatMessagesPerMinute: int = 60  # per chat session, in bursts of up to 20
-    maxConnections: int = 0  # 0: derived from the open-file limit (pushsvc.limits)
+    maxConnections: int = 0  # 0: derived from the open-file limit (pushsvc.http.limits)
     maxConnectionsPerIp: int = 1000  # 0: no cap per client address
     trustedProxies: tuple[str, ...] = ()  # addresses/networks whose X-Forwarded-For is believed
     headerTimeout: float = 10.0  # --header-timeout: request line and headers within this
@@ -167,10 +167,11 @@ class PushService(MultiService):
 
     def _build(self) -> Any:
         from pushsvc.api import makeApiResource, makeUsersResource
-        from pushsvc.hub import Hub, LocalBroker
-        from pushsvc.protocol import makeAppResource
-        from pushsvc.registry import Registry
+        from pushsvc.fanout.registry import Registry
+        from pushsvc.hub import Hub
+        from pushsvc.local import LocalBroker
         from pushsvc.webhook import NotifyResource
+        from pushsvc.ws.protocol import makeAppResource
 
         c = self.config
         app, sessionKey = self._loadApp()
@@ -184,8 +185,9 @@ class PushService(MultiService):
         )
         self.registry = Registry(settings, self.reactor)
         if c.redis is not None:
-            from pushsvc.cluster import RedisState
-            from pushsvc.redisbroker import RedisBroker, parseRedisAddress
+            from pushsvc.redis.address import parseRedisAddress
+            from pushsvc.redis.broker import RedisBroker
+            from pushsvc.redis.state import RedisState
 
             redis = RedisBroker(parseRedisAddress(c.redis), self.reactor)
             self.broker: IBroker = redis

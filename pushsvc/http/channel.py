@@ -47,7 +47,7 @@ from twisted.protocols.basic import LineReceiver
 from twisted.python.failure import Failure
 from twisted.web.http import HTTPChannel, _GenericHTTPChannelProtocol, _NoPushProducer
 
-from pushsvc.httputil import jsonBytes
+from pushsvc.http.util import jsonBytes
 
 log = Logger()
 

@@ -16,10 +16,10 @@ from twisted.web.http import combinedLogFormatter
 from twisted.web.resource import IResource, Resource
 from twisted.web.server import Request, Site
 
-from pushsvc.httpchannel import HTTPLimits, channelFactory
-from pushsvc.httputil import HTTPError, errorBody
-from pushsvc.limits import OVER_ADDRESS, ConnectionLimits
-from pushsvc.proxy import NOBODY, TrustedProxies, clientOf, peerAddress
+from pushsvc.http.channel import HTTPLimits, channelFactory
+from pushsvc.http.limits import OVER_ADDRESS, ConnectionLimits
+from pushsvc.http.proxy import NOBODY, TrustedProxies, clientOf, peerAddress
+from pushsvc.http.util import HTTPError, errorBody
 
 with warnings.catch_warnings():
     # Importing twisted.web.static builds its old HTML error pages (childNotFound, forbidden),
@@ -176,7 +176,7 @@ class PushRequest(Request):
             return
         super().process()
 
-    # Over a connection cap (pushsvc.limits): why, for the WebSocket resource to close with 4100.
+    # Over a connection cap (http.limits): why, for the WebSocket resource to close with 4100.
     refusal: str | None = None
 
     def _refusedOverCap(self) -> bool:
@@ -239,7 +239,7 @@ class PushSite(Site):
     """
 
     logPublishes = False
-    # Peers whose forwarding headers are believed (pushsvc.proxy.clientOf).
+    # Peers whose forwarding headers are believed (pushsvc.http.proxy.clientOf).
     trustedProxies: TrustedProxies = NOBODY
 
     def __init__(self, resource: IResource) -> None:
@@ -291,7 +291,7 @@ class PushSite(Site):
 
     def admitRequest(self, request: Any) -> str | None:
         """
-        Why C{request} is refused over a connection cap (see L{pushsvc.limits}), or None.
+        Why C{request} is refused over a connection cap (see L{pushsvc.http.limits}), or None.
 
         A trusted proxy's connection is counted under the client address its latest request
         forwards (a WebSocket's for as long as it lives), so the cap per address holds behind

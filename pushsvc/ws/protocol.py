@@ -31,6 +31,7 @@ from twisted.web.resource import IResource
 
 from pushsvc import frames
 from pushsvc.apps import App, Apps
+from pushsvc.fanout.registry import Outbound, Registry
 from pushsvc.frames import (
     CLOSE_APP_DISABLED,
     CLOSE_BAD_PATH,
@@ -52,10 +53,9 @@ from pushsvc.frames import (
     parseClientFrame,
     wsTextFrame,
 )
+from pushsvc.http.proxy import clientOf
 from pushsvc.hub import Hub
 from pushsvc.interfaces import PushSettings
-from pushsvc.proxy import clientOf
-from pushsvc.registry import Outbound, Registry
 from pushsvc.signing import verifyChannelAuth, verifyUserAuth
 
 log = Logger()
@@ -236,7 +236,7 @@ class PushServerProtocol(WebSocketServerProtocol):
         else:
             self.app = app
             self.appId = app.id
-            if f.overCap is not None:  # the site's connection caps (pushsvc.limits)
+            if f.overCap is not None:  # the site's connection caps (pushsvc.http.limits)
                 self._refused = (CLOSE_OVER_CAPACITY, f.overCap)
         if f.settings.logWebSockets:
             # The client's address (behind --trusted-proxies, the forwarded one), from the
