@@ -39,6 +39,7 @@ from pushsvc.frames import (
     CLOSE_NO_PONG,
     CLOSE_NO_VERSION,
     CLOSE_OVER_CAPACITY,
+    CLOSE_SLOW_CONSUMER,
     CLOSE_UNKNOWN_KEY,
     CLOSE_UNSUPPORTED_VERSION,
     ERR_MALFORMED,
@@ -370,9 +371,13 @@ class PushServerProtocol(WebSocketServerProtocol):
         super().sendCloseFrame(code, reasonUtf8, isReply)
 
     def _tooSlow(self) -> None:
+        # The Outbound's overflow: it writes nothing more; this connection counts and closes
+        # itself with 4100 (the client backs off). One direction: Outbound -> protocol.
         if self._closing:
             return  # closing anyway, with its own code: not counted as a slow consumer
-        self.factory.registry.slowConsumer(self)
+        self.factory.registry.slowConsumerCloses += 1
+        log.warn("closing slow consumer {socketId}", socketId=self.socketId)
+        self.closeWith(CLOSE_SLOW_CONSUMER, "too much unsent data: reconnect later")
 
     def send(self, payload: bytes) -> None:
         """Write one JSON frame to this client: every reply goes through here."""
