@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from twisted.internet.address import IPv4Address, IPv6Address
-from twisted.internet.defer import Deferred, succeed
+from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
 from twisted.web import http
 from twisted.web.http import combinedLogFormatter
@@ -20,6 +20,7 @@ from pushsvc.http.channel import HTTPLimits, channelFactory
 from pushsvc.http.limits import OVER_ADDRESS, ConnectionLimits
 from pushsvc.http.proxy import NOBODY, TrustedProxies, clientOf, peerAddress
 from pushsvc.http.util import HTTPError, errorBody
+from pushsvc.waiters import Waiters
 
 with warnings.catch_warnings():
     # Importing twisted.web.static builds its old HTML error pages (childNotFound, forbidden),
@@ -44,7 +45,7 @@ def webRoot() -> Path:
     installed = Path(str(resources.files("pushsvc"))) / "web"
     if installed.is_dir():
         return installed
-    return Path(__file__).resolve().parent.parent / "web"
+    return Path(__file__).resolve().parents[2] / "web"
 
 
 def _etagMatches(header: bytes | None, etag: bytes) -> bool:
@@ -248,7 +249,7 @@ class PushSite(Site):
         # The one form endpoint, /api/pusher/auth, reads its body itself (httputil.formArgs).
         super().__init__(resource, parsePOSTFormSubmission=False, logFormatter=accessLogLine)
         self.channels: set[Any] = set()
-        self._whenEmpty: list[Deferred[None]] = []
+        self._whenEmpty: Waiters[None] = Waiters()
         self.limits = ConnectionLimits(2**31 - 1, 0)  # the service sets the configured caps
 
     def log(self, request: http.Request) -> None:
@@ -314,9 +315,7 @@ class PushSite(Site):
         """
         self.channels.discard(channel)
         if not self.channels:
-            waiters, self._whenEmpty = self._whenEmpty, []
-            for d in waiters:
-                d.callback(None)
+            self._whenEmpty.fire()
 
     def closeConnections(self) -> Deferred[None]:
         """
@@ -329,11 +328,7 @@ class PushSite(Site):
                 channel.persistent = False
             elif channel.transport is not None:
                 channel.transport.loseConnection()
-        if not self.channels:
-            return succeed(None)
-        d: Deferred[None] = Deferred()
-        self._whenEmpty.append(d)
-        return d
+        return self._whenEmpty.wait(done=not self.channels)
 
 
 def makeSite(
