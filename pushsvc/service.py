@@ -42,6 +42,7 @@ from pushsvc.http.site import makeSite, webRoot
 from pushsvc.interfaces import IBroker, PushSettings
 from pushsvc.session import SessionSigner
 from pushsvc.store import IStore, storeFromURL
+from pushsvc.waiters import Waiters
 
 log = Logger()
 
@@ -121,7 +122,7 @@ class PushService(MultiService):
         self.storeError = "opening"
         self.store: IStore | None = None
         self._stopping = False
-        self._readyWaiters: list[Deferred[None]] = []
+        self._readyWaiters: Waiters[None] = Waiters()
         self._lock: int | None = None
         # An ILogObserver for twistd to use instead of its own (tap: --log-format json).
         self.logObserver: Any = None
@@ -336,9 +337,7 @@ class PushService(MultiService):
         def opened(_: object) -> None:
             self.storeReady = True
             self.storeError = "ok"
-            waiters, self._readyWaiters = self._readyWaiters, []
-            for waiter in waiters:
-                waiter.callback(None)
+            self._readyWaiters.fire()
             log.info("message store ready: {store}", store=store.description)
 
         def failed(f: Failure) -> Deferred[None] | None:
@@ -355,11 +354,7 @@ class PushService(MultiService):
 
     def whenReady(self) -> Deferred[None]:
         """Fires once the store is open and the service answers every request."""
-        if self.storeReady:
-            return succeed(None)
-        d: Deferred[None] = Deferred()
-        self._readyWaiters.append(d)
-        return d
+        return self._readyWaiters.wait(done=self.storeReady)
 
     # -- health --------------------------------------------------------------------------
 

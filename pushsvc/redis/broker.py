@@ -65,6 +65,7 @@ from pushsvc.interfaces import CACHE_TTL, BrokerUnavailable, IBroker
 from pushsvc.redis import luaSource
 from pushsvc.redis.address import RedisAddress
 from pushsvc.redis.link import RETRY_MAX, Commands, Link, RedisFactory, Subscriber, reason
+from pushsvc.waiters import Waiters
 
 log = Logger()
 
@@ -121,7 +122,7 @@ class RedisBroker:
         self._wasHealthy = False
         self._scripts: dict[str, tuple[str, str]] = {}  # name -> (sha1, source)
         self._readyHooks: list[Callable[[], Any]] = []
-        self._healthWaiters: list[Deferred[None]] = []
+        self._healthWaiters: Waiters[None] = Waiters()
         self._stopping = False
         self.addScript("publishCached", luaSource("publishCached"))
         self.addScript("cached", luaSource("cached"))
@@ -193,11 +194,7 @@ class RedisBroker:
 
     def whenHealthy(self) -> Deferred[None]:
         """Fires with None once both connections are up and every subscription is restored."""
-        if self.healthy:
-            return succeed(None)
-        d: Deferred[None] = Deferred()
-        self._healthWaiters.append(d)
-        return d
+        return self._healthWaiters.wait(done=self.healthy)
 
     def start(self) -> Deferred[None]:
         """
@@ -520,9 +517,7 @@ class RedisBroker:
     def _reportHealth(self, linkChanged: bool = False) -> None:
         """Wake the waiters, log a change of health, and tell the listener of the link."""
         if self.healthy:
-            waiters, self._healthWaiters = self._healthWaiters, []
-            for d in waiters:
-                d.callback(None)
+            self._healthWaiters.fire()
         if self.healthy and not self._wasHealthy:
             self._wasHealthy = True
             log.info("broker ready: {redis}", redis=self.address.display)

@@ -46,6 +46,7 @@ from pushsvc.frames import channelKind
 from pushsvc.interfaces import BrokerUnavailable, ChannelInfo, IClusterState
 from pushsvc.local import channelInfo
 from pushsvc.redis import luaSource
+from pushsvc.waiters import Waiters
 
 if TYPE_CHECKING:  # txredisapi installs the global reactor when imported
     from pushsvc.redis.broker import RedisBroker
@@ -91,7 +92,7 @@ class RedisState:
         self._apps: set[str] = set()  # apps this node has ever had state for
         self._registered: set[str] = set()  # apps for which Redis has acknowledged this node
         self._dirty: dict[str, dict[str, None]] = {}
-        self._flushWaiters: list[Deferred[None]] | None = None  # None: no flush scheduled
+        self._flushWaiters: Waiters[None] | None = None  # None: no flush scheduled
         self._pending: set[Deferred[None]] = set()  # fire when a write finished
         self._timer = TimerService(heartbeat, self._beat)
         self._timer.clock = clock
@@ -163,15 +164,13 @@ class RedisState:
         """Written with the other changes of this reactor turn; fires with None when written."""
         self._dirty.setdefault(appId, {})[channel] = None
         if self._flushWaiters is None:
-            self._flushWaiters = []
+            self._flushWaiters = Waiters()
             self.clock.callLater(0, self._flush)
-        d: Deferred[None] = Deferred()
-        self._flushWaiters.append(d)
-        return d
+        return self._flushWaiters.wait()
 
     def _flush(self) -> None:
         dirty, self._dirty = self._dirty, {}
-        waiters, self._flushWaiters = self._flushWaiters or [], None
+        waiters, self._flushWaiters = self._flushWaiters or Waiters[None](), None
         writes = []
         for appId, channels in dirty.items():
             args: list[Any] = []
@@ -183,8 +182,7 @@ class RedisState:
         done: Deferred[Any] = DeferredList(writes)
 
         def wake(_: object) -> None:
-            for waiter in waiters:
-                waiter.callback(None)
+            waiters.fire()
 
         done.addCallback(wake)
 

@@ -58,6 +58,7 @@ from pushsvc.http.proxy import clientOf
 from pushsvc.hub import Hub
 from pushsvc.interfaces import PushSettings
 from pushsvc.signing import verifyChannelAuth, verifyUserAuth
+from pushsvc.waiters import Waiters
 
 log = Logger()
 
@@ -545,7 +546,7 @@ class PushServerFactory(WebSocketServerFactory):
         # the handshake completes, then the connection is closed with 4100 and this reason.
         self.overCap: str | None = None
         self.client: str | None = None  # the upgrade request's client address (render)
-        self._idle: list[Deferred[None]] = []
+        self._idle: Waiters[None] = Waiters()
         self.setProtocolOptions(
             maxFramePayloadSize=settings.maxFrameBytes,
             maxMessagePayloadSize=settings.maxFrameBytes,
@@ -573,17 +574,11 @@ class PushServerFactory(WebSocketServerFactory):
     def forget(self, proto: PushServerProtocol) -> None:
         self.live.discard(proto)
         if not self.live:
-            waiting, self._idle = self._idle, []
-            for d in waiting:
-                d.callback(None)
+            self._idle.fire()
 
     def whenIdle(self) -> Deferred[None]:
         """Fires with None once no TCP connection of this factory is left (draining, tests)."""
-        if not self.live:
-            return succeed(None)
-        d: Deferred[None] = Deferred()
-        self._idle.append(d)
-        return d
+        return self._idle.wait(done=not self.live)
 
 
 def makeAppFactory(
