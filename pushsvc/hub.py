@@ -368,6 +368,10 @@ class Hub:
         """C{conn} is signed in as C{userId}: it gets what is sent to C{#server-to-user-{id}}."""
         self.subscribe(conn, serverToUserChannel(userId))
 
+    def connect(self, conn: Subscriber) -> None:
+        """C{conn} is open (it has its socket id and outbound): it may now subscribe."""
+        self.registry.addConnection(conn)
+
     def disconnect(self, conn: Subscriber) -> None:
         """C{conn} is gone: leave every channel (presence members are told) and forget it."""
         for channel in self.registry.channelsOf(conn):

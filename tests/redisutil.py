@@ -316,9 +316,9 @@ class RedisTestCase(TestCase):
 
         @inlineCallbacks
         def stop() -> Any:
-            for conn in list(factory.live):
+            for conn in list(factory.registry.live):
                 conn.transport.abortConnection()
-            yield factory.whenIdle()
+            yield factory.registry.whenIdle()
             yield port.stopListening()
 
         self.addCleanup(stop)

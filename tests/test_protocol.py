@@ -645,7 +645,7 @@ class LoopbackTests(TestCase):
                 c.transport.abortConnection()  # type: ignore[union-attr]
         for c in self.clients:
             yield c.closed
-        yield self.factory.whenIdle()
+        yield self.factory.registry.whenIdle()
         yield self.port.stopListening()
 
     @inlineCallbacks

@@ -123,7 +123,7 @@ class PusherJSTests(TestCase):
                 except ProcessExitedAlready:
                     pass
             yield child.ended
-        yield self.factory.whenIdle()
+        yield self.factory.registry.whenIdle()
         yield self.port.stopListening()
 
     def spawn(

@@ -9,6 +9,8 @@ C{unsubscribe}, C{disconnect}).
 
 from __future__ import annotations
 
+from typing import Any
+
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
@@ -49,6 +51,7 @@ class Registry(Subscriptions, FanOut):
         Subscriptions.__init__(self)
         FanOut.__init__(self, clock)
         self.settings = settings
+        self._idle: Waiters[None] = Waiters()  # whenIdle: the last TCP connection is gone
         self._closing: Waiters[None] = Waiters()  # closeAll: the last connection is gone
         self.publishes = 0
         self.deliveries = 0
@@ -57,6 +60,20 @@ class Registry(Subscriptions, FanOut):
         self.clientEvents = 0
         self.rateLimited = 0
         self.protocolErrors = 0
+
+    def track(self, conn: Any) -> None:
+        """A WebSocket TCP connection was made (open or not, it counts until it is gone)."""
+        self.live.add(conn)
+
+    def untrack(self, conn: Any) -> None:
+        """A WebSocket TCP connection is gone."""
+        self.live.discard(conn)
+        if not self.live:
+            self._idle.fire()
+
+    def whenIdle(self) -> Deferred[None]:
+        """Fires with None once no WebSocket TCP connection is left (draining, tests)."""
+        return self._idle.wait(done=not self.live)
 
     def removeConnection(self, conn: Subscriber) -> None:
         """Forget C{conn}; the hub unsubscribes it from its channels first."""

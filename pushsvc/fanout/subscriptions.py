@@ -6,7 +6,7 @@ one record of the open Pusher connections of this process; the hub makes answers
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from typing import TYPE_CHECKING, Any, Protocol
 
 from pushsvc.frames import Member
@@ -39,6 +39,9 @@ class Subscriptions:
         # connection -> {channel: presence user id or None}
         self._conns: dict[Subscriber, dict[str, str | None]] = {}
         self._bySocket: dict[str, Subscriber] = {}
+        # Every WebSocket TCP connection until it is gone: open (also in _conns), refused, or
+        # closing. What a drain waits for.
+        self.live: set[Any] = set()
         self.connectionsTotal = 0
         self.subscriptions = 0
 
@@ -52,6 +55,10 @@ class Subscriptions:
         self._conns.pop(conn, None)
         if self._bySocket.get(conn.socketId) is conn:
             del self._bySocket[conn.socketId]
+
+    def openConnections(self) -> Collection[Subscriber]:
+        """The open connections (a view: copy it to change them while walking through)."""
+        return self._conns.keys()
 
     def connection(self, socketId: str) -> Subscriber | None:
         return self._bySocket.get(socketId)
