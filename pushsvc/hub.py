@@ -127,7 +127,7 @@ class Hub:
         # so a socket id says nothing about which node holds it.
         self.nodeId = str(secrets.randbelow(9 * 10**17) + 10**17)
         self.state: IClusterState = state if state is not None else LocalState(registry)
-        self.state.attach(self)
+        self.state.attach(self.nodeId, self)
         # (app, cache channel) -> (frame payload, when); insertion order is age order.
         self._cache: dict[tuple[str, str], tuple[bytes, float]] = {}
         self._linkLost = False  # the broker lost its link since it last had it

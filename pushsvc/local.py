@@ -11,13 +11,20 @@ from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
 
+from twisted.application.service import IService
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.interfaces import IReactorTime
 from zope.interface import implementer
 
 from pushsvc.fanout.registry import Registry
 from pushsvc.frames import channelKind
-from pushsvc.interfaces import BrokerUnavailable, ChannelInfo, IBroker, IClusterState
+from pushsvc.interfaces import (
+    BrokerUnavailable,
+    ChannelInfo,
+    IBroker,
+    IClusterState,
+    MemberEvents,
+)
 
 
 def channelInfo(channel: str, count: int, users: int | None) -> ChannelInfo:
@@ -109,8 +116,11 @@ class LocalState:
     def __init__(self, registry: Registry) -> None:
         self.registry = registry
 
-    def attach(self, hub: Any) -> None:
-        pass
+    def attach(self, nodeId: str, events: MemberEvents) -> None:
+        pass  # one process: the hub announces every member change itself
+
+    def services(self) -> list[IService]:
+        return []
 
     def start(self) -> None:
         pass

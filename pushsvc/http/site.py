@@ -246,7 +246,7 @@ class PushSite(Site):
     def __init__(self, resource: IResource) -> None:
         # No form parsing of every POST body into request.args: twisted.web does it with the
         # email package (~100 us a request, on the publish path too) and whole multipart bodies.
-        # The one form endpoint, /api/pusher/auth, reads its body itself (httputil.formArgs).
+        # The one form endpoint, /api/pusher/auth, reads its body itself (http.util.formArgs).
         super().__init__(resource, parsePOSTFormSubmission=False, logFormatter=accessLogLine)
         self.channels: set[Any] = set()
         self._whenEmpty: Waiters[None] = Waiters()

@@ -1,9 +1,10 @@
 """
 Cluster state: subscription counts and presence members of every process.
 
-L{LocalState} answers from this process's registry (one process, no Redis). L{RedisState} keeps
-each process's share in Redis, written only by that process from its own registry (so it cannot
-drift), and answers for the whole cluster. Keys, with C{P = {prefix}:{appId}}:
+L{pushsvc.local.LocalState} answers from this process's registry (one process, no Redis).
+L{RedisState} keeps each process's share in Redis, written only by that process from its own
+registry (so it cannot drift), and answers for the whole cluster. Keys, with
+C{P = {prefix}:{appId}}:
 
     P:nodes                    ZSET node id -> expiry (Redis TIME in ms): a heartbeat every
                                second pushes it C{nodeTTL} (5 s) ahead
@@ -35,6 +36,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from twisted.application.internet import TimerService
+from twisted.application.service import IService
 from twisted.internet.defer import Deferred, DeferredList
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
@@ -43,7 +45,7 @@ from zope.interface import implementer
 
 from pushsvc.fanout.registry import Registry
 from pushsvc.frames import channelKind
-from pushsvc.interfaces import BrokerUnavailable, ChannelInfo, IClusterState
+from pushsvc.interfaces import BrokerUnavailable, ChannelInfo, IClusterState, MemberEvents
 from pushsvc.local import channelInfo
 from pushsvc.redis import luaSource
 from pushsvc.waiters import Waiters
@@ -84,7 +86,7 @@ class RedisState:
         self.clock = clock
         self.nodeTTL = nodeTTL
         self.nodeId = ""
-        self.hub: Any = None
+        self.events: MemberEvents | None = None  # the hub (attach)
         prelude = luaSource("prelude")
         for name in SCRIPT_NAMES:
             broker.addScript(name, prelude + luaSource(name))
@@ -98,17 +100,23 @@ class RedisState:
         self._timer.clock = clock
         self._stopped = False
 
-    def attach(self, hub: Any) -> None:
-        self.hub = hub
-        self.nodeId = hub.nodeId
+    def attach(self, nodeId: str, events: MemberEvents) -> None:
+        self.nodeId = nodeId
+        self.events = events
+
+    def services(self) -> list[IService]:
+        """The heartbeat (also reaps dead nodes), a TimerService for the owner's service tree."""
+        return [self._timer]
 
     def start(self) -> None:
-        self._timer.startService()
+        """Run the heartbeat without a service tree (tests, tools)."""
+        if not self._timer.running:
+            self._timer.startService()
 
     def stop(self) -> Deferred[None]:
         """Wait for the writes in flight, then withdraw this node's share. Fires with None."""
         self._stopped = True
-        stopped = self._timer.stopService()
+        stopped = self._timer.stopService() if self._timer.running else None
         waits = [w for w in (stopped, *self._pending) if w is not None]
         d: Deferred[Any] = DeferredList(waits, consumeErrors=True)
         d.addCallback(
@@ -117,6 +125,10 @@ class RedisState:
             )
         )
         return d.addCallback(lambda _: None)
+
+    def _announcer(self) -> MemberEvents:
+        assert self.events is not None, "attach() first"
+        return self.events
 
     # -- writes --------------------------------------------------------------------------------
 
@@ -230,9 +242,9 @@ class RedisState:
                 self._registered.add(appId)
             for sign, channel, userId, info in _pairs(reply[1], 4):
                 if sign == "+":
-                    self.hub.announceMember(appId, channel, userId, json.loads(info))
+                    self._announcer().announceMember(appId, channel, userId, json.loads(info))
                 else:
-                    self.hub.announceMemberGone(appId, channel, userId)
+                    self._announcer().announceMemberGone(appId, channel, userId)
 
         return d.addCallback(synced).addErrback(self._logFailure("sync"))
 
@@ -256,7 +268,7 @@ class RedisState:
                 "reaped a dead node of app {appId}: {n} members gone", appId=appId, n=len(gone)
             )
         for channel, userId in gone:
-            self.hub.announceMemberGone(appId, channel, userId)
+            self._announcer().announceMemberGone(appId, channel, userId)
 
     # -- questions -----------------------------------------------------------------------------
 
