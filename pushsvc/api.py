@@ -31,7 +31,7 @@ from twisted.web.server import Request
 from pushsvc import names
 from pushsvc.apiauth import ApiAuthError, checkParameterNames, verifyApiRequest
 from pushsvc.apps import App, Apps
-from pushsvc.httputil import DEFAULT_MAX_BODY, HTTPError, parseJSONObject, readBody, respond
+from pushsvc.http.util import DEFAULT_MAX_BODY, HTTPError, parseJSONObject, readBody, respond
 from pushsvc.interfaces import BrokerUnavailable, ChannelInfo, IHub
 
 log = Logger()

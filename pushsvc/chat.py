@@ -32,7 +32,8 @@ from twisted.web.resource import Resource
 from twisted.web.server import Request
 
 from pushsvc.apps import Apps
-from pushsvc.httputil import (
+from pushsvc.http.proxy import clientOf
+from pushsvc.http.util import (
     HTTPError,
     JSONResource,
     errorBody,
@@ -45,7 +46,6 @@ from pushsvc.httputil import (
 )
 from pushsvc.interfaces import IHub
 from pushsvc.names import isChannel, isRoom, isSocketId
-from pushsvc.proxy import clientOf
 from pushsvc.ratelimit import RateLimiter
 from pushsvc.session import COOKIE_NAME, MAX_AGE, Session, SessionSigner
 from pushsvc.signing import channelAuth

@@ -10,7 +10,7 @@ from twisted.web.resource import Resource
 from twisted.web.server import Request
 
 from pushsvc import __version__
-from pushsvc.httputil import JSONResource
+from pushsvc.http.util import JSONResource
 
 
 class HealthResource(JSONResource):

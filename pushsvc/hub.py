@@ -4,7 +4,7 @@ The hub: every publish goes hub.publish -> one envelope -> broker -> (every proc
 path, so they reach the subscribers on other processes once a cluster-wide broker is plugged in.
 
 Questions about channels and presence go through the hub too; the hub hands them to its cluster
-state (L{pushsvc.cluster}): the local registry by default, Redis for every process with C{--redis}.
+state (L{pushsvc.local} by default, L{pushsvc.redis.state} for every process with C{--redis}).
 The cluster state also decides when a presence member is new or gone across every process.
 
 When the broker says it lost its link (L{IBroker.setHealthListener}), this process may have missed
@@ -23,15 +23,12 @@ from __future__ import annotations
 
 import json
 import secrets
-import time
-from collections import OrderedDict
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from typing import Any
 
 from twisted.internet.defer import (
     Deferred,
     FirstError,
-    fail,
     gatherResults,
     maybeDeferred,
     succeed,
@@ -41,7 +38,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from pushsvc.cluster import LocalState
+from pushsvc.fanout.registry import Registry, Subscriber
 from pushsvc.frames import (
     CLOSE_SHUTDOWN,
     CLOSE_TERMINATED,
@@ -54,13 +51,12 @@ from pushsvc.frames import (
 )
 from pushsvc.interfaces import (
     CACHE_TTL,
-    BrokerUnavailable,
     ChannelInfo,
     IBroker,
     IClusterState,
     IHub,
 )
-from pushsvc.registry import Registry, Subscriber
+from pushsvc.local import LocalState
 
 log = Logger()
 
@@ -88,81 +84,6 @@ def encodeEnvelope(
     return json.dumps(
         [kind, appId, channel, event, data, exceptSocketId, userId], separators=(",", ":")
     ).encode("utf-8")
-
-
-@implementer(IBroker)
-class LocalBroker:
-    """
-    The in-process broker: a publish goes straight back to this process's hub.
-
-    @param clock: times the claims (L{claim}); the monotonic clock when not given.
-    """
-
-    healthy = True
-    linked = True
-    status = "ok"
-    maxClaims = 100_000  # a claim beyond this many live ones fails: refused, never forgotten
-
-    def __init__(self, clock: IReactorTime | None = None) -> None:
-        self._receive: Callable[[bytes], None] | None = None
-        self._seconds = clock.seconds if clock is not None else time.monotonic
-        # (app, key) -> expiry, in the order claimed (OrderedDict: O(1) at the front however
-        # many were removed there, which a dict is not).
-        self._claims: OrderedDict[tuple[str, str], float] = OrderedDict()
-
-    def setReceiver(self, receive: Callable[[bytes], None]) -> None:
-        self._receive = receive
-
-    def setHealthListener(self, listener: Callable[[bool], None]) -> None:
-        """Never called: this broker cannot lose a link."""
-
-    def start(self) -> Deferred[None]:
-        return succeed(None)
-
-    def stop(self) -> Deferred[None]:
-        return succeed(None)
-
-    def publish(
-        self, appId: str, channel: str, message: bytes, cache: bytes | None = None
-    ) -> Deferred[None]:
-        """Hands C{message} to the hub at once (which remembers cache events); fires with None."""
-        if self._receive is None:
-            raise BrokerUnavailable("no hub is attached to the broker")
-        self._receive(message)
-        return succeed(None)
-
-    def cached(self, appId: str, channel: str) -> Deferred[tuple[bytes, float] | None]:
-        """None: this process's hub is the only one, and it remembers what it received."""
-        return succeed(None)
-
-    def subscribe(self, appId: str, channel: str) -> Deferred[None]:
-        return succeed(None)
-
-    def unsubscribe(self, appId: str, channel: str) -> Deferred[None]:
-        return succeed(None)
-
-    def claim(self, appId: str, key: str, ttl: float) -> Deferred[bool]:
-        """
-        Fires with True the first time C{key} is claimed within C{ttl} seconds, else False;
-        fails with L{BrokerUnavailable} while L{maxClaims} live claims are held.
-        """
-        now = self._seconds()
-        claims = self._claims
-        # Claims are kept in the order they were made; with one ttl that is expiry order, so the
-        # expired ones are at the front (each is removed once: O(1) a call, amortised).
-        while claims:
-            oldest, expiry = next(iter(claims.items()))
-            if expiry > now:
-                break
-            claims.popitem(last=False)
-        held = claims.get((appId, key))
-        if held is not None and held > now:
-            return succeed(False)
-        claims.pop((appId, key), None)
-        if len(claims) >= self.maxClaims:
-            return fail(BrokerUnavailable(f"over {self.maxClaims} claims made recently"))
-        claims[(appId, key)] = now + ttl
-        return succeed(True)
 
 
 def randomSocketId() -> str:
@@ -206,7 +127,7 @@ class Hub:
         # so a socket id says nothing about which node holds it.
         self.nodeId = str(secrets.randbelow(9 * 10**17) + 10**17)
         self.state: IClusterState = state if state is not None else LocalState(registry)
-        self.state.attach(self)
+        self.state.attach(self.nodeId, self)
         # (app, cache channel) -> (frame payload, when); insertion order is age order.
         self._cache: dict[tuple[str, str], tuple[bytes, float]] = {}
         self._linkLost = False  # the broker lost its link since it last had it
@@ -446,6 +367,10 @@ class Hub:
     def signin(self, conn: Subscriber, userId: str) -> None:
         """C{conn} is signed in as C{userId}: it gets what is sent to C{#server-to-user-{id}}."""
         self.subscribe(conn, serverToUserChannel(userId))
+
+    def connect(self, conn: Subscriber) -> None:
+        """C{conn} is open (it has its socket id and outbound): it may now subscribe."""
+        self.registry.addConnection(conn)
 
     def disconnect(self, conn: Subscriber) -> None:
         """C{conn} is gone: leave every channel (presence members are told) and forget it."""

@@ -6,8 +6,9 @@ carries publishes between processes, and the settings of the WebSocket side.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
+from twisted.application.service import IService
 from zope.interface import Attribute, Interface
 
 CACHE_TTL = 30 * 60.0  # seconds: Pusher keeps the last event of a cache channel for 30 minutes
@@ -105,18 +106,35 @@ class IBroker(Interface):
         """
 
 
+class MemberEvents(Protocol):
+    """
+    What the cluster state may call back (the hub provides it): members of presence channels
+    that appeared or vanished in the whole cluster, found by a reconnect or a reaped node.
+    """
+
+    def announceMember(self, appId: str, channel: str, userId: str, userInfo: Any) -> None: ...
+
+    def announceMemberGone(self, appId: str, channel: str, userId: str) -> None: ...
+
+
 class IClusterState(Interface):
     """
     Who is subscribed where, counted over every process: the in-process state answers from the
-    local registry, the Redis state (L{pushsvc.cluster.RedisState}) for the whole cluster. The
+    local registry, the Redis state (L{pushsvc.redis.state.RedisState}) for the whole cluster. The
     hub tells it of every change and asks it every question of the HTTP API.
     """
 
-    def attach(hub: Any) -> None:
-        """The hub this state reports member changes to (C{hub.announceMember...}); once."""
+    def attach(nodeId: str, events: MemberEvents) -> None:
+        """
+        This process's node id, and where to report members that came or went elsewhere (the
+        hub); called once, by the hub.
+        """
+
+    def services() -> list[IService]:
+        """The periodic work (a heartbeat) for the owner to run as children of its service."""
 
     def start() -> None:
-        """Begin keeping this process's share of the state alive."""
+        """Begin keeping this process's share of the state alive (without a service tree)."""
 
     def stop() -> Any:
         """Withdraw this process's share of the state. Fires with None."""

@@ -1,16 +1,20 @@
 """
 The one service that owns start-up and shut-down order.
 
-Start: lock the data directory (creating it if missing) -> credentials -> store, broker, hub and
-resources -> open-file limit raised, connection caps set -> listen -> open and migrate the store,
-retrying while it is unreachable (health says so meanwhile). A failure before the reactor runs
-(data directory unusable or locked, port taken, PostgreSQL database missing) raises
+Start: check the private Twisted/Autobahn attributes we use (L{pushsvc.compat}) -> lock the data
+directory (creating it if missing) -> credentials -> store, broker, hub and resources ->
+open-file limit raised, connection caps set -> the children in order: one listener per
+C{--listen} (C{strports.service}), then periodic work (the cluster heartbeat, a TimerService) ->
+open and migrate the store, retrying while it is unreachable (health says so meanwhile). A
+failure before the reactor runs (an internal gone, data directory unusable or locked, port
+taken, PostgreSQL database missing) raises
 L{StartupError}: one line on stderr, exit status 1, no traceback, and nothing left behind (no
 data directory, no pidfile).
 
-Stop: stop listening -> tell WebSocket clients to reconnect elsewhere (4200) -> withdraw this
-process from the cluster state -> stop the broker -> close the store, so nothing acknowledged is
-half-written.
+Stop (L{PushService.stopService}, explicit steps, not the children's reverse order): stop the
+listener children -> tell WebSocket clients to reconnect elsewhere (4200) -> drain HTTP ->
+stop the heartbeat and withdraw this process from the cluster state -> stop the broker -> close
+the store, so nothing acknowledged is half-written -> the other children -> unlock.
 """
 
 from __future__ import annotations
@@ -21,10 +25,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from twisted.application.service import MultiService
+from twisted.application import strports
+from twisted.application.service import IService, MultiService
 from twisted.internet.defer import Deferred, DeferredList, succeed
-from twisted.internet.endpoints import serverFromString
-from twisted.internet.interfaces import IListeningPort
+from twisted.internet.interfaces import IListeningPort, IStreamServerEndpoint
 from twisted.internet.task import deferLater
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -32,16 +36,18 @@ from twisted.python.failure import Failure
 from pushsvc import __version__
 from pushsvc.apps import SECRET_ENV, App, Apps, loadOrCreateApp, loadOrCreateKey
 from pushsvc.chat import ChatAPI, makeChatResource
+from pushsvc.compat import PrivateAPIMissing, checkPrivateAPIs
 from pushsvc.datadir import DataDirError, lockDataDir, removeCreated, unlockDataDir
 from pushsvc.filemodes import privateDirectory
 from pushsvc.health import HealthResource, MetricsResource
-from pushsvc.httpchannel import HTTPLimits
+from pushsvc.http.channel import HTTPLimits
+from pushsvc.http.limits import AcceptGuard, ConnectionLimits, raiseOpenFileLimit
+from pushsvc.http.proxy import TrustedProxies
+from pushsvc.http.site import makeSite, webRoot
 from pushsvc.interfaces import IBroker, PushSettings
-from pushsvc.limits import AcceptGuard, ConnectionLimits, raiseOpenFileLimit
-from pushsvc.proxy import TrustedProxies
 from pushsvc.session import SessionSigner
-from pushsvc.site import makeSite, webRoot
 from pushsvc.store import IStore, storeFromURL
+from pushsvc.waiters import Waiters
 
 log = Logger()
 
@@ -82,6 +88,42 @@ def startupError(message: str) -> StartupError:
     return StartupError(message)
 
 
+class ListenFailed(Exception):
+    """A C{--listen} endpoint could not bind: its description and the reason."""
+
+    def __init__(self, description: str, reason: str) -> None:
+        super().__init__(description, reason)
+        self.description = description
+        self.reason = reason
+
+
+class _Bound:
+    """
+    The endpoint of a listener child: hands the port to C{bound} once listening, and fails
+    with L{ListenFailed} (naming the C{--listen} value) when it cannot.
+    """
+
+    def __init__(
+        self,
+        endpoint: IStreamServerEndpoint,
+        description: str,
+        bound: Callable[[IListeningPort, str], None],
+    ) -> None:
+        self.endpoint = endpoint
+        self.description = description
+        self.bound = bound
+
+    def listen(self, factory: Any) -> Deferred[IListeningPort]:
+        def ok(port: IListeningPort) -> IListeningPort:
+            self.bound(port, self.description)
+            return port
+
+        def failed(f: Failure) -> Failure:
+            return Failure(ListenFailed(self.description, f.getErrorMessage()))
+
+        return self.endpoint.listen(factory).addCallbacks(ok, failed)
+
+
 @dataclass(frozen=True)
 class ServiceConfig:
     listen: tuple[str, ...]
@@ -99,7 +141,7 @@ class ServiceConfig:
     allowedOrigins: tuple[str, ...] = ()
     logPublishes: bool = False  # access-log successful HTTP API publishes too
     chatMessagesPerMinute: int = 60  # per chat session, in bursts of up to 20
-    maxConnections: int = 0  # 0: derived from the open-file limit (pushsvc.limits)
+    maxConnections: int = 0  # 0: derived from the open-file limit (pushsvc.http.limits)
     maxConnectionsPerIp: int = 1000  # 0: no cap per client address
     trustedProxies: tuple[str, ...] = ()  # addresses/networks whose X-Forwarded-For is believed
     headerTimeout: float = 10.0  # --header-timeout: request line and headers within this
@@ -117,11 +159,12 @@ class PushService(MultiService):
         self.reactor = reactor
         self.ports: list[IListeningPort] = []
         self.acceptGuards: list[AcceptGuard] = []
+        self.listenersClosed: Deferred[Any] = succeed(None)
         self.storeReady = False
         self.storeError = "opening"
         self.store: IStore | None = None
         self._stopping = False
-        self._readyWaiters: list[Deferred[None]] = []
+        self._readyWaiters: Waiters[None] = Waiters()
         self._lock: int | None = None
         # An ILogObserver for twistd to use instead of its own (tap: --log-format json).
         self.logObserver: Any = None
@@ -167,10 +210,11 @@ class PushService(MultiService):
 
     def _build(self) -> Any:
         from pushsvc.api import makeApiResource, makeUsersResource
-        from pushsvc.hub import Hub, LocalBroker
-        from pushsvc.protocol import makeAppResource
-        from pushsvc.registry import Registry
+        from pushsvc.fanout.registry import Registry
+        from pushsvc.hub import Hub
+        from pushsvc.local import LocalBroker
         from pushsvc.webhook import NotifyResource
+        from pushsvc.ws.protocol import makeAppResource
 
         c = self.config
         app, sessionKey = self._loadApp()
@@ -184,8 +228,9 @@ class PushService(MultiService):
         )
         self.registry = Registry(settings, self.reactor)
         if c.redis is not None:
-            from pushsvc.cluster import RedisState
-            from pushsvc.redisbroker import RedisBroker, parseRedisAddress
+            from pushsvc.redis.address import parseRedisAddress
+            from pushsvc.redis.broker import RedisBroker
+            from pushsvc.redis.state import RedisState
 
             redis = RedisBroker(parseRedisAddress(c.redis), self.reactor)
             self.broker: IBroker = redis
@@ -256,6 +301,10 @@ class PushService(MultiService):
         @raise StartupError: something the operator must fix; nothing is left behind.
         """
         try:
+            checkPrivateAPIs(self.reactor)
+        except PrivateAPIMissing as e:
+            raise startupError(str(e)) from None
+        try:
             self._lock, created = lockDataDir(self.config.dataDir)
         except DataDirError as e:
             raise startupError(str(e)) from None
@@ -263,13 +312,15 @@ class PushService(MultiService):
             site = self._build()
             self._checkStore()
             self._applyLimits(site)
-            self._listen(site)
+            listeners = self._addListeners(site)
+            for timer in self.hub.state.services():
+                timer.setServiceParent(self)  # periodic work: the cluster heartbeat
+            self._startChildren(listeners)
         except BaseException:
             unlockDataDir(self._lock)
             self._lock = None
             removeCreated(created)
             raise
-        super().startService()
         log.info(
             "pushsvc {version} started: open {urls} (serving app {apps})",
             version=__version__,
@@ -279,7 +330,6 @@ class PushService(MultiService):
         # The broker connects (and reconnects) in the background: the process serves what it
         # can while Redis is away, and health says so.
         d = self.broker.start()
-        d.addCallback(lambda _: self.hub.state.start())
         d.addCallback(lambda _: self._openStore())
 
     def _checkStore(self) -> None:
@@ -290,25 +340,47 @@ class PushService(MultiService):
         if problem:
             raise startupError(problem)
 
-    def _listen(self, site: Any) -> None:
+    def _addListeners(self, site: Any) -> list[IService]:
+        """
+        One child service per C{--listen} (C{strports.service}: a bind failure is raised at
+        start, not only logged); each remembers its port and guards its accept loop.
+        """
+        listeners: list[IService] = []
         for description in self.config.listen:
-            endpoint = serverFromString(self.reactor, description)
-            result: list[Any] = []
-            endpoint.listen(site).addBoth(result.append)
-            if not result or isinstance(result[0], Failure):
-                reason = result[0].getErrorMessage() if result else "listening did not finish"
-                for port in self.ports:
-                    port.stopListening()
-                self.ports = []
-                raise startupError(
-                    f"cannot listen on {description}: {reason}; stop what uses "
-                    "it, or choose another --listen"
-                )
-            self.ports.append(result[0])
-            guard = AcceptGuard.install(result[0], self.reactor, self._describeConnections)
-            if guard is not None:
-                self.acceptGuards.append(guard)
-            log.info("listening on {description}", description=description)
+            listener = strports.service(description, site, reactor=self.reactor)
+            listener.endpoint = _Bound(listener.endpoint, description, self._bound)
+            listener.setName(f"listen {description}")
+            listener.setServiceParent(self)
+            listeners.append(listener)
+        return listeners
+
+    def _bound(self, port: IListeningPort, description: str) -> None:
+        self.ports.append(port)
+        guard = AcceptGuard.install(port, self.reactor, self._describeConnections)
+        if guard is not None:
+            self.acceptGuards.append(guard)
+        log.info("listening on {description}", description=description)
+
+    def _startChildren(self, listeners: list[IService]) -> None:
+        """
+        Start the children in order (listeners, then periodic work). A listener that cannot
+        bind stops start-up with one line; those already listening are closed again.
+        """
+        try:
+            super().startService()
+        except ListenFailed as e:
+            self.running = False
+            stops = [listener.stopService() for listener in listeners if listener.running]
+            # Fires once the ports bound before the failure are closed (a reactor turn).
+            self.listenersClosed = DeferredList([d for d in stops if d is not None])
+            for child in list(self):
+                child.disownServiceParent()
+            self.ports = []
+            self.acceptGuards = []
+            raise startupError(
+                f"cannot listen on {e.description}: {e.reason}; stop what uses "
+                "it, or choose another --listen"
+            ) from None
 
     def urls(self) -> list[str]:
         """Where a browser opens the chat, one URL per TCP listener (C{localhost} for loopback
@@ -334,9 +406,7 @@ class PushService(MultiService):
         def opened(_: object) -> None:
             self.storeReady = True
             self.storeError = "ok"
-            waiters, self._readyWaiters = self._readyWaiters, []
-            for waiter in waiters:
-                waiter.callback(None)
+            self._readyWaiters.fire()
             log.info("message store ready: {store}", store=store.description)
 
         def failed(f: Failure) -> Deferred[None] | None:
@@ -353,11 +423,7 @@ class PushService(MultiService):
 
     def whenReady(self) -> Deferred[None]:
         """Fires once the store is open and the service answers every request."""
-        if self.storeReady:
-            return succeed(None)
-        d: Deferred[None] = Deferred()
-        self._readyWaiters.append(d)
-        return d
+        return self._readyWaiters.wait(done=self.storeReady)
 
     # -- health --------------------------------------------------------------------------
 
@@ -397,14 +463,24 @@ class PushService(MultiService):
         if lock is not None:
             unlockDataDir(lock)
 
-    def stopService(self) -> Deferred[None]:
-        self._stopping = True
-        log.info("stopping: closing listeners and telling clients to reconnect")
-        stops = [port.stopListening() for port in self.ports]
-        self.ports = []
+    def _stopListeners(self) -> Deferred[Any]:
         for guard in self.acceptGuards:
             guard.stop()
-        d: Deferred[Any] = DeferredList([s for s in stops if s is not None])
+        self.ports = []
+        stops = [c.stopService() for c in self if (c.name or "").startswith("listen ")]
+        return DeferredList([s for s in stops if s is not None])
+
+    def stopService(self) -> Deferred[None]:
+        """
+        Stop in this order, each step after the one before has finished (a step that fails is
+        logged and the next runs): stop listening (the listener children), close the WebSocket
+        connections (4200: reconnect elsewhere), drain the HTTP connections, stop the cluster
+        state (its heartbeat child, then withdraw this node's share), stop the broker, close the
+        store, stop what children are left, unlock the data directory. Fires with None.
+        """
+        self._stopping = True
+        log.info("stopping: closing listeners and telling clients to reconnect")
+        d: Deferred[Any] = self._stopListeners()
         steps: list[tuple[str, Callable[[], Any]]] = [
             ("close WebSocket connections", lambda: self.registry.closeAll(4200, "shutting down")),
             ("close HTTP connections", self._closeHTTP),

@@ -71,7 +71,7 @@ def _countOrZero(name: str, zero: str):  # type: ignore[no-untyped-def]
 
 
 def _trustedProxies(value: str) -> tuple[str, ...]:
-    from pushsvc.proxy import TrustedProxies
+    from pushsvc.http.proxy import TrustedProxies
 
     try:
         return TrustedProxies.parse(value).entries()
@@ -159,7 +159,7 @@ def _redis(value: str) -> str:
     from twisted.internet import reactor
     from twisted.internet.endpoints import clientFromString
 
-    from pushsvc.redisbroker import parseRedisAddress, redacted
+    from pushsvc.redis.address import parseRedisAddress, redacted
 
     address = parseRedisAddress(value)
     try:

@@ -38,7 +38,7 @@ from pushsvc import names
 from pushsvc.api import MAX_NAME, brokerCall, validChannel
 from pushsvc.apiauth import NOTIFY_CLAIM_TTL, ApiAuthError, verifyNotify
 from pushsvc.apps import Apps
-from pushsvc.httputil import HTTPError, JSONResource, parseJSONObject, readBody
+from pushsvc.http.util import HTTPError, JSONResource, parseJSONObject, readBody
 from pushsvc.interfaces import IHub
 
 log = Logger()

@@ -28,9 +28,9 @@ from twisted.web.server import Site
 from zope.interface import implementer
 
 from pushsvc.apps import Apps
+from pushsvc.fanout.registry import Outbound, Registry
 from pushsvc.frames import Member
 from pushsvc.interfaces import PushSettings
-from pushsvc.registry import Outbound, Registry
 from tests.helpers import requireService
 from tests.procs import freePort
 from tests.wsclient import PATH, WSClient, connectClient
@@ -236,9 +236,10 @@ class Node:
         nodeTTL: float = 1.0,
         name: str | None = None,
     ) -> None:
-        from pushsvc.cluster import RedisState
         from pushsvc.hub import Hub
-        from pushsvc.redisbroker import RedisBroker, parseRedisAddress
+        from pushsvc.redis.address import parseRedisAddress
+        from pushsvc.redis.broker import RedisBroker
+        from pushsvc.redis.state import RedisState
 
         self.registry = Registry(PushSettings(), reactor)
         # name: CLIENT SETNAME prefix, so a test finds (and kills) only its own connections.
@@ -305,7 +306,7 @@ class RedisTestCase(TestCase):
         Serve C{node}'s WebSocket side (C{/app/{key}}) on a loopback port, as the service does;
         @return: the port. Stopped (and its connections closed) at cleanup.
         """
-        from pushsvc.protocol import makeAppResource
+        from pushsvc.ws.protocol import makeAppResource
 
         root = Resource()
         resource = makeAppResource(apps, node.hub, node.registry, reactor, PushSettings())
@@ -315,9 +316,9 @@ class RedisTestCase(TestCase):
 
         @inlineCallbacks
         def stop() -> Any:
-            for conn in list(factory.live):
+            for conn in list(factory.registry.live):
                 conn.transport.abortConnection()
-            yield factory.whenIdle()
+            yield factory.registry.whenIdle()
             yield port.stopListening()
 
         self.addCleanup(stop)

@@ -1,6 +1,6 @@
 """
 The chat behind a reverse proxy: its same-origin check and its cookie's C{Secure} flag follow the
-host and scheme a trusted proxy forwards (L{pushsvc.proxy.clientOf}), and only a trusted one's.
+host and scheme a trusted proxy forwards (L{pushsvc.http.proxy.clientOf}), and only a trusted one's.
 """
 
 from __future__ import annotations
@@ -15,9 +15,9 @@ from twisted.web.server import Request
 
 from pushsvc.apps import App, Apps
 from pushsvc.chat import ChatAPI, SessionResource
-from pushsvc.httputil import HTTPError
+from pushsvc.http.site import accessLogLine
+from pushsvc.http.util import HTTPError
 from pushsvc.session import SessionSigner
-from pushsvc.site import accessLogLine
 from pushsvc.store.memory import MemoryStore
 from pushsvc.testing import FakeHub
 from tests.test_proxy import request

@@ -22,9 +22,10 @@ from twisted.web.server import Site
 
 from pushsvc.apiauth import NOTIFY_CLAIM_TTL, notifySignature
 from pushsvc.apps import App, Apps
-from pushsvc.hub import LocalBroker
 from pushsvc.interfaces import BrokerUnavailable
-from pushsvc.redisbroker import RedisBroker, parseRedisAddress
+from pushsvc.local import LocalBroker
+from pushsvc.redis.address import parseRedisAddress
+from pushsvc.redis.broker import RedisBroker
 from pushsvc.webhook import NotifyResource
 from tests.redisutil import RedisTestCase
 

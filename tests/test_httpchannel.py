@@ -1,5 +1,5 @@
 """
-The HTTP connection's bounds and deadlines (L{pushsvc.httpchannel}), on a Clock and in-memory
+The HTTP connection's bounds and deadlines (L{pushsvc.http.channel}), on a Clock and in-memory
 transports; one test on a real socket pipelines without reading.
 """
 
@@ -24,9 +24,9 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request
 
-from pushsvc.httpchannel import MAX_PIPELINED, BoundedHTTPChannel, HTTPLimits
-from pushsvc.protocol import makeAppResource
-from pushsvc.site import PushSite, makeSite
+from pushsvc.http.channel import MAX_PIPELINED, BoundedHTTPChannel, HTTPLimits
+from pushsvc.http.site import PushSite, makeSite
+from pushsvc.ws.protocol import makeAppResource
 from tests.test_protocol import PATH, Server
 
 NOPE = b"GET /nope HTTP/1.1\r\nHost: x\r\n\r\n"

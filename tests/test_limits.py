@@ -20,15 +20,15 @@ from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.resource import Resource
 
-from pushsvc.limits import (
+from pushsvc.http.limits import (
     FD_RESERVE,
     OVER_ADDRESS,
     OVER_CAPACITY,
     AcceptGuard,
     ConnectionLimits,
 )
-from pushsvc.proxy import TrustedProxies
-from pushsvc.site import JSONNotFound, PushRequest, PushSite
+from pushsvc.http.proxy import TrustedProxies
+from pushsvc.http.site import JSONNotFound, PushRequest, PushSite
 from pushsvc.tap import Options, makeService
 
 

@@ -21,7 +21,7 @@ from twisted.internet.task import LoopingCall
 from twisted.trial.unittest import TestCase
 from twisted.web.client import Agent, HTTPConnectionPool
 
-from pushsvc.limits import ConnectionLimits
+from pushsvc.http.limits import ConnectionLimits
 from pushsvc.service import PushService, ServiceConfig
 from tests.procs import TwistdProcess, freePort, killIfRunning, startTwistd
 from tests.wsclient import PATH, WSClient, connectClient

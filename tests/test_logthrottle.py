@@ -1,4 +1,4 @@
-"""Log lines a client can cause are bounded per period (L{pushsvc.logthrottle})."""
+"""Log lines a client can cause are bounded per period (L{pushsvc.http.logthrottle})."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from twisted.internet.task import Clock
 from twisted.logger import Logger, formatEvent
 from twisted.trial.unittest import SynchronousTestCase
 
-from pushsvc.logthrottle import Throttle
+from pushsvc.http.logthrottle import Throttle
 
 
 class ThrottleTests(SynchronousTestCase):

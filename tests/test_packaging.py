@@ -16,12 +16,13 @@ from twisted.trial.unittest import SynchronousTestCase
 ROOT = Path(__file__).resolve().parent.parent
 
 PROBE = """
-import importlib.util, json, sys
+import importlib.resources, importlib.util, json, sys
 from twisted.application.service import IServiceMaker
 from twisted.plugin import getPlugins
 makers = [p for p in getPlugins(IServiceMaker) if p.tapname == "pushsvc"]
 import twisted.plugins.pushsvc_plugin as plugin
-from pushsvc.site import webRoot
+from pushsvc.http.site import webRoot
+from pushsvc.redis import luaSource
 from pushsvc.store.schema import defaultSchema
 print(json.dumps({
     "found": len(makers),
@@ -32,6 +33,9 @@ print(json.dumps({
              if (webRoot() / p).is_file()],
     "testing_ws": importlib.util.find_spec("pushsvc.testing_ws") is not None,
     "sql": sorted(p.name for p in defaultSchema("sqlite").iterdir()),
+    "lua": sorted(p.name for p in importlib.resources.files("pushsvc.redis").joinpath("lua")
+                  .iterdir()),
+    "luaText": luaSource("join").startswith("--"),
 }))
 """
 
@@ -119,3 +123,7 @@ class WheelTests(SynchronousTestCase):
         )
         self.assertFalse(probe["testing_ws"], "the test client ships in the wheel")
         self.assertIn("001-initial.sql", probe["sql"])
+        lua = ["beat", "cached", "channel", "channels", "counts", "join", "leave", "members"]
+        lua += ["prelude", "publishCached", "sync"]
+        self.assertEqual(probe["lua"], [f"{name}.lua" for name in lua])
+        self.assertTrue(probe["luaText"])

@@ -1,5 +1,5 @@
 """
-The static pages (L{pushsvc.site.Pages}) on a real loopback port: at most one range, ETag and
+The static pages (L{pushsvc.http.site.Pages}) on a real loopback port: at most one range, ETag and
 Cache-Control, no file left open.
 """
 
@@ -20,7 +20,7 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 from twisted.web.resource import Resource
 from twisted.web.test.requesthelper import DummyRequest
 
-from pushsvc.site import Pages, makeSite
+from pushsvc.http.site import Pages, makeSite
 
 SCRIPT = bytes(range(256)) * 12  # 3,072 bytes, every byte value
 
@@ -219,7 +219,7 @@ class PagesTests(TestCase):
         """Importing the site (and so twisted.web.static) warns about nothing."""
         root = Path(__file__).resolve().parent.parent
         result = subprocess.run(
-            [sys.executable, "-W", "error::DeprecationWarning", "-c", "import pushsvc.site"],
+            [sys.executable, "-W", "error::DeprecationWarning", "-c", "import pushsvc.http.site"],
             cwd=root,
             capture_output=True,
             text=True,

@@ -22,11 +22,12 @@ from zope.interface.verify import verifyObject
 from pushsvc import frames
 from pushsvc import hub as hub_module
 from pushsvc.apps import App, Apps
-from pushsvc.hub import Hub, LocalBroker
+from pushsvc.fanout.registry import Registry
+from pushsvc.hub import Hub
 from pushsvc.interfaces import IBroker, IHub, PushSettings
-from pushsvc.protocol import makeAppFactory, makeAppResource
-from pushsvc.registry import Registry
+from pushsvc.local import LocalBroker
 from pushsvc.signing import channelAuth, userAuth
+from pushsvc.ws.protocol import makeAppFactory, makeAppResource
 from tests.fakews import FakeClient, maskedFrame
 from tests.wsclient import WSClient, connectClient, subscribeClient
 
@@ -644,7 +645,7 @@ class LoopbackTests(TestCase):
                 c.transport.abortConnection()  # type: ignore[union-attr]
         for c in self.clients:
             yield c.closed
-        yield self.factory.whenIdle()
+        yield self.factory.registry.whenIdle()
         yield self.port.stopListening()
 
     @inlineCallbacks

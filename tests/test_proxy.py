@@ -10,8 +10,8 @@ from twisted.web.resource import Resource
 from twisted.web.server import Request
 from twisted.web.test.requesthelper import DummyChannel
 
-from pushsvc.proxy import Client, TrustedProxies, clientOf, parseAddress, peerAddress
-from pushsvc.site import PushSite
+from pushsvc.http.proxy import Client, TrustedProxies, clientOf, parseAddress, peerAddress
+from pushsvc.http.site import PushSite
 
 
 def request(

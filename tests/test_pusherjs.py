@@ -21,10 +21,11 @@ from twisted.web.resource import Resource
 from twisted.web.server import Site
 
 from pushsvc.apps import App, Apps
-from pushsvc.hub import Hub, LocalBroker
+from pushsvc.fanout.registry import Registry
+from pushsvc.hub import Hub
 from pushsvc.interfaces import PushSettings
-from pushsvc.protocol import makeAppResource
-from pushsvc.registry import Registry
+from pushsvc.local import LocalBroker
+from pushsvc.ws.protocol import makeAppResource
 from tests.helpers import requireService
 
 JS = Path(__file__).resolve().parent / "js"
@@ -122,7 +123,7 @@ class PusherJSTests(TestCase):
                 except ProcessExitedAlready:
                     pass
             yield child.ended
-        yield self.factory.whenIdle()
+        yield self.factory.registry.whenIdle()
         yield self.port.stopListening()
 
     def spawn(

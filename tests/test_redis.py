@@ -21,12 +21,13 @@ from twisted.trial.unittest import SynchronousTestCase
 from zope.interface.verify import verifyObject
 
 from pushsvc.apps import App, Apps
+from pushsvc.fanout.registry import Registry
 from pushsvc.health import HealthResource
 from pushsvc.hub import Hub
 from pushsvc.interfaces import BrokerUnavailable, IBroker, IClusterState, PushSettings
-from pushsvc.redisbroker import RedisAddress, RedisBroker, parseRedisAddress
-from pushsvc.redislink import RETRY_MAX, retryDelay
-from pushsvc.registry import Registry
+from pushsvc.redis.address import RedisAddress, parseRedisAddress
+from pushsvc.redis.broker import RedisBroker
+from pushsvc.redis.link import RETRY_MAX, retryDelay
 from tests.redisutil import Conn, FakeRedis, Node, RedisServer, RedisTestCase, deleteKeys
 from tests.wsclient import subscribeClient
 

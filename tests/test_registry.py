@@ -15,9 +15,7 @@ from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
-from pushsvc.frames import wsTextFrame
-from pushsvc.interfaces import PushSettings
-from pushsvc.registry import (
+from pushsvc.fanout.registry import (
     FLUSH_CHUNK,
     MAX_QUEUED_BYTES,
     QUIET_SECONDS,
@@ -25,6 +23,8 @@ from pushsvc.registry import (
     Outbound,
     Registry,
 )
+from pushsvc.frames import wsTextFrame
+from pushsvc.interfaces import PushSettings
 
 
 class TurnClock(Clock):

@@ -16,8 +16,8 @@ from twisted.web.test.requesthelper import DummyChannel, DummyRequest
 
 from pushsvc.api import makeApiResource
 from pushsvc.apps import App, Apps
-from pushsvc.httputil import HTTPError, formArgs, queryArg
-from pushsvc.site import MAX_REQUEST_BODY, PushRequest, PushSite
+from pushsvc.http.site import MAX_REQUEST_BODY, PushRequest, PushSite
+from pushsvc.http.util import HTTPError, formArgs, queryArg
 from pushsvc.testing import FakeHub
 from tests.test_api import APP, BASE, NOW, signedURL
 

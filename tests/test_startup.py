@@ -24,9 +24,9 @@ from twisted.trial.unittest import SynchronousTestCase
 from pushsvc.apps import loadOrCreateApp
 from pushsvc.datadir import DataDirError, checkDataDir, lockDataDir, unlockDataDir
 from pushsvc.preflight import preflight
-from pushsvc.protocol import makeAppFactory
 from pushsvc.service import PushService, ServiceConfig, StartupError
 from pushsvc.tap import Options, _JSONLog, makeService
+from pushsvc.ws.protocol import makeAppFactory
 from tests.fakews import FakeClient
 from tests.test_protocol import APP, PATH, Server
 

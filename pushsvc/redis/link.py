@@ -21,11 +21,13 @@ from collections.abc import Callable
 from typing import Any
 
 import txredisapi
-from twisted.internet.defer import CancelledError, Deferred, FirstError, TimeoutError, succeed
+from twisted.internet.defer import CancelledError, Deferred, FirstError, TimeoutError
 from twisted.internet.interfaces import IDelayedCall, IStreamClientEndpoint
 from twisted.internet.protocol import Factory
 from twisted.logger import Logger
 from twisted.python.failure import Failure
+
+from pushsvc.waiters import Waiters
 
 log = Logger()
 
@@ -175,7 +177,7 @@ class Link:
         self._retry: IDelayedCall | None = None
         self._deadline: IDelayedCall | None = None
         self._cause: str | None = None  # set just before this link drops a connection
-        self._stopWaiters: list[Deferred[None]] = []
+        self._stopWaiters: Waiters[None] = Waiters()
 
     def start(self) -> None:
         """Connect (unless already connecting or connected) and keep connected until L{stop}."""
@@ -191,10 +193,9 @@ class Link:
         self._retry = None
         if self._attempt is not None:
             self._attempt.cancel()
+        d = self._stopWaiters.wait(done=self.conn is None)
         if self.conn is None:
-            return succeed(None)
-        d: Deferred[None] = Deferred()
-        self._stopWaiters.append(d)
+            return d
         conn = self.conn
         conn.transport.loseConnection()
         # A half-open connection may never finish closing cleanly.
@@ -290,9 +291,7 @@ class Link:
         self.problem = cause
         self.onLost(conn, wasReady)
         if not self._running:
-            waiters, self._stopWaiters = self._stopWaiters, []
-            for d in waiters:
-                d.callback(None)
+            self._stopWaiters.fire()
             return
         self._retryLater(cause)
 

@@ -1,9 +1,10 @@
 """
 The Redis broker: every publish goes through Redis pub/sub, so it reaches every pushsvc process.
 
-Two connections to Redis, each kept up by its own L{pushsvc.redislink.Link} (exponential back-off
+Two connections to Redis, each kept up by its own L{pushsvc.redis.link.Link} (exponential back-off
 from 0.5 s to 30 s, one log line per failed attempt with its cause): one for commands (PUBLISH,
-the cluster-state scripts of L{pushsvc.cluster}) and one in subscriber mode. This process holds one
+the cluster-state scripts of L{pushsvc.redis.state}) and one in subscriber mode. This process
+holds one
 Redis subscription per channel that has local subscribers: C{SUBSCRIBE} with the first,
 C{UNSUBSCRIBE} with the last. Redis channel names are C{{prefix}:{appId}:ch:{channel}}, so apps
 never see each other's events.
@@ -42,9 +43,7 @@ from __future__ import annotations
 import os
 import random
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import unquote, urlsplit
 
 import txredisapi
 from twisted.internet.defer import (
@@ -63,7 +62,10 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from pushsvc.interfaces import CACHE_TTL, BrokerUnavailable, IBroker
-from pushsvc.redislink import RETRY_MAX, Commands, Link, RedisFactory, Subscriber, reason
+from pushsvc.redis import luaSource
+from pushsvc.redis.address import RedisAddress
+from pushsvc.redis.link import RETRY_MAX, Commands, Link, RedisFactory, Subscriber, reason
+from pushsvc.waiters import Waiters
 
 log = Logger()
 
@@ -75,107 +77,6 @@ PROBE_INTERVAL = 0.5  # seconds between the PINGs of the liveness probe
 PROBE_DEADLINE = 1.5
 STALL_ABORT = 10.0  # seconds; a command connection stalled this long is made again
 SUBSCRIBER_SILENCE = 30.0  # seconds; a subscriber connection silent this long is made again
-
-# KEYS[1] the cache key; ARGV[1] Redis channel, [2] envelope, [3] event frame, [4] TTL in ms.
-_PUBLISH_CACHED = """
-redis.call('SET', KEYS[1], ARGV[3], 'PX', ARGV[4])
-return redis.call('PUBLISH', ARGV[1], ARGV[2])
-"""
-# KEYS[1] the cache key -> {frame or false, ms left}
-_CACHED = """
-return {redis.call('GET', KEYS[1]), redis.call('PTTL', KEYS[1])}
-"""
-
-
-@dataclass(frozen=True)
-class RedisAddress:
-    """Where Redis is: a Twisted client endpoint string plus what to send once connected."""
-
-    endpoint: str
-    display: str  # for logs and /healthz: never holds the password
-    dbid: int | None = None
-    username: str | None = None
-    password: str | None = field(default=None, repr=False)
-
-
-def redacted(value: str) -> str:
-    """C{value} (a --redis value) with the password of a URL shown as C{***}, for messages."""
-    if "://" not in value:
-        return value
-    scheme, rest = value.split("://", 1)
-    # The authority ends at the first "/", "?" or "#"; the password is between its first ":"
-    # and its last "@" (a password may hold "@" and ":").
-    end = len(rest)
-    for mark in "/?#":
-        i = rest.find(mark)
-        if i != -1:
-            end = min(end, i)
-    authority, tail = rest[:end], rest[end:]
-    if "@" not in authority:
-        if "@" not in rest:
-            return value
-        # Most likely a password with an unencoded "/", "?" or "#": hide up to the last "@".
-        authority, tail = rest, ""
-    userinfo, host = authority.rsplit("@", 1)
-    if ":" not in userinfo:
-        return value
-    user = userinfo.split(":", 1)[0]
-    return f"{scheme}://{user}:***@{host}{tail}"
-
-
-def parseRedisAddress(value: str) -> RedisAddress:
-    """
-    Parse C{redis://[user:password@]host[:port][/db]}, C{rediss://...} (TLS), C{unix:///path}
-    or a Twisted client endpoint string (C{tcp:127.0.0.1:6379}, C{unix:/run/redis.sock}).
-
-    @raise ValueError: with a sentence for the user (without the password).
-    """
-    value = value.strip()
-    if not value:
-        raise ValueError("The Redis address is empty.")
-    if "://" not in value:
-        kind = value.split(":", 1)[0]
-        if kind not in ("tcp", "unix", "tls", "ssl", "tcp6", "host"):
-            raise ValueError(
-                f"{value!r} is neither a redis:// URL nor a Twisted client endpoint "
-                "such as tcp:127.0.0.1:6379."
-            )
-        if kind in ("tcp", "tls", "ssl") and len(value.split(":")) < 3 and "port=" not in value:
-            raise ValueError(f"{value!r} needs a host and a port, e.g. tcp:127.0.0.1:6379.")
-        return RedisAddress(endpoint=value, display=f"redis {value}")
-    url = urlsplit(value)
-    password = unquote(url.password) if url.password else None
-    username = unquote(url.username) if url.username and password else None
-
-    def problem(what: str) -> ValueError:
-        return ValueError(f"The Redis URL {redacted(value)!r} {what}.")
-
-    if url.scheme == "unix":
-        if not url.path:
-            raise problem("has no socket path (unix:///run/redis.sock)")
-        return RedisAddress(f"unix:{url.path}", f"unix://{url.path}", None, username, password)
-    if url.scheme not in ("redis", "rediss"):
-        raise problem("must start with redis://, rediss:// or unix://")
-    try:
-        port = url.port or 6379
-    except ValueError:
-        raise problem("has a port that is not a number") from None
-    host = url.hostname
-    if not host:
-        raise problem("has no host")
-    dbid = None
-    path = url.path.strip("/")
-    if path:
-        if not path.isdigit():
-            raise problem("names a database that is not a number (redis://host:6379/0)")
-        dbid = int(path)
-    hostPart = host.replace(":", "\\:")
-    if url.scheme == "rediss":
-        endpoint = f"tls:{hostPart}:{port}"
-    else:
-        endpoint = f"tcp:{hostPart}:{port}"
-    display = f"{url.scheme}://{host}:{port}" + (f"/{dbid}" if dbid is not None else "")
-    return RedisAddress(endpoint, display, dbid, username, password)
 
 
 @implementer(IBroker)
@@ -221,10 +122,10 @@ class RedisBroker:
         self._wasHealthy = False
         self._scripts: dict[str, tuple[str, str]] = {}  # name -> (sha1, source)
         self._readyHooks: list[Callable[[], Any]] = []
-        self._healthWaiters: list[Deferred[None]] = []
+        self._healthWaiters: Waiters[None] = Waiters()
         self._stopping = False
-        self.addScript("publishCached", _PUBLISH_CACHED)
-        self.addScript("cached", _CACHED)
+        self.addScript("publishCached", luaSource("publishCached"))
+        self.addScript("cached", luaSource("cached"))
         if endpoint is None:
             endpoint = clientFromString(reactor, address.endpoint)
         where = address.display.removeprefix("redis ")
@@ -293,11 +194,7 @@ class RedisBroker:
 
     def whenHealthy(self) -> Deferred[None]:
         """Fires with None once both connections are up and every subscription is restored."""
-        if self.healthy:
-            return succeed(None)
-        d: Deferred[None] = Deferred()
-        self._healthWaiters.append(d)
-        return d
+        return self._healthWaiters.wait(done=self.healthy)
 
     def start(self) -> Deferred[None]:
         """
@@ -620,9 +517,7 @@ class RedisBroker:
     def _reportHealth(self, linkChanged: bool = False) -> None:
         """Wake the waiters, log a change of health, and tell the listener of the link."""
         if self.healthy:
-            waiters, self._healthWaiters = self._healthWaiters, []
-            for d in waiters:
-                d.callback(None)
+            self._healthWaiters.fire()
         if self.healthy and not self._wasHealthy:
             self._wasHealthy = True
             log.info("broker ready: {redis}", redis=self.address.display)

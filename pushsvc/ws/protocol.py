@@ -3,41 +3,38 @@ The WebSocket side: one L{PushServerProtocol} per connection at C{/app/{key}}, s
 protocol v7. The frames, error and close codes are documented at the top of L{pushsvc.frames};
 parsing lives there (pure), this module only acts on parsed frames.
 
-Keep-alive: one shared timer (L{Keepalive}) on the clock passed in sweeps the connections; it
-sends a WebSocket ping on a connection idle for C{pingInterval} and closes it with 4201 when
-nothing comes back within C{pongTimeout}. Any bytes from the client count as life.
+The handlers talk to the hub only (subscribe, unsubscribe, sign-in, client events, disconnect);
+what keeps Autobahn lean, the twisted.web hand-off and the keep-alive are in L{pushsvc.ws.autobahn}.
 
 Frame size: Autobahn enforces C{maxFrameBytes} on every message and closes with 1009 above it.
 """
 
 from __future__ import annotations
 
-import inspect
-from collections import deque
 from collections.abc import Callable
 from typing import Any
 from urllib.parse import unquote
 
 from autobahn.twisted.resource import WebSocketResource
-from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
+from autobahn.twisted.websocket import WebSocketServerFactory
 from autobahn.websocket.types import ConnectionDeny, ConnectionRequest
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.protocol import connectionDone
-from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.resource import IResource
 
 from pushsvc import frames
 from pushsvc.apps import App, Apps
+from pushsvc.fanout.registry import Outbound, Registry
 from pushsvc.frames import (
     CLOSE_APP_DISABLED,
     CLOSE_BAD_PATH,
     CLOSE_BAD_VERSION,
-    CLOSE_NO_PONG,
     CLOSE_NO_VERSION,
     CLOSE_OVER_CAPACITY,
+    CLOSE_SLOW_CONSUMER,
     CLOSE_UNKNOWN_KEY,
     CLOSE_UNSUPPORTED_VERSION,
     ERR_MALFORMED,
@@ -52,84 +49,15 @@ from pushsvc.frames import (
     parseClientFrame,
     wsTextFrame,
 )
+from pushsvc.http.proxy import clientOf
 from pushsvc.hub import Hub
 from pushsvc.interfaces import PushSettings
-from pushsvc.proxy import clientOf
-from pushsvc.registry import Outbound, Registry
 from pushsvc.signing import verifyChannelAuth, verifyUserAuth
+from pushsvc.ws.autobahn import Keepalive, LeanServerProtocol, optionsOnClass, takeProducer
 
 log = Logger()
 
-_AUTOBAHN_TIMERS = (
-    "openHandshakeTimeoutCall",
-    "closeHandshakeTimeoutCall",
-    "serverConnectionDropTimeoutCall",
-    "autoPingPendingCall",
-    "autoPingTimeoutCall",
-)
-
-_HANDSHAKE_LEFTOVERS = (
-    "http_request_data",
-    "http_response_data",
-    "http_status_line",
-    "http_headers",
-    "http_request_uri",
-    "http_request_path",
-    "http_request_params",
-    "http_request_host",
-    "websocket_protocols",
-    "websocket_extensions",
-    "websocket_origin",
-    "_wskey",
-)
-
 Handler = Callable[["PushServerProtocol", ClientFrame], None]
-
-
-class Keepalive:
-    """
-    One timer for every connection of a factory: pings idle connections, closes dead ones.
-    It runs only while there are connections.
-    """
-
-    def __init__(self, clock: IReactorTime, pingInterval: float, pongTimeout: float) -> None:
-        self.clock = clock
-        self.pingInterval = pingInterval
-        self.pongTimeout = pongTimeout
-        self.conns: set[PushServerProtocol] = set()
-        self._loop = LoopingCall(self.sweep)
-        self._loop.clock = clock
-
-    @property
-    def tick(self) -> float:
-        return max(0.05, min(self.pingInterval, self.pongTimeout) / 2)
-
-    def add(self, conn: PushServerProtocol) -> None:
-        self.conns.add(conn)
-        if not self._loop.running:
-            self._loop.start(self.tick, now=False)
-
-    def remove(self, conn: PushServerProtocol) -> None:
-        self.conns.discard(conn)
-        if not self.conns and self._loop.running:
-            self._loop.stop()
-
-    def sweep(self) -> None:
-        now = self.clock.seconds()
-        for conn in list(self.conns):
-            sentAt = conn.pingSentAt
-            if sentAt is not None:
-                if conn.lastSeen >= sentAt:
-                    conn.pingSentAt = None
-                elif now - sentAt >= self.pongTimeout:
-                    conn.closeWith(CLOSE_NO_PONG, "no answer to ping")
-                    continue
-            if conn.pingSentAt is None and now - conn.lastSeen >= self.pingInterval:
-                conn.pingSentAt = now
-                try:
-                    conn.sendPing()
-                except Exception:
-                    log.failure("pinging {socketId}", socketId=conn.socketId)
 
 
 def _refusal(request: ConnectionRequest, apps: Apps) -> tuple[App | None, int, str]:
@@ -154,22 +82,7 @@ def _refusal(request: ConnectionRequest, apps: Apps) -> tuple[App | None, int, s
     return app, 0, ""
 
 
-class _LazyQueue:
-    """An empty stand-in for a connection's Autobahn send queue; the first append makes it."""
-
-    __slots__ = ("proto",)
-
-    def __init__(self, proto: PushServerProtocol) -> None:
-        self.proto = proto
-
-    def __len__(self) -> int:
-        return 0
-
-    def append(self, item: Any) -> None:
-        self.proto.__dict__["_sendQueue"] = deque([item])
-
-
-class PushServerProtocol(WebSocketServerProtocol):
+class PushServerProtocol(LeanServerProtocol):
     """One client connection."""
 
     factory: PushServerFactory
@@ -190,40 +103,18 @@ class PushServerProtocol(WebSocketServerProtocol):
     _tokens = 0.0
     _tokensAt = 0.0
 
-    # Autobahn gives every connection a deque for chopped or synchronous writes, which pushsvc
-    # never asks for: ~750 bytes per connection, empty. It is made when something is put in it.
-    @property
-    def send_queue(self) -> Any:
-        queue = self.__dict__.get("_sendQueue")
-        return queue if queue is not None else _LazyQueue(self)
-
-    @send_queue.setter
-    def send_queue(self, queue: Any) -> None:
-        self.__dict__["_sendQueue"] = queue if len(queue) else None
-
     # -- handshake and life --------------------------------------------------------------------
 
     def connectionMade(self) -> None:
-        self.factory.live.add(self)
+        self.factory.registry.track(self)
         super().connectionMade()
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         try:
             super().connectionLost(reason)
         finally:
-            self._cancelTimers()
-            self.factory.forget(self)
-
-    def _cancelTimers(self) -> None:
-        # Autobahn leaves some of its timers pending after the connection is gone.
-        for name in _AUTOBAHN_TIMERS:
-            call = getattr(self, name, None)
-            if call is not None:
-                setattr(self, name, None)
-                try:
-                    call.cancel()
-                except Exception:
-                    pass  # it already ran
+            self.cancelTimers()
+            self.factory.registry.untrack(self)
 
     def onConnect(self, request: ConnectionRequest) -> None:
         f = self.factory
@@ -236,7 +127,7 @@ class PushServerProtocol(WebSocketServerProtocol):
         else:
             self.app = app
             self.appId = app.id
-            if f.overCap is not None:  # the site's connection caps (pushsvc.limits)
+            if f.overCap is not None:  # the site's connection caps (pushsvc.http.limits)
                 self._refused = (CLOSE_OVER_CAPACITY, f.overCap)
         if f.settings.logWebSockets:
             # The client's address (behind --trusted-proxies, the forwarded one), from the
@@ -270,17 +161,12 @@ class PushServerProtocol(WebSocketServerProtocol):
         self.outbound = Outbound(
             transport.write, f.settings.maxOutboundBytes, self._tooSlow, transport
         )
-        # twisted.web's HTTPChannel is still registered as the transport's producer.
-        try:
-            transport.unregisterProducer()
-        except RuntimeError:
-            pass  # nothing was registered (a plain TCP server, a test transport)
-        transport.registerProducer(self.outbound, True)
-        self._forgetHandshake()
+        takeProducer(transport, self.outbound)
+        self.forgetHandshake()
         self._tokens = float(f.settings.clientEventsPerSecond)
         self._tokensAt = self.lastSeen
-        f.registry.addConnection(self)
-        f.keepalive.add(self)
+        f.hub.connect(self)
+        f.keepalive.wake()
         self.send(frames.connectionEstablished(self.socketId, f.settings.activityTimeout))
         if f.settings.logWebSockets:
             self.openedAt = self.lastSeen
@@ -291,34 +177,6 @@ class PushServerProtocol(WebSocketServerProtocol):
                 socketId=self.socketId,
             )
 
-    def _forgetHandshake(self) -> None:
-        # Autobahn keeps the opening handshake (request bytes, headers, response) for the life of
-        # the connection; nothing reads it after onOpen. Dropping it saves ~1 KiB per connection.
-        for name in _HANDSHAKE_LEFTOVERS:
-            if name in self.__dict__:
-                setattr(self, name, None)
-        self._compact()
-
-    def _compact(self) -> None:
-        """
-        Let the class hold the attributes that are None, False or 0 on every open connection.
-
-        Autobahn gives each connection ~60 attributes; some 40 of them are flags and timers at
-        their resting value until the connection closes. Stored once on the (per-factory)
-        class, reads find the same value and a write makes an instance attribute again as
-        before; the instance dict, rebuilt for what is left, shrinks from ~1.6 KiB to ~0.6.
-        """
-        cls = type(self)
-        d = self.__dict__
-        for name, value in list(d.items()):
-            if not (value is None or value is False or (type(value) is int and value == 0)):
-                continue
-            if not hasattr(cls, name):
-                setattr(cls, name, value)
-            if getattr(cls, name) is value:
-                del d[name]
-        self.__dict__ = dict(d)
-
     def dataReceived(self, data: bytes) -> None:
         self.lastSeen = self.factory.clock.seconds()
         super().dataReceived(data)
@@ -328,8 +186,8 @@ class PushServerProtocol(WebSocketServerProtocol):
             return
         self.outbound.drop()
         f = self.factory
-        f.keepalive.remove(self)
         f.hub.disconnect(self)
+        f.keepalive.rest()
         if f.settings.logWebSockets:
             # The code we sent, if we closed and no clean answer came; else the peer's code, or
             # 1006: no close frame at all (RFC 6455).
@@ -370,9 +228,13 @@ class PushServerProtocol(WebSocketServerProtocol):
         super().sendCloseFrame(code, reasonUtf8, isReply)
 
     def _tooSlow(self) -> None:
+        # The Outbound's overflow: it writes nothing more; this connection counts and closes
+        # itself with 4100 (the client backs off). One direction: Outbound -> protocol.
         if self._closing:
             return  # closing anyway, with its own code: not counted as a slow consumer
-        self.factory.registry.slowConsumer(self)
+        self.factory.registry.slowConsumerCloses += 1
+        log.warn("closing slow consumer {socketId}", socketId=self.socketId)
+        self.closeWith(CLOSE_SLOW_CONSUMER, "too much unsent data: reconnect later")
 
     def send(self, payload: bytes) -> None:
         """Write one JSON frame to this client: every reply goes through here."""
@@ -534,13 +396,13 @@ class PushServerFactory(WebSocketServerFactory):
         self.registry = registry
         self.clock = clock
         self.settings = settings
-        self.keepalive = Keepalive(clock, settings.pingInterval, settings.pongTimeout)
-        self.live: set[PushServerProtocol] = set()  # every TCP connection, open or refused
+        self.keepalive = Keepalive(
+            clock, settings.pingInterval, settings.pongTimeout, registry.openConnections
+        )
         # Set only while the resource hands over a handshake that is over a connection cap:
         # the handshake completes, then the connection is closed with 4100 and this reason.
         self.overCap: str | None = None
         self.client: str | None = None  # the upgrade request's client address (render)
-        self._idle: list[Deferred[None]] = []
         self.setProtocolOptions(
             maxFramePayloadSize=settings.maxFrameBytes,
             maxMessagePayloadSize=settings.maxFrameBytes,
@@ -558,27 +420,7 @@ class PushServerFactory(WebSocketServerFactory):
         dict twice the size); present on the class, they are stored once.
         """
         super().setProtocolOptions(*args, **kwargs)
-        options = {name: getattr(self, name) for name in PushServerProtocol.CONFIG_ATTRS}
-        for name, value in options.items():
-            if inspect.isfunction(value):
-                # e.g. perMessageCompressionAccept: a plain function, not a method of the class
-                options[name] = staticmethod(value)
-        self.protocol = type("PushServerProtocol", (PushServerProtocol,), options)  # type: ignore[assignment]
-
-    def forget(self, proto: PushServerProtocol) -> None:
-        self.live.discard(proto)
-        if not self.live:
-            waiting, self._idle = self._idle, []
-            for d in waiting:
-                d.callback(None)
-
-    def whenIdle(self) -> Deferred[None]:
-        """Fires with None once no TCP connection of this factory is left (draining, tests)."""
-        if not self.live:
-            return succeed(None)
-        d: Deferred[None] = Deferred()
-        self._idle.append(d)
-        return d
+        self.protocol = optionsOnClass(self, PushServerProtocol)  # type: ignore[assignment]
 
 
 def makeAppFactory(

@@ -47,8 +47,8 @@ from twisted.protocols.basic import LineReceiver
 from twisted.python.failure import Failure
 from twisted.web.http import HTTPChannel, _GenericHTTPChannelProtocol, _NoPushProducer
 
-from pushsvc.httputil import jsonBytes
-from pushsvc.logthrottle import Throttle
+from pushsvc.http.logthrottle import Throttle
+from pushsvc.http.util import jsonBytes
 
 log = Logger()
 
@@ -80,7 +80,7 @@ def timeoutReply(message: str) -> bytes:
 
 class EdgeLogs:
     """
-    The log lines a client can set off at will, bounded per site (L{pushsvc.logthrottle}): a
+    The log lines a client can set off at will, bounded per site (L{pushsvc.http.logthrottle}): a
     flood of slow or unread connections logs a few lines and a count, not a line each.
     """
 

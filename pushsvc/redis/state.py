@@ -1,9 +1,10 @@
 """
 Cluster state: subscription counts and presence members of every process.
 
-L{LocalState} answers from this process's registry (one process, no Redis). L{RedisState} keeps
-each process's share in Redis, written only by that process from its own registry (so it cannot
-drift), and answers for the whole cluster. Keys, with C{P = {prefix}:{appId}}:
+L{pushsvc.local.LocalState} answers from this process's registry (one process, no Redis).
+L{RedisState} keeps each process's share in Redis, written only by that process from its own
+registry (so it cannot drift), and answers for the whole cluster. Keys, with
+C{P = {prefix}:{appId}}:
 
     P:nodes                    ZSET node id -> expiry (Redis TIME in ms): a heartbeat every
                                second pushes it C{nodeTTL} (5 s) ahead
@@ -35,283 +36,29 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from twisted.application.internet import TimerService
-from twisted.internet.defer import Deferred, DeferredList, succeed
+from twisted.application.service import IService
+from twisted.internet.defer import Deferred, DeferredList
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from pushsvc.fanout.registry import Registry
 from pushsvc.frames import channelKind
-from pushsvc.interfaces import BrokerUnavailable, ChannelInfo, IClusterState
-from pushsvc.registry import Registry
+from pushsvc.interfaces import BrokerUnavailable, ChannelInfo, IClusterState, MemberEvents
+from pushsvc.local import channelInfo
+from pushsvc.redis import luaSource
+from pushsvc.waiters import Waiters
 
 if TYPE_CHECKING:  # txredisapi installs the global reactor when imported
-    from pushsvc.redisbroker import RedisBroker
+    from pushsvc.redis.broker import RedisBroker
 
 log = Logger()
 
 HEARTBEAT = 1.0  # seconds between heartbeats (and reaping of dead nodes)
 NODE_TTL = 5.0  # seconds after its last heartbeat that a node counts as dead
 
-# ARGV[1] = P, ARGV[2] = this node, ARGV[3] = node TTL in ms; script arguments from ARGV[4].
-_PRELUDE = """
-local P = ARGV[1]
-local node = ARGV[2]
-local ttl = tonumber(ARGV[3])
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local nodesKey = P .. ':nodes'
-local function live(n)
-  local s = redis.call('ZSCORE', nodesKey, n)
-  return s and tonumber(s) > now
-end
-local function touch()
-  -- No node was heard of for over half the TTL: Redis stalled (or no node could reach it),
-  -- which held every node's heartbeat up alike. Time stood still for them: every expiry moves
-  -- on by the gap, before anything is judged by it.
-  local top = redis.call('ZRANGE', nodesKey, -1, -1, 'WITHSCORES')
-  if top[2] then
-    local gap = now - (tonumber(top[2]) - ttl)
-    if gap > ttl / 2 then
-      local scores = redis.call('ZRANGE', nodesKey, 0, -1, 'WITHSCORES')
-      for i = 1, #scores, 2 do
-        redis.call('ZADD', nodesKey, tonumber(scores[i + 1]) + gap, scores[i])
-      end
-    end
-  end
-  local absent = 0
-  if redis.call('ZSCORE', nodesKey, node) == false then absent = 1 end
-  redis.call('ZADD', nodesKey, now + ttl, node)
-  return absent
-end
-local function presKey(c, n) return P .. ':pres:' .. c .. ':' .. n end
-local function presNodes(c) return P .. ':pres:' .. c .. ':nodes' end
-local function mineKey(n) return P .. ':node:' .. n .. ':pres' end
-local function elsewhere(c, u, except)
-  for _, n in ipairs(redis.call('SMEMBERS', presNodes(c))) do
-    if n ~= except and live(n) and redis.call('HEXISTS', presKey(c, n), u) == 1 then
-      return true
-    end
-  end
-  return false
-end
-local function union(c)
-  local users = {}
-  for _, n in ipairs(redis.call('SMEMBERS', presNodes(c))) do
-    if live(n) then
-      local kv = redis.call('HGETALL', presKey(c, n))
-      for i = 1, #kv, 2 do
-        if users[kv[i]] == nil then users[kv[i]] = kv[i + 1] end
-      end
-    end
-  end
-  return users
-end
-local function liveNodes()
-  return redis.call('ZRANGEBYSCORE', nodesKey, '(' .. now, '+inf')
-end
-"""
-
-_SCRIPTS = {
-    # ARGV[4] channel, [5] user, [6] user info -> {absent, new}
-    "join": """
-local absent = touch()
-local c, u = ARGV[4], ARGV[5]
-local new = 0
-if redis.call('HEXISTS', presKey(c, node), u) == 0 and not elsewhere(c, u, node) then new = 1 end
-redis.call('HSET', presKey(c, node), u, ARGV[6])
-redis.call('SADD', presNodes(c), node)
-redis.call('SADD', mineKey(node), c)
-return {absent, new}
-""",
-    # ARGV[4] channel, [5] user -> {absent, gone}
-    "leave": """
-local absent = touch()
-local c, u = ARGV[4], ARGV[5]
-local gone = 0
-if redis.call('HDEL', presKey(c, node), u) == 1 and not elsewhere(c, u, node) then gone = 1 end
-if redis.call('HLEN', presKey(c, node)) == 0 then
-  redis.call('SREM', presNodes(c), node)
-  redis.call('SREM', mineKey(node), c)
-end
-return {absent, gone}
-""",
-    # ARGV[4..] channel, count pairs (0 deletes) -> absent
-    "counts": """
-local absent = touch()
-local key = P .. ':subs:' .. node
-for i = 4, #ARGV, 2 do
-  if tonumber(ARGV[i + 1]) > 0 then
-    redis.call('HSET', key, ARGV[i], ARGV[i + 1])
-  else
-    redis.call('HDEL', key, ARGV[i])
-  end
-end
-return absent
-""",
-    # ARGV[4] JSON {"subs": {channel: n}, "pres": {channel: {user: info}}}, ARGV[5] "1" to
-    # retire this node -> {absent, {"+"|"-", channel, user, info, ...}}
-    "sync": """
-local absent = touch()
-local want = cjson.decode(ARGV[4])
-local subsKey = P .. ':subs:' .. node
-redis.call('DEL', subsKey)
-for c, n in pairs(want.subs) do redis.call('HSET', subsKey, c, n) end
-local channels = {}
-for _, c in ipairs(redis.call('SMEMBERS', mineKey(node))) do channels[c] = true end
-for c, _ in pairs(want.pres) do channels[c] = true end
-local out = {}
-for c, _ in pairs(channels) do
-  local before = union(c)
-  local key = presKey(c, node)
-  redis.call('DEL', key)
-  local users = want.pres[c]
-  if users ~= nil and next(users) ~= nil then
-    for u, info in pairs(users) do redis.call('HSET', key, u, info) end
-    redis.call('SADD', presNodes(c), node)
-    redis.call('SADD', mineKey(node), c)
-  else
-    redis.call('SREM', presNodes(c), node)
-    redis.call('SREM', mineKey(node), c)
-  end
-  local after = union(c)
-  for u, info in pairs(after) do
-    if before[u] == nil then
-      table.insert(out, '+'); table.insert(out, c); table.insert(out, u); table.insert(out, info)
-    end
-  end
-  for u, _ in pairs(before) do
-    if after[u] == nil then
-      table.insert(out, '-'); table.insert(out, c); table.insert(out, u); table.insert(out, '')
-    end
-  end
-end
-if ARGV[5] == '1' then
-  redis.call('ZREM', nodesKey, node)
-  redis.call('DEL', subsKey)
-  redis.call('DEL', mineKey(node))
-end
-return {absent, out}
-""",
-    # heartbeat and reaping -> {absent, {channel, user, ...} no longer present anywhere}
-    "beat": """
-local absent = touch()
-local out = {}
-local seen = {}
-for _, d in ipairs(redis.call('ZRANGEBYSCORE', nodesKey, '-inf', now)) do
-  if d ~= node then
-    redis.call('ZREM', nodesKey, d)
-    redis.call('DEL', P .. ':subs:' .. d)
-    for _, c in ipairs(redis.call('SMEMBERS', mineKey(d))) do
-      local users = redis.call('HKEYS', presKey(c, d))
-      redis.call('DEL', presKey(c, d))
-      redis.call('SREM', presNodes(c), d)
-      for _, u in ipairs(users) do
-        local k = c .. '\\n' .. u
-        if seen[k] == nil and not elsewhere(c, u, d) then
-          seen[k] = true
-          table.insert(out, c); table.insert(out, u)
-        end
-      end
-    end
-    redis.call('DEL', mineKey(d))
-  end
-end
-return {absent, out}
-""",
-    # ARGV[4] channel -> {user, info, ...}
-    "members": """
-local out = {}
-for u, info in pairs(union(ARGV[4])) do table.insert(out, u); table.insert(out, info) end
-return out
-""",
-    # ARGV[4] channel -> {subscription count, user count or -1}
-    "channel": """
-local c = ARGV[4]
-local count = 0
-for _, n in ipairs(liveNodes()) do
-  count = count + tonumber(redis.call('HGET', P .. ':subs:' .. n, c) or '0')
-end
-local users = -1
-if string.sub(c, 1, 9) == 'presence-' then
-  users = 0
-  for _ in pairs(union(c)) do users = users + 1 end
-end
-return {count, users}
-""",
-    # ARGV[4] name prefix -> {channel, subscription count, user count or -1, ...}
-    "channels": """
-local prefix = ARGV[4]
-local counts = {}
-for _, n in ipairs(liveNodes()) do
-  local kv = redis.call('HGETALL', P .. ':subs:' .. n)
-  for i = 1, #kv, 2 do
-    local c = kv[i]
-    if string.sub(c, 1, #prefix) == prefix and string.sub(c, 1, 1) ~= '#' then
-      counts[c] = (counts[c] or 0) + tonumber(kv[i + 1])
-    end
-  end
-end
-local out = {}
-for c, count in pairs(counts) do
-  local users = -1
-  if string.sub(c, 1, 9) == 'presence-' then
-    users = 0
-    for _ in pairs(union(c)) do users = users + 1 end
-  end
-  table.insert(out, c); table.insert(out, count); table.insert(out, users)
-end
-return out
-""",
-}
-
-
-def _info(channel: str, count: int, users: int | None) -> ChannelInfo:
-    if channelKind(channel) != "presence":
-        users = None
-    return ChannelInfo(occupied=count > 0, subscriptionCount=count, userCount=users)
-
-
-@implementer(IClusterState)
-class LocalState:
-    """The state of one process: every answer comes from its registry, at once."""
-
-    def __init__(self, registry: Registry) -> None:
-        self.registry = registry
-
-    def attach(self, hub: Any) -> None:
-        pass
-
-    def start(self) -> None:
-        pass
-
-    def stop(self) -> Deferred[None]:
-        return succeed(None)
-
-    def counted(self, appId: str, channel: str) -> Deferred[None]:
-        return succeed(None)
-
-    def joined(self, appId: str, channel: str, userId: str, userInfo: Any) -> Deferred[bool]:
-        return succeed(True)
-
-    def left(self, appId: str, channel: str, userId: str) -> Deferred[bool]:
-        return succeed(True)
-
-    def members(self, appId: str, channel: str) -> Deferred[dict[str, Any]]:
-        return succeed(self.registry.members(appId, channel))
-
-    def channelInfo(self, appId: str, channel: str) -> Deferred[ChannelInfo]:
-        count = self.registry.subscriptionCount(appId, channel)
-        return succeed(_info(channel, count, len(self.registry.members(appId, channel))))
-
-    def occupied(self, appId: str, prefix: str | None) -> Deferred[dict[str, ChannelInfo]]:
-        return succeed(
-            {
-                channel: _info(channel, count, len(self.registry.members(appId, channel)))
-                for channel, count in self.registry.channels(appId)
-                if channel.startswith(prefix or "") and channelKind(channel) != "user"
-            }
-        )
+SCRIPT_NAMES = ("join", "leave", "counts", "sync", "beat", "members", "channel", "channels")
 
 
 def _pairs(flat: list[Any], size: int) -> list[list[Any]]:
@@ -339,30 +86,37 @@ class RedisState:
         self.clock = clock
         self.nodeTTL = nodeTTL
         self.nodeId = ""
-        self.hub: Any = None
-        for name, source in _SCRIPTS.items():
-            broker.addScript(name, _PRELUDE + source)
+        self.events: MemberEvents | None = None  # the hub (attach)
+        prelude = luaSource("prelude")
+        for name in SCRIPT_NAMES:
+            broker.addScript(name, prelude + luaSource(name))
         broker.whenReady(self._reconnected)
         self._apps: set[str] = set()  # apps this node has ever had state for
         self._registered: set[str] = set()  # apps for which Redis has acknowledged this node
         self._dirty: dict[str, dict[str, None]] = {}
-        self._flushWaiters: list[Deferred[None]] | None = None  # None: no flush scheduled
+        self._flushWaiters: Waiters[None] | None = None  # None: no flush scheduled
         self._pending: set[Deferred[None]] = set()  # fire when a write finished
         self._timer = TimerService(heartbeat, self._beat)
         self._timer.clock = clock
         self._stopped = False
 
-    def attach(self, hub: Any) -> None:
-        self.hub = hub
-        self.nodeId = hub.nodeId
+    def attach(self, nodeId: str, events: MemberEvents) -> None:
+        self.nodeId = nodeId
+        self.events = events
+
+    def services(self) -> list[IService]:
+        """The heartbeat (also reaps dead nodes), a TimerService for the owner's service tree."""
+        return [self._timer]
 
     def start(self) -> None:
-        self._timer.startService()
+        """Run the heartbeat without a service tree (tests, tools)."""
+        if not self._timer.running:
+            self._timer.startService()
 
     def stop(self) -> Deferred[None]:
         """Wait for the writes in flight, then withdraw this node's share. Fires with None."""
         self._stopped = True
-        stopped = self._timer.stopService()
+        stopped = self._timer.stopService() if self._timer.running else None
         waits = [w for w in (stopped, *self._pending) if w is not None]
         d: Deferred[Any] = DeferredList(waits, consumeErrors=True)
         d.addCallback(
@@ -371,6 +125,10 @@ class RedisState:
             )
         )
         return d.addCallback(lambda _: None)
+
+    def _announcer(self) -> MemberEvents:
+        assert self.events is not None, "attach() first"
+        return self.events
 
     # -- writes --------------------------------------------------------------------------------
 
@@ -418,15 +176,13 @@ class RedisState:
         """Written with the other changes of this reactor turn; fires with None when written."""
         self._dirty.setdefault(appId, {})[channel] = None
         if self._flushWaiters is None:
-            self._flushWaiters = []
+            self._flushWaiters = Waiters()
             self.clock.callLater(0, self._flush)
-        d: Deferred[None] = Deferred()
-        self._flushWaiters.append(d)
-        return d
+        return self._flushWaiters.wait()
 
     def _flush(self) -> None:
         dirty, self._dirty = self._dirty, {}
-        waiters, self._flushWaiters = self._flushWaiters or [], None
+        waiters, self._flushWaiters = self._flushWaiters or Waiters[None](), None
         writes = []
         for appId, channels in dirty.items():
             args: list[Any] = []
@@ -438,8 +194,7 @@ class RedisState:
         done: Deferred[Any] = DeferredList(writes)
 
         def wake(_: object) -> None:
-            for waiter in waiters:
-                waiter.callback(None)
+            waiters.fire()
 
         done.addCallback(wake)
 
@@ -487,9 +242,9 @@ class RedisState:
                 self._registered.add(appId)
             for sign, channel, userId, info in _pairs(reply[1], 4):
                 if sign == "+":
-                    self.hub.announceMember(appId, channel, userId, json.loads(info))
+                    self._announcer().announceMember(appId, channel, userId, json.loads(info))
                 else:
-                    self.hub.announceMemberGone(appId, channel, userId)
+                    self._announcer().announceMemberGone(appId, channel, userId)
 
         return d.addCallback(synced).addErrback(self._logFailure("sync"))
 
@@ -513,7 +268,7 @@ class RedisState:
                 "reaped a dead node of app {appId}: {n} members gone", appId=appId, n=len(gone)
             )
         for channel, userId in gone:
-            self.hub.announceMemberGone(appId, channel, userId)
+            self._announcer().announceMemberGone(appId, channel, userId)
 
     # -- questions -----------------------------------------------------------------------------
 
@@ -523,10 +278,12 @@ class RedisState:
 
     def channelInfo(self, appId: str, channel: str) -> Deferred[ChannelInfo]:
         d = self.broker.script("channel", [], self._args(appId, channel))
-        return d.addCallback(lambda r: _info(channel, int(r[0]), int(r[1])))
+        return d.addCallback(lambda r: channelInfo(channel, int(r[0]), int(r[1])))
 
     def occupied(self, appId: str, prefix: str | None) -> Deferred[dict[str, ChannelInfo]]:
         d = self.broker.script("channels", [], self._args(appId, prefix or ""))
         return d.addCallback(
-            lambda flat: {c: _info(c, int(n), int(u)) for c, n, u in _pairs(flat, 3) if int(n) > 0}
+            lambda flat: {
+                c: channelInfo(c, int(n), int(u)) for c, n, u in _pairs(flat, 3) if int(n) > 0
+            }
         )

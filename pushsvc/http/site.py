@@ -9,17 +9,18 @@ from pathlib import Path
 from typing import Any
 
 from twisted.internet.address import IPv4Address, IPv6Address
-from twisted.internet.defer import Deferred, succeed
+from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
 from twisted.web import http
 from twisted.web.http import combinedLogFormatter
 from twisted.web.resource import IResource, Resource
 from twisted.web.server import Request, Site
 
-from pushsvc.httpchannel import HTTPLimits, channelFactory
-from pushsvc.httputil import HTTPError, errorBody
-from pushsvc.limits import OVER_ADDRESS, ConnectionLimits
-from pushsvc.proxy import NOBODY, TrustedProxies, clientOf, peerAddress
+from pushsvc.http.channel import HTTPLimits, channelFactory
+from pushsvc.http.limits import OVER_ADDRESS, ConnectionLimits
+from pushsvc.http.proxy import NOBODY, TrustedProxies, clientOf, peerAddress
+from pushsvc.http.util import HTTPError, errorBody
+from pushsvc.waiters import Waiters
 
 with warnings.catch_warnings():
     # Importing twisted.web.static builds its old HTML error pages (childNotFound, forbidden),
@@ -44,7 +45,7 @@ def webRoot() -> Path:
     installed = Path(str(resources.files("pushsvc"))) / "web"
     if installed.is_dir():
         return installed
-    return Path(__file__).resolve().parent.parent / "web"
+    return Path(__file__).resolve().parents[2] / "web"
 
 
 def _etagMatches(header: bytes | None, etag: bytes) -> bool:
@@ -176,7 +177,7 @@ class PushRequest(Request):
             return
         super().process()
 
-    # Over a connection cap (pushsvc.limits): why, for the WebSocket resource to close with 4100.
+    # Over a connection cap (http.limits): why, for the WebSocket resource to close with 4100.
     refusal: str | None = None
 
     def _refusedOverCap(self) -> bool:
@@ -239,16 +240,16 @@ class PushSite(Site):
     """
 
     logPublishes = False
-    # Peers whose forwarding headers are believed (pushsvc.proxy.clientOf).
+    # Peers whose forwarding headers are believed (pushsvc.http.proxy.clientOf).
     trustedProxies: TrustedProxies = NOBODY
 
     def __init__(self, resource: IResource) -> None:
         # No form parsing of every POST body into request.args: twisted.web does it with the
         # email package (~100 us a request, on the publish path too) and whole multipart bodies.
-        # The one form endpoint, /api/pusher/auth, reads its body itself (httputil.formArgs).
+        # The one form endpoint, /api/pusher/auth, reads its body itself (http.util.formArgs).
         super().__init__(resource, parsePOSTFormSubmission=False, logFormatter=accessLogLine)
         self.channels: set[Any] = set()
-        self._whenEmpty: list[Deferred[None]] = []
+        self._whenEmpty: Waiters[None] = Waiters()
         self.limits = ConnectionLimits(2**31 - 1, 0)  # the service sets the configured caps
 
     def stopFactory(self) -> None:
@@ -297,7 +298,7 @@ class PushSite(Site):
 
     def admitRequest(self, request: Any) -> str | None:
         """
-        Why C{request} is refused over a connection cap (see L{pushsvc.limits}), or None.
+        Why C{request} is refused over a connection cap (see L{pushsvc.http.limits}), or None.
 
         A trusted proxy's connection is counted under the client address its latest request
         forwards (a WebSocket's for as long as it lives), so the cap per address holds behind
@@ -320,9 +321,7 @@ class PushSite(Site):
         """
         self.channels.discard(channel)
         if not self.channels:
-            waiters, self._whenEmpty = self._whenEmpty, []
-            for d in waiters:
-                d.callback(None)
+            self._whenEmpty.fire()
 
     def closeConnections(self) -> Deferred[None]:
         """
@@ -335,11 +334,7 @@ class PushSite(Site):
                 channel.persistent = False
             elif channel.transport is not None:
                 channel.transport.loseConnection()
-        if not self.channels:
-            return succeed(None)
-        d: Deferred[None] = Deferred()
-        self._whenEmpty.append(d)
-        return d
+        return self._whenEmpty.wait(done=not self.channels)
 
 
 def makeSite(

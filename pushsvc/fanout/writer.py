@@ -1,8 +1,8 @@
 """
-The local side of fan-out: which connections of this process are on which channel, who is present
-on presence channels, and the hot loop that writes one pre-built frame to every local subscriber.
-
-Everything here is about this process only; the hub asks it and makes answers cluster-wide.
+The writing side of fan-out, and the only code that touches Twisted's transport internals
+(C{tcp.Connection.socket}, C{_tempDataLen}, C{dataBuffer}, C{disconnecting}; checked once at
+start-up by L{pushsvc.compat.checkPrivateAPIs}): L{Outbound}, one per connection, and L{FanOut},
+the queue and hot loop that write one pre-built frame to every local subscriber of a channel.
 """
 
 from __future__ import annotations
@@ -10,20 +10,19 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Callable, Iterator
 from os import write as _write
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any
 
 from twisted.internet import tcp
-from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IDelayedCall, IPushProducer, IReactorTime
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from pushsvc.frames import CLOSE_SLOW_CONSUMER, Member, wsTextFrame
-from pushsvc.interfaces import PushSettings
+from pushsvc.frames import wsTextFrame
+
+if TYPE_CHECKING:
+    from pushsvc.fanout.subscriptions import ChannelKey, Subscriber
 
 log = Logger()
-
-ChannelKey = tuple[str, str]  # (app id, channel)
 
 # Connections written per reactor turn while a fan-out is in progress: ~1 ms of sends, so the
 # network is read (and new publishes join the queued frames) at least that often.
@@ -126,7 +125,7 @@ class Outbound:
         # Frames queued by the registry (bytes while one, a bytearray once joined), and the
         # registry, which counts them.
         self.pending: bytes | bytearray | None = None
-        self.owner: Registry | None = None
+        self.owner: FanOut | None = None
 
     def send(self, frame: bytes | bytearray) -> None:
         """Write whole WebSocket frames (after any pending ones), unless the connection closes."""
@@ -201,30 +200,23 @@ def writeSome(fd: int, data: bytes | bytearray) -> int:
         return 0
 
 
-class Subscriber(Protocol):
-    """What the registry needs of a connection (the WebSocket protocol provides it)."""
-
-    socketId: str
-    appId: str
-    outbound: Outbound | None  # None until the connection is open
-
-    def closeWith(self, code: int, reason: str) -> None:
-        """Send a close frame with C{code} and drop the connection."""
-
-
-class Registry:
+class FanOut:
     """
-    Local connections and subscriptions, per app. Counters are plain ints for C{/metrics}.
-
-    Fan-out is queued and written from C{clock}, C{FLUSH_CHUNK} connections per reactor turn;
-    see L{deliver}.
+    The fan-out queue, mixed into L{pushsvc.fanout.registry.Registry}: it reads the
+    subscriptions kept by L{pushsvc.fanout.subscriptions.Subscriptions} directly (no call per
+    delivery). Fan-out is queued and written from C{clock}, C{FLUSH_CHUNK} connections per
+    reactor turn; see L{deliver}.
     """
 
-    def __init__(self, settings: PushSettings, clock: IReactorTime) -> None:
-        self.settings = settings
+    clock: IReactorTime
+    _subs: dict[ChannelKey, dict[Subscriber, Outbound]]
+    _bySocket: dict[str, Subscriber]
+    publishes: int
+    deliveries: int
+    deliveryFailures: int
+
+    def __init__(self, clock: IReactorTime) -> None:
         self.clock = clock
-        # (app, channel) -> {connection: its outbound}; a dict keeps subscription order.
-        self._subs: dict[ChannelKey, dict[Subscriber, Outbound]] = {}
         # Connections with frames pending, in the order they got their first one.
         self._dirty: deque[Outbound] = deque()
         self._flushCall: IDelayedCall | None = None
@@ -232,162 +224,6 @@ class Registry:
         self._idleSince = float("-inf")  # when the queue last became empty
         # Bytes of frames queued and not yet written or dropped.
         self.queuedBytes = 0
-        # (app, presence channel) -> {user id: [user info, local connection count]}
-        self._members: dict[ChannelKey, dict[str, list[Any]]] = {}
-        # connection -> {channel: presence user id or None}
-        self._conns: dict[Subscriber, dict[str, str | None]] = {}
-        self._bySocket: dict[str, Subscriber] = {}
-        self._closing: list[Deferred[None]] = []
-        self.connectionsTotal = 0
-        self.subscriptions = 0
-        self.publishes = 0
-        self.deliveries = 0
-        self.deliveryFailures = 0
-        self.slowConsumerCloses = 0
-        self.clientEvents = 0
-        self.rateLimited = 0
-        self.protocolErrors = 0
-
-    # -- connections ---------------------------------------------------------------------------
-
-    def addConnection(self, conn: Subscriber) -> None:
-        self._conns[conn] = {}
-        self._bySocket[conn.socketId] = conn
-        self.connectionsTotal += 1
-
-    def removeConnection(self, conn: Subscriber) -> None:
-        """Forget C{conn}; the hub unsubscribes it from its channels first."""
-        self._conns.pop(conn, None)
-        if self._bySocket.get(conn.socketId) is conn:
-            del self._bySocket[conn.socketId]
-        if not self._conns and self._closing:
-            waiting, self._closing = self._closing, []
-            for d in waiting:
-                d.callback(None)
-
-    def connection(self, socketId: str) -> Subscriber | None:
-        return self._bySocket.get(socketId)
-
-    @property
-    def connectionCount(self) -> int:
-        return len(self._conns)
-
-    def slowConsumer(self, conn: Subscriber) -> None:
-        """C{conn} cannot keep up: count it and close it with 4100 (the client backs off)."""
-        self.slowConsumerCloses += 1
-        log.warn("closing slow consumer {socketId}", socketId=conn.socketId)
-        conn.closeWith(CLOSE_SLOW_CONSUMER, "too much unsent data: reconnect later")
-
-    def closeAll(self, code: int, reason: str) -> Deferred[None]:
-        """Close every connection with C{code}. Fires with None once all of them are gone."""
-        if not self._conns:
-            return succeed(None)
-        d: Deferred[None] = Deferred()
-        self._closing.append(d)
-        for conn in list(self._conns):
-            self._safeClose(conn, code, reason)
-        return d
-
-    def _safeClose(self, conn: Subscriber, code: int, reason: str) -> None:
-        try:
-            conn.closeWith(code, reason)
-        except Exception:
-            log.failure("closing {socketId}", socketId=conn.socketId)
-
-    # -- subscriptions -------------------------------------------------------------------------
-
-    def subscribe(
-        self, conn: Subscriber, channel: str, member: Member | None = None
-    ) -> tuple[bool, bool]:
-        """
-        Add C{conn} to C{channel} (as C{member} on presence channels).
-
-        @return: (whether this is the channel's first local subscriber, whether this is the
-            member's first local connection on it). Nothing changes if already subscribed.
-        """
-        channels = self._conns.get(conn)
-        outbound = conn.outbound
-        if channels is None or channel in channels or outbound is None:
-            return False, False
-        key = (conn.appId, channel)
-        subs = self._subs.get(key)
-        first = subs is None
-        if subs is None:
-            subs = self._subs[key] = {}
-        subs[conn] = outbound
-        outbound.owner = self
-        self.subscriptions += 1
-        userFirst = False
-        if member is not None:
-            members = self._members.setdefault(key, {})
-            entry = members.get(member.userId)
-            if entry is None:
-                members[member.userId] = [member.userInfo, 1]
-                userFirst = True
-            else:
-                entry[1] += 1
-            channels[channel] = member.userId
-        else:
-            channels[channel] = None
-        return first, userFirst
-
-    def unsubscribe(self, conn: Subscriber, channel: str) -> tuple[bool, str | None]:
-        """
-        Remove C{conn} from C{channel}.
-
-        @return: (whether the channel has no local subscriber left, the user id whose last local
-            connection on this presence channel this was, else None).
-        """
-        channels = self._conns.get(conn)
-        if channels is None or channel not in channels:
-            return False, None
-        userId = channels.pop(channel)
-        key = (conn.appId, channel)
-        subs = self._subs.get(key)
-        last = False
-        if subs is not None and subs.pop(conn, None) is not None:
-            self.subscriptions -= 1
-            if not subs:
-                del self._subs[key]
-                last = True
-        userLeft = None
-        if userId is not None:
-            members = self._members.get(key, {})
-            entry = members.get(userId)
-            if entry is not None:
-                entry[1] -= 1
-                if entry[1] <= 0:
-                    del members[userId]
-                    userLeft = userId
-            if not members:
-                self._members.pop(key, None)
-        return last, userLeft
-
-    def channelsOf(self, conn: Subscriber) -> list[str]:
-        return list(self._conns.get(conn, ()))
-
-    def isSubscribed(self, conn: Subscriber, channel: str) -> bool:
-        return channel in self._conns.get(conn, ())
-
-    def presenceUserId(self, conn: Subscriber, channel: str) -> str | None:
-        """The user id C{conn} joined presence C{channel} as."""
-        return self._conns.get(conn, {}).get(channel)
-
-    def subscriptionCount(self, appId: str, channel: str) -> int:
-        return len(self._subs.get((appId, channel), ()))
-
-    def members(self, appId: str, channel: str) -> dict[str, Any]:
-        """User id -> user info of the members present on C{channel} here."""
-        return {u: e[0] for u, e in self._members.get((appId, channel), {}).items()}
-
-    def channels(self, appId: str) -> Iterator[tuple[str, int]]:
-        """(channel, local subscription count) of every occupied channel of C{appId}."""
-        for (app, channel), subs in list(self._subs.items()):
-            if app == appId:
-                yield channel, len(subs)
-
-    def subscribers(self, appId: str, channel: str) -> list[Subscriber]:
-        return list(self._subs.get((appId, channel), ()))
 
     # -- fan-out -------------------------------------------------------------------------------
 
@@ -551,63 +387,3 @@ class Registry:
                 self._flushCall = self.clock.callLater(0, self._flush)
         else:
             self._idleSince = self.clock.seconds()
-
-    def closeChannel(self, appId: str, channel: str, code: int, reason: str) -> int:
-        """Close every local connection on C{channel}; @return: how many."""
-        conns = self.subscribers(appId, channel)
-        for conn in conns:
-            self._safeClose(conn, code, reason)
-        return len(conns)
-
-    # -- metrics -------------------------------------------------------------------------------
-
-    def metrics(self) -> list[tuple[str, str, str, float]]:
-        """C{(name, help, type, value)} for C{/metrics}."""
-        return [
-            ("pushsvc_connections", "Open WebSocket connections", "gauge", len(self._conns)),
-            (
-                "pushsvc_connections_total",
-                "WebSocket connections opened",
-                "counter",
-                self.connectionsTotal,
-            ),
-            ("pushsvc_subscriptions", "Current channel subscriptions", "gauge", self.subscriptions),
-            ("pushsvc_channels", "Occupied channels", "gauge", len(self._subs)),
-            (
-                "pushsvc_publishes_total",
-                "Events received for local fan-out",
-                "counter",
-                self.publishes,
-            ),
-            (
-                "pushsvc_deliveries_total",
-                "Frames queued for subscribers",
-                "counter",
-                self.deliveries,
-            ),
-            (
-                "pushsvc_delivery_failures_total",
-                "Writes to a subscriber that failed (each may carry several frames)",
-                "counter",
-                self.deliveryFailures,
-            ),
-            (
-                "pushsvc_slow_consumer_closes_total",
-                "Connections closed with 4100 (too slow)",
-                "counter",
-                self.slowConsumerCloses,
-            ),
-            ("pushsvc_client_events_total", "Client events relayed", "counter", self.clientEvents),
-            (
-                "pushsvc_client_events_rate_limited_total",
-                "Client events refused with 4301",
-                "counter",
-                self.rateLimited,
-            ),
-            (
-                "pushsvc_protocol_errors_total",
-                "Client frames answered with pusher:error",
-                "counter",
-                self.protocolErrors,
-            ),
-        ]

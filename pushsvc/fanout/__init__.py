@@ -1,0 +1,1 @@
+"""Fan-out: subscription and presence bookkeeping, and the writer that puts frames on sockets."""

@@ -1,0 +1,1 @@
+"""The WebSocket side: Pusher protocol handlers; Autobahn workarounds and keep-alive."""
