@@ -218,9 +218,17 @@ class BrowserChatCompleteTests(SynchronousTestCase):
         bob.waitForText("Edits and deletes show live too.")
         ARTIFACTS.mkdir(exist_ok=True)
         ann.page.screenshot(path=str(ARTIFACTS / "chat16-desktop.png"))
-        ann.page.set_viewport_size({"width": 375, "height": 700})
-        ann.page.evaluate("() => new Promise(r => requestAnimationFrame(() => r(null)))")
-        ann.page.screenshot(path=str(ARTIFACTS / "chat16-phone.png"))
+        # Ann's phone: a second tab of the same user, phone-sized.
+        phone = ann.context.new_page()
+        phone.set_viewport_size({"width": 375, "height": 700})
+        phone.goto(f"{self.server.url}/#room=general")
+        phone.wait_for_selector('#conn-state[data-state="connected"]', timeout=WAIT_MS)
+        phone.wait_for_function(
+            "() => document.querySelectorAll('#message-list li.message').length === 4",
+            timeout=WAIT_MS,
+        )
+        phone.screenshot(path=str(ARTIFACTS / "chat16-phone.png"))
+        self.assertEqual(phone.locator("#message-list li.message.mine").count(), 3)
         day = ann.page.eval_on_selector(
             "#message-list li.message.new-day", "e => getComputedStyle(e, '::before').content"
         )

@@ -1316,7 +1316,9 @@ async function flushOutbox({ now = false } = {}) {
         state.outboxFailures += 1;
         const delay = Math.min(30000, 1000 * 2 ** Math.min(state.outboxFailures, 5));
         showError(
-          `${e.message} ${state.outbox.length === 1 ? "Your message" : `${state.outbox.length} messages`} will be sent by themselves when the server answers.`,
+          state.outbox.length === 1
+            ? `${e.message} Your message will be sent by itself when the server answers.`
+            : `${e.message} ${state.outbox.length} messages will be sent by themselves when the server answers.`,
           "send",
         );
         state.outboxTimer = setTimeout(() => {
