@@ -135,6 +135,24 @@ class BrowserChatCompleteTests(SynchronousTestCase):
         reply = ann.page.evaluate("() => fetch('/api/rooms/general/messages').then(r => r.json())")
         self.assertEqual([m["text"] for m in reply["messages"]], expected)
 
+    def test_sameClientIdStoredOnce(self) -> None:
+        """Against the real server (SQLite): the same client id POSTed twice, then five times
+        at once, is one stored message; the retries are answered 200 with it."""
+        ann = ChatPage(self.browser, self.server.url, "Ann")
+        codes = ann.page.evaluate(
+            """async () => {
+                 const post = () => fetch('/api/rooms/once/messages', {
+                   method: 'POST', headers: {'Content-Type': 'application/json'},
+                   body: JSON.stringify({text: 'only once', client_id: 'same-id-1'}),
+                 }).then(async r => [r.status, (await r.json()).id]);
+                 const first = [await post(), await post()];
+                 return first.concat(await Promise.all([1, 2, 3, 4, 5].map(post)));
+               }"""
+        )
+        self.assertEqual(codes, [[201, 1]] + [[200, 1]] * 6)
+        reply = ann.page.evaluate("() => fetch('/api/rooms/once/messages').then(r => r.json())")
+        self.assertEqual([m["text"] for m in reply["messages"]], ["only once"])
+
     def test_newRoomAndUnreadLive(self) -> None:
         """A room created in one page is listed in the other within a second; a message there
         shows as one unread in the other page within a second."""
