@@ -12,7 +12,7 @@ from typing import Any
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from tests.syncserver import ServerProcess, freePort
+from tests.syncserver import CuttableProxy, ServerProcess, freePort
 from tests.test_browser import ARTIFACTS, WAIT_MS, ChatPage, launchBrowser
 
 LIVE_MS = 1000  # "within a second"
@@ -205,6 +205,37 @@ class BrowserChatCompleteTests(SynchronousTestCase):
         later = ChatPage(self.browser, self.server.url, "Cy")
         later.waitForText("message deleted")
         self.assertEqual(later.texts(), ["message deleted"])
+
+    def test_editWhileAwayShownAfterReconnect(self) -> None:
+        """Bob's connection is cut while Ann edits one message and deletes another: when Bob's
+        page reconnects it shows the current text of both, without a reload."""
+        proxy = CuttableProxy(self.port)
+        proxy.start()
+        self.addCleanup(proxy.close)
+        ann = ChatPage(self.browser, self.server.url, "Ann")
+        bob = ChatPage(self.browser, f"http://127.0.0.1:{proxy.port}", "Bob")
+        ann.post("to be edited")
+        ann.post("to be deleted")
+        bob.waitForText("to be deleted")
+        proxy.cut()
+        bob.page.wait_for_selector('#conn-state:not([data-state="connected"])', timeout=WAIT_MS)
+        for path, method, body in [
+            ("/api/rooms/general/messages/1", "PATCH", '{"text": "edited while Bob was away"}'),
+            ("/api/rooms/general/messages/2", "DELETE", None),
+        ]:
+            status = ann.page.evaluate(
+                """([path, method, body]) => fetch(path, {method, body,
+                     headers: body ? {'Content-Type': 'application/json'} : {}})
+                   .then(r => r.status)""",
+                [path, method, body],
+            )
+            self.assertEqual(status, 200)
+        proxy.restore()
+        bob.page.click("#conn-retry")
+        bob.waitConnected(timeout=30_000)
+        bob.waitForText("edited while Bob was away (edited)")
+        bob.waitForText("message deleted")
+        self.assertEqual(bob.texts(), ["edited while Bob was away (edited)", "message deleted"])
 
     def test_firstVisitNoConsoleErrors(self) -> None:
         """A first visit (no session) logs no console error: GET /api/session is a 200."""
