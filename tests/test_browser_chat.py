@@ -153,6 +153,26 @@ class BrowserChatCompleteTests(SynchronousTestCase):
         reply = ann.page.evaluate("() => fetch('/api/rooms/once/messages').then(r => r.json())")
         self.assertEqual([m["text"] for m in reply["messages"]], ["only once"])
 
+    def test_outboxKeptAcrossReload(self) -> None:
+        """A message whose POST fails waits in the outbox; the page is reloaded; the reloaded
+        page sends it by itself, and it is stored once."""
+        ann = ChatPage(self.browser, self.server.url, "Ann")
+        ann.page.route("**/api/rooms/general/messages", lambda route: route.abort())
+        ann.page.fill("#message-input", "survives a reload")
+        ann.page.press("#message-input", "Enter")
+        ann.page.wait_for_function(
+            """() => [...document.querySelectorAll('#outbox-list [data-testid=outbox-status]')]
+                   .some(e => e.textContent === 'not sent, retrying')""",
+            timeout=WAIT_MS,
+        )
+        ann.page.unroute("**/api/rooms/general/messages")
+        ann.page.reload()
+        ann.waitConnected()
+        ann.waitForText("survives a reload")
+        ann.page.wait_for_selector("#outbox-list li", state="detached", timeout=WAIT_MS)
+        self.assertEqual(ann.texts(), ["survives a reload"])
+        self.assertEqual(ann.page.evaluate("() => localStorage.getItem('pushsvc.outbox')"), "[]")
+
     def test_newRoomAndUnreadLive(self) -> None:
         """A room created in one page is listed in the other within a second; a message there
         shows as one unread in the other page within a second."""

@@ -923,7 +923,16 @@ async function loadOlder() {
     // Keep what the reader looks at where it is: grow the list above it.
     const m = ui.messages;
     const fromBottom = m.scrollHeight - m.scrollTop;
-    for (const message of added) insertMessageNode(renderMessage(message));
+    const first = ui.messageList.firstElementChild;
+    if (added.length && (!first || added[added.length - 1].id < Number(first.dataset.id))) {
+      // The usual case: all older than what is shown, so one prepend, not a walk per message.
+      const nodes = added.map(renderMessage);
+      ui.messageList.prepend(...nodes);
+      for (const li of nodes) regroup(li);
+      if (first) regroup(first);
+    } else {
+      for (const message of added) insertMessageNode(renderMessage(message));
+    }
     m.scrollTop = m.scrollHeight - fromBottom;
     if (list.length < OLDER_LIMIT || sync.minId <= 1) showBeginning();
   } catch (e) {
@@ -1221,7 +1230,13 @@ function sendMessage() {
     return;
   }
   // The id is made when the message is typed: however often it is sent, it is stored once.
-  state.outbox.push({ client_id: newClientId(), room: state.room, text, state: "sending" });
+  state.outbox.push({
+    client_id: newClientId(),
+    user_id: state.me.user_id,
+    room: state.room,
+    text,
+    state: "sending",
+  });
   saveOutbox();
   ui.messageInput.value = "";
   state.lastTypingSent = 0;
@@ -1242,26 +1257,30 @@ function newClientId() {
 // ---------------------------------------------------------------------------------------------
 // Outbox: typed messages wait here (and in localStorage, across a reload) until stored
 
+/** What this user left unsent (another user's leftovers on a shared browser are dropped). */
 function loadOutbox() {
   const stored = storageGet(OUTBOX_KEY, []);
+  const me = state.me ? state.me.user_id : null;
   state.outbox = (Array.isArray(stored) ? stored : [])
     .filter(
       (m) =>
         m &&
+        m.user_id === me &&
         typeof m.client_id === "string" &&
         typeof m.text === "string" &&
         typeof m.room === "string" &&
         ROOM_RE.test(m.room),
     )
     .slice(0, OUTBOX_MAX)
-    .map((m) => ({ client_id: m.client_id, room: m.room, text: m.text, state: "retrying" }));
+    .map((m) => ({ ...m, state: "retrying" }));
+  saveOutbox();
   renderOutbox();
 }
 
 function saveOutbox() {
   storageSet(
     OUTBOX_KEY,
-    state.outbox.map(({ client_id, room, text }) => ({ client_id, room, text })),
+    state.outbox.map(({ client_id, user_id, room, text }) => ({ client_id, user_id, room, text })),
   );
 }
 
