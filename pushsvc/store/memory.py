@@ -5,7 +5,7 @@ from __future__ import annotations
 from twisted.internet.defer import Deferred, succeed
 from zope.interface import implementer
 
-from pushsvc.store.interface import IStore, Message, RoomSummary
+from pushsvc.store.interface import IStore, Message, PendingWebhook, RoomSummary
 
 
 @implementer(IStore)
@@ -17,6 +17,7 @@ class MemoryStore:
     def __init__(self) -> None:
         self._messages: dict[str, list[Message]] = {}
         self._revoked: dict[str, float] = {}  # session id -> when its cookie expires
+        self._webhooks: dict[str, PendingWebhook] = {}  # insertion order is age order
 
     def open(self) -> Deferred[None]:
         return succeed(None)
@@ -56,6 +57,18 @@ class MemoryStore:
 
     def sessionRevoked(self, sessionId: str) -> Deferred[bool]:
         return succeed(sessionId in self._revoked)
+
+    def saveWebhook(self, batch: PendingWebhook) -> Deferred[None]:
+        self._webhooks.setdefault(batch.id, batch)
+        return succeed(None)
+
+    def deleteWebhook(self, batchId: str) -> Deferred[None]:
+        self._webhooks.pop(batchId, None)
+        return succeed(None)
+
+    def pendingWebhooks(self, limit: int) -> Deferred[list[PendingWebhook]]:
+        batches = sorted(self._webhooks.values(), key=lambda b: b.createdAt)
+        return succeed(batches[: max(limit, 0)])
 
     def ping(self) -> Deferred[None]:
         return succeed(None)
