@@ -355,7 +355,7 @@ def memberRemovedData(userId: str) -> str:
 
 
 def cacheMiss(channel: str) -> bytes:
-    return encodeEvent("pusher:cache_miss", channel, None)
+    return encodeEvent("pusher:cache_miss", channel, "{}")
 
 
 def signinSuccess(userData: str) -> bytes:

@@ -57,6 +57,7 @@ from pushsvc.interfaces import (
     IHub,
 )
 from pushsvc.local import LocalState
+from pushsvc.webhooks.sender import WebhookEvents
 
 log = Logger()
 
@@ -131,6 +132,8 @@ class Hub:
         # (app, cache channel) -> (frame payload, when); insertion order is age order.
         self._cache: dict[tuple[str, str], tuple[bytes, float]] = {}
         self._linkLost = False  # the broker lost its link since it last had it
+        # Hears channel_occupied, member_added, client events... (the service sets it).
+        self.webhooks: WebhookEvents | None = None
 
     def newSocketId(self) -> str:
         """
@@ -192,6 +195,8 @@ class Hub:
             KIND_CLIENT, conn.appId, channel, event, data, conn.socketId, userId
         )
         cache = self._cacheFrame(channel, event, data, userId)
+        if self.webhooks is not None:
+            self.webhooks.clientEvent(conn.appId, channel, event, data, conn.socketId, userId)
         return self._logged(self._send(conn.appId, channel, envelope, cache), "client event")
 
     def _internal(
@@ -208,7 +213,12 @@ class Hub:
         userInfo: Any,
         exceptSocketId: str | None = None,
     ) -> None:
-        """Tell every subscriber of presence C{channel}, on every process, that C{userId} came."""
+        """
+        Tell every subscriber of presence C{channel}, on every process, that C{userId} came
+        (called once for the whole cluster: the cluster state decided it), and the webhooks.
+        """
+        if self.webhooks is not None:
+            self.webhooks.memberAdded(appId, channel, userId)
         self._internal(
             appId,
             channel,
@@ -220,7 +230,10 @@ class Hub:
     def announceMemberGone(
         self, appId: str, channel: str, userId: str, exceptSocketId: str | None = None
     ) -> None:
-        """Tell every subscriber of presence C{channel} that C{userId} has no connection left."""
+        """Tell every subscriber of presence C{channel} that C{userId} has no connection left
+        (once for the whole cluster), and the webhooks."""
+        if self.webhooks is not None:
+            self.webhooks.memberRemoved(appId, channel, userId)
         self._internal(
             appId,
             channel,
@@ -228,6 +241,21 @@ class Hub:
             memberRemovedData(userId),
             exceptSocketId,
         )
+
+    def announceOccupied(self, appId: str, channel: str) -> None:
+        """C{channel} has its first subscriber in the cluster (the cluster state decided it)."""
+        if self.webhooks is not None:
+            self.webhooks.occupied(appId, channel)
+
+    def announceVacated(self, appId: str, channel: str) -> None:
+        """C{channel} has no subscriber left in the cluster."""
+        if self.webhooks is not None:
+            self.webhooks.vacated(appId, channel)
+
+    def cacheMiss(self, appId: str, channel: str) -> None:
+        """A subscriber of cache channel C{channel} found no event kept."""
+        if self.webhooks is not None:
+            self.webhooks.cacheMiss(appId, channel)
 
     def _logged(self, d: Deferred[Any], what: str) -> Deferred[None]:
         def failed(f: Failure) -> None:

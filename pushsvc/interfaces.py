@@ -116,6 +116,12 @@ class MemberEvents(Protocol):
 
     def announceMemberGone(self, appId: str, channel: str, userId: str) -> None: ...
 
+    def announceOccupied(self, appId: str, channel: str) -> None:
+        """C{channel}'s cluster-wide subscription count went from 0 to 1 or more."""
+
+    def announceVacated(self, appId: str, channel: str) -> None:
+        """C{channel}'s cluster-wide subscription count went to 0."""
+
 
 class IClusterState(Interface):
     """
@@ -142,7 +148,9 @@ class IClusterState(Interface):
     def counted(appId: str, channel: str) -> Any:
         """
         The local subscription count of C{channel} changed. Fires with None once the cluster
-        state has it (errors are logged, not raised).
+        state has it (errors are logged, not raised). When that makes the cluster-wide count
+        go from 0 or to 0, the state calls C{announceOccupied} / C{announceVacated} of the
+        L{MemberEvents} once for the whole cluster.
         """
 
     def joined(appId: str, channel: str, userId: str, userInfo: Any) -> Any:

@@ -324,6 +324,8 @@ class PushServerProtocol(LeanServerProtocol):
             self.send(frames.subscriptionSucceeded(channel, presence))
             if isCacheChannel(channel):
                 cached = hub.cachedEvent(self.appId, channel)
+                if cached is None:
+                    hub.cacheMiss(self.appId, channel)
                 self.send(cached if cached is not None else frames.cacheMiss(channel))
 
         def failed(f: Failure) -> None:

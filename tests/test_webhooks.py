@@ -1,0 +1,539 @@
+"""
+Webhooks to an app's backend (issue 14): the format and its signature (checked by the official
+Python and Node SDKs), debounce, batching and retries on a L{Clock}, the store keeping batches,
+the hub and the cluster state deciding occupied/vacated and member events once, and real
+C{twistd pushsvc} processes posting to a real receiver on a loopback port.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pusher
+from twisted.internet import reactor
+from twisted.internet.defer import Deferred, gatherResults, inlineCallbacks, succeed
+from twisted.internet.error import ConnectionRefusedError
+from twisted.internet.task import Clock
+from twisted.python.failure import Failure
+from twisted.trial.unittest import SynchronousTestCase, TestCase
+from twisted.web.resource import Resource
+from twisted.web.server import Request, Site
+
+from pushsvc.apps import App, Apps
+from pushsvc.fanout.registry import Registry
+from pushsvc.frames import Member
+from pushsvc.hub import Hub
+from pushsvc.interfaces import PushSettings
+from pushsvc.local import LocalBroker
+from pushsvc.store.interface import PendingWebhook
+from pushsvc.store.memory import MemoryStore
+from pushsvc.webhooks import format as fmt
+from pushsvc.webhooks.format import WebhookConfigError, WebhookTarget, parseWebhooks
+from pushsvc.webhooks.sender import WebhookSender
+from tests.helpers import requireService
+from tests.procs import freePort, killIfRunning, startTwistd
+from tests.redisutil import Conn, RedisTestCase
+
+JS = Path(__file__).resolve().parent / "js"
+URL = "http://127.0.0.1:9/hooks"
+
+
+def makeApp(*targets: WebhookTarget, appId: str = "1") -> App:
+    return App(appId, f"key{appId}", f"secret{appId}", webhooks=targets)
+
+
+class FakePost:
+    """A C{post} function: records each call; the test fires its Deferred (or it hangs)."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, bytes, dict[str, str], Deferred[int]]] = []
+
+    def __call__(self, url: str, body: bytes, headers: dict[str, str]) -> Deferred[int]:
+        d: Deferred[int] = Deferred()
+        self.calls.append((url, body, headers, d))
+        return d
+
+    def events(self, i: int = -1) -> list[dict[str, Any]]:
+        events: list[dict[str, Any]] = json.loads(self.calls[i][1])["events"]
+        return events
+
+    def answer(self, status: int, i: int = -1) -> None:
+        self.calls[i][3].callback(status)
+
+
+def sender(
+    *apps: App, store: MemoryStore | None = None, **kw: Any
+) -> tuple[WebhookSender, FakePost, Clock]:
+    clock = Clock()
+    post = FakePost()
+    byId = {a.id: a for a in apps}
+    return WebhookSender(byId.get, store, clock, post, **kw), post, clock
+
+
+class FormatTests(SynchronousTestCase):
+    def test_parseWebhooks(self) -> None:
+        """URLs and {url, events, headers} tables become targets; None is none."""
+        self.assertEqual(parseWebhooks(None), ())
+        targets = parseWebhooks(
+            [
+                "https://backend.example/hooks",
+                {
+                    "url": "http://127.0.0.1:8000/p",
+                    "events": ["member_added", "client_event"],
+                    "headers": {"Authorization": "Bearer x"},
+                },
+            ]
+        )
+        self.assertEqual(targets[0], WebhookTarget("https://backend.example/hooks"))
+        self.assertTrue(targets[0].wants("cache_miss"))
+        self.assertEqual(targets[1].events, frozenset({"member_added", "client_event"}))
+        self.assertFalse(targets[1].wants("channel_occupied"))
+        self.assertEqual(targets[1].headers, (("Authorization", "Bearer x"),))
+
+    def test_parseWebhooksRefuses(self) -> None:
+        """Each bad setting is refused with a sentence naming what is wrong."""
+        cases: list[tuple[object, str]] = [
+            ("http://x", "must be a list"),
+            (["ftp://x/"], "http:// or https://"),
+            (["/relative"], "absolute"),
+            ([{"url": "http://x/", "event": []}], "unknown webhook key(s) event"),
+            ([{"url": "http://x/", "events": ["nope"]}], "unknown event kind(s) nope"),
+            ([{"url": "http://x/", "events": "member_added"}], "events must be a list"),
+            ([{"url": "http://x/", "headers": {"X-Pusher-Key": "k"}}], "set by pushsvc"),
+            ([{"url": "http://x/", "headers": {"X-A": "a\r\nX-B: b"}}], "not a valid header"),
+            ([{"url": "http://x/", "headers": {"X-A": 1}}], "must be strings"),
+            (["http://x/", "http://x/"], "twice"),
+            ([42], "a URL or a table"),
+            ([f"http://x/{i}" for i in range(11)], "at most 10"),
+        ]
+        for raw, message in cases:
+            with self.assertRaises(WebhookConfigError) as caught:
+                parseWebhooks(raw)
+            self.assertIn(message, str(caught.exception), raw)
+
+    def test_signatureAcceptedByPythonSDK(self) -> None:
+        """The official Python SDK's validate_webhook accepts our headers and body, and only
+        with the right secret."""
+        body = fmt.encodeBody(int(time.time() * 1000), [fmt.channelEvent(fmt.OCCUPIED, "c")])
+        headers = fmt.requestHeaders("key1", "secret1", "id1", body)
+        client = pusher.Pusher(app_id="1", key="key1", secret="secret1")
+        payload = client.validate_webhook(
+            headers["X-Pusher-Key"], headers["X-Pusher-Signature"], body.decode()
+        )
+        self.assertEqual(payload["events"], [{"name": "channel_occupied", "channel": "c"}])
+        other = pusher.Pusher(app_id="1", key="key1", secret="other")
+        self.assertIsNone(
+            other.validate_webhook("key1", headers["X-Pusher-Signature"], body.decode())
+        )
+
+    def test_describeURLHidesCredentials(self) -> None:
+        """Log lines name a URL without its user, password or query."""
+        self.assertEqual(
+            fmt.describeURL("https://u:pw@h.example:8443/p/q?token=t"),
+            "https://h.example:8443/p/q",
+        )
+
+
+class SenderTests(SynchronousTestCase):
+    def test_batchOfTwentyAtOnce(self) -> None:
+        """20 events go out at once in one signed POST; a 21st waits 250 ms for company."""
+        app = makeApp(WebhookTarget(URL, headers=(("Authorization", "Bearer t"),)))
+        s, post, clock = sender(app)
+        for i in range(21):
+            s.cacheMiss("1", f"cache-{i}")
+        self.assertEqual(len(post.calls), 1)
+        url, body, headers, _ = post.calls[0]
+        self.assertEqual(url, URL)
+        self.assertEqual(len(post.events(0)), 20)
+        self.assertEqual(headers["X-Pusher-Key"], "key1")
+        self.assertEqual(headers["X-Pusher-Signature"], fmt.sign("secret1", body))
+        self.assertEqual(headers["Content-Type"], "application/json")
+        self.assertEqual(headers["Authorization"], "Bearer t")
+        clock.advance(0.249)
+        self.assertEqual(len(post.calls), 1)
+        clock.advance(0.001)
+        self.assertEqual(post.events(), [{"name": "cache_miss", "channel": "cache-20"}])
+
+    def test_filterAndApps(self) -> None:
+        """A target gets only the kinds it asked for; an app without webhooks sends nothing."""
+        app = makeApp(WebhookTarget(URL, frozenset({"member_added"})))
+        bare = makeApp(appId="2")
+        s, post, clock = sender(app, bare)
+        s.occupied("1", "presence-a")
+        s.memberAdded("1", "presence-a", "u1")
+        s.occupied("2", "c")
+        s.clientEvent("2", "private-c", "client-x", "{}", "1.2", None)
+        clock.advance(1)
+        self.assertEqual(len(post.calls), 1)
+        self.assertEqual(
+            post.events(), [{"name": "member_added", "channel": "presence-a", "user_id": "u1"}]
+        )
+
+    def test_clientEventFields(self) -> None:
+        """A client_event carries channel, event, data, socket_id, and user_id on presence."""
+        s, post, clock = sender(makeApp(WebhookTarget(URL)))
+        s.clientEvent("1", "presence-p", "client-typing", '{"a":1}', "1.2", "u9")
+        s.clientEvent("1", "private-p", "client-typing", "x", "3.4", None)
+        clock.advance(0.25)
+        self.assertEqual(
+            post.events(),
+            [
+                {
+                    "name": "client_event",
+                    "channel": "presence-p",
+                    "event": "client-typing",
+                    "data": '{"a":1}',
+                    "socket_id": "1.2",
+                    "user_id": "u9",
+                },
+                {
+                    "name": "client_event",
+                    "channel": "private-p",
+                    "event": "client-typing",
+                    "data": "x",
+                    "socket_id": "3.4",
+                },
+            ],
+        )
+
+    def test_debounceReload(self) -> None:
+        """A leave and a come back within 3 s (a page reload) send nothing at all."""
+        s, post, clock = sender(makeApp(WebhookTarget(URL)))
+        s.vacated("1", "presence-a")
+        s.memberRemoved("1", "presence-a", "u1")
+        clock.advance(2.9)
+        s.occupied("1", "presence-a")
+        s.memberAdded("1", "presence-a", "u1")
+        clock.advance(10)
+        self.assertEqual(post.calls, [])
+
+    def test_debounceLeave(self) -> None:
+        """A leave for longer goes out 3 s later (plus the batch wait); a later come is sent."""
+        s, post, clock = sender(makeApp(WebhookTarget(URL)))
+        s.memberRemoved("1", "presence-a", "u1")
+        s.vacated("1", "presence-a")
+        clock.advance(2.99)
+        self.assertEqual(post.calls, [])
+        clock.advance(0.01)
+        clock.advance(0.25)
+        self.assertEqual(
+            post.events(),
+            [
+                {"name": "member_removed", "channel": "presence-a", "user_id": "u1"},
+                {"name": "channel_vacated", "channel": "presence-a"},
+            ],
+        )
+        s.occupied("1", "presence-a")
+        clock.advance(0.25)
+        self.assertEqual(post.events(), [{"name": "channel_occupied", "channel": "presence-a"}])
+
+    def test_debounceConfigurable(self) -> None:
+        """With debounce 0 a vacated goes out with the next batch."""
+        s, post, clock = sender(makeApp(WebhookTarget(URL)), debounce=0)
+        s.vacated("1", "c")
+        clock.advance(0.25)
+        self.assertEqual(post.events(), [{"name": "channel_vacated", "channel": "c"}])
+
+    def test_retrySameIdWithBackoff(self) -> None:
+        """
+        500, refused and a timeout are retried after 1, 2, 4 s with the same body and id; a 2xx
+        ends it; the figures count each step and the store forgets the delivered batch.
+        """
+        store = MemoryStore()
+        s, post, clock = sender(makeApp(WebhookTarget(URL)), store=store)
+        s.occupied("1", "c")
+        clock.advance(0.25)
+        self.assertEqual(len(self.successResultOf(store.pendingWebhooks(10))), 1)
+        post.answer(500)
+        clock.advance(0.99)
+        self.assertEqual(len(post.calls), 1)
+        clock.advance(0.01)
+        self.assertEqual(len(post.calls), 2)
+        post.calls[-1][3].errback(Failure(ConnectionRefusedError()))
+        clock.advance(2)
+        self.assertEqual(len(post.calls), 3)
+        clock.advance(5)  # no answer: the timeout
+        self.assertEqual(len(post.calls), 3)
+        clock.advance(4)
+        self.assertEqual(len(post.calls), 4)
+        post.answer(204)
+        ids = {c[2]["X-Pushsvc-Webhook-Id"] for c in post.calls}
+        self.assertEqual(len(ids), 1)
+        self.assertEqual(len({c[1] for c in post.calls}), 1)
+        figures = s.figures("1")
+        self.assertEqual(
+            (figures.sent, figures.failed, figures.retried, figures.dropped, figures.queued),
+            (1, 3, 3, 0, 0),
+        )
+        self.assertEqual(self.successResultOf(store.pendingWebhooks(10)), [])
+        clock.advance(600)
+        self.assertEqual(len(post.calls), 4)
+
+    def test_droppedAfterFiveMinutes(self) -> None:
+        """A receiver that keeps failing: retries stop 5 minutes after the batch was made; the
+        batch is dropped, counted and forgotten by the store."""
+        store = MemoryStore()
+        s, post, clock = sender(makeApp(WebhookTarget(URL)), store=store)
+        s.occupied("1", "c")
+        clock.advance(0.25)
+        while clock.seconds() < 300.25:
+            if not post.calls[-1][3].called:
+                post.answer(503)
+            clock.advance(1)
+        attempts = len(post.calls)
+        # At 0, then 1, 2, 4, 8, 16, 32, 60, 60, 60 s later: the next would be past 5 minutes.
+        self.assertEqual(attempts, 10)
+        figures = s.figures("1")
+        self.assertEqual((figures.dropped, figures.queued, figures.sent), (1, 0, 0))
+        self.assertEqual(self.successResultOf(store.pendingWebhooks(10)), [])
+        clock.advance(1000)
+        self.assertEqual(len(post.calls), attempts)
+
+    def test_queueBounded(self) -> None:
+        """Past the bound the oldest batch is dropped and counted; in flight at most N."""
+        s, post, clock = sender(makeApp(WebhookTarget(URL)), maxQueue=3, maxInFlight=2)
+        for i in range(5):
+            s.cacheMiss("1", f"cache-{i}")
+            clock.advance(0.25)
+        # The two oldest were dropped while in flight (their requests cancelled), which let
+        # the next two go: never more than two unanswered at once.
+        self.assertEqual(len(post.calls), 4)
+        self.assertEqual(len([c for c in post.calls if not c[3].called]), 2)
+        figures = s.figures("1")
+        self.assertEqual((figures.queued, figures.dropped, figures.failed), (3, 2, 0))
+        bodies = [json.loads(c[1])["events"][0]["channel"] for c in post.calls]
+        self.assertEqual(bodies, ["cache-0", "cache-1", "cache-2", "cache-3"])
+
+    def test_slowReceiverDelaysNoOtherApp(self) -> None:
+        """One app's receiver that never answers holds nothing of another app's webhooks."""
+        slow = makeApp(WebhookTarget("http://127.0.0.1:9/slow"), appId="1")
+        fast = makeApp(WebhookTarget("http://127.0.0.1:9/fast"), appId="2")
+        s, post, clock = sender(slow, fast, maxInFlight=1)
+        for i in range(30):
+            s.cacheMiss("1", f"cache-{i}")
+        s.cacheMiss("2", "cache-x")
+        clock.advance(0.25)
+        fastCalls = [c for c in post.calls if c[0].endswith("/fast")]
+        self.assertEqual(len(fastCalls), 1)
+        fastCalls[0][3].callback(200)
+        self.assertEqual(s.figures("2").sent, 1)
+
+    def test_resumeFromStore(self) -> None:
+        """Batches the store kept (a restart) go out again with their id and body."""
+        store = MemoryStore()
+        body = fmt.encodeBody(1, [fmt.channelEvent(fmt.OCCUPIED, "c")])
+        store.saveWebhook(PendingWebhook("abc", "1", URL, body, 0.0))
+        s, post, clock = sender(makeApp(WebhookTarget(URL)), store=store)
+        self.assertEqual(self.successResultOf(s.resume()), 1)
+        self.assertEqual(post.calls[0][1], body)
+        self.assertEqual(post.calls[0][2]["X-Pushsvc-Webhook-Id"], "abc")
+        post.answer(200)
+        self.assertEqual(self.successResultOf(store.pendingWebhooks(10)), [])
+
+    def test_stopKeepsEverything(self) -> None:
+        """Stop writes gathered and debounced events to the store and cancels every timer."""
+        store = MemoryStore()
+        s, post, clock = sender(makeApp(WebhookTarget(URL)), store=store)
+        s.occupied("1", "a")
+        s.vacated("1", "b")
+        self.successResultOf(s.stop())
+        self.assertEqual(clock.getDelayedCalls(), [])
+        self.assertEqual(post.calls, [])
+        pending = self.successResultOf(store.pendingWebhooks(10))
+        events = [e for p in pending for e in json.loads(p.body)["events"]]
+        self.assertEqual(
+            sorted(e["name"] for e in events), ["channel_occupied", "channel_vacated"]
+        )
+
+    def test_metricsPerApp(self) -> None:
+        """The figures are kept per app (for labels) and summed in metrics()."""
+        s, post, clock = sender(makeApp(WebhookTarget(URL)))
+        s.occupied("1", "c")
+        clock.advance(0.25)
+        clock.advance(0.5)
+        post.answer(200)
+        self.assertEqual(set(s.allFigures()), {"1"})
+        self.assertEqual(s.allFigures()["1"].latencySum, 0.5)
+        metrics = {name: value for name, _, _, value in s.metrics()}
+        self.assertEqual(metrics["pushsvc_webhooks_sent_total"], 1)
+        self.assertEqual(metrics["pushsvc_webhooks_queued"], 0)
+
+
+class RecordingEvents:
+    """A WebhookEvents that records what the hub tells it."""
+
+    def __init__(self) -> None:
+        self.told: list[tuple[Any, ...]] = []
+
+    def occupied(self, appId: str, channel: str) -> None:
+        self.told.append(("occupied", channel))
+
+    def vacated(self, appId: str, channel: str) -> None:
+        self.told.append(("vacated", channel))
+
+    def memberAdded(self, appId: str, channel: str, userId: str) -> None:
+        self.told.append(("member_added", channel, userId))
+
+    def memberRemoved(self, appId: str, channel: str, userId: str) -> None:
+        self.told.append(("member_removed", channel, userId))
+
+    def clientEvent(
+        self, appId: str, channel: str, event: str, data: str, socketId: str, userId: str | None
+    ) -> None:
+        self.told.append(("client_event", channel, event, userId))
+
+    def cacheMiss(self, appId: str, channel: str) -> None:
+        self.told.append(("cache_miss", channel))
+
+
+class HubTests(SynchronousTestCase):
+    """One process: the hub and L{LocalState} tell the webhooks once per change."""
+
+    def test_occupancyAndMembers(self) -> None:
+        """Occupied on the first subscriber, vacated after the last; member_added for a user's
+        first connection, member_removed for the last."""
+        clock = Clock()
+        registry = Registry(PushSettings(), clock)
+        hub = Hub(registry, LocalBroker(clock), clock)
+        hub.webhooks = told = RecordingEvents()
+        a, b = Conn("1", "1.1"), Conn("1", "1.2")
+        for conn in (a, b):
+            hub.connect(conn)
+            hub.subscribe(conn, "presence-p", Member("u1", {}))
+        hub.subscribe(a, "private-c")
+        self.assertEqual(
+            told.told,
+            [("occupied", "presence-p"), ("member_added", "presence-p", "u1"),
+             ("occupied", "private-c")],
+        )
+        del told.told[:]
+        hub.clientEvent(a, "private-c", "client-x", "{}", None)
+        hub.disconnect(a)
+        self.assertEqual(
+            told.told, [("client_event", "private-c", "client-x", None), ("vacated", "private-c")]
+        )
+        del told.told[:]
+        hub.disconnect(b)
+        self.assertEqual(
+            told.told, [("member_removed", "presence-p", "u1"), ("vacated", "presence-p")]
+        )
+
+
+# -- real sockets ----------------------------------------------------------------------------------
+
+
+class Receiver(Resource):
+    """An app backend: records each webhook POST; answers the statuses given, then 200."""
+
+    isLeaf = True
+
+    def __init__(self, statuses: list[int] | None = None) -> None:
+        super().__init__()
+        self.statuses = list(statuses or [])
+        self.requests: list[tuple[dict[str, str], bytes]] = []
+        self._waiting: list[tuple[Callable[[], bool], Deferred[None]]] = []
+
+    def render_POST(self, request: Request) -> bytes:
+        assert request.content is not None
+        body = request.content.read()
+        headers = {
+            k.decode().lower(): v[0].decode() for k, v in request.requestHeaders.getAllRawHeaders()
+        }
+        self.requests.append((headers, body))
+        request.setResponseCode(self.statuses.pop(0) if self.statuses else 200)
+        for item in list(self._waiting):
+            if item[0]():
+                self._waiting.remove(item)
+                item[1].callback(None)
+        return b"{}"
+
+    def events(self) -> list[dict[str, Any]]:
+        """The events of every distinct batch (by id) received."""
+        seen: dict[str, list[dict[str, Any]]] = {}
+        for headers, body in self.requests:
+            seen.setdefault(headers["x-pushsvc-webhook-id"], json.loads(body)["events"])
+        return [e for events in seen.values() for e in events]
+
+    def names(self) -> list[tuple[str, ...]]:
+        return [
+            (e["name"], e["channel"], *([e["user_id"]] if "user_id" in e else []))
+            for e in self.events()
+        ]
+
+    def waitFor(self, check: Callable[[], bool], timeout: float = 20) -> Deferred[None]:
+        if check():
+            return succeed(None)
+        d: Deferred[None] = Deferred()
+        self._waiting.append((check, d))
+        return d.addTimeout(timeout, reactor)
+
+
+def listenReceiver(case: TestCase, receiver: Receiver, port: int = 0) -> int:
+    listening = reactor.listenTCP(port, Site(receiver), interface="127.0.0.1")  # type: ignore[attr-defined]
+    case.addCleanup(listening.stopListening)
+    return int(listening.getHost().port)
+
+
+@inlineCallbacks
+def checkWithSDKs(app: App, requests: list[tuple[dict[str, str], bytes]]) -> Any:
+    """Every request validates with the Python SDK and the Node SDK's webhook().isValid()."""
+    client = pusher.Pusher(app_id=app.id, key=app.key, secret=app.secret)
+    for headers, body in requests:
+        valid = client.validate_webhook(
+            headers["x-pusher-key"], headers["x-pusher-signature"], body.decode()
+        )
+        assert valid is not None, body
+    if not (JS / "node_modules" / "pusher").is_dir():
+        requireService("the Node pusher SDK", "is not installed: run npm ci --prefix tests/js")
+    payload = json.dumps(
+        {
+            "appId": app.id,
+            "key": app.key,
+            "secret": app.secret,
+            "requests": [{"headers": h, "body": b.decode()} for h, b in requests],
+        }
+    )
+    out, err, code = yield _node(payload)
+    assert code == 0, err
+    results = json.loads(out)
+    assert [r["valid"] for r in results] == [True] * len(requests), results
+    return results
+
+
+def _node(stdin: str) -> Deferred[tuple[bytes, bytes, int]]:
+    from twisted.internet.protocol import ProcessProtocol
+
+    class Proto(ProcessProtocol):
+        def __init__(self) -> None:
+            self.out = b""
+            self.err = b""
+            self.done: Deferred[tuple[bytes, bytes, int]] = Deferred()
+
+        def connectionMade(self) -> None:
+            assert self.transport is not None
+            self.transport.write(stdin.encode())
+            self.transport.closeStdin()  # type: ignore[attr-defined]
+
+        def outReceived(self, data: bytes) -> None:
+            self.out += data
+
+        def errReceived(self, data: bytes) -> None:
+            self.err += data
+
+        def processEnded(self, reason: Failure) -> None:
+            code = getattr(reason.value, "exitCode", 0) or 0
+            self.done.callback((self.out, self.err, code))
+
+    proto = Proto()
+    env = {"PATH": os.environ.get("PATH", ""), "NODE_PATH": str(JS / "node_modules")}
+    reactor.spawnProcess(  # type: ignore[attr-defined]
+        proto, "node", ["node", str(JS / "webhook.js")], env=env, path=str(JS)
+    )
+    return proto.done.addTimeout(30, reactor)
+
+
