@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -16,7 +17,7 @@ from typing import Any
 
 import pusher
 from twisted.internet import reactor
-from twisted.internet.defer import Deferred, gatherResults, inlineCallbacks, succeed
+from twisted.internet.defer import Deferred, inlineCallbacks, succeed
 from twisted.internet.error import ConnectionRefusedError
 from twisted.internet.task import Clock
 from twisted.python.failure import Failure
@@ -24,7 +25,7 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 from twisted.web.resource import Resource
 from twisted.web.server import Request, Site
 
-from pushsvc.apps import App, Apps
+from pushsvc.apps import App
 from pushsvc.fanout.registry import Registry
 from pushsvc.frames import Member
 from pushsvc.hub import Hub
@@ -37,7 +38,7 @@ from pushsvc.webhooks.format import WebhookConfigError, WebhookTarget, parseWebh
 from pushsvc.webhooks.sender import WebhookSender
 from tests.helpers import requireService
 from tests.procs import freePort, killIfRunning, startTwistd
-from tests.redisutil import Conn, RedisTestCase
+from tests.redisutil import Conn
 
 JS = Path(__file__).resolve().parent / "js"
 URL = "http://127.0.0.1:9/hooks"
@@ -537,3 +538,213 @@ def _node(stdin: str) -> Deferred[tuple[bytes, bytes, int]]:
     return proto.done.addTimeout(30, reactor)
 
 
+
+
+class LiveTests(TestCase):
+    """A real C{twistd pushsvc} (SQLite store) posting to a real receiver on a loopback port."""
+
+    timeout = 120
+
+    def setUp(self) -> None:
+        self.app = App("424242", "livekey", "livesecret-0123456789")
+        self.dataDir = self.mktemp()
+
+    def start(self, receiverPort: int, debounce: float = 2.0) -> Any:
+        port = freePort()
+        args = [
+            "--listen",
+            f"tcp:{port}:interface=127.0.0.1",
+            "--data-dir",
+            self.dataDir,
+            "--app-id",
+            self.app.id,
+            "--app-key",
+            self.app.key,
+            "--webhook-url",
+            f"http://127.0.0.1:{receiverPort}/hooks?token=t",
+            "--webhook-debounce",
+            str(debounce),
+        ]
+        proc = startTwistd(args, env={"PUSHSVC_APP_SECRET": self.app.secret})
+        self.addCleanup(killIfRunning, proc)
+        return proc, port
+
+    @inlineCallbacks
+    def client(self, port: int) -> Any:
+        from tests.wsclient import PATH, connectClient
+
+        client = yield connectClient(port, PATH.format(key=self.app.key), established=False)
+
+        def close() -> Any:
+            if not client.closed.called:
+                client.transport.abortConnection()
+            return client.closed
+
+        self.addCleanup(close)
+        yield client.expect("pusher:connection_established")
+        return client
+
+    @inlineCallbacks
+    def test_everyKindSignedReloadAndLeave(self) -> Any:
+        """
+        occupied, member_added, client_event and cache_miss arrive, each request accepted by the
+        Python and Node SDKs; a page reload (reconnect within the debounce) sends nothing; a
+        real leave sends member_removed and channel_vacated after the debounce.
+        """
+        from tests.wsclient import subscribeClient
+
+        receiver = Receiver()
+        proc, port = self.start(listenReceiver(self, receiver))
+        yield proc.waitFor("message store ready")
+        member = json.dumps({"user_id": "u1", "user_info": {"name": "Ann"}})
+        a = yield self.client(port)
+        yield subscribeClient(self.app, a, "presence-room", member)
+        yield subscribeClient(self.app, a, "private-c")
+        a.sendJSON("pusher:subscribe", {"channel": "cache-empty"})
+        miss = yield a.expect("pusher:cache_miss", "cache-empty")
+        self.assertEqual(miss.get("data"), {})
+        a.sendJSON("client-typing", {"x": 1}, "presence-room")
+        expected = [
+            ("channel_occupied", "presence-room"),
+            ("member_added", "presence-room", "u1"),
+            ("channel_occupied", "private-c"),
+            ("channel_occupied", "cache-empty"),
+            ("cache_miss", "cache-empty"),
+            ("client_event", "presence-room", "u1"),
+        ]
+        yield receiver.waitFor(lambda: len(receiver.events()) >= len(expected))
+        self.assertEqual(sorted(receiver.names()), sorted(expected))
+        client = next(e for e in receiver.events() if e["name"] == "client_event")
+        self.assertEqual(
+            (client["event"], json.loads(client["data"]), client["socket_id"]),
+            ("client-typing", {"x": 1}, a.socketId),
+        )
+        self.assertEqual(receiver.requests[0][0]["x-pusher-key"], self.app.key)
+        results = yield checkWithSDKs(self.app, receiver.requests)
+        nodeEvents = [e["name"] for r in results for e in r["events"]]
+        self.assertEqual(sorted(nodeEvents), sorted(n[0] for n in expected))
+
+        # A reload: gone and back well within the 2 s debounce.
+        before = len(receiver.requests)
+        a.transport.abortConnection()
+        yield a.closed
+        b = yield self.client(port)
+        yield subscribeClient(self.app, b, "presence-room", member)
+        # The real leave, after which member_removed and vacated come once the debounce passed.
+        b.transport.abortConnection()
+        yield b.closed
+        leftAt = time.monotonic()
+        # (private-c and cache-empty, not subscribed again, are vacated too.)
+        gone = [
+            ("member_removed", "presence-room", "u1"),
+            ("channel_vacated", "presence-room"),
+            ("channel_vacated", "private-c"),
+            ("channel_vacated", "cache-empty"),
+        ]
+        yield receiver.waitFor(lambda: all(g in receiver.names() for g in gone))
+        self.assertGreaterEqual(time.monotonic() - leftAt, 1.9)
+        # Nothing of the reload: no removed + added, no vacated + occupied of presence-room.
+        self.assertEqual(sorted(receiver.names()[len(expected) :]), sorted(gone))
+        self.assertGreater(len(receiver.requests), before)
+        yield checkWithSDKs(self.app, receiver.requests)
+
+    @inlineCallbacks
+    def test_retriedWithTheSameId(self) -> Any:
+        """A receiver that answers 500 three times then 200 receives the batch 4 times, each
+        with the same id and body; /metrics counts the retries and the delivery."""
+        from tests.wsclient import subscribeClient
+
+        receiver = Receiver([500, 500, 500])
+        proc, port = self.start(listenReceiver(self, receiver))
+        yield proc.waitFor("message store ready")
+        a = yield self.client(port)
+        yield subscribeClient(self.app, a, "private-retry")
+        yield receiver.waitFor(lambda: len(receiver.requests) >= 4)
+        ids = {h["x-pushsvc-webhook-id"] for h, _ in receiver.requests}
+        self.assertEqual(len(ids), 1)
+        self.assertEqual(len({b for _, b in receiver.requests}), 1)
+        self.assertEqual(receiver.names(), [("channel_occupied", "private-retry")])
+        yield proc.waitFor("failed (status 500); retry 3 in 4")
+        self.assertNotIn(b"livesecret", proc.output)
+        self.assertNotIn(b"token=t", proc.output)
+
+    @inlineCallbacks
+    def test_receiverDownAcrossRestart(self) -> Any:
+        """A batch that could not be delivered before a restart (the receiver was down) is
+        delivered after it, with the id it had, from the store."""
+        from tests.wsclient import subscribeClient
+
+        receiverPort = freePort()  # nothing listens there yet
+        proc, port = self.start(receiverPort)
+        yield proc.waitFor("message store ready")
+        a = yield self.client(port)
+        yield subscribeClient(self.app, a, "private-durable")
+        yield proc.waitFor("retry 1 in 1")
+        code = yield proc.signal("TERM")
+        self.assertEqual(code, -signal.SIGTERM)  # twistd re-raises it after a clean stop
+        receiver = Receiver()
+        listenReceiver(self, receiver, receiverPort)
+        proc2, port2 = self.start(receiverPort)
+        yield proc2.waitFor("webhook batches kept from before the restart queued again")
+        yield receiver.waitFor(lambda: ("channel_occupied", "private-durable") in receiver.names())
+        yield receiver.waitFor(lambda: ("channel_vacated", "private-durable") in receiver.names())
+        yield checkWithSDKs(self.app, receiver.requests)
+        yield proc2.signal("TERM")
+
+
+class TwoNodeTests(TestCase):
+    """Two real processes on Redis: each webhook once for the cluster."""
+
+    timeout = 120
+
+    def setUp(self) -> None:
+        from tests.redisutil import requireRedis
+
+        requireRedis()
+
+    @inlineCallbacks
+    def test_onceForTheCluster(self) -> Any:
+        """
+        The same channel occupied on both nodes: one channel_occupied, one channel_vacated when
+        the last leaves. A node SIGKILLed with a presence member: one member_removed, from the
+        node that reaps it.
+        """
+        from tests.redisutil import deleteKeys
+        from tests.test_cluster import Cluster
+        from tests.wsclient import PATH, connectClient, subscribeClient
+
+        receiver = Receiver()
+        rport = listenReceiver(self, receiver)
+        cluster = Cluster(self)
+        self.addCleanup(deleteKeys, f"pushsvc:{cluster.app.id}:*")
+        yield cluster.start(
+            2, ("--webhook-url", f"http://127.0.0.1:{rport}/h", "--webhook-debounce", "0.5")
+        )
+        clients = []
+        for i in (0, 1):
+            c = yield connectClient(cluster.ports[i], PATH.format(key=cluster.app.key))
+            self.addCleanup(c.transport.abortConnection)
+            clients.append(c)
+            yield subscribeClient(cluster.app, c, "private-shared", timeout=10)
+        member = json.dumps({"user_id": "victim", "user_info": {}})
+        yield subscribeClient(cluster.app, clients[1], "presence-p", member, timeout=10)
+        yield receiver.waitFor(
+            lambda: ("member_added", "presence-p", "victim") in receiver.names()
+        )
+        for c in clients[:1]:
+            c.transport.abortConnection()
+            yield c.closed
+        # Node 1 dies with the member and its private-shared subscriber; node 0 reaps it.
+        cluster.procs[1].transport.signalProcess("KILL")
+        yield cluster.procs[1].ended
+        yield receiver.waitFor(
+            lambda: ("member_removed", "presence-p", "victim") in receiver.names()
+            and ("channel_vacated", "private-shared") in receiver.names(),
+            timeout=30,
+        )
+        names = receiver.names()
+        self.assertEqual(names.count(("channel_occupied", "private-shared")), 1)
+        self.assertEqual(names.count(("channel_vacated", "private-shared")), 1)
+        self.assertEqual(names.count(("member_added", "presence-p", "victim")), 1)
+        self.assertEqual(names.count(("member_removed", "presence-p", "victim")), 1)
+        yield checkWithSDKs(cluster.app, receiver.requests)
