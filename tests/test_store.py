@@ -351,7 +351,6 @@ class PersistentStoreMixin(StoreContractMixin):
         three = yield self.openStore()
         self.assertTrue((yield three.sessionRevoked("sid-1")))
 
-
     @inlineCallbacks
     def test_pendingWebhooksSurviveReopen(self) -> Generator[Deferred[Any], Any, None]:
         """A webhook batch saved before a close (a restart) is pending after the reopen."""

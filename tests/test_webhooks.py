@@ -347,9 +347,7 @@ class SenderTests(SynchronousTestCase):
         self.assertEqual(post.calls, [])
         pending = self.successResultOf(store.pendingWebhooks(10))
         events = [e for p in pending for e in json.loads(p.body)["events"]]
-        self.assertEqual(
-            sorted(e["name"] for e in events), ["channel_occupied", "channel_vacated"]
-        )
+        self.assertEqual(sorted(e["name"] for e in events), ["channel_occupied", "channel_vacated"])
 
     def test_metricsPerApp(self) -> None:
         """The figures are kept per app (for labels) and summed in metrics()."""
@@ -409,8 +407,11 @@ class HubTests(SynchronousTestCase):
         hub.subscribe(a, "private-c")
         self.assertEqual(
             told.told,
-            [("occupied", "presence-p"), ("member_added", "presence-p", "u1"),
-             ("occupied", "private-c")],
+            [
+                ("occupied", "presence-p"),
+                ("member_added", "presence-p", "u1"),
+                ("occupied", "private-c"),
+            ],
         )
         del told.told[:]
         hub.clientEvent(a, "private-c", "client-x", "{}", None)
@@ -536,8 +537,6 @@ def _node(stdin: str) -> Deferred[tuple[bytes, bytes, int]]:
         proto, "node", ["node", str(JS / "webhook.js")], env=env, path=str(JS)
     )
     return proto.done.addTimeout(30, reactor)
-
-
 
 
 class LiveTests(TestCase):
@@ -728,9 +727,7 @@ class TwoNodeTests(TestCase):
             yield subscribeClient(cluster.app, c, "private-shared", timeout=10)
         member = json.dumps({"user_id": "victim", "user_info": {}})
         yield subscribeClient(cluster.app, clients[1], "presence-p", member, timeout=10)
-        yield receiver.waitFor(
-            lambda: ("member_added", "presence-p", "victim") in receiver.names()
-        )
+        yield receiver.waitFor(lambda: ("member_added", "presence-p", "victim") in receiver.names())
         for c in clients[:1]:
             c.transport.abortConnection()
             yield c.closed
@@ -738,8 +735,10 @@ class TwoNodeTests(TestCase):
         cluster.procs[1].transport.signalProcess("KILL")
         yield cluster.procs[1].ended
         yield receiver.waitFor(
-            lambda: ("member_removed", "presence-p", "victim") in receiver.names()
-            and ("channel_vacated", "private-shared") in receiver.names(),
+            lambda: (
+                ("member_removed", "presence-p", "victim") in receiver.names()
+                and ("channel_vacated", "private-shared") in receiver.names()
+            ),
             timeout=30,
         )
         names = receiver.names()

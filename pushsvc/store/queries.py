@@ -125,9 +125,7 @@ def pendingWebhooks(cursor: Any, d: Dialect, limit: int) -> list[PendingWebhook]
         ),
         (max(limit, 0),),
     )
-    return [
-        PendingWebhook(i, a, u, b.encode("utf-8"), c) for i, a, u, b, c in cursor.fetchall()
-    ]
+    return [PendingWebhook(i, a, u, b.encode("utf-8"), c) for i, a, u, b, c in cursor.fetchall()]
 
 
 def ping(cursor: Any, d: Dialect) -> None:
