@@ -36,6 +36,7 @@ class App:
     enabled: bool = True
     maxDataBytes: int = DEFAULT_MAX_DATA_BYTES
     webhooks: tuple[WebhookTarget, ...] = ()  # see pushsvc.webhooks.format.parseWebhooks
+    subscriptionCount: bool = False  # send pusher_internal:subscription_count (pushsvc.counts)
 
 
 class Apps:

@@ -122,6 +122,9 @@ class MemberEvents(Protocol):
     def announceVacated(self, appId: str, channel: str) -> None:
         """C{channel}'s cluster-wide subscription count went to 0."""
 
+    def announceCount(self, appId: str, channel: str, count: int) -> None:
+        """C{channel}'s cluster-wide subscription count changed to C{count}."""
+
 
 class IClusterState(Interface):
     """

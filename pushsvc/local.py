@@ -134,7 +134,10 @@ class LocalState:
     def counted(self, appId: str, channel: str) -> Deferred[None]:
         """Announce a channel that became occupied or vacated; fires with None at once."""
         key = (appId, channel)
-        if self.registry.subscriptionCount(appId, channel) > 0:
+        count = self.registry.subscriptionCount(appId, channel)
+        if self.events is not None:
+            self.events.announceCount(appId, channel, count)
+        if count > 0:
             if key not in self._occupied:
                 self._occupied.add(key)
                 if self.events is not None:
@@ -163,6 +166,6 @@ class LocalState:
             {
                 channel: channelInfo(channel, count, len(self.registry.members(appId, channel)))
                 for channel, count in self.registry.channels(appId)
-                if channel.startswith(prefix or "") and channelKind(channel) != "user"
+                if channel.startswith(prefix or "") and not channel.startswith("#")
             }
         )

@@ -152,6 +152,7 @@ class ServiceConfig:
     logWebSockets: bool = True  # one info line per WebSocket opened and closed
     webhookUrls: tuple[str, ...] = ()  # --webhook-url: the default app's webhook receivers
     webhookDebounce: float = 3.0  # --webhook-debounce: vacated/member_removed wait this long
+    subscriptionCount: bool = False  # --subscription-count: the default app sends the counts
 
 
 class PushService(MultiService):
@@ -224,6 +225,8 @@ class PushService(MultiService):
         app, sessionKey = self._loadApp()
         if c.webhookUrls:
             app = replace(app, webhooks=parseWebhooks(list(c.webhookUrls)))
+        if c.subscriptionCount:
+            app = replace(app, subscriptionCount=True)
         self.apps = apps = Apps([app])
         self.store = storeFromURL(c.storeURL, c.dataDir, self.reactor)
         settings = PushSettings(
@@ -282,6 +285,11 @@ class PushService(MultiService):
             apps.byId, self.store, self.reactor, post, debounce=self.config.webhookDebounce
         )
         self.hub.webhooks = self.webhooks
+        from pushsvc.counts import SubscriptionCounts
+
+        self.hub.counts = SubscriptionCounts(
+            apps.byId, self.hub.sendInternal, self.reactor, self.webhooks
+        )
 
     def _stopWebhooks(self) -> Deferred[None]:
         """Write what the webhooks hold to the store, then close their HTTP connections."""

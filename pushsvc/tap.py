@@ -220,6 +220,11 @@ class Options(usage.Options):
             None,
             "Do not log each WebSocket opened, refused and closed (for busy deployments).",
         ],
+        [
+            "subscription-count",
+            None,
+            "Send pusher_internal:subscription_count to the default app's channels.",
+        ],
     ]
 
     optParameters: list[list[Any]] = [
@@ -431,6 +436,7 @@ def makeService(options: Options) -> IService:
         logWebSockets=not options["quiet-websockets"],
         webhookUrls=tuple(options["webhook-url"]),
         webhookDebounce=options["webhook-debounce"],
+        subscriptionCount=bool(options["subscription-count"]),
     )
     twistd = getattr(options, "parent", None)  # twistd's own options, when run by twistd
     if twistd is not None and not (twistd.get("nodaemon") or twistd.get("debug")):

@@ -25,7 +25,7 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 from twisted.web.resource import Resource
 from twisted.web.server import Request, Site
 
-from pushsvc.apps import App
+from pushsvc.apps import App, Apps
 from pushsvc.fanout.registry import Registry
 from pushsvc.frames import Member
 from pushsvc.hub import Hub
@@ -747,3 +747,118 @@ class TwoNodeTests(TestCase):
         self.assertEqual(names.count(("member_added", "presence-p", "victim")), 1)
         self.assertEqual(names.count(("member_removed", "presence-p", "victim")), 1)
         yield checkWithSDKs(cluster.app, receiver.requests)
+
+
+class PusherJSServerEventsTests(TestCase):
+    """pusher-js (node, tests/js/client.js) receives subscription counts and watchlist events."""
+
+    timeout = 90
+
+    def setUp(self) -> None:
+        import shutil
+
+        from pushsvc.counts import SubscriptionCounts
+        from pushsvc.ws.protocol import makeAppResource
+
+        node = shutil.which("node")
+        if node is None:
+            requireService("node", "is not installed")
+        if not (JS / "node_modules" / "pusher-js").is_dir():
+            requireService("pusher-js", "is not installed: run npm ci --prefix tests/js")
+        self.node = node
+        self.app = App("77", "counts-key", "counts-secret", subscriptionCount=True)
+        settings = PushSettings()
+        self.registry = Registry(settings, reactor)
+        self.hub = Hub(self.registry, LocalBroker(), reactor)
+        self.hub.counts = SubscriptionCounts(
+            Apps([self.app]).byId, self.hub.sendInternal, reactor, interval=0.5
+        )
+        self.addCleanup(self.hub.counts.stop)
+        root = Resource()
+        resource = makeAppResource(Apps([self.app]), self.hub, self.registry, reactor, settings)
+        self.factory = resource._factory  # type: ignore[attr-defined]
+        root.putChild(b"app", resource)
+        self.port = reactor.listenTCP(0, Site(root), interface="127.0.0.1")  # type: ignore[attr-defined]
+        self.children: list[Any] = []
+        self.addCleanup(self.cleanUp)
+
+    @inlineCallbacks
+    def cleanUp(self) -> Any:
+        from twisted.internet.error import ProcessExitedAlready
+
+        for child in self.children:
+            if not child.ended.called:
+                try:
+                    child.transport.signalProcess("KILL")
+                except ProcessExitedAlready:
+                    pass
+            yield child.ended
+        yield self.factory.registry.whenIdle()
+        yield self.port.stopListening()
+
+    def spawn(
+        self,
+        userId: str,
+        channels: list[str],
+        signin: bool = False,
+        watchlist: list[str] | None = None,
+        events: tuple[str, ...] = (),
+    ) -> Any:
+        from tests.test_pusherjs import NodeClient
+
+        options: dict[str, Any] = {
+            "key": self.app.key,
+            "secret": self.app.secret,
+            "wsHost": "127.0.0.1",
+            "wsPort": self.port.getHost().port,  # type: ignore[attr-defined]
+            "userId": userId,
+            "channels": channels,
+            "signin": signin,
+            "events": list(events),
+        }
+        if watchlist is not None:
+            options["watchlist"] = watchlist
+        child = NodeClient(userId)
+        env = {"PATH": os.environ.get("PATH", ""), "NODE_PATH": str(JS / "node_modules")}
+        reactor.spawnProcess(  # type: ignore[attr-defined]
+            child,
+            self.node,
+            [self.node, str(JS / "client.js"), json.dumps(options)],
+            env=env,
+            path=str(JS),
+        )
+        self.children.append(child)
+        return child
+
+    @inlineCallbacks
+    def test_subscriptionCount(self) -> Any:
+        """pusher-js's pusher:subscription_count fires with the count as subscribers come and
+        go (the second change after the throttle interval)."""
+        ann = self.spawn("ann", ["news"], events=("pusher:subscription_count",))
+        first = yield ann.expect("bound", event="pusher:subscription_count")
+        self.assertEqual(first["data"], {"subscription_count": 1})
+        bob = self.spawn("bob", ["news"])
+        yield bob.expect("subscribed", channel="news")
+        second = yield ann.expect("bound", event="pusher:subscription_count")
+        self.assertEqual(second["data"], {"subscription_count": 2})
+        bob.command(cmd="disconnect")
+        yield bob.ended
+        third = yield ann.expect("bound", event="pusher:subscription_count")
+        self.assertEqual(third["data"], {"subscription_count": 1})
+
+    @inlineCallbacks
+    def test_watchlistOnlineOffline(self) -> Any:
+        """A user signed in with a watchlist hears, through pusher.user.watchlist, who of it is
+        online already, who comes online, and who goes offline."""
+        bob = self.spawn("bob", [], signin=True)
+        yield bob.expect("signed_in")
+        ann = self.spawn("ann", [], signin=True, watchlist=["bob", "carol"])
+        online = yield ann.expect("watchlist", name="online")
+        self.assertEqual(online["user_ids"], ["bob"])
+        carol = self.spawn("carol", [], signin=True)
+        yield carol.expect("signed_in")
+        online = yield ann.expect("watchlist", name="online")
+        self.assertEqual(online["user_ids"], ["carol"])
+        bob.command(cmd="disconnect")
+        offline = yield ann.expect("watchlist", name="offline")
+        self.assertEqual(offline["user_ids"], ["bob"])

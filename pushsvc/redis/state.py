@@ -204,6 +204,8 @@ class RedisState:
 
     def _counted(self, reply: list[Any], appId: str) -> None:
         self._checkAbsent(appId, reply[0])
+        for channel, count in _pairs(reply[2], 2):
+            self._announcer().announceCount(appId, channel, int(count))
         for sign, channel in _pairs(reply[1], 2):
             if sign == "+":
                 self._announcer().announceOccupied(appId, channel)

@@ -348,6 +348,17 @@ class PushServerProtocol(LeanServerProtocol):
         self.userId, self.userInfo = req.userId, req.userInfo
         self.factory.hub.signin(self, req.userId)
         self.send(frames.signinSuccess(req.userData))
+        watchlist = frames.watchlistOf(req.userData)
+        if watchlist:
+            self.factory.hub.watch(self, watchlist).addCallback(self._watching)
+
+    def _watching(self, online: list[str]) -> None:
+        if online:
+            self.send(
+                frames.encodeEvent(
+                    frames.WATCHLIST_EVENT, None, frames.watchlistEventsData("online", online)
+                )
+            )
 
     def handleClientEvent(self, frame: ClientFrame) -> None:
         data = frames.clientEventData(frame)
