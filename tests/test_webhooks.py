@@ -38,7 +38,7 @@ from pushsvc.webhooks.format import WebhookConfigError, WebhookTarget, parseWebh
 from pushsvc.webhooks.sender import WebhookSender
 from tests.helpers import requireService
 from tests.procs import freePort, killIfRunning, startTwistd
-from tests.redisutil import Conn
+from tests.redisutil import Conn, RedisTestCase
 
 JS = Path(__file__).resolve().parent / "js"
 URL = "http://127.0.0.1:9/hooks"
@@ -862,3 +862,126 @@ class PusherJSServerEventsTests(TestCase):
         bob.command(cmd="disconnect")
         offline = yield ann.expect("watchlist", name="offline")
         self.assertEqual(offline["user_ids"], ["bob"])
+
+
+class CountsTests(SynchronousTestCase):
+    def test_throttledPerChannel(self) -> None:
+        """The first count goes at once, later ones at most once per interval (the latest),
+        only for apps that enabled it, with a subscription_count webhook alongside."""
+        from pushsvc.counts import SubscriptionCounts
+
+        clock = Clock()
+        sent: list[tuple[str, str, str, str]] = []
+        on = App("1", "k1", "s1", subscriptionCount=True, webhooks=(WebhookTarget(URL),))
+        off = App("2", "k2", "s2")
+        hooks, post, _ = sender(on)
+        hooks.clock = clock
+        counts = SubscriptionCounts(
+            {"1": on, "2": off}.get, lambda *a: sent.append(a), clock, hooks, interval=5
+        )
+        counts("1", "news", 1)
+        counts("2", "news", 1)
+        counts("1", "news", 2)
+        counts("1", "news", 3)
+        counts("1", "other", 1)
+        self.assertEqual(
+            [(a, c, json.loads(d)) for a, c, _, d in sent],
+            [("1", "news", {"subscription_count": 1}), ("1", "other", {"subscription_count": 1})],
+        )
+        clock.advance(5)
+        self.assertEqual(json.loads(sent[-1][3]), {"subscription_count": 3})
+        self.assertEqual(len(sent), 3)
+        clock.advance(5)
+        self.assertEqual(len(sent), 3)
+        clock.advance(0.25)
+        webhooks = [e for i in range(len(post.calls)) for e in post.events(i)]
+        self.assertEqual(
+            [(e["name"], e["channel"], e["subscription_count"]) for e in webhooks],
+            [
+                ("subscription_count", "news", 1),
+                ("subscription_count", "other", 1),
+                ("subscription_count", "news", 3),
+            ],
+        )
+        counts.stop()
+        self.successResultOf(hooks.stop())
+        self.assertEqual(clock.getDelayedCalls(), [])
+
+    def test_reservedChannelsSendNoWebhooks(self) -> None:
+        """Signing in (C{#server-to-user-}) and watching (C{#watchlist-}) send no channel
+        webhooks and no counts; a user's first sign-in tells its watchers it is online."""
+        clock = Clock()
+        registry = Registry(PushSettings(), clock)
+        hub = Hub(registry, LocalBroker(clock), clock)
+        hub.webhooks = told = RecordingEvents()
+        counted: list[tuple[str, str, int]] = []
+        hub.counts = lambda *a: counted.append(a)
+        watcher, user = Conn("1", "1.1"), Conn("1", "1.2")
+        hub.connect(watcher)
+        hub.connect(user)
+        self.assertEqual(self.successResultOf(hub.watch(watcher, ["u2"])), [])
+        hub.signin(user, "u2")
+        self.assertEqual(told.told, [])
+        self.assertEqual(counted, [])
+        self.assertEqual(
+            [m["data"] for m in watcher.events("pusher_internal:watchlist_events")],
+            [{"events": [{"name": "online", "user_ids": ["u2"]}]}],
+        )
+        self.assertNotIn("channel", watcher.events("pusher_internal:watchlist_events")[0])
+        other = Conn("1", "1.3")
+        hub.connect(other)
+        self.assertEqual(self.successResultOf(hub.watch(other, ["u2", "u3"])), ["u2"])
+        hub.disconnect(user)
+        clock.advance(0)  # the fan-out writes queued frames on the next turn
+        self.assertEqual(
+            watcher.events("pusher_internal:watchlist_events")[-1]["data"],
+            {"events": [{"name": "offline", "user_ids": ["u2"]}]},
+        )
+
+
+class RedisServerEventsTests(RedisTestCase):
+    """Watchlist and occupancy across two in-process nodes on the machine's Redis."""
+
+    @inlineCallbacks
+    def test_watchlistAcrossNodes(self) -> Any:
+        """A watcher on one node hears a user sign in and out on another, once each."""
+        a, b = yield self.nodes(2)
+        watcher = a.connect("1")
+        online = yield a.hub.watch(watcher, ["bob"])
+        self.assertEqual(online, [])
+        bob = b.connect("1")
+        b.hub.signin(bob, "bob")
+        event = yield watcher.next("pusher_internal:watchlist_events")
+        self.assertEqual(event["data"], {"events": [{"name": "online", "user_ids": ["bob"]}]})
+        bob2 = b.connect("1")
+        b.hub.signin(bob2, "bob")  # a second connection: no new online
+        late = a.connect("1")
+        self.assertEqual((yield a.hub.watch(late, ["bob"])), ["bob"])
+        b.hub.disconnect(bob)
+        b.hub.disconnect(bob2)
+        event = yield watcher.next("pusher_internal:watchlist_events")
+        self.assertEqual(event["data"], {"events": [{"name": "offline", "user_ids": ["bob"]}]})
+        self.assertEqual(watcher.events("pusher_internal:watchlist_events"), [])
+
+    @inlineCallbacks
+    def test_occupiedOnceAcrossNodes(self) -> Any:
+        """The same channel subscribed on two nodes: occupied once; vacated once, by the node
+        whose leave took the cluster count to 0; counts are cluster-wide."""
+        a, b = yield self.nodes(2)
+        told: list[tuple[Any, ...]] = []
+        counted: list[tuple[str, str, int]] = []
+        for node in (a, b):
+            node.hub.webhooks = events = RecordingEvents()
+            events.told = told
+            node.hub.counts = lambda *args: counted.append(args)
+        ca, cb = a.connect("1"), b.connect("1")
+        yield a.subscribe(ca, "private-x")
+        yield b.subscribe(cb, "private-x")
+        self.assertEqual(told, [("occupied", "private-x")])
+        self.assertEqual([c[2] for c in counted], [1, 2])
+        a.hub.disconnect(ca)
+        yield a.state.counted("1", "private-x")
+        b.hub.disconnect(cb)
+        yield b.state.counted("1", "private-x")
+        self.assertEqual(told, [("occupied", "private-x"), ("vacated", "private-x")])
+        self.assertEqual([c[2] for c in counted], [1, 2, 1, 0])
