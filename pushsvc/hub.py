@@ -500,6 +500,19 @@ class Hub:
         """Fires with channel -> L{ChannelInfo} of the occupied channels starting with C{prefix}."""
         return self.state.occupied(app.id, prefix)
 
+    def cacheInfo(self, app: Any, channel: str) -> Deferred[dict[str, Any] | None]:
+        """Fires with the event kept for cache channel C{channel} (event, data, ttl) or None."""
+
+        def kept(_: object) -> dict[str, Any] | None:
+            frame = self.cachedEvent(app.id, channel)
+            if frame is None:
+                return None
+            left = CACHE_TTL - (self.clock.seconds() - self._cache[(app.id, channel)][1])
+            event = json.loads(frame)
+            return {"event": event["event"], "data": event.get("data"), "ttl": max(int(left), 0)}
+
+        return self._recall(app.id, channel).addCallback(kept)
+
     def presenceUserIds(self, app: Any, channel: str) -> Deferred[list[str]]:
         """Fires with the user ids present on C{channel}; fails with L{BrokerUnavailable}."""
         return self.state.members(app.id, channel).addCallback(list)

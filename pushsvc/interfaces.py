@@ -199,6 +199,12 @@ class IHub(Interface):
     def occupiedChannels(app: Any, prefix: str | None) -> Any:
         """Fires with a dict channel name -> L{ChannelInfo} of the occupied channels."""
 
+    def cacheInfo(app: Any, channel: str) -> Any:
+        """
+        Fires with C{{"event", "data", "ttl"}} of the event kept for cache channel C{channel}
+        (C{ttl}: whole seconds it is kept for still), or None when none is kept.
+        """
+
     def presenceUserIds(app: Any, channel: str) -> Any:
         """Fires with the list of user ids present on a presence channel."""
 

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pusher
+import pusher.errors
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred, inlineCallbacks, succeed
 from twisted.internet.error import ConnectionRefusedError
@@ -539,7 +540,7 @@ def _node(stdin: str) -> Deferred[tuple[bytes, bytes, int]]:
     return proto.done.addTimeout(30, reactor)
 
 
-class LiveTests(TestCase):
+class LiveCase(TestCase):
     """A real C{twistd pushsvc} (SQLite store) posting to a real receiver on a loopback port."""
 
     timeout = 120
@@ -583,6 +584,8 @@ class LiveTests(TestCase):
         yield client.expect("pusher:connection_established")
         return client
 
+
+class LiveTests(LiveCase):
     @inlineCallbacks
     def test_everyKindSignedReloadAndLeave(self) -> Any:
         """
@@ -985,3 +988,37 @@ class RedisServerEventsTests(RedisTestCase):
         yield b.state.counted("1", "private-x")
         self.assertEqual(told, [("occupied", "private-x"), ("vacated", "private-x")])
         self.assertEqual([c[2] for c in counted], [1, 2, 1, 0])
+
+
+class CacheInfoTests(LiveCase):
+    """C{info=cache} on a cache channel's info, through the official Python SDK."""
+
+    @inlineCallbacks
+    def test_infoCache(self) -> Any:
+        """The kept event, its data and the seconds left (at most 30 minutes) are answered;
+        nothing kept: no cache key; a channel that is no cache channel: 400."""
+        from twisted.internet.threads import deferToThread
+
+        receiver = Receiver()
+        proc, port = self.start(listenReceiver(self, receiver))
+        yield proc.waitFor("message store ready")
+        sdk = pusher.Pusher(
+            app_id=self.app.id,
+            key=self.app.key,
+            secret=self.app.secret,
+            host="127.0.0.1",
+            port=port,
+            ssl=False,
+        )
+        empty = yield deferToThread(sdk.channel_info, "cache-price", ["cache"])
+        self.assertEqual(empty, {"occupied": False})
+        yield deferToThread(sdk.trigger, "cache-price", "update", {"p": 3})
+        info = yield deferToThread(sdk.channel_info, "cache-price", ["cache"])
+        self.assertEqual(info["cache"]["event"], "update")
+        self.assertEqual(json.loads(info["cache"]["data"]), {"p": 3})
+        self.assertTrue(1790 <= info["cache"]["ttl"] <= 1800, info)
+        error = yield deferToThread(sdk.channel_info, "news", ["cache"]).addErrback(
+            lambda f: f.value
+        )
+        self.assertIsInstance(error, pusher.errors.PusherBadRequest)
+        self.assertIn("info=cache is for cache channels only", str(error))
