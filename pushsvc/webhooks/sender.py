@@ -197,7 +197,7 @@ class _Target:
         try:
             d = sender.post(self.target.url, batch.stored.body, headers)
         except Exception:
-            d = fail(Failure())
+            d = fail()  # the exception being handled
         d.addTimeout(sender.timeout, sender.clock)
         batch.request = d
 
