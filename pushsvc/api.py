@@ -31,6 +31,7 @@ from twisted.web.server import Request
 from pushsvc import names
 from pushsvc.apiauth import ApiAuthError, checkParameterNames, verifyApiRequest
 from pushsvc.apps import App, Apps
+from pushsvc.frames import isCacheChannel
 from pushsvc.http.util import DEFAULT_MAX_BODY, HTTPError, parseJSONObject, readBody, respond
 from pushsvc.interfaces import BrokerUnavailable, ChannelInfo, IHub
 
@@ -71,19 +72,19 @@ def validUserId(userId: str) -> str:
     return userId
 
 
-def parseInfo(raw: object) -> frozenset[str]:
+def parseInfo(raw: object, known: tuple[str, ...] = INFO_ATTRIBUTES) -> frozenset[str]:
     """The attributes asked for by an C{info} parameter: a comma-separated list."""
     if raw is None:
         return frozenset()
     if not isinstance(raw, str):
         raise HTTPError(400, "info must be a comma-separated string of attributes.")
     asked = frozenset(a.strip() for a in raw.split(",") if a.strip())
-    unknown = asked.difference(INFO_ATTRIBUTES)
+    unknown = asked.difference(known)
     if unknown:
         raise HTTPError(
             400,
             f"Unknown info attribute(s) {', '.join(sorted(unknown))}: "
-            f"the known ones are {', '.join(INFO_ATTRIBUTES)}.",
+            f"the known ones are {', '.join(known)}.",
         )
     return asked
 
@@ -343,11 +344,19 @@ class PusherAPI(Resource):
 
     async def channel(self, call: Call) -> Reply:
         name = validChannel(call.args[0])
-        asked = parseInfo(call.params.get("info"))
+        asked = parseInfo(call.params.get("info"), (*INFO_ATTRIBUTES, "cache"))
         if "user_count" in asked and not name.startswith("presence-"):
             raise HTTPError(400, "info=user_count is for presence channels only.")
+        if "cache" in asked and not isCacheChannel(name):
+            raise HTTPError(400, "info=cache is for cache channels only.")
         info = await brokerCall(self.hub.channelInfo, call.app, name)
-        return 200, {"occupied": info.occupied, **attributes(info, asked, name)}
+        reply: dict[str, Any] = {"occupied": info.occupied, **attributes(info, asked, name)}
+        if "cache" in asked:
+            # The event kept for the channel and the seconds it is kept for: absent when none.
+            cached = await brokerCall(self.hub.cacheInfo, call.app, name)
+            if cached is not None:
+                reply["cache"] = cached
+        return 200, reply
 
     async def users(self, call: Call) -> Reply:
         name = validChannel(call.args[0])

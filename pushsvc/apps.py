@@ -18,6 +18,7 @@ from pathlib import Path
 from twisted.logger import Logger
 
 from pushsvc.filemodes import privateFile, writePrivateFile
+from pushsvc.webhooks.format import WebhookTarget
 
 log = Logger()
 
@@ -34,6 +35,8 @@ class App:
     secret: str = field(repr=False)
     enabled: bool = True
     maxDataBytes: int = DEFAULT_MAX_DATA_BYTES
+    webhooks: tuple[WebhookTarget, ...] = ()  # see pushsvc.webhooks.format.parseWebhooks
+    subscriptionCount: bool = False  # send pusher_internal:subscription_count (pushsvc.counts)
 
 
 class Apps:

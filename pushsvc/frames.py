@@ -112,6 +112,34 @@ def serverToUserChannel(userId: str) -> str:
     return SERVER_TO_USER_PREFIX + userId
 
 
+WATCHLIST_PREFIX = "#watchlist-"
+WATCHLIST_EVENT = "pusher_internal:watchlist_events"
+MAX_WATCHLIST = 100  # user ids one sign-in may watch, as Pusher allows
+
+
+def watchlistChannel(userId: str) -> str:
+    """The reserved channel a connection watching C{userId} is subscribed to."""
+    return WATCHLIST_PREFIX + userId
+
+
+def watchlistEventsData(name: str, userIds: list[str]) -> str:
+    """Pusher's watchlist data: C{{"events": [{"name": "online", "user_ids": [...]}]}}."""
+    return _compact({"events": [{"name": name, "user_ids": userIds}]})
+
+
+def watchlistOf(userData: str) -> list[str]:
+    """The user ids of C{watchlist} in sign-in C{user_data} (strings only, at most 100)."""
+    try:
+        obj = json.loads(userData)
+    except ValueError:
+        return []
+    raw = obj.get("watchlist") if isinstance(obj, dict) else None
+    if not isinstance(raw, list):
+        return []
+    ids = [u for u in raw if isinstance(u, str) and 0 < len(u) <= 200]
+    return list(dict.fromkeys(ids))[:MAX_WATCHLIST]
+
+
 def channelKind(name: str) -> str:
     """
     One of C{"public"}, C{"private"}, C{"private-encrypted"}, C{"presence"} or C{"user"} (the
@@ -355,7 +383,7 @@ def memberRemovedData(userId: str) -> str:
 
 
 def cacheMiss(channel: str) -> bytes:
-    return encodeEvent("pusher:cache_miss", channel, None)
+    return encodeEvent("pusher:cache_miss", channel, "{}")
 
 
 def signinSuccess(userData: str) -> bytes:

@@ -13,15 +13,16 @@ data directory, no pidfile).
 
 Stop (L{PushService.stopService}, explicit steps, not the children's reverse order): stop the
 listener children -> tell WebSocket clients to reconnect elsewhere (4200) -> drain HTTP ->
-stop the heartbeat and withdraw this process from the cluster state -> stop the broker -> close
-the store, so nothing acknowledged is half-written -> the other children -> unlock.
+stop the heartbeat and withdraw this process from the cluster state -> stop the broker -> write
+the webhooks not yet delivered to the store -> close the store, so nothing acknowledged is
+half-written -> the other children -> unlock.
 """
 
 from __future__ import annotations
 
 import sys
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -48,6 +49,7 @@ from pushsvc.interfaces import IBroker, PushSettings
 from pushsvc.session import SessionSigner
 from pushsvc.store import IStore, storeFromURL
 from pushsvc.waiters import Waiters
+from pushsvc.webhooks.format import parseWebhooks
 
 log = Logger()
 
@@ -148,6 +150,9 @@ class ServiceConfig:
     bodyMinRate: int = 1024  # --body-min-rate: bytes/s a body must keep up, after the above
     idleTimeout: float = 60.0  # --idle-timeout: idle keep-alive, or replies not read
     logWebSockets: bool = True  # one info line per WebSocket opened and closed
+    webhookUrls: tuple[str, ...] = ()  # --webhook-url: the default app's webhook receivers
+    webhookDebounce: float = 3.0  # --webhook-debounce: vacated/member_removed wait this long
+    subscriptionCount: bool = False  # --subscription-count: the default app sends the counts
 
 
 class PushService(MultiService):
@@ -218,6 +223,10 @@ class PushService(MultiService):
 
         c = self.config
         app, sessionKey = self._loadApp()
+        if c.webhookUrls:
+            app = replace(app, webhooks=parseWebhooks(list(c.webhookUrls)))
+        if c.subscriptionCount:
+            app = replace(app, subscriptionCount=True)
         self.apps = apps = Apps([app])
         self.store = storeFromURL(c.storeURL, c.dataDir, self.reactor)
         settings = PushSettings(
@@ -240,6 +249,7 @@ class PushService(MultiService):
         else:
             self.broker = LocalBroker(self.reactor)
             self.hub = Hub(self.registry, self.broker, self.reactor)
+        self._buildWebhooks(apps)
         chat = ChatAPI(
             apps,
             self.store,
@@ -265,6 +275,26 @@ class PushService(MultiService):
         )
         self.site.logPublishes = c.logPublishes
         return self.site
+
+    def _buildWebhooks(self, apps: Apps) -> None:
+        """The webhooks of every app, told by the hub, kept in the store, sent with treq."""
+        from pushsvc.webhooks.sender import WebhookSender, treqPoster
+
+        post, self._webhookPool = treqPoster(self.reactor)
+        self.webhooks = WebhookSender(
+            apps.byId, self.store, self.reactor, post, debounce=self.config.webhookDebounce
+        )
+        self.hub.webhooks = self.webhooks
+        from pushsvc.counts import SubscriptionCounts
+
+        self.hub.counts = SubscriptionCounts(
+            apps.byId, self.hub.sendInternal, self.reactor, self.webhooks
+        )
+
+    def _stopWebhooks(self) -> Deferred[None]:
+        """Write what the webhooks hold to the store, then close their HTTP connections."""
+        d = self.webhooks.stop()
+        return d.addCallback(lambda _: self._webhookPool.closeCachedConnections())
 
     def _applyLimits(self, site: Any) -> None:
         """Raise the open-file limit; give the site its caps and trusted proxies (logged)."""
@@ -331,6 +361,8 @@ class PushService(MultiService):
         # can while Redis is away, and health says so.
         d = self.broker.start()
         d.addCallback(lambda _: self._openStore())
+        # Batches kept from before a restart go out once the store is open.
+        self.whenReady().addCallback(lambda _: self.webhooks.resume())
 
     def _checkStore(self) -> None:
         """A store that says it cannot work as configured (e.g. a missing PostgreSQL database)
@@ -449,7 +481,12 @@ class PushService(MultiService):
         return d.addCallbacks(ok, bad)
 
     def metrics(self) -> list[tuple[str, str, str, float]]:
-        return self.registry.metrics() + self.pusherApi.metrics() + self.site.limits.metrics()
+        return (
+            self.registry.metrics()
+            + self.pusherApi.metrics()
+            + self.site.limits.metrics()
+            + self.webhooks.metrics()
+        )
 
     # -- shut-down -----------------------------------------------------------------------
 
@@ -486,6 +523,7 @@ class PushService(MultiService):
             ("close HTTP connections", self._closeHTTP),
             ("stop the hub", self.hub.state.stop),
             ("stop the broker", self.broker.stop),
+            ("keep pending webhooks in the store", self._stopWebhooks),
             ("close the store", lambda: self.store.close() if self.store is not None else None),
             ("stop child services", lambda: MultiService.stopService(self)),
             ("unlock the data directory", self._unlock),

@@ -25,6 +25,7 @@ from pushsvc import __version__
 from pushsvc.preflight import preflight
 from pushsvc.service import PushService, ServiceConfig
 from pushsvc.store import validateStoreURL
+from pushsvc.webhooks.format import WebhookConfigError, checkURL
 
 DEFAULT_LISTEN = "tcp:8080:interface=127.0.0.1"
 
@@ -94,6 +95,27 @@ def _positiveSeconds(name: str):  # type: ignore[no-untyped-def]
 
     coerce.coerceDoc = "Seconds, greater than 0."  # type: ignore[attr-defined]
     return coerce
+
+
+def _secondsOrZero(name: str):  # type: ignore[no-untyped-def]
+    def coerce(value: str) -> float:
+        try:
+            seconds = float(value)
+        except ValueError:
+            seconds = -1.0
+        if not 0 <= seconds <= 3600:
+            raise ValueError(f"{name} must be a number of seconds from 0 to 3600, not {value!r}")
+        return seconds
+
+    coerce.coerceDoc = "Seconds, 0 to 3600."  # type: ignore[attr-defined]
+    return coerce
+
+
+def _webhookURL(value: str) -> str:
+    try:
+        return checkURL(value)
+    except WebhookConfigError as e:
+        raise usage.UsageError(f"--webhook-url: {e}.") from None
 
 
 def _existingFile(value: str) -> Path:
@@ -197,6 +219,11 @@ class Options(usage.Options):
             "quiet-websockets",
             None,
             "Do not log each WebSocket opened, refused and closed (for busy deployments).",
+        ],
+        [
+            "subscription-count",
+            None,
+            "Send pusher_internal:subscription_count to the default app's channels.",
         ],
     ]
 
@@ -309,11 +336,19 @@ class Options(usage.Options):
             "text, or json: one JSON object a line in twistd's log, for log shippers.",
             _logFormat,
         ],
+        [
+            "webhook-debounce",
+            None,
+            3.0,
+            "Seconds channel_vacated and member_removed webhooks wait (dropped if back meanwhile).",
+            _secondsOrZero("--webhook-debounce"),
+        ],
     ]
 
     def __init__(self) -> None:
         super().__init__()
         self["listen"] = []
+        self["webhook-url"] = []
 
     def parseOptions(self, options: list[str] | None = None) -> None:
         """
@@ -330,6 +365,10 @@ class Options(usage.Options):
         self["listen"].append(_endpoint(description))
 
     opt_l = opt_listen
+
+    def opt_webhook_url(self, url: str) -> None:
+        """URL the default app's webhooks are POSTed to (repeatable), Pusher's signed format."""
+        self["webhook-url"].append(_webhookURL(url))
 
     def opt_app_secret(self, value: str) -> None:
         """Refused: the secret never goes on the command line (see --app-secret-file)."""
@@ -395,6 +434,9 @@ def makeService(options: Options) -> IService:
         bodyMinRate=options["body-min-rate"],
         idleTimeout=options["idle-timeout"],
         logWebSockets=not options["quiet-websockets"],
+        webhookUrls=tuple(options["webhook-url"]),
+        webhookDebounce=options["webhook-debounce"],
+        subscriptionCount=bool(options["subscription-count"]),
     )
     twistd = getattr(options, "parent", None)  # twistd's own options, when run by twistd
     if twistd is not None and not (twistd.get("nodaemon") or twistd.get("debug")):

@@ -72,8 +72,8 @@ class Cluster:
         self.ports: list[int] = []
         self.procs: list[TwistdProcess] = []
 
-    def start(self, n: int = 3) -> Any:
-        """Fires once every process has its store and broker ready."""
+    def start(self, n: int = 3, extra: tuple[str, ...] = ()) -> Any:
+        """Fires once every process has its store and broker ready; C{extra}: more options."""
         waits = []
         for _ in range(n):
             port = freePort()
@@ -93,6 +93,7 @@ class Cluster:
                 args += ["--store", storeURL(self.schema)]
             else:
                 args += ["--store", "memory:"]
+            args += extra
             env = {"PUSHSVC_APP_SECRET": self.app.secret, "PUSHSVC_SESSION_KEY": SESSION_KEY}
             proc = startTwistd(args, env=env)
             self.case.addCleanup(killIfRunning, proc)

@@ -31,6 +31,7 @@ from zope.interface.verify import verifyObject
 from pushsvc.store import (
     IStore,
     Message,
+    PendingWebhook,
     RoomSummary,
     StoreUnavailable,
     storeFromURL,
@@ -327,6 +328,27 @@ class StoreContractMixin(_MixinBase):
         self.assertEqual((yield store.latest("new", 10))[0].id, 1)
 
     @inlineCallbacks
+    def test_pendingWebhooks(self) -> Generator[Deferred[Any], Any, None]:
+        """
+        Saved webhook batches come back oldest first, bodies byte for byte, bounded by the
+        limit; saving an id twice keeps one; a deleted batch is gone, deleting twice is no error.
+        """
+        store = yield self.openStore()
+        self.assertEqual((yield store.pendingWebhooks(10)), [])
+        body = '{"time_ms":1,"events":[{"name":"client_event","data":"héllo 🎉 \\"x\\""}]}'
+        b1 = PendingWebhook("id-1", "app", "http://127.0.0.1:1/h?q=1", body.encode(), 200.0)
+        b2 = PendingWebhook("id-2", "app2", "http://127.0.0.1:2/", b"{}", 100.0)
+        b3 = PendingWebhook("id-3", "app", "http://127.0.0.1:1/h?q=1", b"[]", 300.0)
+        for batch in (b1, b2, b3, b1):
+            self.assertIsNone((yield store.saveWebhook(batch)))
+        self.assertEqual((yield store.pendingWebhooks(10)), [b2, b1, b3])
+        self.assertEqual((yield store.pendingWebhooks(2)), [b2, b1])
+        self.assertIsNone((yield store.deleteWebhook("id-2")))
+        yield store.deleteWebhook("id-2")
+        yield store.deleteWebhook("unknown")
+        self.assertEqual((yield store.pendingWebhooks(10)), [b1, b3])
+
+    @inlineCallbacks
     def test_ping(self) -> Generator[Deferred[Any], Any, None]:
         """An open store answers ping with None."""
         store = yield self.openStore()
@@ -484,6 +506,16 @@ class PersistentStoreMixin(StoreContractMixin):
         three = yield self.openStore()
         self.assertTrue((yield three.sessionRevoked("sid-1")))
 
+    @inlineCallbacks
+    def test_pendingWebhooksSurviveReopen(self) -> Generator[Deferred[Any], Any, None]:
+        """A webhook batch saved before a close (a restart) is pending after the reopen."""
+        one = yield self.openStore()
+        batch = PendingWebhook("b-1", "app", "http://127.0.0.1:9/", b'{"events":[]}', 5.0)
+        yield one.saveWebhook(batch)
+        yield one.close()
+        two = yield self.openStore()
+        self.assertEqual((yield two.pendingWebhooks(5)), [batch])
+
 
 class MemoryStoreTests(StoreContractMixin, TestCase):
     def newStore(self, schema: Path | None = None) -> IStore:
@@ -563,7 +595,7 @@ class SchemaScriptTests(SynchronousTestCase):
         """Both engines ship version 1 and the scripts load from the installed package."""
         for engine in ("sqlite", "postgresql"):
             scripts = loadScripts(defaultSchema(engine))
-            self.assertEqual([s.version for s in scripts], [1, 2, 3])
+            self.assertEqual([s.version for s in scripts], [1, 2, 3, 4])
             self.assertIn("CREATE TABLE version", scripts[0].sql)
             self.assertIn("CREATE TABLE revoked_sessions", scripts[1].sql)
             self.assertIn("CREATE UNIQUE INDEX messages_by_client_id", scripts[2].sql)

@@ -22,6 +22,10 @@ node's expiry on by that gap before anything is judged by it: the nodes could no
 meanwhile, so a stall of any length reaps no live node (clients see no member_removed /
 member_added flicker); a node that died just before is reaped up to that gap later.
 
+Channel occupancy is decided the same way: C{COUNTS} answers which channels went from 0 to some
+subscribers, or to 0, counting every node not yet reaped; C{BEAT} answers the channels a reaped
+node was the last to hold. Each is announced (the hub's webhooks) by the one node told.
+
 Member events are decided by Lua scripts, atomically: C{JOIN} answers "new" only when no other
 live node has the user on the channel, C{LEAVE} answers "gone" only when no other live node has
 it. After a reconnect (Redis restarted, or this node reaped while it could not reach Redis) the
@@ -198,8 +202,15 @@ class RedisState:
 
         done.addCallback(wake)
 
-    def _counted(self, absent: Any, appId: str) -> None:
-        self._checkAbsent(appId, absent)
+    def _counted(self, reply: list[Any], appId: str) -> None:
+        self._checkAbsent(appId, reply[0])
+        for channel, count in _pairs(reply[2], 2):
+            self._announcer().announceCount(appId, channel, int(count))
+        for sign, channel in _pairs(reply[1], 2):
+            if sign == "+":
+                self._announcer().announceOccupied(appId, channel)
+            else:
+                self._announcer().announceVacated(appId, channel)
 
     def joined(self, appId: str, channel: str, userId: str, userInfo: Any) -> Deferred[bool]:
         d = self._run("join", appId, channel, userId, json.dumps(userInfo))
@@ -269,6 +280,8 @@ class RedisState:
             )
         for channel, userId in gone:
             self._announcer().announceMemberGone(appId, channel, userId)
+        for channel in reply[2]:
+            self._announcer().announceVacated(appId, channel)
 
     # -- questions -----------------------------------------------------------------------------
 

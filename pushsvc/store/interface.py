@@ -59,6 +59,17 @@ class RoomSummary:
         return {"name": self.name, "last_id": self.lastId}
 
 
+@dataclass(frozen=True)
+class PendingWebhook:
+    """A webhook batch not yet accepted by its receiver: kept so a restart does not lose it."""
+
+    id: str
+    appId: str
+    url: str
+    body: bytes  # the raw JSON body, signed again at each attempt
+    createdAt: float  # seconds since the epoch; retries stop some minutes after it
+
+
 class StoreUnavailable(Exception):  # noqa: N818 -- named for what the caller answers (503)
     """The store's engine cannot be reached; the caller should answer 503."""
 
@@ -127,6 +138,15 @@ class IStore(Interface):
 
     def sessionRevoked(sessionId: str) -> Any:
         """Fires with True when C{sessionId} was revoked (and its cookie not yet expired)."""
+
+    def saveWebhook(batch: PendingWebhook) -> Any:
+        """Keep L{PendingWebhook} C{batch} (saving an id twice is no error). Fires with None."""
+
+    def deleteWebhook(batchId: str) -> Any:
+        """Forget the pending webhook C{batchId} (delivered or dropped). Fires with None."""
+
+    def pendingWebhooks(limit: int) -> Any:
+        """Fires with up to C{limit} L{PendingWebhook}s, oldest first."""
 
     def ping() -> Any:
         """Fires with None when the engine answers; fails with L{StoreUnavailable} otherwise."""

@@ -7,7 +7,7 @@ from dataclasses import replace
 from twisted.internet.defer import Deferred, succeed
 from zope.interface import implementer
 
-from pushsvc.store.interface import IStore, Message, RoomSummary
+from pushsvc.store.interface import IStore, Message, PendingWebhook, RoomSummary
 
 
 @implementer(IStore)
@@ -21,6 +21,7 @@ class MemoryStore:
         self._revoked: dict[str, float] = {}  # session id -> when its cookie expires
         self._byClientId: dict[tuple[str, str], tuple[str, int]] = {}  # -> (room, id)
         self._created: dict[str, float] = {}  # empty rooms made by createRoom -> when
+        self._webhooks: dict[str, PendingWebhook] = {}  # insertion order is age order
 
     def open(self) -> Deferred[None]:
         return succeed(None)
@@ -101,6 +102,18 @@ class MemoryStore:
 
     def sessionRevoked(self, sessionId: str) -> Deferred[bool]:
         return succeed(sessionId in self._revoked)
+
+    def saveWebhook(self, batch: PendingWebhook) -> Deferred[None]:
+        self._webhooks.setdefault(batch.id, batch)
+        return succeed(None)
+
+    def deleteWebhook(self, batchId: str) -> Deferred[None]:
+        self._webhooks.pop(batchId, None)
+        return succeed(None)
+
+    def pendingWebhooks(self, limit: int) -> Deferred[list[PendingWebhook]]:
+        batches = sorted(self._webhooks.values(), key=lambda b: b.createdAt)
+        return succeed(batches[: max(limit, 0)])
 
     def ping(self) -> Deferred[None]:
         return succeed(None)

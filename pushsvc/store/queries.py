@@ -12,7 +12,7 @@ from typing import Any, TypeVar
 
 from twisted.internet.defer import Deferred
 
-from pushsvc.store.interface import Message, RoomSummary
+from pushsvc.store.interface import Message, PendingWebhook, RoomSummary
 
 T = TypeVar("T")
 
@@ -183,6 +183,35 @@ def sessionRevoked(cursor: Any, d: Dialect, sessionId: str) -> bool:
     return cursor.fetchone() is not None
 
 
+def saveWebhook(cursor: Any, d: Dialect, b: PendingWebhook) -> None:
+    if d.beginWrite:
+        cursor.execute(d.beginWrite)
+    cursor.execute(
+        d.sql(
+            "INSERT INTO pending_webhooks (id, app_id, url, body, created_at)"
+            " VALUES (?, ?, ?, ?, ?) ON CONFLICT DO NOTHING"
+        ),
+        (b.id, b.appId, b.url, b.body.decode("utf-8"), b.createdAt),
+    )
+
+
+def deleteWebhook(cursor: Any, d: Dialect, batchId: str) -> None:
+    if d.beginWrite:
+        cursor.execute(d.beginWrite)
+    cursor.execute(d.sql("DELETE FROM pending_webhooks WHERE id = ?"), (batchId,))
+
+
+def pendingWebhooks(cursor: Any, d: Dialect, limit: int) -> list[PendingWebhook]:
+    cursor.execute(
+        d.sql(
+            "SELECT id, app_id, url, body, created_at FROM pending_webhooks"
+            " ORDER BY created_at, id LIMIT ?"
+        ),
+        (max(limit, 0),),
+    )
+    return [PendingWebhook(i, a, u, b.encode("utf-8"), c) for i, a, u, b, c in cursor.fetchall()]
+
+
 def ping(cursor: Any, d: Dialect) -> None:
     cursor.execute("SELECT 1")
     cursor.fetchone()
@@ -236,6 +265,15 @@ class SQLStore:
 
     def sessionRevoked(self, sessionId: str) -> Deferred[bool]:
         return self._run(sessionRevoked, self.dialect, sessionId)
+
+    def saveWebhook(self, batch: PendingWebhook) -> Deferred[None]:
+        return self._run(saveWebhook, self.dialect, batch)
+
+    def deleteWebhook(self, batchId: str) -> Deferred[None]:
+        return self._run(deleteWebhook, self.dialect, batchId)
+
+    def pendingWebhooks(self, limit: int) -> Deferred[list[PendingWebhook]]:
+        return self._run(pendingWebhooks, self.dialect, limit)
 
     def ping(self) -> Deferred[None]:
         return self._run(ping, self.dialect)

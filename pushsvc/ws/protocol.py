@@ -324,6 +324,8 @@ class PushServerProtocol(LeanServerProtocol):
             self.send(frames.subscriptionSucceeded(channel, presence))
             if isCacheChannel(channel):
                 cached = hub.cachedEvent(self.appId, channel)
+                if cached is None:
+                    hub.cacheMiss(self.appId, channel)
                 self.send(cached if cached is not None else frames.cacheMiss(channel))
 
         def failed(f: Failure) -> None:
@@ -346,6 +348,17 @@ class PushServerProtocol(LeanServerProtocol):
         self.userId, self.userInfo = req.userId, req.userInfo
         self.factory.hub.signin(self, req.userId)
         self.send(frames.signinSuccess(req.userData))
+        watchlist = frames.watchlistOf(req.userData)
+        if watchlist:
+            self.factory.hub.watch(self, watchlist).addCallback(self._watching)
+
+    def _watching(self, online: list[str]) -> None:
+        if online:
+            self.send(
+                frames.encodeEvent(
+                    frames.WATCHLIST_EVENT, None, frames.watchlistEventsData("online", online)
+                )
+            )
 
     def handleClientEvent(self, frame: ClientFrame) -> None:
         data = frames.clientEventData(frame)
