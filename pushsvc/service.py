@@ -19,6 +19,7 @@ the store, so nothing acknowledged is half-written -> the other children -> unlo
 
 from __future__ import annotations
 
+import signal
 import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -35,6 +36,8 @@ from twisted.python.failure import Failure
 
 from pushsvc import __version__
 from pushsvc.apps import SECRET_ENV, App, Apps, loadOrCreateApp, loadOrCreateKey
+from pushsvc.appsfile import AppsFileError, diffApps, loadAppsFile
+from pushsvc.appstats import AppStats
 from pushsvc.chat import ChatAPI, makeChatResource
 from pushsvc.compat import PrivateAPIMissing, checkPrivateAPIs
 from pushsvc.datadir import DataDirError, lockDataDir, removeCreated, unlockDataDir
@@ -148,6 +151,7 @@ class ServiceConfig:
     bodyMinRate: int = 1024  # --body-min-rate: bytes/s a body must keep up, after the above
     idleTimeout: float = 60.0  # --idle-timeout: idle keep-alive, or replies not read
     logWebSockets: bool = True  # one info line per WebSocket opened and closed
+    appsFile: Path | None = None  # --apps-file: several apps, reloaded on SIGHUP (appsfile.py)
 
 
 class PushService(MultiService):
@@ -166,6 +170,7 @@ class PushService(MultiService):
         self._stopping = False
         self._readyWaiters: Waiters[None] = Waiters()
         self._lock: int | None = None
+        self._previousSIGHUP: Any = None
         # An ILogObserver for twistd to use instead of its own (tap: --log-format json).
         self.logObserver: Any = None
 
@@ -208,17 +213,87 @@ class PushService(MultiService):
         )
         return app, sessionKey
 
+    def _loadAppsFile(self, path: Path) -> tuple[Apps, bytes]:
+        """The apps of C{--apps-file} and the session key; a bad file stops start-up."""
+        c = self.config
+        for change in privateDirectory(c.dataDir):
+            log.warn("{change}: the data directory is for this user only", change=change)
+        try:
+            loaded = loadAppsFile(path)
+        except AppsFileError as e:
+            raise startupError(str(e)) from None
+        apps = Apps(loaded.apps, loaded.chatApp)
+        log.info(
+            "{count} apps from {path}: {ids}; the chat uses app {chat}",
+            count=len(apps),
+            path=str(path),
+            ids=", ".join(a.id if a.enabled else f"{a.id} (disabled)" for a in apps),
+            chat=apps.default.id,
+        )
+        sessionKey = loadOrCreateKey(
+            c.dataDir, "session-key", c.sessionKeyFile, c.environ.get(SESSION_KEY_ENV)
+        )
+        return apps, sessionKey
+
+    def reloadApps(self) -> bool:
+        """
+        Read C{--apps-file} again and serve what it says (SIGHUP): added apps work at once,
+        connections of removed apps close with 4001 and of disabled ones with 4003, changed
+        limits and secrets apply to what comes next; other apps' connections are not touched.
+        A file that fails validation is refused as a whole, with one log line, and the running
+        apps stay. @return: whether the new file is in force.
+        """
+        path = self.config.appsFile
+        if path is None:
+            log.info("SIGHUP: there is no --apps-file to reload")
+            return False
+        try:
+            loaded = loadAppsFile(path)
+        except AppsFileError as e:
+            log.error("apps file not reloaded, the running apps stay: {error}", error=str(e))
+            return False
+        diff = diffApps(self.apps, loaded.apps)
+        self.apps.replace(loaded.apps, loaded.chatApp)
+        closed = self.wsFactory.closeApps(dict(diff.close))
+        log.info(
+            "apps file reloaded: {count} apps ({summary}); {closed} connections closed; "
+            "the chat uses app {chat}",
+            count=len(self.apps),
+            summary=diff.summary(),
+            closed=closed,
+            chat=self.apps.default.id,
+        )
+        return True
+
+    def _onSIGHUP(self, signum: int, frame: Any) -> None:
+        # A signal handler runs between two bytecodes: do the work in the reactor's turn.
+        self.reactor.callFromThread(self.reloadApps)
+
+    def _handleSIGHUP(self) -> None:
+        if self.config.appsFile is not None and hasattr(signal, "SIGHUP"):
+            self._previousSIGHUP = signal.signal(signal.SIGHUP, self._onSIGHUP)
+
+    def _restoreSIGHUP(self) -> None:
+        previous, self._previousSIGHUP = self._previousSIGHUP, None
+        if previous is not None:
+            signal.signal(signal.SIGHUP, previous)
+
     def _build(self) -> Any:
         from pushsvc.api import makeApiResource, makeUsersResource
         from pushsvc.fanout.registry import Registry
         from pushsvc.hub import Hub
         from pushsvc.local import LocalBroker
         from pushsvc.webhook import NotifyResource
-        from pushsvc.ws.protocol import makeAppResource
+        from pushsvc.ws.protocol import PushWebSocketResource, makeAppFactory
 
         c = self.config
-        app, sessionKey = self._loadApp()
-        self.apps = apps = Apps([app])
+        if c.appsFile is not None:
+            apps, sessionKey = self._loadAppsFile(c.appsFile)
+        else:
+            app, sessionKey = self._loadApp()
+            apps = Apps([app])
+        self.apps = apps
+        self.appStats = AppStats()
         self.store = storeFromURL(c.storeURL, c.dataDir, self.reactor)
         settings = PushSettings(
             activityTimeout=c.activityTimeout,
@@ -251,13 +326,16 @@ class PushService(MultiService):
             messagesPerMinute=c.chatMessagesPerMinute,
         )
         self.pusherApi = makeApiResource(apps, self.hub, self.reactor.seconds)
+        self.pusherApi.appStats = self.appStats
+        self.wsFactory = makeAppFactory(apps, self.hub, self.registry, self.reactor, settings)
+        self.wsFactory.appStats = self.appStats
         self.site = makeSite(
             webRoot(),
             makeChatResource(chat),
             self.pusherApi,
             makeUsersResource(apps, self.hub, self.reactor.seconds),
             NotifyResource(apps, self.hub, self.reactor.seconds),
-            makeAppResource(apps, self.hub, self.registry, self.reactor, settings),
+            PushWebSocketResource(self.wsFactory),
             HealthResource(self.healthChecks),
             MetricsResource(self.metrics),
             HTTPLimits(c.headerTimeout, c.bodyMinRate, c.idleTimeout),
@@ -316,16 +394,18 @@ class PushService(MultiService):
             for timer in self.hub.state.services():
                 timer.setServiceParent(self)  # periodic work: the cluster heartbeat
             self._startChildren(listeners)
+            self._handleSIGHUP()
         except BaseException:
             unlockDataDir(self._lock)
             self._lock = None
             removeCreated(created)
             raise
         log.info(
-            "pushsvc {version} started: open {urls} (serving app {apps})",
+            "pushsvc {version} started: open {urls} (serving app {apps}; the chat uses app {chat})",
             version=__version__,
             urls=", ".join(self.urls()) or "(no TCP listener)",
             apps=", ".join(f"id {a.id}, key {a.key}" for a in self.apps),
+            chat=self.apps.default.id,
         )
         # The broker connects (and reconnects) in the background: the process serves what it
         # can while Redis is away, and health says so.
@@ -449,7 +529,12 @@ class PushService(MultiService):
         return d.addCallbacks(ok, bad)
 
     def metrics(self) -> list[tuple[str, str, str, float]]:
-        return self.registry.metrics() + self.pusherApi.metrics() + self.site.limits.metrics()
+        return (
+            self.registry.metrics()
+            + self.pusherApi.metrics()
+            + self.site.limits.metrics()
+            + self.appStats.metrics()
+        )
 
     # -- shut-down -----------------------------------------------------------------------
 
@@ -479,6 +564,7 @@ class PushService(MultiService):
         store, stop what children are left, unlock the data directory. Fires with None.
         """
         self._stopping = True
+        self._restoreSIGHUP()
         log.info("stopping: closing listeners and telling clients to reconnect")
         d: Deferred[Any] = self._stopListeners()
         steps: list[tuple[str, Callable[[], Any]]] = [
