@@ -278,6 +278,10 @@ class PushService(MultiService):
         if previous is not None:
             signal.signal(signal.SIGHUP, previous)
 
+    def _limitedConnectionCounts(self) -> dict[str, int]:
+        """App id -> open connections here, of the apps with a max_connections (heartbeat)."""
+        return {a.id: self.appStats.of(a.id).connections for a in self.apps if a.maxConnections}
+
     def _build(self) -> Any:
         from pushsvc.api import makeApiResource, makeUsersResource
         from pushsvc.fanout.registry import Registry
@@ -329,6 +333,7 @@ class PushService(MultiService):
         self.pusherApi.appStats = self.appStats
         self.wsFactory = makeAppFactory(apps, self.hub, self.registry, self.reactor, settings)
         self.wsFactory.appStats = self.appStats
+        self.hub.state.countConnections(self._limitedConnectionCounts)
         self.site = makeSite(
             webRoot(),
             makeChatResource(chat),

@@ -160,10 +160,7 @@ class PushServerProtocol(LeanServerProtocol):
             self._refused = (CLOSE_OVER_CAPACITY, "cannot deliver events now: try again later")
         counters = f.appStats.of(self.appId) if self.app is not None else None
         if self._refused is None and counters is not None and self.app is not None:
-            # This process's count (see the README, "Apps": with --redis each node allows its
-            # share, so the cluster total stays within the limit).
-            limit = f.connectionQuota(self.app)
-            if limit and counters.connections >= limit:
+            if f.overQuota(self.app, counters.connections):
                 counters.refusedOverQuota += 1
                 self._refused = (CLOSE_OVER_QUOTA, "over the app's connection quota")
         if self._refused is not None:
@@ -518,13 +515,15 @@ class PushServerFactory(WebSocketServerFactory):
             webStatus=False,  # a plain GET gets a 426, not a page naming the library's version
         )
 
-    def connectionQuota(self, app: App) -> int:
+    def overQuota(self, app: App, local: int) -> bool:
         """
-        How many connections of C{app} this process may hold (0: no limit): its
-        C{max_connections}. Counted in this process only, so with --redis each node enforces the
-        limit on its own connections (see the README, "Apps").
+        Whether one more connection of C{app}, which has C{local} open here, is over its
+        C{max_connections}: counted over the cluster with --redis, from the other nodes' counts
+        of the last heartbeat (no Redis round trip a connection; the overshoot under a race is
+        at most what the other nodes accepted within one heartbeat, a second).
         """
-        return app.maxConnections
+        limit = app.maxConnections
+        return bool(limit) and local + self.hub.state.connectionsElsewhere(app.id) >= limit
 
     def closeApps(self, codes: dict[str, tuple[int, str]]) -> int:
         """
