@@ -171,6 +171,7 @@ class PushService(MultiService):
         self._readyWaiters: Waiters[None] = Waiters()
         self._lock: int | None = None
         self._previousSIGHUP: Any = None
+        self._fullApps: set[str] = set()  # at max_connections (cluster-wide), for the log
         # An ILogObserver for twistd to use instead of its own (tap: --log-format json).
         self.logObserver: Any = None
 
@@ -279,8 +280,32 @@ class PushService(MultiService):
             signal.signal(signal.SIGHUP, previous)
 
     def _limitedConnectionCounts(self) -> dict[str, int]:
-        """App id -> open connections here, of the apps with a max_connections (heartbeat)."""
-        return {a.id: self.appStats.of(a.id).connections for a in self.apps if a.maxConnections}
+        """
+        App id -> open connections here, of the apps with a max_connections (the Redis state
+        asks every heartbeat). Logs when an app reaches its limit across the cluster, and when
+        it is below it again (as of the last heartbeat).
+        """
+        counts = {}
+        for app in self.apps:
+            if not app.maxConnections:
+                continue
+            here = counts[app.id] = self.appStats.of(app.id).connections
+            total = here + self.hub.state.connectionsElsewhere(app.id)
+            full = total >= app.maxConnections
+            if full != (app.id in self._fullApps):
+                if full:
+                    self._fullApps.add(app.id)
+                    log.info(
+                        "app {appId} has {total} connections across the cluster, its "
+                        "max_connections {limit}: new ones get 4004",
+                        appId=app.id,
+                        total=total,
+                        limit=app.maxConnections,
+                    )
+                else:
+                    self._fullApps.discard(app.id)
+                    log.info("app {appId} is below its max_connections again", appId=app.id)
+        return counts
 
     def _build(self) -> Any:
         from pushsvc.api import makeApiResource, makeUsersResource

@@ -122,7 +122,7 @@ def _appsFile(value: str) -> Path:
     path = Path(value)
     if not path.is_file():
         raise ValueError(f"--apps-file {value} is not a readable file")
-    return path
+    return path.resolve()  # read again on SIGHUP, whatever the working directory is then
 
 
 _appsFile.coerceDoc = "A TOML file of [[app]] tables (see the README, Apps)."  # type: ignore[attr-defined]
