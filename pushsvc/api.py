@@ -22,7 +22,7 @@ from __future__ import annotations
 from collections.abc import Callable, Coroutine, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import parse_qsl, unquote_to_bytes
+from urllib.parse import parse_qs, parse_qsl, unquote_to_bytes
 
 from twisted.internet.defer import maybeDeferred
 from twisted.logger import Logger
@@ -406,13 +406,17 @@ class PusherAPI(Resource):
 
 class DefaultAppUsersAPI(PusherAPI):
     """
-    C{/users/{id}/terminate_connections} for the default app: the path the official Python SDK
-    (pusher 3.3) posts to, without the C{/apps/{app_id}} prefix of the HTTP API reference. The
-    request is still signed over the path it was sent to.
+    C{/users/{id}/terminate_connections} for the app whose key signed it (C{auth_key}; else the
+    default app): the path the official Python SDK (pusher 3.3) posts to, without the
+    C{/apps/{app_id}} prefix of the HTTP API reference. The request is still signed over the
+    path it was sent to.
     """
 
     def dispatch(self, request: Request) -> Coroutine[Any, Any, Reply]:
-        request.postpath = [self.apps.default.id.encode(), b"users", *(request.postpath or [])]
+        # With several apps, the app is the one whose key signed the request (auth_key).
+        keys = parse_qs(request.uri.partition(b"?")[2]).get(b"auth_key") or [b""]
+        app = self.apps.byKey(keys[0].decode("utf-8", "replace")) or self.apps.default
+        request.postpath = [app.id.encode(), b"users", *(request.postpath or [])]
         return super().dispatch(request)
 
 

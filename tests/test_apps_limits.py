@@ -314,3 +314,14 @@ class ApiLimitTests(TestCase):
         self.assertIn("at most 10 characters", body["error"])
         code, _ = yield self.post(self.short, "c" * 10)
         self.assertEqual(code, 200)
+
+    @inlineCallbacks
+    def test_terminateWithoutAppId(self) -> Any:
+        """
+        The SDK's /users/{id}/terminate_connections (no app id in the path) acts on the app
+        whose key signed it, not the first app; isolation: nothing of the other app is touched.
+        """
+        url = signedURL("POST", "/users/u1/terminate_connections", app=self.short, ts=NOW)
+        response = yield self.treq.request("POST", url)
+        self.assertEqual(response.code, 200)
+        self.assertEqual(self.hub.terminated, [(self.short, "u1")])

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -14,6 +15,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from pushsvc.apps import App, Apps
 from pushsvc.appsfile import AppsFileError, diffApps, loadAppsFile, parseApps
+from pushsvc.tap import Options, makeService
 
 FULL = """
 chat_app = "2"
@@ -204,6 +206,31 @@ class AppsTests(SynchronousTestCase):
         self.assertEqual(apps.byKey("k2"), App("2", "k2", "s"))
         self.assertEqual(apps.default.id, "3")
         self.assertEqual(len(apps), 2)
+
+
+class OptionTests(SynchronousTestCase):
+    def test_appsFileOption(self) -> None:
+        """
+        --apps-file reaches the service as an absolute path (read again on SIGHUP whatever the
+        working directory); a missing file, or --apps-file with --app-id, is one usage line.
+        """
+        path = Path(self.mktemp())
+        path.write_text('[[app]]\nid = "1"\nkey = "k"\nsecret_file = "s"\n')
+        options = Options()
+        options.parseOptions(["--apps-file", str(path)])
+        service: Any = makeService(options)
+        self.assertEqual(service.config.appsFile, path.resolve())
+        self.assertTrue(service.config.appsFile.is_absolute())
+        for args, expected in [
+            (["--apps-file", str(path) + ".nope"], "is not a readable file"),
+            (
+                ["--apps-file", str(path), "--app-id", "1", "--app-key", "k"],
+                "--app-id and --apps-file do not go together",
+            ),
+        ]:
+            e = self.assertRaises(SystemExit, Options().parseOptions, args)
+            self.assertIn(expected, str(e))
+            self.assertNotIn("\n", str(e))
 
 
 if os.name != "posix":  # file modes

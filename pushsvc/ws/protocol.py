@@ -108,6 +108,7 @@ class PushServerProtocol(LeanServerProtocol):
     _closing = False
     _counters: AppCounters | None = None  # the app's, while this connection counts as open
     _authTimer: Any = None  # user_authentication_timeout
+    _joining: frozenset[str] = frozenset()  # presence channels waiting for their member count
     _tokens = 0.0
     _tokensAt = 0.0
 
@@ -329,13 +330,15 @@ class PushServerProtocol(LeanServerProtocol):
         if f.registry.isSubscribed(self, channel):
             self._subscribed(channel)
             return
+        if channel in self._joining:
+            return  # answered when the member count comes
         if isServerToUser(channel):
             # pusher-js subscribes to its user channel after sign-in; it is already joined then.
             self.send(frames.subscriptionError(channel, "AuthError", "sign in as this user", 403))
             return
         app = self.currentApp()
         limit = app.maxSubscriptionsPerConnection or f.settings.maxSubscriptions
-        if len(f.registry.channelsOf(self)) >= limit:
+        if len(f.registry.channelsOf(self)) + len(self._joining) >= limit:
             self._limitReached(channel, f"at most {limit} subscriptions per connection")
             return
         if len(channel) > app.maxChannelNameLength:
@@ -387,6 +390,9 @@ class PushServerProtocol(LeanServerProtocol):
         """
 
         def counted(present: dict[str, Any]) -> None:
+            if channel not in self._joining:
+                return  # unsubscribed meanwhile
+            self._joining -= {channel}
             if self._closing or self.outbound is None:
                 return
             if self.factory.registry.isSubscribed(self, channel):
@@ -397,8 +403,10 @@ class PushServerProtocol(LeanServerProtocol):
                 self._subscribe(channel, member)
 
         def failed(f: Failure) -> None:
+            self._joining -= {channel}
             log.failure("joining {channel}", f, channel=channel)
 
+        self._joining |= {channel}
         self.factory.hub.presenceMembers(self.appId, channel).addCallback(counted).addErrback(
             failed
         )
@@ -430,6 +438,7 @@ class PushServerProtocol(LeanServerProtocol):
 
     def handleUnsubscribe(self, frame: ClientFrame) -> None:
         channel = frames.unsubscribeChannel(frame)
+        self._joining -= {channel}
         if not isServerToUser(channel):
             self.factory.hub.unsubscribe(self, channel)
 
