@@ -34,6 +34,7 @@ value as C{tomllib} read it.
 
 from __future__ import annotations
 
+import re
 import stat
 import tomllib
 from collections.abc import Callable, Iterable, Mapping
@@ -112,6 +113,7 @@ FIELDS: dict[str, Field] = {
     "user_authentication_timeout": Field("userAuthenticationTimeout", _seconds),
 }
 REQUIRED = ("id", "key")
+_NAME = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 SECRET_FIELDS = ("secret", "secret_file")
 TOP_LEVEL = ("app", "chat_app")
 
@@ -166,8 +168,12 @@ def _parseApp(path: Path, number: int, table: Mapping[str, Any], secretInFileAll
     )
     for name in REQUIRED:
         value = table.get(name)
-        if not isinstance(value, str) or not value.strip() or value != value.strip():
-            raise AppsFileError(f"{where}: {name}: required, a non-empty string without spaces")
+        if not isinstance(value, str) or not _NAME.fullmatch(value):
+            # No ":" or "{": an id is part of every Redis key and channel name of its app, and
+            # must not make another app's (isolation); a key is part of the WebSocket URL.
+            raise AppsFileError(
+                f"{where}: {name}: required, 1 to 64 letters, digits and - _ . characters"
+            )
     for name in table:
         if name not in FIELDS and name not in REQUIRED and name not in SECRET_FIELDS:
             raise AppsFileError(f"{where}: {name}: unknown field")

@@ -92,16 +92,24 @@ class AppStats:
             counters = self._byApp[appId] = AppCounters()
         return counters
 
+    def samples(self) -> list[tuple[str, str, str, dict[str, str], float]]:
+        """
+        C{(name, help, type, labels, value)}, one per series and app, labels C{{"app_id": id}}:
+        for an exporter that labels (prometheus_client).
+        """
+        return [
+            (name, help, kind, {"app_id": appId}, getattr(counters, attribute))
+            for attribute, (name, help, kind) in _SERIES.items()
+            for appId, counters in sorted(self._byApp.items())
+        ]
+
     def metrics(self) -> list[tuple[str, str, str, float]]:
         """
-        C{(name, help, type, value)} for C{/metrics}, one per series and app; the name carries
-        the label: C{pushsvc_app_connections{app_id="1"}}.
+        C{(name, help, type, value)} for the text C{/metrics}, the label in the name:
+        C{pushsvc_app_connections{app_id="1"}}.
         """
         out: list[tuple[str, str, str, float]] = []
-        for attribute, (name, help, kind) in _SERIES.items():
-            for appId, counters in sorted(self._byApp.items()):
-                label = appId.replace("\\", "\\\\").replace('"', '\\"')
-                out.append(
-                    (f'{name}{{app_id="{label}"}}', help, kind, getattr(counters, attribute))
-                )
+        for name, help, kind, labels, value in self.samples():
+            label = labels["app_id"].replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+            out.append((f'{name}{{app_id="{label}"}}', help, kind, value))
         return out
