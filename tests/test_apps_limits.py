@@ -9,7 +9,7 @@ import json
 from typing import Any, cast
 
 from treq.testing import StubTreq
-from twisted.internet.defer import inlineCallbacks
+from twisted.internet.defer import Deferred, inlineCallbacks
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 from twisted.web.test.requesthelper import DummyRequest
@@ -159,6 +159,38 @@ class AppsInMemoryTests(SynchronousTestCase):
         clients[0].disconnect()
         reply = self.subscribe(clients[100], "presence-big", app, presence("u100"))
         self.assertEqual(reply[0]["event"], "pusher_internal:subscription_succeeded")
+
+    def test_presenceJoinWaiting(self) -> None:
+        """
+        While a presence join waits for its member count (a Redis round trip with --redis): a
+        connection that goes, or unsubscribes, is not subscribed when the count comes, and the
+        pending join counts toward the subscription limit.
+        """
+        pending: list[Deferred[dict[str, Any]]] = []
+
+        def members(appId: str, channel: str) -> Deferred[dict[str, Any]]:
+            pending.append(Deferred())
+            return pending[-1]
+
+        self.hub.presenceMembers = members  # type: ignore[method-assign]
+        gone, leaving, busy = self.connect(TWO), self.connect(TWO), self.connect(TWO)
+        self.assertEqual(self.subscribe(gone, "presence-a", TWO, presence("g")), [])
+        gone.disconnect()
+        self.subscribe(leaving, "presence-a", TWO, presence("l"))
+        leaving.send("pusher:unsubscribe", {"channel": "presence-a"})
+        for i in range(3):  # TWO allows 3 subscriptions a connection
+            self.subscribe(busy, f"presence-{i}", TWO, presence("b"))
+        refused = self.subscribe(busy, "news", TWO)
+        self.assertEqual(refused[0]["data"]["type"], "LimitReached")
+        for d in pending:
+            d.callback({})
+        self.assertEqual(self.registry.members("2", "presence-a"), {})
+        self.assertEqual(self.registry.channelsOf(leaving.protocol), [])
+        self.assertEqual(self.factory.appStats.of("2").subscriptions, 3)  # busy's only
+        self.assertEqual(
+            sorted(m["channel"] for m in busy.events("pusher_internal:subscription_succeeded")),
+            ["presence-0", "presence-1", "presence-2"],
+        )
 
     def test_channelNameLength(self) -> None:
         """A 165-character channel name is refused; 164 is accepted."""

@@ -393,9 +393,10 @@ class PushServerProtocol(LeanServerProtocol):
             if channel not in self._joining:
                 return  # unsubscribed meanwhile
             self._joining -= {channel}
-            if self._closing or self.outbound is None:
-                return
-            if self.factory.registry.isSubscribed(self, channel):
+            registry = self.factory.registry
+            if self._closing or registry.connection(self.socketId) is not self:
+                return  # closing, or gone meanwhile
+            if registry.isSubscribed(self, channel):
                 self._subscribed(channel)
             elif member.userId not in present and len(present) >= limit:
                 self._limitReached(channel, f"presence channels have at most {limit} members")
