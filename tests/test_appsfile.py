@@ -121,7 +121,10 @@ class LoadTests(SynchronousTestCase):
             (head + head, "app '1': id: another app has this id"),
             (head + head.replace('"1"', '"2"'), "app '2': key: another app has this key"),
             ('[[app]]\nkey = "k"\nsecret = "s"\n', "app #1: id: required"),
-            ('[[app]]\nid = "1:subs"\nkey = "k"\nsecret = "s"\n', "app '1:subs': id: required, 1 to 64"),
+            (
+                '[[app]]\nid = "1:subs"\nkey = "k"\nsecret = "s"\n',
+                "app '1:subs': id: required, 1 to 64",
+            ),
             ('[[app]]\nid = "1"\nkey = "a/b"\nsecret = "s"\n', "app '1': key: required, 1 to 64"),
             ('[[app]]\nid = "1"\nsecret = "s"\n', "app '1': key: required"),
             ('[[app]]\nid = "1"\nkey = "k"\n', "app '1': secret: give exactly one"),
