@@ -46,9 +46,13 @@ class MetricsResource(Resource):
 
     def render_GET(self, request: Request) -> bytes:
         lines = []
+        described = set()
         for name, help, kind, value in self.collect():
-            lines.append(f"# HELP {name} {help}")
-            lines.append(f"# TYPE {name} {kind}")
+            base = name.partition("{")[0]  # a labelled series: HELP and TYPE once per name
+            if base not in described:
+                described.add(base)
+                lines.append(f"# HELP {base} {help}")
+                lines.append(f"# TYPE {base} {kind}")
             lines.append(f"{name} {value}")
         request.setHeader(b"content-type", b"text/plain; version=0.0.4; charset=utf-8")
         return ("\n".join(lines) + "\n").encode("utf-8")

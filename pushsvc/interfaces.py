@@ -168,6 +168,18 @@ class IClusterState(Interface):
         when it has none left in the whole cluster (announce member_removed).
         """
 
+    def countConnections(counts: Any) -> None:
+        """
+        C{counts()}: app id -> this process's open connections, for the apps with a
+        C{max_connections}; the Redis state shares them every heartbeat (L{connectionsElsewhere}).
+        """
+
+    def connectionsElsewhere(appId: str) -> int:
+        """
+        Open connections of C{appId} on the other processes, as of the last heartbeat (0
+        in-process): a connection quota check adds it to this process's count, O(1).
+        """
+
     def members(appId: str, channel: str) -> Any:
         """Fires with user id -> user info of presence C{channel}; fails L{BrokerUnavailable}."""
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from twisted.application.service import IService
@@ -147,6 +147,12 @@ class LocalState:
             if self.events is not None:
                 self.events.announceVacated(appId, channel)
         return succeed(None)
+
+    def countConnections(self, counts: Callable[[], Mapping[str, int]]) -> None:
+        pass  # one process: its own counts are the whole count
+
+    def connectionsElsewhere(self, appId: str) -> int:
+        return 0
 
     def joined(self, appId: str, channel: str, userId: str, userInfo: Any) -> Deferred[bool]:
         return succeed(True)

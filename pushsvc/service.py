@@ -20,6 +20,7 @@ half-written -> the other children -> unlock.
 
 from __future__ import annotations
 
+import signal
 import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
@@ -36,6 +37,8 @@ from twisted.python.failure import Failure
 
 from pushsvc import __version__
 from pushsvc.apps import SECRET_ENV, App, Apps, loadOrCreateApp, loadOrCreateKey
+from pushsvc.appsfile import AppsFileError, diffApps, loadAppsFile
+from pushsvc.appstats import AppStats
 from pushsvc.chat import ChatAPI, makeChatResource
 from pushsvc.compat import PrivateAPIMissing, checkPrivateAPIs
 from pushsvc.datadir import DataDirError, lockDataDir, removeCreated, unlockDataDir
@@ -153,6 +156,7 @@ class ServiceConfig:
     webhookUrls: tuple[str, ...] = ()  # --webhook-url: the default app's webhook receivers
     webhookDebounce: float = 3.0  # --webhook-debounce: vacated/member_removed wait this long
     subscriptionCount: bool = False  # --subscription-count: the default app sends the counts
+    appsFile: Path | None = None  # --apps-file: several apps, reloaded on SIGHUP (appsfile.py)
 
 
 class PushService(MultiService):
@@ -171,6 +175,8 @@ class PushService(MultiService):
         self._stopping = False
         self._readyWaiters: Waiters[None] = Waiters()
         self._lock: int | None = None
+        self._previousSIGHUP: Any = None
+        self._fullApps: set[str] = set()  # at max_connections (cluster-wide), for the log
         # An ILogObserver for twistd to use instead of its own (tap: --log-format json).
         self.logObserver: Any = None
 
@@ -213,21 +219,119 @@ class PushService(MultiService):
         )
         return app, sessionKey
 
+    def _loadAppsFile(self, path: Path) -> tuple[Apps, bytes]:
+        """The apps of C{--apps-file} and the session key; a bad file stops start-up."""
+        c = self.config
+        for change in privateDirectory(c.dataDir):
+            log.warn("{change}: the data directory is for this user only", change=change)
+        try:
+            loaded = loadAppsFile(path)
+        except AppsFileError as e:
+            raise startupError(str(e)) from None
+        apps = Apps(loaded.apps, loaded.chatApp)
+        log.info(
+            "{count} apps from {path}: {ids}; the chat uses app {chat}",
+            count=len(apps),
+            path=str(path),
+            ids=", ".join(a.id if a.enabled else f"{a.id} (disabled)" for a in apps),
+            chat=apps.default.id,
+        )
+        sessionKey = loadOrCreateKey(
+            c.dataDir, "session-key", c.sessionKeyFile, c.environ.get(SESSION_KEY_ENV)
+        )
+        return apps, sessionKey
+
+    def reloadApps(self) -> bool:
+        """
+        Read C{--apps-file} again and serve what it says (SIGHUP): added apps work at once,
+        connections of removed apps close with 4001 and of disabled ones with 4003, changed
+        limits and secrets apply to what comes next; other apps' connections are not touched.
+        A file that fails validation is refused as a whole, with one log line, and the running
+        apps stay. @return: whether the new file is in force.
+        """
+        path = self.config.appsFile
+        if path is None:
+            log.info("SIGHUP: there is no --apps-file to reload")
+            return False
+        try:
+            loaded = loadAppsFile(path)
+        except AppsFileError as e:
+            log.error("apps file not reloaded, the running apps stay: {error}", error=str(e))
+            return False
+        diff = diffApps(self.apps, loaded.apps)
+        self.apps.replace(loaded.apps, loaded.chatApp)
+        closed = self.wsFactory.closeApps(dict(diff.close))
+        log.info(
+            "apps file reloaded: {count} apps ({summary}); {closed} connections closed; "
+            "the chat uses app {chat}",
+            count=len(self.apps),
+            summary=diff.summary(),
+            closed=closed,
+            chat=self.apps.default.id,
+        )
+        return True
+
+    def _onSIGHUP(self, signum: int, frame: Any) -> None:
+        # A signal handler runs between two bytecodes: do the work in the reactor's turn.
+        self.reactor.callFromThread(self.reloadApps)
+
+    def _handleSIGHUP(self) -> None:
+        if self.config.appsFile is not None and hasattr(signal, "SIGHUP"):
+            self._previousSIGHUP = signal.signal(signal.SIGHUP, self._onSIGHUP)
+
+    def _restoreSIGHUP(self) -> None:
+        previous, self._previousSIGHUP = self._previousSIGHUP, None
+        if previous is not None:
+            signal.signal(signal.SIGHUP, previous)
+
+    def _limitedConnectionCounts(self) -> dict[str, int]:
+        """
+        App id -> open connections here, of the apps with a max_connections (the Redis state
+        asks every heartbeat). Logs when an app reaches its limit across the cluster, and when
+        it is below it again (as of the last heartbeat).
+        """
+        counts = {}
+        for app in self.apps:
+            if not app.maxConnections:
+                continue
+            here = counts[app.id] = self.appStats.of(app.id).connections
+            total = here + self.hub.state.connectionsElsewhere(app.id)
+            full = total >= app.maxConnections
+            if full != (app.id in self._fullApps):
+                if full:
+                    self._fullApps.add(app.id)
+                    log.info(
+                        "app {appId} has {total} connections across the cluster, its "
+                        "max_connections {limit}: new ones get 4004",
+                        appId=app.id,
+                        total=total,
+                        limit=app.maxConnections,
+                    )
+                else:
+                    self._fullApps.discard(app.id)
+                    log.info("app {appId} is below its max_connections again", appId=app.id)
+        return counts
+
     def _build(self) -> Any:
         from pushsvc.api import makeApiResource, makeUsersResource
         from pushsvc.fanout.registry import Registry
         from pushsvc.hub import Hub
         from pushsvc.local import LocalBroker
         from pushsvc.webhook import NotifyResource
-        from pushsvc.ws.protocol import makeAppResource
+        from pushsvc.ws.protocol import PushWebSocketResource, makeAppFactory
 
         c = self.config
-        app, sessionKey = self._loadApp()
-        if c.webhookUrls:
-            app = replace(app, webhooks=parseWebhooks(list(c.webhookUrls)))
-        if c.subscriptionCount:
-            app = replace(app, subscriptionCount=True)
-        self.apps = apps = Apps([app])
+        if c.appsFile is not None:
+            apps, sessionKey = self._loadAppsFile(c.appsFile)
+        else:
+            app, sessionKey = self._loadApp()
+            if c.webhookUrls:
+                app = replace(app, webhooks=parseWebhooks(list(c.webhookUrls)))
+            if c.subscriptionCount:
+                app = replace(app, subscriptionCount=True)
+            apps = Apps([app])
+        self.apps = apps
+        self.appStats = AppStats()
         self.store = storeFromURL(c.storeURL, c.dataDir, self.reactor)
         settings = PushSettings(
             activityTimeout=c.activityTimeout,
@@ -261,13 +365,17 @@ class PushService(MultiService):
             messagesPerMinute=c.chatMessagesPerMinute,
         )
         self.pusherApi = makeApiResource(apps, self.hub, self.reactor.seconds)
+        self.pusherApi.appStats = self.appStats
+        self.wsFactory = makeAppFactory(apps, self.hub, self.registry, self.reactor, settings)
+        self.wsFactory.appStats = self.appStats
+        self.hub.state.countConnections(self._limitedConnectionCounts)
         self.site = makeSite(
             webRoot(),
             makeChatResource(chat),
             self.pusherApi,
             makeUsersResource(apps, self.hub, self.reactor.seconds),
             NotifyResource(apps, self.hub, self.reactor.seconds),
-            makeAppResource(apps, self.hub, self.registry, self.reactor, settings),
+            PushWebSocketResource(self.wsFactory),
             HealthResource(self.healthChecks),
             MetricsResource(self.metrics),
             HTTPLimits(c.headerTimeout, c.bodyMinRate, c.idleTimeout),
@@ -346,16 +454,18 @@ class PushService(MultiService):
             for timer in self.hub.state.services():
                 timer.setServiceParent(self)  # periodic work: the cluster heartbeat
             self._startChildren(listeners)
+            self._handleSIGHUP()
         except BaseException:
             unlockDataDir(self._lock)
             self._lock = None
             removeCreated(created)
             raise
         log.info(
-            "pushsvc {version} started: open {urls} (serving app {apps})",
+            "pushsvc {version} started: open {urls} (serving app {apps}; the chat uses app {chat})",
             version=__version__,
             urls=", ".join(self.urls()) or "(no TCP listener)",
             apps=", ".join(f"id {a.id}, key {a.key}" for a in self.apps),
+            chat=self.apps.default.id,
         )
         # The broker connects (and reconnects) in the background: the process serves what it
         # can while Redis is away, and health says so.
@@ -486,6 +596,7 @@ class PushService(MultiService):
             + self.pusherApi.metrics()
             + self.site.limits.metrics()
             + self.webhooks.metrics()
+            + self.appStats.metrics()
         )
 
     # -- shut-down -----------------------------------------------------------------------
@@ -516,6 +627,7 @@ class PushService(MultiService):
         store, stop what children are left, unlock the data directory. Fires with None.
         """
         self._stopping = True
+        self._restoreSIGHUP()
         log.info("stopping: closing listeners and telling clients to reconnect")
         d: Deferred[Any] = self._stopListeners()
         steps: list[tuple[str, Callable[[], Any]]] = [

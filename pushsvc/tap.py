@@ -140,6 +140,16 @@ def _storeURL(value: str) -> str:
     return url
 
 
+def _appsFile(value: str) -> Path:
+    path = Path(value)
+    if not path.is_file():
+        raise ValueError(f"--apps-file {value} is not a readable file")
+    return path.resolve()  # read again on SIGHUP, whatever the working directory is then
+
+
+_appsFile.coerceDoc = "A TOML file of [[app]] tables (see the README, Apps)."  # type: ignore[attr-defined]
+
+
 def _logFormat(value: str) -> str:
     if value not in ("text", "json"):
         raise ValueError(f"--log-format must be text or json, not {value!r}")
@@ -343,6 +353,13 @@ class Options(usage.Options):
             "Seconds channel_vacated and member_removed webhooks wait (dropped if back meanwhile).",
             _secondsOrZero("--webhook-debounce"),
         ],
+        [
+            "apps-file",
+            None,
+            None,
+            "TOML file of the apps to serve, each with its own limits; reloaded on SIGHUP.",
+            _appsFile,
+        ],
     ]
 
     def __init__(self) -> None:
@@ -395,6 +412,13 @@ class Options(usage.Options):
         dataDir = Path(self["data-dir"])
         if dataDir.exists() and not dataDir.is_dir():
             raise usage.UsageError(f"--data-dir {dataDir} exists and is not a directory.")
+        if self["apps-file"] is not None:
+            given = [o for o in ("app-id", "app-key", "app-secret-file") if self[o] is not None]
+            if given:
+                raise usage.UsageError(
+                    f"--{given[0]} and --apps-file do not go together: the apps file holds "
+                    "every app's credentials."
+                )
         if (self["app-id"] is None) != (self["app-key"] is None):
             raise usage.UsageError("--app-id and --app-key go together: give both or neither.")
         origins = tuple(
@@ -437,6 +461,7 @@ def makeService(options: Options) -> IService:
         webhookUrls=tuple(options["webhook-url"]),
         webhookDebounce=options["webhook-debounce"],
         subscriptionCount=bool(options["subscription-count"]),
+        appsFile=options["apps-file"],
     )
     twistd = getattr(options, "parent", None)  # twistd's own options, when run by twistd
     if twistd is not None and not (twistd.get("nodaemon") or twistd.get("debug")):

@@ -12,6 +12,9 @@ C{P = {prefix}:{appId}}:
     P:pres:{channel}:{node}    HASH user id -> user info (JSON) of that node's members
     P:pres:{channel}:nodes     SET of nodes with members on the channel
     P:node:{node}:pres         SET of presence channels the node has members on
+    P:conns                    HASH node -> "open connections of the app:expiry (ms)", written
+                               every heartbeat for the apps with a max_connections (see
+                               L{RedisState.countConnections})
 
 Readers count only nodes whose expiry is in the future, so a process that dies takes its
 subscriptions and members with it after C{nodeTTL} at most. The next heartbeat of any survivor
@@ -36,7 +39,7 @@ appeared in or vanished from the cluster-wide member list, which are then announ
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from twisted.application.internet import TimerService
@@ -62,7 +65,17 @@ log = Logger()
 HEARTBEAT = 1.0  # seconds between heartbeats (and reaping of dead nodes)
 NODE_TTL = 5.0  # seconds after its last heartbeat that a node counts as dead
 
-SCRIPT_NAMES = ("join", "leave", "counts", "sync", "beat", "members", "channel", "channels")
+SCRIPT_NAMES = (
+    "join",
+    "leave",
+    "counts",
+    "sync",
+    "beat",
+    "members",
+    "channel",
+    "channels",
+    "conns",
+)
 
 
 def _pairs(flat: list[Any], size: int) -> list[list[Any]]:
@@ -103,6 +116,8 @@ class RedisState:
         self._timer = TimerService(heartbeat, self._beat)
         self._timer.clock = clock
         self._stopped = False
+        self._connectionCounts: Callable[[], Mapping[str, int]] = dict
+        self._elsewhere: dict[str, int] = {}
 
     def attach(self, nodeId: str, events: MemberEvents) -> None:
         self.nodeId = nodeId
@@ -270,6 +285,27 @@ class RedisState:
             d = self._run("beat", appId)
             d.addCallback(self._beaten, appId)
             d.addErrback(self._logFailure("heartbeat"))
+        for appId, count in self._connectionCounts().items():
+            d = self.broker.script("conns", [], self._args(appId, count))
+            d.addCallback(self._countedElsewhere, appId)
+            d.addErrback(self._logFailure("connection counts"))
+
+    def _countedElsewhere(self, total: Any, appId: str) -> None:
+        self._elsewhere[appId] = int(total)
+
+    def countConnections(self, counts: Callable[[], Mapping[str, int]]) -> None:
+        """
+        Every heartbeat, write C{counts()} (app id -> this node's open connections, for the apps
+        whose connections are limited) and read the other live nodes' sum of each.
+        """
+        self._connectionCounts = counts
+
+    def connectionsElsewhere(self, appId: str) -> int:
+        """
+        The open connections of C{appId} on the other live nodes at the last heartbeat (0 before
+        the first, or while Redis is away: each node then limits its own).
+        """
+        return self._elsewhere.get(appId, 0)
 
     def _beaten(self, reply: list[Any], appId: str) -> None:
         self._checkAbsent(appId, reply[0])
