@@ -107,6 +107,17 @@ class LoadTests(SynchronousTestCase):
             (True, 0, 100, 164, 10240, 0, (), 0.0),
         )
 
+    def test_readmeExample(self) -> None:
+        """The README's example apps file loads as it is (with its secret file put in place)."""
+        readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+        section = readme[readme.index("## Apps") :]
+        example = section[section.index("```toml\n") + 8 :]
+        example = example[: example.index("```")]
+        path = self.write(example.replace("/etc/pushsvc/app1.secret", "app1.secret"))
+        loaded = loadAppsFile(path)
+        self.assertEqual([a.id for a in loaded.apps], ["1", "2"])
+        self.assertEqual(len(loaded.apps[0].webhooks), 1)
+
     def test_webhooksPerApp(self) -> None:
         """
         An app's webhooks and subscription counts come from its table (pushsvc.webhooks.format);
