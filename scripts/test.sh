@@ -56,6 +56,9 @@ fi
 "$VENV_PYTHON" -m ruff check pushsvc tests bench
 "$VENV_PYTHON" -m ruff format --check pushsvc tests bench
 
+# Types: mypy --strict over pushsvc/ and tests/ (pyproject.toml's [tool.mypy]).
+"$VENV_PYTHON" -m mypy
+
 # The chat's sync algorithm (web/sync.js) has its own unit tests.
 if command -v node >/dev/null; then
   node --test tests/js/*.test.mjs

@@ -51,7 +51,8 @@ def _ancestry(item: pytest.Item) -> set[str]:
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
-        module = item.module.__name__.rsplit(".", 1)[-1] if getattr(item, "module", None) else ""
+        owner = getattr(item, "module", None)
+        module = owner.__name__.rsplit(".", 1)[-1] if owner is not None else ""
         ancestry = _ancestry(item)
         for marker, (modules, bases) in MARKS.items():
             if module in modules or ancestry & bases:

@@ -66,7 +66,7 @@ class TwistdProcess(ProcessProtocol):
                 d.errback(Exception("process ended: " + self.output.decode(errors="replace")))
         self._waiting = []
         code = 0
-        if reason.check(ProcessTerminated):
+        if isinstance(reason.value, ProcessTerminated):
             if reason.value.exitCode is not None:
                 code = reason.value.exitCode
             else:
@@ -76,8 +76,8 @@ class TwistdProcess(ProcessProtocol):
         self.ended.callback(code)
 
     def signal(self, name: str = "TERM") -> Deferred[int]:
-        if self.transport is not None and self.transport.pid is not None:  # type: ignore[attr-defined]
-            self.transport.signalProcess(name)  # type: ignore[attr-defined]
+        if self.transport is not None and self.transport.pid is not None:
+            self.transport.signalProcess(name)
         d = self.ended
         return d
 
@@ -102,7 +102,7 @@ def startTwistd(
         childEnv["PYTHONPATH"] = str(ROOT) + os.pathsep + childEnv.get("PYTHONPATH", "")
     childEnv.update(env or {})
     argv = [python, "-c", f"{setup}\n{TWISTD}", *twistdArgs, "pushsvc", *args]
-    reactor.spawnProcess(proto, python, argv, env=childEnv, path=cwd)  # type: ignore[attr-defined]
+    reactor.spawnProcess(proto, python, argv, env=childEnv, path=cwd)
     return proto
 
 

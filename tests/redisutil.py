@@ -31,7 +31,7 @@ from pushsvc.apps import Apps
 from pushsvc.fanout.registry import Outbound, Registry
 from pushsvc.frames import Member
 from pushsvc.interfaces import PushSettings
-from tests.helpers import requireService
+from tests.helpers import listenLocal, portOf, requireService
 from tests.procs import freePort
 from tests.wsclient import PATH, WSClient, connectClient
 
@@ -127,7 +127,7 @@ class RedisServer(ProcessProtocol):
         ]
         if self.debug:
             argv += ["--enable-debug-command", "local"]
-        reactor.spawnProcess(self, REDIS_SERVER, argv, env=None)  # type: ignore[attr-defined]
+        reactor.spawnProcess(self, REDIS_SERVER, argv, env=None)
         return self._ready
 
     def outReceived(self, data: bytes) -> None:
@@ -151,7 +151,7 @@ class RedisServer(ProcessProtocol):
         """SIGKILL this redis-server (no shutdown save); fires once it has exited."""
         assert self.ended is not None
         if not self.ended.called and self.transport is not None:
-            self.transport.signalProcess("KILL")  # type: ignore[attr-defined]
+            self.transport.signalProcess("KILL")
         return self.ended
 
 
@@ -311,7 +311,7 @@ class RedisTestCase(TestCase):
         root = Resource()
         resource = makeAppResource(apps, node.hub, node.registry, reactor, PushSettings())
         root.putChild(b"app", resource)
-        port = reactor.listenTCP(0, Site(root), interface="127.0.0.1")  # type: ignore[attr-defined]
+        port = listenLocal(Site(root))
         factory = resource._factory  # type: ignore[attr-defined]
 
         @inlineCallbacks
@@ -322,7 +322,7 @@ class RedisTestCase(TestCase):
             yield port.stopListening()
 
         self.addCleanup(stop)
-        return int(port.getHost().port)
+        return portOf(port)
 
     @inlineCallbacks
     def wsConnect(self, port: int, key: str, established: bool = True) -> Any:

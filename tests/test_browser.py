@@ -66,7 +66,7 @@ class ChatPage:
         self.context = browser.new_context(viewport={"width": 1100, "height": 720})
         self.page = self.context.new_page()
         self.dialogs: list[str] = []
-        self.page.on("dialog", lambda d: (self.dialogs.append(d.message), d.dismiss()))
+        self.page.on("dialog", self._dismiss)
         self.errors: list[str] = []
         self.page.on("pageerror", lambda e: self.errors.append(str(e)))
         self.sockets: list[str] = []
@@ -75,6 +75,10 @@ class ChatPage:
         self.page.fill("#name-input", name)
         self.page.click("#name-submit")
         self.waitConnected()
+
+    def _dismiss(self, dialog: Any) -> None:
+        self.dialogs.append(dialog.message)
+        dialog.dismiss()
 
     def waitConnected(self, timeout: int = WAIT_MS) -> None:
         self.page.wait_for_selector('#conn-state[data-state="connected"]', timeout=timeout)

@@ -24,6 +24,7 @@ from twisted.internet.defer import gatherResults, inlineCallbacks
 from twisted.internet.threads import deferToThread
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 from twisted.web.client import Agent, HTTPConnectionPool
+from twisted.web.http_headers import Headers
 
 from pushsvc.apiauth import apiSignature, bodyMd5
 from pushsvc.apps import App
@@ -255,7 +256,9 @@ class ClusterTests(ClusterCase):
         }
         params["auth_signature"] = apiSignature(cluster.app.secret, "POST", path, params)
         url = f"http://127.0.0.1:{cluster.ports[0]}{path}?{urlencode(params)}"
-        reply = yield self.http.post(url, data=body, headers={"Content-Type": ["application/json"]})
+        reply = yield self.http.post(
+            url, data=body, headers=Headers({"Content-Type": ["application/json"]})
+        )
         self.assertEqual(reply.code, 200, (yield reply.text()))
         code = yield user.closed
         self.assertEqual(code, 4009)

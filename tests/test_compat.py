@@ -21,6 +21,7 @@ from pushsvc.fanout.registry import Registry
 from pushsvc.interfaces import PushSettings
 from pushsvc.local import LocalState
 from pushsvc.service import PushService, ServiceConfig, StartupError
+from tests.helpers import portOf
 from tests.procs import freePort
 from tests.test_startup import takenPort
 
@@ -91,7 +92,7 @@ class ServiceTreeTests(TestCase):
         )
         self.assertTrue(all(isinstance(c, StreamServerEndpointService) for c in children))
         self.assertTrue(all(c.running for c in children))
-        self.assertEqual([p.getHost().port for p in service.ports], [first, second])
+        self.assertEqual([portOf(p) for p in service.ports], [first, second])
         yield service.stopService()
         self.assertFalse(any(c.running for c in children))
         for port in (first, second):

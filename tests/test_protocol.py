@@ -29,6 +29,7 @@ from pushsvc.local import LocalBroker
 from pushsvc.signing import channelAuth, userAuth
 from pushsvc.ws.protocol import makeAppFactory, makeAppResource
 from tests.fakews import FakeClient, maskedFrame
+from tests.helpers import listenLocal
 from tests.wsclient import WSClient, connectClient, subscribeClient
 
 APP = App("1", "278d425bdf160c739803", "7ad3773142a6692b25b8")
@@ -634,7 +635,7 @@ class LoopbackTests(TestCase):
         )
         self.factory = resource._factory  # type: ignore[attr-defined]
         root.putChild(b"app", resource)
-        self.port = reactor.listenTCP(0, Site(root), interface="127.0.0.1")  # type: ignore
+        self.port = listenLocal(Site(root))
         self.clients: list[WSClient] = []
         self.addCleanup(self.stop)
 

@@ -26,7 +26,7 @@ from pushsvc.hub import Hub
 from pushsvc.interfaces import PushSettings
 from pushsvc.local import LocalBroker
 from pushsvc.ws.protocol import makeAppResource
-from tests.helpers import requireService
+from tests.helpers import listenLocal, requireService
 
 JS = Path(__file__).resolve().parent / "js"
 APP = App("7", "pusherjs-key", "pusherjs-secret")
@@ -110,7 +110,7 @@ class PusherJSTests(TestCase):
         resource = makeAppResource(Apps([APP]), self.hub, self.registry, reactor, settings)
         self.factory = resource._factory  # type: ignore[attr-defined]
         root.putChild(b"app", resource)
-        self.port = reactor.listenTCP(0, Site(root), interface="127.0.0.1")  # type: ignore
+        self.port = listenLocal(Site(root))
         self.children: list[NodeClient] = []
         self.addCleanup(self.cleanUp)
 

@@ -10,7 +10,6 @@ import time
 from collections.abc import Generator
 from typing import Any
 
-from treq.testing import StubTreq
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred, inlineCallbacks, succeed
 from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
@@ -28,6 +27,7 @@ from pushsvc.interfaces import BrokerUnavailable, IBroker, IClusterState, PushSe
 from pushsvc.redis.address import RedisAddress, parseRedisAddress
 from pushsvc.redis.broker import RedisBroker
 from pushsvc.redis.link import RETRY_MAX, retryDelay
+from tests.helpers import captureLogs, logObserver, stubTreq
 from tests.redisutil import Conn, FakeRedis, Node, RedisServer, RedisTestCase, deleteKeys
 from tests.wsclient import subscribeClient
 
@@ -241,8 +241,13 @@ class StallReapTests(RedisTestCase):
             TCP4ClientEndpoint(reactor, "127.0.0.1", server.port), Protocol()
         )
         self.addCleanup(raw.transport.loseConnection)
-        woke = Deferred()
-        raw.dataReceived = lambda data: woke.called or woke.callback(None)  # type: ignore
+        woke: Deferred[None] = Deferred()
+
+        def woken(data: bytes) -> None:
+            if not woke.called:
+                woke.callback(None)
+
+        raw.dataReceived = woken  # the reply is all we wait for
         raw.transport.write(b"DEBUG SLEEP 1.5\r\n")
         yield woke.addTimeout(15, reactor)
         # Two heartbeats of each node after the stall (0.2 s apart): any reaping has happened.
@@ -332,9 +337,15 @@ def logged(text: str, timeout: float = 10) -> Deferred[None]:
         if not d.called and text in formatEvent(event):
             d.callback(None)
 
-    globalLogPublisher.addObserver(observe)
+    observer = logObserver(observe)
+    globalLogPublisher.addObserver(observer)
     d.addTimeout(timeout, reactor)
-    return d.addBoth(lambda r: (globalLogPublisher.removeObserver(observe), r)[1])
+
+    def removed(result: object) -> object:
+        globalLogPublisher.removeObserver(observer)
+        return result
+
+    return d.addBoth(removed)
 
 
 class CommandFaultTests(RedisTestCase):
@@ -518,10 +529,7 @@ class CacheChannelTests(RedisTestCase):
 
 def captureLog(case: SynchronousTestCase) -> list[dict[str, Any]]:
     """Every log event emitted until the end of C{case}."""
-    events: list[dict[str, Any]] = []
-    globalLogPublisher.addObserver(events.append)
-    case.addCleanup(globalLogPublisher.removeObserver, events.append)
-    return events
+    return captureLogs(case)
 
 
 def lines(events: list[dict[str, Any]], since: int = 0) -> list[str]:
@@ -704,7 +712,7 @@ class StallTests(SynchronousTestCase):
         """
         node = FakeNode()
         node.start()
-        health = StubTreq(HealthResource(lambda: succeed(node.hub.health())))
+        health = stubTreq(HealthResource(lambda: succeed(node.hub.health())))
         node.redis.stall()
         d = node.hub.publish(APP, ["news"], "ev", "x")
         node.clock.advance(1.99)

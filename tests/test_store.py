@@ -14,7 +14,7 @@ import os
 import socket
 import sqlite3
 import uuid
-from collections.abc import Generator
+from collections.abc import Callable, Generator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -22,6 +22,7 @@ import psycopg
 from psycopg.conninfo import make_conninfo
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred, gatherResults, inlineCallbacks, succeed
+from twisted.internet.interfaces import IAddress
 from twisted.internet.protocol import ClientFactory, Factory, Protocol, connectionDone
 from twisted.internet.threads import deferToThread
 from twisted.python.failure import Failure
@@ -40,7 +41,7 @@ from pushsvc.store.memory import MemoryStore
 from pushsvc.store.postgresql import PostgreSQLStore
 from pushsvc.store.schema import SchemaError, defaultSchema, loadScripts, pendingScripts
 from pushsvc.store.sqlite import SQLiteStore, _statements
-from tests.helpers import requireService
+from tests.helpers import listenLocal, requireService
 
 PG_URL = os.environ.get("PUSHSVC_TEST_POSTGRESQL", "postgresql://postgres@127.0.0.1:5432/test")
 
@@ -137,7 +138,7 @@ class StoreContractMixin(_MixinBase):
         def ids(messages: list[Message]) -> list[int]:
             return [m.id for m in messages]
 
-        eq = self.assertEqual
+        eq: Callable[[object, object], None] = self.assertEqual
         eq(ids((yield store.messages("r", 0, 100))), [1, 2, 3, 4, 5])
         eq(ids((yield store.messages("r", 2, 2))), [3, 4])
         eq(ids((yield store.messages("r", 4, 100))), [5])
@@ -152,7 +153,7 @@ class StoreContractMixin(_MixinBase):
         store = yield self.openStore()
         for i in range(1, 6):
             yield store.append("r", "ann", f"m{i}", 1000.0 + i)
-        eq = self.assertEqual
+        eq: Callable[[object, object], None] = self.assertEqual
         eq([m.id for m in (yield store.latest("r", 3))], [3, 4, 5])
         eq([m.text for m in (yield store.latest("r", 100))], ["m1", "m2", "m3", "m4", "m5"])
         eq((yield store.latest("r", 0)), [])
@@ -167,7 +168,7 @@ class StoreContractMixin(_MixinBase):
         yield store.append("b", "ann", "1", 30.0)
         yield store.append("c", "ann", "1", 20.0)
         yield store.append("a", "ann", "2", 40.0)
-        eq = self.assertEqual
+        eq: Callable[[object, object], None] = self.assertEqual
         eq(
             (yield store.rooms(10)),
             [RoomSummary("a", 2, 40.0), RoomSummary("b", 1, 30.0), RoomSummary("c", 1, 20.0)],
@@ -270,7 +271,7 @@ class PersistentStoreMixin(StoreContractMixin):
         v2 = self.newStore(v2dir)
         yield v2.open()
         yield v2.close()
-        eq = self.assertEqual
+        eq: Callable[[object, object], None] = self.assertEqual
         eq((yield self.queryOne("SELECT version FROM version")), PACKAGED + 1)
         eq((yield self.queryOne("SELECT count(*) FROM version")), 1)
         eq((yield self.queryOne("SELECT count(*) FROM reactions")), 0)
@@ -288,7 +289,7 @@ class PersistentStoreMixin(StoreContractMixin):
         broken = self.newStore(schemaDir(self, self.engine, BROKEN_V2_SCRIPT))
         self.addCleanup(broken.close)
         yield self.assertFailure(broken.open(), Exception)
-        eq = self.assertEqual
+        eq: Callable[[object, object], None] = self.assertEqual
         eq((yield self.queryOne("SELECT version FROM version")), PACKAGED)
         eq((yield self.queryOne(self.tableExistsSQL % "half_done")), 0)
         eq((yield self.queryOne("SELECT count(*) FROM messages")), 1)
@@ -544,6 +545,21 @@ class PostgreSQLStoreTests(PostgreSQLSchemaMixin, PersistentStoreMixin, TestCase
 # -- PostgreSQL outages ------------------------------------------------------------------------
 
 
+class _Onward(ClientFactory):
+    """Connects a L{_Pipe}'s other end; when it cannot, the accepted end is closed."""
+
+    def __init__(self, build: Callable[[], _Pipe], accepted: _Pipe) -> None:
+        self.build = build
+        self.accepted = accepted
+
+    def buildProtocol(self, addr: IAddress | None) -> _Pipe:
+        return self.build()
+
+    def clientConnectionFailed(self, connector: object, reason: Failure) -> None:
+        if self.accepted.transport is not None:
+            self.accepted.transport.loseConnection()
+
+
 class _Pipe(Protocol):
     """One side of a proxied connection: writes what it reads to its peer."""
 
@@ -556,9 +572,8 @@ class _Pipe(Protocol):
         if self.peer is None:
             # Accepted: read nothing until the onward connection is up.
             self.transport.pauseProducing()  # type: ignore[union-attr]
-            onward = ClientFactory.forProtocol(lambda: _Pipe(self.proxy, self))
-            onward.clientConnectionFailed = lambda c, r: self.transport.loseConnection()  # type: ignore
-            reactor.connectTCP(self.proxy.host, self.proxy.port, onward)  # type: ignore
+            onward = _Onward(lambda: _Pipe(self.proxy, self), self)
+            reactor.connectTCP(self.proxy.host, self.proxy.port, onward)
         elif self.peer in self.proxy.live:
             self.peer.peer = self
             self.peer.transport.resumeProducing()  # type: ignore[union-attr]
@@ -588,7 +603,7 @@ class CuttableProxy:
 
     def start(self) -> None:
         factory = Factory.forProtocol(lambda: _Pipe(self))
-        self.listening = reactor.listenTCP(self.listenPort, factory, interface="127.0.0.1")  # type: ignore
+        self.listening = listenLocal(factory, self.listenPort)
         self.listenPort = self.listening.getHost().port
 
     def dropConnections(self) -> Deferred[None]:

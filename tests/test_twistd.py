@@ -120,7 +120,7 @@ def readOnlyDir(case: TestCase) -> str:
     A new directory in which nothing can be created, restored at cleanup: mode 0555, or for
     root (whom modes do not stop) the immutable attribute; skips where neither works.
     """
-    path = os.path.abspath(case.mktemp())
+    path: str = os.path.abspath(case.mktemp())
     os.makedirs(path)
     if os.geteuid() != 0:
         os.chmod(path, 0o555)

@@ -79,11 +79,11 @@ class _Tracked:
             self.factory.lost(self, why)
 
 
-class Commands(_Tracked, txredisapi.RedisProtocol):
+class Commands(_Tracked, txredisapi.RedisProtocol):  # type: ignore[misc]  # txredisapi: no types
     pass
 
 
-class Subscriber(_Tracked, txredisapi.SubscriberProtocol):
+class Subscriber(_Tracked, txredisapi.SubscriberProtocol):  # type: ignore[misc]  # no types
     def messageReceived(self, pattern: Any, channel: Any, message: Any) -> None:
         self.factory.onMessage(message)
 

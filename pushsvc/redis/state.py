@@ -45,7 +45,14 @@ from zope.interface import implementer
 
 from pushsvc.fanout.registry import Registry
 from pushsvc.frames import channelKind
-from pushsvc.interfaces import BrokerUnavailable, ChannelInfo, IClusterState, MemberEvents
+from pushsvc.interfaces import (
+    BrokerUnavailable,
+    ChannelInfo,
+    IClusterState,
+    MemberEvents,
+    Members,
+    UserInfo,
+)
 from pushsvc.local import channelInfo
 from pushsvc.redis import luaSource
 from pushsvc.waiters import Waiters
@@ -201,7 +208,7 @@ class RedisState:
     def _counted(self, absent: Any, appId: str) -> None:
         self._checkAbsent(appId, absent)
 
-    def joined(self, appId: str, channel: str, userId: str, userInfo: Any) -> Deferred[bool]:
+    def joined(self, appId: str, channel: str, userId: str, userInfo: UserInfo) -> Deferred[bool]:
         d = self._run("join", appId, channel, userId, json.dumps(userInfo))
 
         def result(reply: list[Any]) -> bool:
@@ -272,7 +279,7 @@ class RedisState:
 
     # -- questions -----------------------------------------------------------------------------
 
-    def members(self, appId: str, channel: str) -> Deferred[dict[str, Any]]:
+    def members(self, appId: str, channel: str) -> Deferred[Members]:
         d = self.broker.script("members", [], self._args(appId, channel))
         return d.addCallback(lambda flat: {u: json.loads(i) for u, i in _pairs(flat, 2)})
 

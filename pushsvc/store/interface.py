@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+from twisted.internet.defer import Deferred
 from zope.interface import Attribute, Interface
 
 
@@ -55,33 +56,33 @@ class IStore(Interface):
 
     description = Attribute("A short human description of the engine, e.g. 'sqlite:/path'.")
 
-    def open() -> Any:
+    def open() -> Deferred[None]:
         """Connect and migrate the schema to the newest version. Fires with None."""
 
-    def close() -> Any:
+    def close() -> Deferred[None]:
         """Release connections. Fires with None."""
 
-    def append(room: str, author: str, text: str, createdAt: float) -> Any:
+    def append(room: str, author: str, text: str, createdAt: float) -> Deferred[Message]:
         """Store a message with the next id of C{room}. Fires with the stored L{Message}."""
 
-    def messages(room: str, after: int, limit: int) -> Any:
+    def messages(room: str, after: int, limit: int) -> Deferred[list[Message]]:
         """Fires with up to C{limit} messages of C{room} with id > C{after}, oldest first."""
 
-    def latest(room: str, limit: int) -> Any:
+    def latest(room: str, limit: int) -> Deferred[list[Message]]:
         """Fires with the newest C{limit} messages of C{room}, oldest first."""
 
-    def rooms(limit: int) -> Any:
+    def rooms(limit: int) -> Deferred[list[RoomSummary]]:
         """Fires with up to C{limit} L{RoomSummary}s, most recently active first."""
 
-    def revokeSession(sessionId: str, expiresAt: float, now: float) -> Any:
+    def revokeSession(sessionId: str, expiresAt: float, now: float) -> Deferred[None]:
         """
         Record that chat session C{sessionId} is signed out; its cookie would expire at
         C{expiresAt} anyway, after which the record may go (records older than C{now} are
         pruned). Revoking twice is no error. Fires with None once it is durable.
         """
 
-    def sessionRevoked(sessionId: str) -> Any:
+    def sessionRevoked(sessionId: str) -> Deferred[bool]:
         """Fires with True when C{sessionId} was revoked (and its cookie not yet expired)."""
 
-    def ping() -> Any:
+    def ping() -> Deferred[None]:
         """Fires with None when the engine answers; fails with L{StoreUnavailable} otherwise."""
