@@ -27,6 +27,7 @@ from typing import Any
 
 from twisted.application import strports
 from twisted.application.service import IService, MultiService
+from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.defer import Deferred, DeferredList, succeed
 from twisted.internet.interfaces import IListeningPort, IStreamServerEndpoint
 from twisted.internet.task import deferLater
@@ -148,6 +149,16 @@ class ServiceConfig:
     bodyMinRate: int = 1024  # --body-min-rate: bytes/s a body must keep up, after the above
     idleTimeout: float = 60.0  # --idle-timeout: idle keep-alive, or replies not read
     logWebSockets: bool = True  # one info line per WebSocket opened and closed
+
+
+def boundAddress(port: IListeningPort) -> str:
+    """Where C{port} listens: C{host:port} (the real port when C{tcp:0} was asked), or a path."""
+    address = port.getHost()
+    if isinstance(address, IPv4Address | IPv6Address):
+        host = f"[{address.host}]" if isinstance(address, IPv6Address) else address.host
+        return f"{host}:{address.port}"
+    name = getattr(address, "name", None)
+    return name.decode(errors="replace") if isinstance(name, bytes) else str(address)
 
 
 class PushService(MultiService):
@@ -359,7 +370,11 @@ class PushService(MultiService):
         guard = AcceptGuard.install(port, self.reactor, self._describeConnections)
         if guard is not None:
             self.acceptGuards.append(guard)
-        log.info("listening on {description}", description=description)
+        log.info(
+            "listening on {description} (bound to {address})",
+            description=description,
+            address=boundAddress(port),
+        )
 
     def _startChildren(self, listeners: list[IService]) -> None:
         """

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import re
+import socket
 from collections.abc import Callable
 from typing import Any, NoReturn, Protocol, cast
 
@@ -105,3 +107,25 @@ def listenLocal(factory: IProtocolFactory, port: int = 0) -> IListeningPort:
         interface="127.0.0.1",
     )
     return listening
+
+
+def freePort() -> int:
+    """
+    A port nothing listens on now. Only for servers that cannot report the port they bound
+    (redis-server, nginx) or tests about a port being released: pushsvc children listen on
+    C{tcp:0} and their port is read from their log (L{boundPort}).
+    """
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+_BOUND = re.compile(r"listening on \S+ \(bound to [^)]*:(\d+)\)")
+
+
+def boundPort(output: str) -> int:
+    """The TCP port of the first C{listening on ... (bound to host:port)} line pushsvc logged."""
+    found = _BOUND.search(output)
+    if found is None:
+        raise AssertionError(f"no 'listening on ... (bound to ...)' line in:\n{output}")
+    return int(found.group(1))

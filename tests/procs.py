@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import sys
 from pathlib import Path
 from typing import Any
@@ -15,14 +14,10 @@ from twisted.internet.error import ProcessDone, ProcessTerminated
 from twisted.internet.protocol import ProcessProtocol
 from twisted.python.failure import Failure
 
+from tests.helpers import boundPort
+
 ROOT = Path(__file__).resolve().parent.parent
 TWISTD = "from twisted.scripts.twistd import run; run()"
-
-
-def freePort() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class TwistdProcess(ProcessProtocol):
@@ -59,6 +54,12 @@ class TwistdProcess(ProcessProtocol):
         self._check()
         d.addTimeout(timeout, reactor)
         return d
+
+    def whenListening(self, timeout: float = 30) -> Deferred[int]:
+        """Fires with the port the child bound (it was started with C{--listen tcp:0:...})."""
+        return self.waitFor("(bound to ", timeout).addCallback(
+            lambda _: boundPort(self.output.decode(errors="replace"))
+        )
 
     def processEnded(self, reason: Failure) -> None:
         for _, _, d in self._waiting:

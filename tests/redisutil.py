@@ -30,9 +30,9 @@ from zope.interface import implementer
 from pushsvc.apps import Apps
 from pushsvc.fanout.registry import Outbound, Registry
 from pushsvc.frames import Member
+from pushsvc.hub import Hub
 from pushsvc.interfaces import PushSettings
-from tests.helpers import listenLocal, portOf, requireService
-from tests.procs import freePort
+from tests.helpers import freePort, listenLocal, portOf, requireService
 from tests.wsclient import PATH, WSClient, connectClient
 
 REDIS_HOST = os.environ.get("PUSHSVC_TEST_REDIS_HOST", "127.0.0.1")
@@ -225,7 +225,25 @@ class Conn:
         return d.addTimeout(timeout, reactor)
 
 
-class Node:
+class HubNode:
+    """A node's connections and subscriptions through its C{hub} (set by the subclass)."""
+
+    registry: Registry
+    hub: Hub
+
+    def connect(self, appId: str) -> Conn:
+        conn = Conn(appId, self.hub.newSocketId())
+        self.registry.addConnection(conn)
+        return conn
+
+    def subscribe(
+        self, conn: Conn, channel: str, userId: str | None = None, info: Any = None
+    ) -> Deferred[None]:
+        member = Member(userId, info) if userId is not None else None
+        return self.hub.subscribe(conn, channel, member)
+
+
+class Node(HubNode):
     """One pushsvc process's push side, in this process: registry, Redis broker, state, hub."""
 
     def __init__(
@@ -236,7 +254,6 @@ class Node:
         nodeTTL: float = 1.0,
         name: str | None = None,
     ) -> None:
-        from pushsvc.hub import Hub
         from pushsvc.redis.address import parseRedisAddress
         from pushsvc.redis.broker import RedisBroker
         from pushsvc.redis.state import RedisState
@@ -267,17 +284,6 @@ class Node:
             self.state._timer.stopService()
             self.state._stopped = True
         yield self.broker.stop()
-
-    def connect(self, appId: str) -> Conn:
-        conn = Conn(appId, self.hub.newSocketId())
-        self.registry.addConnection(conn)
-        return conn
-
-    def subscribe(
-        self, conn: Conn, channel: str, userId: str | None = None, info: Any = None
-    ) -> Deferred[None]:
-        member = Member(userId, info) if userId is not None else None
-        return self.hub.subscribe(conn, channel, member)
 
 
 class RedisTestCase(TestCase):

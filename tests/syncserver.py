@@ -14,14 +14,22 @@ import sys
 import threading
 from pathlib import Path
 
+from tests.helpers import boundPort
+
 ROOT = Path(__file__).resolve().parent.parent
 TWISTD = "from twisted.scripts.twistd import run; run()"
 
 
 class ServerProcess:
-    """C{twistd -n pushsvc} on C{port}, C{dataDir}; C{start()} returns once the store is ready."""
+    """
+    C{twistd -n pushsvc} on C{port}, C{dataDir}; C{start()} returns once the store is ready.
+    With port 0 (the default) the child binds a port of the system's choosing, read from its log
+    into C{port}; a later C{start()} listens on that same port again.
+    """
 
-    def __init__(self, port: int, dataDir: str, *extra: str, env: dict[str, str] | None = None):
+    def __init__(
+        self, port: int, dataDir: str, *extra: str, env: dict[str, str] | None = None
+    ) -> None:
         self.port = port
         self.dataDir = dataDir
         self.extra = list(extra)
@@ -61,6 +69,8 @@ class ServerProcess:
         self.lines = queue.Queue()
         threading.Thread(target=self._read, args=(self.proc, self.lines), daemon=True).start()
         self.waitFor("message store ready", timeout)
+        if self.port == 0:
+            self.port = boundPort("".join(self.output))
 
     def _read(self, proc: subprocess.Popen[bytes], lines: queue.Queue[str | None]) -> None:
         assert proc.stdout is not None
@@ -102,12 +112,6 @@ class ServerProcess:
             self.proc.wait()
 
 
-def freePort() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 class CuttableProxy:
     """
     A loopback TCP proxy to C{targetPort}. C{cut()} drops every connection and refuses new ones
@@ -116,7 +120,7 @@ class CuttableProxy:
 
     def __init__(self, targetPort: int) -> None:
         self.targetPort = targetPort
-        self.port = freePort()
+        self.port = 0  # bound by start()
         self._lock = threading.Lock()
         self._sockets: set[socket.socket] = set()
         self._open = False
@@ -127,6 +131,7 @@ class CuttableProxy:
         listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         listener.bind(("127.0.0.1", self.port))
         listener.listen(64)
+        self.port = listener.getsockname()[1]
         self._listener = listener
         self._open = True
         threading.Thread(target=self._accept, args=(listener,), daemon=True).start()

@@ -20,7 +20,7 @@ from typing import Any
 from twisted.trial.unittest import SynchronousTestCase
 
 from tests.helpers import requireService
-from tests.syncserver import CuttableProxy, ServerProcess, freePort
+from tests.syncserver import CuttableProxy, ServerProcess
 
 CHROMIUM = "/usr/bin/chromium"
 ARGS = [
@@ -126,10 +126,10 @@ class ChatPage:
 class BrowserChatTests(SynchronousTestCase):
     def setUp(self) -> None:
         self.browser = launchBrowser(self)
-        self.port = freePort()
         self.dataDir = self.mktemp()
-        self.server = ServerProcess(self.port, self.dataDir)
+        self.server = ServerProcess(0, self.dataDir)
         self.server.start()
+        self.port = self.server.port
         self.addCleanup(self.server.kill)
 
     def test_liveMessagesAndPresence(self) -> None:

@@ -30,7 +30,7 @@ from pushsvc.apiauth import apiSignature, bodyMd5
 from pushsvc.apps import App
 from pushsvc.signing import userAuth
 from tests.helpers import requireService
-from tests.procs import TwistdProcess, freePort, killIfRunning, startTwistd
+from tests.procs import TwistdProcess, killIfRunning, startTwistd
 from tests.redisutil import REDIS_URL, RedisServer, deleteKeys, requireRedis
 from tests.wsclient import PATH, WSClient, connectClient, subscribeClient
 
@@ -77,10 +77,9 @@ class Cluster:
         """Fires once every process has its store and broker ready."""
         waits = []
         for _ in range(n):
-            port = freePort()
             args = [
                 "--listen",
-                f"tcp:{port}:interface=127.0.0.1",
+                "tcp:0:interface=127.0.0.1",
                 "--data-dir",
                 self.case.mktemp(),
                 "--app-id",
@@ -97,10 +96,14 @@ class Cluster:
             env = {"PUSHSVC_APP_SECRET": self.app.secret, "PUSHSVC_SESSION_KEY": SESSION_KEY}
             proc = startTwistd(args, env=env)
             self.case.addCleanup(killIfRunning, proc)
-            self.ports.append(port)
+            self.ports.append(0)  # the bound port, read from the log below
             self.procs.append(proc)
-            waits += [proc.waitFor("message store ready"), proc.waitFor("broker ready")]
+            learned = proc.whenListening().addCallback(self._learned, len(self.ports) - 1)
+            waits += [learned, proc.waitFor("message store ready"), proc.waitFor("broker ready")]
         return gatherResults(waits)
+
+    def _learned(self, port: int, i: int) -> None:
+        self.ports[i] = port
 
     def sdk(self, i: int) -> pusher.Pusher:
         return pusher.Pusher(
@@ -219,15 +222,14 @@ class ClusterTests(ClusterCase):
         channels = yield cluster.call(1, "channels_info", "presence-", ["user_count"])
         self.assertEqual(channels["channels"], {"presence-room": {"user_count": 2}})
 
-        killedAt = time.monotonic()
+        # Reaped within the node TTL and a heartbeat (5 + 1 s): the wait is bounded by that and
+        # some slack for a loaded machine; the timing itself is pinned on a Clock by
+        # tests/test_contracts.py (MemoryStateTests.test_deadNodeReaped).
         cluster.procs[1].transport.signalProcess("KILL")  # type: ignore[union-attr]
         removed = yield watcher.expect(
-            "pusher_internal:member_removed", "presence-room", timeout=20
+            "pusher_internal:member_removed", "presence-room", timeout=10
         )
-        took = time.monotonic() - killedAt
         self.assertEqual(removed["data"], {"user_id": "ann"})
-        self.assertLess(took, 10)
-        self.took = took
         info = yield cluster.call(0, "channel_info", "presence-room", ["user_count"])
         self.assertEqual(info["user_count"], 1)
 
@@ -351,7 +353,7 @@ class BrowserTests(SynchronousTestCase):
         servers = []
         for _ in range(2):
             server = ServerProcess(
-                freePort(),
+                0,
                 self.mktemp(),
                 "--app-id",
                 app.id,

@@ -21,8 +21,7 @@ from pushsvc.fanout.registry import Registry
 from pushsvc.interfaces import PushSettings
 from pushsvc.local import LocalState
 from pushsvc.service import PushService, ServiceConfig, StartupError
-from tests.helpers import portOf
-from tests.procs import freePort
+from tests.helpers import freePort, portOf
 from tests.test_startup import takenPort
 
 

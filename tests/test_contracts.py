@@ -27,7 +27,6 @@ from zope.interface.verify import verifyObject
 
 from pushsvc.apps import App
 from pushsvc.fanout.registry import Registry
-from pushsvc.frames import Member
 from pushsvc.hub import Hub
 from pushsvc.interfaces import (
     CACHE_TTL,
@@ -40,7 +39,7 @@ from pushsvc.interfaces import (
 )
 from pushsvc.local import LocalBroker, LocalState
 from pushsvc.testing import FakeHub, MemoryBroker, MemoryCluster, MemoryState
-from tests.redisutil import REDIS_URL, Conn, Node, RedisTestCase
+from tests.redisutil import REDIS_URL, Conn, HubNode, Node, RedisTestCase
 
 APP = App("a1", "key1", "secret1")
 ADDED = "pusher_internal:member_added"
@@ -219,7 +218,7 @@ class RedisBrokerTests(BrokerContract, RedisTestCase):
 # -- IClusterState ---------------------------------------------------------------------------
 
 
-class MemoryNode:
+class MemoryNode(HubNode):
     """One node on a L{MemoryCluster}, built as L{tests.redisutil.Node} is, on a Clock."""
 
     def __init__(self, cluster: MemoryCluster) -> None:
@@ -238,17 +237,6 @@ class MemoryNode:
         """Let the fan-out write what it queued for later turns of the (Clock) reactor."""
         for _ in range(10):
             self.clock.advance(0)
-
-    def connect(self, appId: str) -> Conn:
-        conn = Conn(appId, self.hub.newSocketId())
-        self.registry.addConnection(conn)
-        return conn
-
-    def subscribe(
-        self, conn: Conn, channel: str, userId: str | None = None, info: Any = None
-    ) -> Deferred[None]:
-        member = Member(userId, info) if userId is not None else None
-        return self.hub.subscribe(conn, channel, member)
 
 
 class LocalNode(MemoryNode):

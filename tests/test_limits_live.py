@@ -25,7 +25,7 @@ from twisted.web.client import Agent, HTTPConnectionPool
 from pushsvc.http.limits import ConnectionLimits
 from pushsvc.service import PushService, ServiceConfig
 from tests.helpers import portOf
-from tests.procs import TwistdProcess, freePort, killIfRunning, startTwistd
+from tests.procs import TwistdProcess, killIfRunning, startTwistd
 from tests.wsclient import PATH, WSClient, connectClient
 
 APP_ID, APP_KEY, SECRET = "77", "caps-key", "caps-secret"
@@ -167,11 +167,10 @@ class FileLimitTests(TestCase):
 
     @inlineCallbacks
     def start(self, *args: str) -> Any:
-        self.portNumber = freePort()
         proto = startTwistd(
             [
                 "--listen",
-                f"tcp:{self.portNumber}:interface=127.0.0.1",
+                "tcp:0:interface=127.0.0.1",
                 "--data-dir",
                 self.mktemp(),
                 *args,
@@ -180,6 +179,7 @@ class FileLimitTests(TestCase):
         )
         self.addCleanup(killIfRunning, proto)
         yield proto.waitFor("message store ready")
+        self.portNumber = yield proto.whenListening()
         return proto
 
     def knock(self, request: bytes = b"") -> tuple[Deferred[Any], Knock]:
