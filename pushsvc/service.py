@@ -432,7 +432,7 @@ class PushService(MultiService):
             retry: Deferred[Deferred[None]] = deferLater(
                 self.reactor, delay, self._openStore, min(delay * 2, STORE_RETRY_MAX)
             )
-            return retry  # type: ignore[return-value]
+            return retry  # type: ignore[return-value]  # a Deferred chained in: it fires with None
 
         return store.open().addCallbacks(opened, failed)
 
@@ -456,7 +456,7 @@ class PushService(MultiService):
             return results
 
         def bad(f: Failure) -> dict[str, str]:
-            results["store"] = f"{self.store.description}: {f.getErrorMessage()}"  # type: ignore[union-attr]
+            results["store"] = f"{self.store.description}: {f.getErrorMessage()}"  # type: ignore[union-attr]  # set when storeReady
             return results
 
         d = self.store.ping()

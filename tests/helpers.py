@@ -103,7 +103,7 @@ def listenLocal(factory: IProtocolFactory, port: int = 0) -> IListeningPort:
     # cannot solve for Site or other factories; any IProtocolFactory listens.
     listening: IListeningPort = reactor.listenTCP(
         port,
-        factory,  # type: ignore[arg-type]
+        factory,  # type: ignore[arg-type]  # see the comment above
         interface="127.0.0.1",
     )
     return listening

@@ -112,7 +112,7 @@ def killIfRunning(proto: TwistdProcess) -> Deferred[Any] | None:
     if proto.ended.called:
         return None
     try:
-        proto.transport.signalProcess(signal.SIGKILL)  # type: ignore[union-attr]
+        proto.transport.signalProcess(signal.SIGKILL)  # type: ignore[union-attr]  # connected: transport is set
     except Exception:
         return None
     return proto.ended

@@ -318,7 +318,7 @@ class RedisTestCase(TestCase):
         resource = makeAppResource(apps, node.hub, node.registry, reactor, PushSettings())
         root.putChild(b"app", resource)
         port = listenLocal(Site(root))
-        factory = resource._factory  # type: ignore[attr-defined]
+        factory = resource._factory  # type: ignore[attr-defined]  # the factory behind the resource
 
         @inlineCallbacks
         def stop() -> Any:
@@ -343,7 +343,7 @@ class RedisTestCase(TestCase):
 
         def close() -> Deferred[Any]:
             if not client.closed.called:
-                client.transport.abortConnection()  # type: ignore[union-attr]
+                client.transport.abortConnection()  # type: ignore[union-attr]  # connected: transport is set
             return client.closed
 
         self.addCleanup(close)

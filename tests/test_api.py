@@ -114,10 +114,10 @@ class APITestsMixin:
         )
         content = yield response.content()
         ctype = response.headers.getRawHeaders("content-type", [""])[0]
-        self.assertIn("application/json", ctype)  # type: ignore[attr-defined]
+        self.assertIn("application/json", ctype)  # type: ignore[attr-defined]  # a mixin: the TestCase has it
         reply = json.loads(content)
         if response.code >= 400:
-            self.assertIsInstance(reply.get("error"), str)  # type: ignore[attr-defined]
+            self.assertIsInstance(reply.get("error"), str)  # type: ignore[attr-defined]  # a mixin: the TestCase has it
         return response.code, reply
 
 
@@ -576,7 +576,7 @@ class HangUpTests(SynchronousTestCase):
         """A client that hangs up while the publish is pending breaks nothing."""
         pending: Deferred[None] = Deferred()
         hub = FakeHub()
-        hub.publish = lambda *a: pending  # type: ignore[method-assign]
+        hub.publish = lambda *a: pending  # type: ignore[method-assign]  # replaced for this test
         resource = makeApiResource(Apps([APP]), hub, lambda: float(NOW))
         body = json.dumps({"name": "e", "data": "d", "channel": "c"}).encode()
         url = signedURL("POST", "/apps/3/events", body)

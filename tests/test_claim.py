@@ -46,7 +46,7 @@ class ClaimContractMixin:
         results = []
         for appId, key in (("a1", "k"), ("a1", "k"), ("a1", "k"), ("a1", "other"), ("a2", "k")):
             results.append((yield self.broker.claim(appId, key, 60.0)))
-        self.assertEqual(results, [True, False, False, True, True])  # type: ignore[attr-defined]
+        self.assertEqual(results, [True, False, False, True, True])  # type: ignore[attr-defined]  # a mixin: the TestCase has it
 
 
 class LocalClaimTests(ClaimContractMixin, SynchronousTestCase):

@@ -145,7 +145,7 @@ class ClusterCase(TestCase):
 
     def _close(self, client: WSClient) -> Any:
         if not client.closed.called:
-            client.transport.abortConnection()  # type: ignore[union-attr]
+            client.transport.abortConnection()  # type: ignore[union-attr]  # connected: transport is set
         return client.closed
 
     def subscribe(
@@ -225,7 +225,7 @@ class ClusterTests(ClusterCase):
         # Reaped within the node TTL and a heartbeat (5 + 1 s): the wait is bounded by that and
         # some slack for a loaded machine; the timing itself is pinned on a Clock by
         # tests/test_contracts.py (MemoryStateTests.test_deadNodeReaped).
-        cluster.procs[1].transport.signalProcess("KILL")  # type: ignore[union-attr]
+        cluster.procs[1].transport.signalProcess("KILL")  # type: ignore[union-attr]  # connected: transport is set
         removed = yield watcher.expect(
             "pusher_internal:member_removed", "presence-room", timeout=10
         )
@@ -332,7 +332,7 @@ class OutageTests(ClusterCase):
         info = yield cluster.call(0, "channel_info", "news", ["subscription_count"])
         self.assertEqual(info["subscription_count"], 1)
         for p in cluster.procs:
-            p.transport.signalProcess("TERM")  # type: ignore[union-attr]
+            p.transport.signalProcess("TERM")  # type: ignore[union-attr]  # connected: transport is set
             yield p.ended
 
 

@@ -132,7 +132,7 @@ class ServiceTreeTests(TestCase):
             def whenReady(self, hook: Any) -> None:
                 pass
 
-        state = RedisState(Broker(), registry, reactor)  # type: ignore[arg-type]
+        state = RedisState(Broker(), registry, reactor)  # type: ignore[arg-type]  # a stand-in broker, for the check only
         [timer] = state.services()
         self.assertIsInstance(timer, TimerService)
         self.assertFalse(timer.running)

@@ -246,7 +246,7 @@ class LocalNode(MemoryNode):
         clock = self.clock = Clock()
         self.registry = Registry(PushSettings(), clock)
         self.broker = LocalBroker(clock)  # type: ignore[assignment]  # the one-process parts
-        self.state = LocalState(self.registry)  # type: ignore[assignment]
+        self.state = LocalState(self.registry)  # type: ignore[assignment]  # the one-process parts
         self.hub = Hub(self.registry, self.broker, clock, self.state)
 
     def start(self) -> None:

@@ -463,11 +463,11 @@ class _Pipeliner(Protocol):
 
     def connectionMade(self) -> None:
         self.transport.pauseProducing()  # type: ignore[union-attr]  # never reads
-        self.transport.registerProducer(self, False)  # type: ignore[union-attr]
+        self.transport.registerProducer(self, False)  # type: ignore[union-attr]  # connected: transport is set
 
     def resumeProducing(self) -> None:
         if self.sent < self.limit:
-            self.transport.write((NOPE + INDEX) * 50)  # type: ignore[union-attr]
+            self.transport.write((NOPE + INDEX) * 50)  # type: ignore[union-attr]  # connected: transport is set
             self.sent += 100
 
     def pauseProducing(self) -> None:
@@ -520,7 +520,7 @@ class RealSocketTests(TestCase):
         raw.setblocking(False)
         client = _Pipeliner(limit=100_000)
         factory = Factory.forProtocol(lambda: client)
-        clientPort: Any = reactor.adoptStreamConnection(  # type: ignore[attr-defined]
+        clientPort: Any = reactor.adoptStreamConnection(  # type: ignore[attr-defined]  # the default reactor has it
             raw.fileno(), socket.AF_INET, factory
         )
         raw.close()  # adoptStreamConnection took a copy
@@ -536,7 +536,7 @@ class RealSocketTests(TestCase):
         oneReply = 1100
         self.assertLessEqual(unsent, server.bufferSize + MAX_PIPELINED * oneReply)
         self.assertLess(client.sent, 100_000)
-        client.transport.abortConnection()  # type: ignore[union-attr]
+        client.transport.abortConnection()  # type: ignore[union-attr]  # connected: transport is set
         yield client.closed
         yield site.closeConnections().addTimeout(10, reactor)
         self.assertEqual(site.channels, set())

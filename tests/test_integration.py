@@ -65,7 +65,7 @@ class ServiceCase(TestCase):
             yield self.service.stopService()
         for c in self.clients:
             if not c.closed.called:
-                c.transport.abortConnection()  # type: ignore[union-attr]
+                c.transport.abortConnection()  # type: ignore[union-attr]  # connected: transport is set
             yield c.closed
 
     def sdk(self, secret: str = SECRET) -> pusher.Pusher:

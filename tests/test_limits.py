@@ -230,7 +230,7 @@ class OptionTests(SynchronousTestCase):
         return options
 
     def test_defaultsReachConfig(self) -> None:
-        config = makeService(self.parse()).config  # type: ignore[attr-defined]
+        config = makeService(self.parse()).config  # type: ignore[attr-defined]  # makeService returns an IService; ours has it
         self.assertEqual(
             (config.maxConnections, config.maxConnectionsPerIp, config.trustedProxies),
             (0, 1000, ()),
@@ -238,7 +238,7 @@ class OptionTests(SynchronousTestCase):
 
     def test_values(self) -> None:
         config = makeService(
-            self.parse(  # type: ignore[attr-defined]
+            self.parse(  # type: ignore[attr-defined]  # makeService returns an IService; ours has it
                 "--max-connections",
                 "5000",
                 "--max-connections-per-ip",

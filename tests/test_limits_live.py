@@ -48,7 +48,7 @@ def whenCounts(limits: ConnectionLimits, ready: Callable[[], bool]) -> Deferred[
             del limits.release
             d.callback(None)
 
-    limits.release = released  # type: ignore[method-assign]
+    limits.release = released  # type: ignore[method-assign]  # replaced for this test
     return d.addTimeout(10, reactor)
 
 
@@ -78,7 +78,7 @@ class WebSocketCapTests(TestCase):
             yield self.service.stopService()
         for c in self.clients:
             if not c.closed.called:
-                c.transport.abortConnection()  # type: ignore[union-attr]
+                c.transport.abortConnection()  # type: ignore[union-attr]  # connected: transport is set
             yield c.closed
 
     @inlineCallbacks
@@ -134,7 +134,7 @@ class Knock(Protocol):
 
     def connectionMade(self) -> None:
         if self.request:
-            self.transport.write(self.request)  # type: ignore[union-attr]
+            self.transport.write(self.request)  # type: ignore[union-attr]  # connected: transport is set
 
     def dataReceived(self, data: bytes) -> None:
         self.data += data
@@ -197,7 +197,7 @@ class FileLimitTests(TestCase):
             connecting.cancel()
             return None
         if knock.transport is not None and not knock.done.called:
-            knock.transport.abortConnection()  # type: ignore[attr-defined]
+            knock.transport.abortConnection()  # type: ignore[attr-defined]  # connected: transport is set
             return knock.done
         return None
 
@@ -251,7 +251,7 @@ class FileLimitTests(TestCase):
         proto: TwistdProcess = yield self.start(
             "--max-connections", "100000", "--max-connections-per-ip", "0"
         )
-        pid = proto.transport.pid  # type: ignore[union-attr]
+        pid = proto.transport.pid  # type: ignore[union-attr]  # connected: transport is set
         knocks = [self.knock() for _ in range(400)]
         yield proto.waitFor("cannot accept connections (EMFILE", timeout=30)
         cpuBefore, linesBefore = cpuSeconds(pid), proto.output.count(b"\n")

@@ -35,7 +35,7 @@ class _Fetch(Protocol):
         self.done: Deferred[bytes] = Deferred()
 
     def connectionMade(self) -> None:
-        self.transport.write(self.request)  # type: ignore[union-attr]
+        self.transport.write(self.request)  # type: ignore[union-attr]  # connected: transport is set
 
     def dataReceived(self, data: bytes) -> None:
         self.data += data
@@ -144,17 +144,17 @@ class PagesTests(TestCase):
         def dataReceived(data: bytes) -> None:
             received(data)
             if not started.called:
-                fetch.transport.pauseProducing()  # type: ignore[union-attr]
+                fetch.transport.pauseProducing()  # type: ignore[union-attr]  # connected: transport is set
                 started.callback(None)
 
-        fetch.dataReceived = dataReceived  # type: ignore[method-assign]
+        fetch.dataReceived = dataReceived  # type: ignore[method-assign]  # replaced for this test
         endpoint = TCP4ClientEndpoint(reactor, "127.0.0.1", self.port.getHost().port)
         yield connectProtocol(endpoint, fetch)
         yield started.addTimeout(10, reactor)
         self.assertTrue(
             any(target.endswith("big.bin") for _, target in openFds() - before)
         )  # being sent
-        fetch.transport.abortConnection()  # type: ignore[union-attr]
+        fetch.transport.abortConnection()  # type: ignore[union-attr]  # connected: transport is set
         yield fetch.done
         yield self.site.closeConnections().addTimeout(10, reactor)
         self.assertEqual(openFds() - before, set())

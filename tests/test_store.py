@@ -492,7 +492,7 @@ class PostgreSQLSchemaMixin(_MixinBase):
     """Gives each test an empty schema of its own; C{self.conninfo} selects it."""
 
     @inlineCallbacks
-    def setUp(self) -> Generator[Deferred[Any], Any, None]:  # type: ignore[override]
+    def setUp(self) -> Generator[Deferred[Any], Any, None]:  # type: ignore[override]  # trial waits on the Deferred setUp returns
         if _pgProblem:
             requireService("PostgreSQL", _pgProblem[0])
         self.schemaName = f"pushsvc_test_{uuid.uuid4().hex[:16]}"
@@ -571,23 +571,23 @@ class _Pipe(Protocol):
         self.proxy.live.add(self)
         if self.peer is None:
             # Accepted: read nothing until the onward connection is up.
-            self.transport.pauseProducing()  # type: ignore[union-attr]
+            self.transport.pauseProducing()  # type: ignore[union-attr]  # connected: transport is set
             onward = _Onward(lambda: _Pipe(self.proxy, self), self)
             reactor.connectTCP(self.proxy.host, self.proxy.port, onward)
         elif self.peer in self.proxy.live:
             self.peer.peer = self
-            self.peer.transport.resumeProducing()  # type: ignore[union-attr]
+            self.peer.transport.resumeProducing()  # type: ignore[union-attr]  # connected: transport is set
         else:
-            self.transport.loseConnection()  # type: ignore[union-attr]
+            self.transport.loseConnection()  # type: ignore[union-attr]  # connected: transport is set
 
     def dataReceived(self, data: bytes) -> None:
         assert self.peer is not None
-        self.peer.transport.write(data)  # type: ignore[union-attr]
+        self.peer.transport.write(data)  # type: ignore[union-attr]  # connected: transport is set
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         self.proxy.live.discard(self)
         if self.peer is not None:
-            self.peer.transport.loseConnection()  # type: ignore[union-attr]
+            self.peer.transport.loseConnection()  # type: ignore[union-attr]  # connected: transport is set
         self.proxy.checkIdle()
 
 
@@ -609,7 +609,7 @@ class CuttableProxy:
     def dropConnections(self) -> Deferred[None]:
         """Abort every proxied connection, as a crashed server or network would."""
         for pipe in list(self.live):
-            pipe.transport.abortConnection()  # type: ignore[union-attr]
+            pipe.transport.abortConnection()  # type: ignore[union-attr]  # connected: transport is set
         d: Deferred[None] = Deferred()
         self._idleWaiters.append(d)
         self.checkIdle()
@@ -652,7 +652,7 @@ class PostgreSQLUnreachableTests(TestCase):
 
 class PostgreSQLOutageTests(PostgreSQLSchemaMixin, TestCase):
     @inlineCallbacks
-    def setUp(self) -> Generator[Deferred[Any], Any, None]:  # type: ignore[override]
+    def setUp(self) -> Generator[Deferred[Any], Any, None]:  # type: ignore[override]  # trial waits on the Deferred setUp returns
         yield super().setUp()
         params = psycopg.conninfo.conninfo_to_dict(self.conninfo)
         self.proxy = CuttableProxy(

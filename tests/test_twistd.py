@@ -26,7 +26,7 @@ from tests.wsclient import PATH, connectClient
 class TwistdTests(TestCase):
     timeout = 120
 
-    def start(self, *args: str, **kw: Any):  # type: ignore[no-untyped-def]
+    def start(self, *args: str, **kw: Any):  # type: ignore[no-untyped-def]  # returns what startTwistd does
         proto = startTwistd(list(args), **kw)
         self.addCleanup(killIfRunning, proto)
         return proto
@@ -244,7 +244,7 @@ class StartupFailureTests(TestCase):
             cwd=elsewhere,
         )
         self.assertIn(f"the data directory {dataDir} is in use by another pushsvc process", err)
-        self.assertIn(f"(pid {first.transport.pid})", err)  # type: ignore[union-attr]
+        self.assertIn(f"(pid {first.transport.pid})", err)  # type: ignore[union-attr]  # connected: transport is set
         self.assertFalse(first.ended.called)
         code = yield first.signal("TERM")
         self.assertEqual(code, -signal.SIGTERM)
