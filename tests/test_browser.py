@@ -19,8 +19,9 @@ from typing import Any
 
 from twisted.trial.unittest import SynchronousTestCase
 
+from tests.cutproxy import BlockingCuttableProxy as CuttableProxy
 from tests.helpers import requireService
-from tests.syncserver import CuttableProxy, ServerProcess
+from tests.syncserver import ServerProcess
 
 CHROMIUM = "/usr/bin/chromium"
 ARGS = [

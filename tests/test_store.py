@@ -21,11 +21,8 @@ from typing import TYPE_CHECKING, Any
 import psycopg
 from psycopg.conninfo import make_conninfo
 from twisted.internet import reactor
-from twisted.internet.defer import Deferred, gatherResults, inlineCallbacks, succeed
-from twisted.internet.interfaces import IAddress
-from twisted.internet.protocol import ClientFactory, Factory, Protocol, connectionDone
+from twisted.internet.defer import Deferred, gatherResults, inlineCallbacks
 from twisted.internet.threads import deferToThread
-from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 from zope.interface.verify import verifyObject
 
@@ -41,7 +38,8 @@ from pushsvc.store.memory import MemoryStore
 from pushsvc.store.postgresql import PostgreSQLStore
 from pushsvc.store.schema import SchemaError, defaultSchema, loadScripts, pendingScripts
 from pushsvc.store.sqlite import SQLiteStore, _statements
-from tests.helpers import listenLocal, requireService
+from tests.cutproxy import CuttableProxy
+from tests.helpers import requireService
 
 PG_URL = os.environ.get("PUSHSVC_TEST_POSTGRESQL", "postgresql://postgres@127.0.0.1:5432/test")
 
@@ -543,89 +541,6 @@ class PostgreSQLStoreTests(PostgreSQLSchemaMixin, PersistentStoreMixin, TestCase
 
 
 # -- PostgreSQL outages ------------------------------------------------------------------------
-
-
-class _Onward(ClientFactory):
-    """Connects a L{_Pipe}'s other end; when it cannot, the accepted end is closed."""
-
-    def __init__(self, build: Callable[[], _Pipe], accepted: _Pipe) -> None:
-        self.build = build
-        self.accepted = accepted
-
-    def buildProtocol(self, addr: IAddress | None) -> _Pipe:
-        return self.build()
-
-    def clientConnectionFailed(self, connector: object, reason: Failure) -> None:
-        if self.accepted.transport is not None:
-            self.accepted.transport.loseConnection()
-
-
-class _Pipe(Protocol):
-    """One side of a proxied connection: writes what it reads to its peer."""
-
-    def __init__(self, proxy: CuttableProxy, peer: _Pipe | None = None) -> None:
-        self.proxy = proxy
-        self.peer = peer
-
-    def connectionMade(self) -> None:
-        self.proxy.live.add(self)
-        if self.peer is None:
-            # Accepted: read nothing until the onward connection is up.
-            self.transport.pauseProducing()  # type: ignore[union-attr]  # connected: transport is set
-            onward = _Onward(lambda: _Pipe(self.proxy, self), self)
-            reactor.connectTCP(self.proxy.host, self.proxy.port, onward)
-        elif self.peer in self.proxy.live:
-            self.peer.peer = self
-            self.peer.transport.resumeProducing()  # type: ignore[union-attr]  # connected: transport is set
-        else:
-            self.transport.loseConnection()  # type: ignore[union-attr]  # connected: transport is set
-
-    def dataReceived(self, data: bytes) -> None:
-        assert self.peer is not None
-        self.peer.transport.write(data)  # type: ignore[union-attr]  # connected: transport is set
-
-    def connectionLost(self, reason: Failure = connectionDone) -> None:
-        self.proxy.live.discard(self)
-        if self.peer is not None:
-            self.peer.transport.loseConnection()  # type: ignore[union-attr]  # connected: transport is set
-        self.proxy.checkIdle()
-
-
-class CuttableProxy:
-    """A TCP proxy on a spare 127.0.0.1 port to the PostgreSQL server, that we can cut."""
-
-    def __init__(self, host: str, port: int) -> None:
-        self.host, self.port = host, port
-        self.live: set[_Pipe] = set()
-        self.listening: Any = None
-        self.listenPort = 0
-        self._idleWaiters: list[Deferred[None]] = []
-
-    def start(self) -> None:
-        factory = Factory.forProtocol(lambda: _Pipe(self))
-        self.listening = listenLocal(factory, self.listenPort)
-        self.listenPort = self.listening.getHost().port
-
-    def dropConnections(self) -> Deferred[None]:
-        """Abort every proxied connection, as a crashed server or network would."""
-        for pipe in list(self.live):
-            pipe.transport.abortConnection()  # type: ignore[union-attr]  # connected: transport is set
-        d: Deferred[None] = Deferred()
-        self._idleWaiters.append(d)
-        self.checkIdle()
-        return d
-
-    def checkIdle(self) -> None:
-        if not self.live:
-            waiters, self._idleWaiters = self._idleWaiters, []
-            for d in waiters:
-                d.callback(None)
-
-    def cut(self) -> Deferred[Any]:
-        """Stop accepting (new connections are refused) and drop the open ones."""
-        listening, self.listening = self.listening, None
-        stopped = listening.stopListening() if listening is not None else succeed(None)
-        return gatherResults([stopped, self.dropConnections()])
 
 
 def _closedPort() -> int:
