@@ -11,12 +11,9 @@ import signal
 import subprocess
 import sys
 import threading
-from pathlib import Path
 
 from tests.helpers import boundPort
-
-ROOT = Path(__file__).resolve().parent.parent
-TWISTD = "from twisted.scripts.twistd import run; run()"
+from tests.procs import ROOT, TWISTD
 
 
 class ServerProcess:
