@@ -6,7 +6,7 @@ L{MemoryState}s (several nodes' brokers and cluster state, as Redis gives them, 
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -63,14 +63,14 @@ class FakeHub:
         self.published: list[Published] = []
         self.channels: dict[str, ChannelInfo] = {}
         self.presence: dict[str, list[str]] = {}
-        self.terminated: list[tuple[Any, str]] = []
+        self.terminated: list[tuple[App, str]] = []
         self.claimed: set[tuple[str, str]] = set()
         self.failPublishes = False
 
     def publish(
         self,
         app: App,
-        channels: Any,
+        channels: Iterable[str],
         event: str,
         data: str,
         exceptSocketId: str | None = None,
