@@ -39,6 +39,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from pushsvc.apps import App
 from pushsvc.fanout.registry import Registry, Subscriber
 from pushsvc.frames import (
     CLOSE_SHUTDOWN,
@@ -61,6 +62,8 @@ from pushsvc.interfaces import (
     IBroker,
     IClusterState,
     IHub,
+    Members,
+    UserInfo,
 )
 from pushsvc.local import LocalState
 from pushsvc.webhooks.sender import WebhookEvents
@@ -171,7 +174,7 @@ class Hub:
 
     def publish(
         self,
-        app: Any,
+        app: App,
         channels: Iterable[str],
         event: str,
         data: str,
@@ -223,7 +226,7 @@ class Hub:
         appId: str,
         channel: str,
         userId: str,
-        userInfo: Any,
+        userInfo: UserInfo,
         exceptSocketId: str | None = None,
     ) -> None:
         """
@@ -474,7 +477,7 @@ class Hub:
                 log.failure("unsubscribing {channel}", channel=channel)
         self.registry.removeConnection(conn)
 
-    def presenceMembers(self, appId: str, channel: str) -> Deferred[dict[str, Any]]:
+    def presenceMembers(self, appId: str, channel: str) -> Deferred[Members]:
         """
         Fires with user id -> user info of the members of presence C{channel} on every process
         (only this process's while the cluster state cannot be reached).
@@ -492,15 +495,15 @@ class Hub:
 
     # -- IHub questions ------------------------------------------------------------------------
 
-    def channelInfo(self, app: Any, channel: str) -> Deferred[ChannelInfo]:
+    def channelInfo(self, app: App, channel: str) -> Deferred[ChannelInfo]:
         """Fires with the L{ChannelInfo} of C{channel}; fails with L{BrokerUnavailable}."""
         return self.state.channelInfo(app.id, channel)
 
-    def occupiedChannels(self, app: Any, prefix: str | None) -> Deferred[dict[str, ChannelInfo]]:
+    def occupiedChannels(self, app: App, prefix: str | None) -> Deferred[dict[str, ChannelInfo]]:
         """Fires with channel -> L{ChannelInfo} of the occupied channels starting with C{prefix}."""
         return self.state.occupied(app.id, prefix)
 
-    def cacheInfo(self, app: Any, channel: str) -> Deferred[dict[str, Any] | None]:
+    def cacheInfo(self, app: App, channel: str) -> Deferred[dict[str, Any] | None]:
         """Fires with the event kept for cache channel C{channel} (event, data, ttl) or None."""
 
         def kept(_: object) -> dict[str, Any] | None:
@@ -513,17 +516,17 @@ class Hub:
 
         return self._recall(app.id, channel).addCallback(kept)
 
-    def presenceUserIds(self, app: Any, channel: str) -> Deferred[list[str]]:
+    def presenceUserIds(self, app: App, channel: str) -> Deferred[list[str]]:
         """Fires with the user ids present on C{channel}; fails with L{BrokerUnavailable}."""
         return self.state.members(app.id, channel).addCallback(list)
 
-    def terminateUserConnections(self, app: Any, userId: str) -> Deferred[None]:
+    def terminateUserConnections(self, app: App, userId: str) -> Deferred[None]:
         """Close (4009) every connection signed in as C{userId}; fires once the broker took it."""
         channel = serverToUserChannel(userId)
         envelope = encodeEnvelope(KIND_TERMINATE, app.id, channel, "", None)
         return self._send(app.id, channel, envelope)
 
-    def claim(self, app: Any, key: str, ttl: float) -> Deferred[bool]:
+    def claim(self, app: App, key: str, ttl: float) -> Deferred[bool]:
         """Fires with True the first time C{key} is claimed within C{ttl}, on any process."""
         return maybeDeferred(self.broker.claim, app.id, key, ttl)
 

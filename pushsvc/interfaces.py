@@ -5,13 +5,24 @@ carries publishes between processes, and the settings of the WebSocket side.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, TypeAlias
 
 from twisted.application.service import IService
+from twisted.internet.defer import Deferred
 from zope.interface import Attribute, Interface
 
+if TYPE_CHECKING:
+    from pushsvc.apps import App
+
 CACHE_TTL = 30 * 60.0  # seconds: Pusher keeps the last event of a cache channel for 30 minutes
+
+UserInfo: TypeAlias = object
+"""A presence member's C{user_info}: any JSON value the app's auth endpoint signed."""
+
+Members: TypeAlias = dict[str, UserInfo]
+"""User id -> user info of the members of a presence channel."""
 
 
 class BrokerUnavailable(Exception):
@@ -57,26 +68,28 @@ class IBroker(Interface):
         "link is up); may be true while publishes from this process cannot be carried."
     )
 
-    def start() -> Any:
+    def start() -> Deferred[None]:
         """Connect. Fires with None."""
 
-    def stop() -> Any:
+    def stop() -> Deferred[None]:
         """Disconnect. Fires with None."""
 
-    def setReceiver(receive: Any) -> None:
+    def setReceiver(receive: Callable[[bytes], None]) -> None:
         """
         Hand every message that reaches this process to C{receive(message: bytes)} (the hub's
         C{receive}); the hub calls this once when it is built.
         """
 
-    def setHealthListener(listener: Any) -> None:
+    def setHealthListener(listener: Callable[[bool], None]) -> None:
         """
         Call C{listener(linked: bool)} when this process may have missed publishes: with False
         when the broker lost its link (publishes accepted elsewhere meanwhile do not reach this
         process) and with True once the link is back. The in-process broker never calls it.
         """
 
-    def publish(appId: str, channel: str, message: bytes, cache: bytes | None = None) -> Any:
+    def publish(
+        appId: str, channel: str, message: bytes, cache: bytes | None = None
+    ) -> Deferred[None]:
         """
         Carry C{message} (an opaque encoded envelope) to every process subscribed to C{channel}.
         Fires with None once accepted; fails with L{BrokerUnavailable}.
@@ -86,19 +99,19 @@ class IBroker(Interface):
         it (the hub remembers what it receives).
         """
 
-    def cached(appId: str, channel: str) -> Any:
+    def cached(appId: str, channel: str) -> Deferred[tuple[bytes, float] | None]:
         """
         Fires with C{(frame, seconds left)} of the last event kept for cache channel C{channel}
         by L{publish}, or None (always None in-process); fails with L{BrokerUnavailable}.
         """
 
-    def subscribe(appId: str, channel: str) -> Any:
+    def subscribe(appId: str, channel: str) -> Deferred[None]:
         """This process has its first local subscriber on C{channel}. Fires with None."""
 
-    def unsubscribe(appId: str, channel: str) -> Any:
+    def unsubscribe(appId: str, channel: str) -> Deferred[None]:
         """This process has no local subscriber left on C{channel}. Fires with None."""
 
-    def claim(appId: str, key: str, ttl: float) -> Any:
+    def claim(appId: str, key: str, ttl: float) -> Deferred[bool]:
         """
         Claim C{key} for C{ttl} seconds, across every process the broker reaches (so a signed
         request is accepted once). Fires with True the first time C{key} is claimed within
@@ -112,7 +125,7 @@ class MemberEvents(Protocol):
     that appeared or vanished in the whole cluster, found by a reconnect or a reaped node.
     """
 
-    def announceMember(self, appId: str, channel: str, userId: str, userInfo: Any) -> None: ...
+    def announceMember(self, appId: str, channel: str, userId: str, userInfo: UserInfo) -> None: ...
 
     def announceMemberGone(self, appId: str, channel: str, userId: str) -> None: ...
 
@@ -145,10 +158,10 @@ class IClusterState(Interface):
     def start() -> None:
         """Begin keeping this process's share of the state alive (without a service tree)."""
 
-    def stop() -> Any:
+    def stop() -> Deferred[None]:
         """Withdraw this process's share of the state. Fires with None."""
 
-    def counted(appId: str, channel: str) -> Any:
+    def counted(appId: str, channel: str) -> Deferred[None]:
         """
         The local subscription count of C{channel} changed. Fires with None once the cluster
         state has it (errors are logged, not raised). When that makes the cluster-wide count
@@ -156,19 +169,19 @@ class IClusterState(Interface):
         L{MemberEvents} once for the whole cluster.
         """
 
-    def joined(appId: str, channel: str, userId: str, userInfo: Any) -> Any:
+    def joined(appId: str, channel: str, userId: str, userInfo: UserInfo) -> Deferred[bool]:
         """
         User C{userId} has its first local connection on presence C{channel}. Fires with True
         when it is the user's first connection in the whole cluster (announce member_added).
         """
 
-    def left(appId: str, channel: str, userId: str) -> Any:
+    def left(appId: str, channel: str, userId: str) -> Deferred[bool]:
         """
         User C{userId} has no local connection left on presence C{channel}. Fires with True
         when it has none left in the whole cluster (announce member_removed).
         """
 
-    def countConnections(counts: Any) -> None:
+    def countConnections(counts: Callable[[], Mapping[str, int]]) -> None:
         """
         C{counts()}: app id -> this process's open connections, for the apps with a
         C{max_connections}; the Redis state shares them every heartbeat (L{connectionsElsewhere}).
@@ -180,13 +193,13 @@ class IClusterState(Interface):
         in-process): a connection quota check adds it to this process's count, O(1).
         """
 
-    def members(appId: str, channel: str) -> Any:
+    def members(appId: str, channel: str) -> Deferred[Members]:
         """Fires with user id -> user info of presence C{channel}; fails L{BrokerUnavailable}."""
 
-    def channelInfo(appId: str, channel: str) -> Any:
+    def channelInfo(appId: str, channel: str) -> Deferred[ChannelInfo]:
         """Fires with the L{ChannelInfo} of C{channel}; fails with L{BrokerUnavailable}."""
 
-    def occupied(appId: str, prefix: str | None) -> Any:
+    def occupied(appId: str, prefix: str | None) -> Deferred[dict[str, ChannelInfo]]:
         """
         Fires with channel -> L{ChannelInfo} of the occupied channels (not C{#server-to-user-}
         ones) whose name starts with C{prefix}; fails with L{BrokerUnavailable}.
@@ -197,37 +210,41 @@ class IHub(Interface):
     """What the HTTP resources (Pusher API, webhook, chat) publish and ask through."""
 
     def publish(
-        app: Any, channels: Any, event: str, data: str, exceptSocketId: str | None = None
-    ) -> Any:
+        app: App,
+        channels: Iterable[str],
+        event: str,
+        data: str,
+        exceptSocketId: str | None = None,
+    ) -> Deferred[None]:
         """
         Publish C{event} with C{data} (a string) on each of C{channels} of C{app}, skipping the
         connection C{exceptSocketId}. Fires with None once the broker accepted it; fails with
         L{BrokerUnavailable}.
         """
 
-    def channelInfo(app: Any, channel: str) -> Any:
+    def channelInfo(app: App, channel: str) -> Deferred[ChannelInfo]:
         """Fires with a L{ChannelInfo}."""
 
-    def occupiedChannels(app: Any, prefix: str | None) -> Any:
+    def occupiedChannels(app: App, prefix: str | None) -> Deferred[dict[str, ChannelInfo]]:
         """Fires with a dict channel name -> L{ChannelInfo} of the occupied channels."""
 
-    def cacheInfo(app: Any, channel: str) -> Any:
+    def cacheInfo(app: App, channel: str) -> Deferred[dict[str, Any] | None]:
         """
         Fires with C{{"event", "data", "ttl"}} of the event kept for cache channel C{channel}
         (C{ttl}: whole seconds it is kept for still), or None when none is kept.
         """
 
-    def presenceUserIds(app: Any, channel: str) -> Any:
+    def presenceUserIds(app: App, channel: str) -> Deferred[list[str]]:
         """Fires with the list of user ids present on a presence channel."""
 
-    def terminateUserConnections(app: Any, userId: str) -> Any:
+    def terminateUserConnections(app: App, userId: str) -> Deferred[None]:
         """Close every connection signed in as C{userId}, on every process. Fires with None."""
 
-    def claim(app: Any, key: str, ttl: float) -> Any:
+    def claim(app: App, key: str, ttl: float) -> Deferred[bool]:
         """
         Fires with True the first time C{key} is claimed for C{app} within C{ttl} seconds, on
         any process, False after that (L{IBroker.claim}); fails with L{BrokerUnavailable}.
         """
 
-    def health() -> Any:
+    def health() -> dict[str, str]:
         """A dict of dependency name -> 'ok' or a sentence saying what is wrong (synchronous)."""

@@ -9,7 +9,6 @@ from __future__ import annotations
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
-from typing import Any
 
 from twisted.application.service import IService
 from twisted.internet.defer import Deferred, fail, succeed
@@ -24,6 +23,8 @@ from pushsvc.interfaces import (
     IBroker,
     IClusterState,
     MemberEvents,
+    Members,
+    UserInfo,
 )
 
 
@@ -154,13 +155,13 @@ class LocalState:
     def connectionsElsewhere(self, appId: str) -> int:
         return 0
 
-    def joined(self, appId: str, channel: str, userId: str, userInfo: Any) -> Deferred[bool]:
+    def joined(self, appId: str, channel: str, userId: str, userInfo: UserInfo) -> Deferred[bool]:
         return succeed(True)
 
     def left(self, appId: str, channel: str, userId: str) -> Deferred[bool]:
         return succeed(True)
 
-    def members(self, appId: str, channel: str) -> Deferred[dict[str, Any]]:
+    def members(self, appId: str, channel: str) -> Deferred[Members]:
         return succeed(self.registry.members(appId, channel))
 
     def channelInfo(self, appId: str, channel: str) -> Deferred[ChannelInfo]:

@@ -29,6 +29,7 @@ from typing import Any
 
 from twisted.application import strports
 from twisted.application.service import IService, MultiService
+from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.defer import Deferred, DeferredList, succeed
 from twisted.internet.interfaces import IListeningPort, IStreamServerEndpoint
 from twisted.internet.task import deferLater
@@ -157,6 +158,16 @@ class ServiceConfig:
     webhookDebounce: float = 3.0  # --webhook-debounce: vacated/member_removed wait this long
     subscriptionCount: bool = False  # --subscription-count: the default app sends the counts
     appsFile: Path | None = None  # --apps-file: several apps, reloaded on SIGHUP (appsfile.py)
+
+
+def boundAddress(port: IListeningPort) -> str:
+    """Where C{port} listens: C{host:port} (the real port when C{tcp:0} was asked), or a path."""
+    address = port.getHost()
+    if isinstance(address, IPv4Address | IPv6Address):
+        host = f"[{address.host}]" if isinstance(address, IPv6Address) else address.host
+        return f"{host}:{address.port}"
+    name = getattr(address, "name", None)
+    return name.decode(errors="replace") if isinstance(name, bytes) else str(address)
 
 
 class PushService(MultiService):
@@ -501,7 +512,11 @@ class PushService(MultiService):
         guard = AcceptGuard.install(port, self.reactor, self._describeConnections)
         if guard is not None:
             self.acceptGuards.append(guard)
-        log.info("listening on {description}", description=description)
+        log.info(
+            "listening on {description} (bound to {address})",
+            description=description,
+            address=boundAddress(port),
+        )
 
     def _startChildren(self, listeners: list[IService]) -> None:
         """
@@ -559,7 +574,7 @@ class PushService(MultiService):
             retry: Deferred[Deferred[None]] = deferLater(
                 self.reactor, delay, self._openStore, min(delay * 2, STORE_RETRY_MAX)
             )
-            return retry  # type: ignore[return-value]
+            return retry  # type: ignore[return-value]  # a Deferred chained in: it fires with None
 
         return store.open().addCallbacks(opened, failed)
 
@@ -583,7 +598,7 @@ class PushService(MultiService):
             return results
 
         def bad(f: Failure) -> dict[str, str]:
-            results["store"] = f"{self.store.description}: {f.getErrorMessage()}"  # type: ignore[union-attr]
+            results["store"] = f"{self.store.description}: {f.getErrorMessage()}"  # type: ignore[union-attr]  # set when storeReady
             return results
 
         d = self.store.ping()

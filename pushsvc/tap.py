@@ -43,7 +43,7 @@ def _endpoint(description: str) -> str:
     return description
 
 
-def _positiveInt(name: str):  # type: ignore[no-untyped-def]
+def _positiveInt(name: str):  # type: ignore[no-untyped-def]  # returns a coerce function
     def coerce(value: str) -> int:
         try:
             number = int(value)
@@ -53,11 +53,11 @@ def _positiveInt(name: str):  # type: ignore[no-untyped-def]
             raise ValueError(f"{name} must be greater than 0")
         return number
 
-    coerce.coerceDoc = "A whole number greater than 0."  # type: ignore[attr-defined]
+    coerce.coerceDoc = "A whole number greater than 0."  # type: ignore[attr-defined]  # usage.Options reads coerceDoc off the function
     return coerce
 
 
-def _countOrZero(name: str, zero: str):  # type: ignore[no-untyped-def]
+def _countOrZero(name: str, zero: str):  # type: ignore[no-untyped-def]  # returns a coerce function
     def coerce(value: str) -> int:
         try:
             number = int(value)
@@ -67,7 +67,7 @@ def _countOrZero(name: str, zero: str):  # type: ignore[no-untyped-def]
             raise ValueError(f"{name} must be 0 ({zero}) or more")
         return number
 
-    coerce.coerceDoc = f"A whole number; 0 for {zero}."  # type: ignore[attr-defined]
+    coerce.coerceDoc = f"A whole number; 0 for {zero}."  # type: ignore[attr-defined]  # usage.Options reads coerceDoc off the function
     return coerce
 
 
@@ -80,10 +80,10 @@ def _trustedProxies(value: str) -> tuple[str, ...]:
         raise ValueError(f"--trusted-proxies: {e}") from None
 
 
-_trustedProxies.coerceDoc = "Comma-separated IPs or CIDR networks, e.g. 10.0.0.1,10.1.0.0/16."  # type: ignore[attr-defined]
+_trustedProxies.coerceDoc = "Comma-separated IPs or CIDR networks, e.g. 10.0.0.1,10.1.0.0/16."  # type: ignore[attr-defined]  # read by usage.Options
 
 
-def _positiveSeconds(name: str):  # type: ignore[no-untyped-def]
+def _positiveSeconds(name: str):  # type: ignore[no-untyped-def]  # returns a coerce function
     def coerce(value: str) -> float:
         try:
             number = float(value)
@@ -93,7 +93,7 @@ def _positiveSeconds(name: str):  # type: ignore[no-untyped-def]
             raise ValueError(f"{name} must be a number of seconds greater than 0")
         return number
 
-    coerce.coerceDoc = "Seconds, greater than 0."  # type: ignore[attr-defined]
+    coerce.coerceDoc = "Seconds, greater than 0."  # type: ignore[attr-defined]  # usage.Options reads coerceDoc off the function
     return coerce
 
 
@@ -156,7 +156,7 @@ def _logFormat(value: str) -> str:
     return value
 
 
-_logFormat.coerceDoc = "text (twistd's own), or json: one JSON object a line."  # type: ignore[attr-defined]
+_logFormat.coerceDoc = "text (twistd's own), or json: one JSON object a line."  # type: ignore[attr-defined]  # read by usage.Options
 
 
 @implementer(ILogObserver)
@@ -205,7 +205,7 @@ def _redis(value: str) -> str:
     return value
 
 
-_redis.coerceDoc = (  # type: ignore[attr-defined]
+_redis.coerceDoc = (  # type: ignore[attr-defined]  # read by usage.Options
     "redis://[user:password@]host[:port][/db], rediss://..., or an endpoint like tcp:host:6379."
 )
 

@@ -23,7 +23,7 @@ class Waiters(Generic[T]):
     def __len__(self) -> int:
         return len(self._waiting)
 
-    def wait(self, done: bool = False, value: T = None) -> Deferred[T]:  # type: ignore[assignment]
+    def wait(self, done: bool = False, value: T = None) -> Deferred[T]:  # type: ignore[assignment]  # None for Waiters[None]
         """
         A Deferred that fires with the value given to the next L{fire}; with C{value} at once
         when C{done} (the event has happened already).
@@ -34,7 +34,7 @@ class Waiters(Generic[T]):
         self._waiting.append(d)
         return d
 
-    def fire(self, value: T = None) -> None:  # type: ignore[assignment]
+    def fire(self, value: T = None) -> None:  # type: ignore[assignment]  # None for Waiters[None]
         """Fire every waiting Deferred with C{value}; those that wait later wait for the next."""
         waiting, self._waiting = self._waiting, []
         for d in waiting:

@@ -37,7 +37,7 @@ from twisted.web.server import Request
 from pushsvc import names
 from pushsvc.api import MAX_NAME, brokerCall, validChannel
 from pushsvc.apiauth import NOTIFY_CLAIM_TTL, ApiAuthError, verifyNotify
-from pushsvc.apps import Apps
+from pushsvc.apps import App, Apps
 from pushsvc.http.util import HTTPError, JSONResource, parseJSONObject, readBody
 from pushsvc.interfaces import IHub
 
@@ -117,7 +117,7 @@ class NotifyResource(JSONResource):
         return self.publish(app, channel, event, data, signature)
 
     async def publish(
-        self, app: Any, channel: str, event: str, data: str, signature: str
+        self, app: App, channel: str, event: str, data: str, signature: str
     ) -> tuple[int, Any]:
         # Claimed before publishing, so two copies sent at once cannot both go out.
         if not await brokerCall(self.hub.claim, app, signature, NOTIFY_CLAIM_TTL):

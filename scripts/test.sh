@@ -56,6 +56,9 @@ fi
 "$VENV_PYTHON" -m ruff check pushsvc tests bench
 "$VENV_PYTHON" -m ruff format --check pushsvc tests bench
 
+# Types: mypy --strict over pushsvc/ and tests/ (pyproject.toml's [tool.mypy]).
+"$VENV_PYTHON" -m mypy
+
 # The chat's sync algorithm (web/sync.js) has its own unit tests.
 if command -v node >/dev/null; then
   node --test tests/js/*.test.mjs
@@ -66,4 +69,13 @@ else
   echo "node is not installed: skipping the JavaScript unit tests (tests/js/*.test.mjs)"
 fi
 
-exec "$VENV_PYTHON" -m pytest "$@"
+# The unit and process tiers (trial test cases), then the real-socket integration tier
+# (pytest-twisted tests, tests/integration) in a run of its own: pytest-twisted keeps the reactor
+# running in a greenlet for its whole session, which trial's test cases cannot share. A run
+# given test paths runs only those.
+named=0
+for arg in "$@"; do [ -e "${arg%%::*}" ] && named=1; done
+"$VENV_PYTHON" -m pytest "$@"
+if [ "$named" = 0 ]; then
+  "$VENV_PYTHON" -m pytest tests/integration "$@"
+fi

@@ -7,7 +7,24 @@ listed below; name new modules and base classes here when they need a service.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
+
+INTEGRATION = Path(__file__).parent / "integration"
+
+
+def pytest_ignore_collect(collection_path: Path, config: pytest.Config) -> bool | None:
+    """
+    tests/integration (pytest-twisted tests: the reactor runs in a greenlet for the whole
+    session, which trial's test cases cannot share) is collected only in a run that names it,
+    e.g. C{pytest tests/integration}; scripts/test.sh runs it after the trial tiers.
+    """
+    if collection_path != INTEGRATION:
+        return None
+    named = [Path(arg.split("::")[0]).resolve() for arg in config.args]
+    return not any(p == INTEGRATION or INTEGRATION in p.parents for p in named)
+
 
 # marker -> (modules whose every test has it, test case base classes whose tests have it)
 MARKS: dict[str, tuple[frozenset[str], frozenset[str]]] = {
@@ -51,7 +68,8 @@ def _ancestry(item: pytest.Item) -> set[str]:
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
-        module = item.module.__name__.rsplit(".", 1)[-1] if getattr(item, "module", None) else ""
+        owner = getattr(item, "module", None)
+        module = owner.__name__.rsplit(".", 1)[-1] if owner is not None else ""
         ancestry = _ancestry(item)
         for marker, (modules, bases) in MARKS.items():
             if module in modules or ancestry & bases:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import sys
 from pathlib import Path
 from typing import Any
@@ -15,14 +14,10 @@ from twisted.internet.error import ProcessDone, ProcessTerminated
 from twisted.internet.protocol import ProcessProtocol
 from twisted.python.failure import Failure
 
+from tests.helpers import boundPort
+
 ROOT = Path(__file__).resolve().parent.parent
 TWISTD = "from twisted.scripts.twistd import run; run()"
-
-
-def freePort() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class TwistdProcess(ProcessProtocol):
@@ -60,13 +55,19 @@ class TwistdProcess(ProcessProtocol):
         d.addTimeout(timeout, reactor)
         return d
 
+    def whenListening(self, timeout: float = 30) -> Deferred[int]:
+        """Fires with the port the child bound (it was started with C{--listen tcp:0:...})."""
+        return self.waitFor("(bound to ", timeout).addCallback(
+            lambda _: boundPort(self.output.decode(errors="replace"))
+        )
+
     def processEnded(self, reason: Failure) -> None:
         for _, _, d in self._waiting:
             if not d.called:
                 d.errback(Exception("process ended: " + self.output.decode(errors="replace")))
         self._waiting = []
         code = 0
-        if reason.check(ProcessTerminated):
+        if isinstance(reason.value, ProcessTerminated):
             if reason.value.exitCode is not None:
                 code = reason.value.exitCode
             else:
@@ -76,8 +77,8 @@ class TwistdProcess(ProcessProtocol):
         self.ended.callback(code)
 
     def signal(self, name: str = "TERM") -> Deferred[int]:
-        if self.transport is not None and self.transport.pid is not None:  # type: ignore[attr-defined]
-            self.transport.signalProcess(name)  # type: ignore[attr-defined]
+        if self.transport is not None and self.transport.pid is not None:
+            self.transport.signalProcess(name)
         d = self.ended
         return d
 
@@ -102,7 +103,7 @@ def startTwistd(
         childEnv["PYTHONPATH"] = str(ROOT) + os.pathsep + childEnv.get("PYTHONPATH", "")
     childEnv.update(env or {})
     argv = [python, "-c", f"{setup}\n{TWISTD}", *twistdArgs, "pushsvc", *args]
-    reactor.spawnProcess(proto, python, argv, env=childEnv, path=cwd)  # type: ignore[attr-defined]
+    reactor.spawnProcess(proto, python, argv, env=childEnv, path=cwd)
     return proto
 
 
@@ -111,7 +112,7 @@ def killIfRunning(proto: TwistdProcess) -> Deferred[Any] | None:
     if proto.ended.called:
         return None
     try:
-        proto.transport.signalProcess(signal.SIGKILL)  # type: ignore[union-attr]
+        proto.transport.signalProcess(signal.SIGKILL)  # type: ignore[union-attr]  # connected: transport is set
     except Exception:
         return None
     return proto.ended

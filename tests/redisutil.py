@@ -30,9 +30,9 @@ from zope.interface import implementer
 from pushsvc.apps import Apps
 from pushsvc.fanout.registry import Outbound, Registry
 from pushsvc.frames import Member
+from pushsvc.hub import Hub
 from pushsvc.interfaces import PushSettings
-from tests.helpers import requireService
-from tests.procs import freePort
+from tests.helpers import freePort, listenLocal, portOf, requireService
 from tests.wsclient import PATH, WSClient, connectClient
 
 REDIS_HOST = os.environ.get("PUSHSVC_TEST_REDIS_HOST", "127.0.0.1")
@@ -127,7 +127,7 @@ class RedisServer(ProcessProtocol):
         ]
         if self.debug:
             argv += ["--enable-debug-command", "local"]
-        reactor.spawnProcess(self, REDIS_SERVER, argv, env=None)  # type: ignore[attr-defined]
+        reactor.spawnProcess(self, REDIS_SERVER, argv, env=None)
         return self._ready
 
     def outReceived(self, data: bytes) -> None:
@@ -151,7 +151,7 @@ class RedisServer(ProcessProtocol):
         """SIGKILL this redis-server (no shutdown save); fires once it has exited."""
         assert self.ended is not None
         if not self.ended.called and self.transport is not None:
-            self.transport.signalProcess("KILL")  # type: ignore[attr-defined]
+            self.transport.signalProcess("KILL")
         return self.ended
 
 
@@ -225,7 +225,25 @@ class Conn:
         return d.addTimeout(timeout, reactor)
 
 
-class Node:
+class HubNode:
+    """A node's connections and subscriptions through its C{hub} (set by the subclass)."""
+
+    registry: Registry
+    hub: Hub
+
+    def connect(self, appId: str) -> Conn:
+        conn = Conn(appId, self.hub.newSocketId())
+        self.registry.addConnection(conn)
+        return conn
+
+    def subscribe(
+        self, conn: Conn, channel: str, userId: str | None = None, info: Any = None
+    ) -> Deferred[None]:
+        member = Member(userId, info) if userId is not None else None
+        return self.hub.subscribe(conn, channel, member)
+
+
+class Node(HubNode):
     """One pushsvc process's push side, in this process: registry, Redis broker, state, hub."""
 
     def __init__(
@@ -236,7 +254,6 @@ class Node:
         nodeTTL: float = 1.0,
         name: str | None = None,
     ) -> None:
-        from pushsvc.hub import Hub
         from pushsvc.redis.address import parseRedisAddress
         from pushsvc.redis.broker import RedisBroker
         from pushsvc.redis.state import RedisState
@@ -267,17 +284,6 @@ class Node:
             self.state._timer.stopService()
             self.state._stopped = True
         yield self.broker.stop()
-
-    def connect(self, appId: str) -> Conn:
-        conn = Conn(appId, self.hub.newSocketId())
-        self.registry.addConnection(conn)
-        return conn
-
-    def subscribe(
-        self, conn: Conn, channel: str, userId: str | None = None, info: Any = None
-    ) -> Deferred[None]:
-        member = Member(userId, info) if userId is not None else None
-        return self.hub.subscribe(conn, channel, member)
 
 
 class RedisTestCase(TestCase):
@@ -311,8 +317,8 @@ class RedisTestCase(TestCase):
         root = Resource()
         resource = makeAppResource(apps, node.hub, node.registry, reactor, PushSettings())
         root.putChild(b"app", resource)
-        port = reactor.listenTCP(0, Site(root), interface="127.0.0.1")  # type: ignore[attr-defined]
-        factory = resource._factory  # type: ignore[attr-defined]
+        port = listenLocal(Site(root))
+        factory = resource._factory  # type: ignore[attr-defined]  # the factory behind the resource
 
         @inlineCallbacks
         def stop() -> Any:
@@ -322,7 +328,7 @@ class RedisTestCase(TestCase):
             yield port.stopListening()
 
         self.addCleanup(stop)
-        return int(port.getHost().port)
+        return portOf(port)
 
     @inlineCallbacks
     def wsConnect(self, port: int, key: str, established: bool = True) -> Any:
@@ -337,7 +343,7 @@ class RedisTestCase(TestCase):
 
         def close() -> Deferred[Any]:
             if not client.closed.called:
-                client.transport.abortConnection()  # type: ignore[union-attr]
+                client.transport.abortConnection()  # type: ignore[union-attr]  # connected: transport is set
             return client.closed
 
         self.addCleanup(close)

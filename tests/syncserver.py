@@ -8,20 +8,24 @@ from __future__ import annotations
 import os
 import queue
 import signal
-import socket
 import subprocess
 import sys
 import threading
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-TWISTD = "from twisted.scripts.twistd import run; run()"
+from tests.helpers import boundPort
+from tests.procs import ROOT, TWISTD
 
 
 class ServerProcess:
-    """C{twistd -n pushsvc} on C{port}, C{dataDir}; C{start()} returns once the store is ready."""
+    """
+    C{twistd -n pushsvc} on C{port}, C{dataDir}; C{start()} returns once the store is ready.
+    With port 0 (the default) the child binds a port of the system's choosing, read from its log
+    into C{port}; a later C{start()} listens on that same port again.
+    """
 
-    def __init__(self, port: int, dataDir: str, *extra: str, env: dict[str, str] | None = None):
+    def __init__(
+        self, port: int, dataDir: str, *extra: str, env: dict[str, str] | None = None
+    ) -> None:
         self.port = port
         self.dataDir = dataDir
         self.extra = list(extra)
@@ -61,6 +65,8 @@ class ServerProcess:
         self.lines = queue.Queue()
         threading.Thread(target=self._read, args=(self.proc, self.lines), daemon=True).start()
         self.waitFor("message store ready", timeout)
+        if self.port == 0:
+            self.port = boundPort("".join(self.output))
 
     def _read(self, proc: subprocess.Popen[bytes], lines: queue.Queue[str | None]) -> None:
         assert proc.stdout is not None
@@ -100,93 +106,3 @@ class ServerProcess:
         if self.proc is not None and self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait()
-
-
-def freePort() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-class CuttableProxy:
-    """
-    A loopback TCP proxy to C{targetPort}. C{cut()} drops every connection and refuses new ones
-    (connections are reset) until C{restore()}: the network of one page going away and back.
-    """
-
-    def __init__(self, targetPort: int) -> None:
-        self.targetPort = targetPort
-        self.port = freePort()
-        self._lock = threading.Lock()
-        self._sockets: set[socket.socket] = set()
-        self._open = False
-        self._listener: socket.socket | None = None
-
-    def start(self) -> None:
-        listener = socket.socket()
-        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        listener.bind(("127.0.0.1", self.port))
-        listener.listen(64)
-        self._listener = listener
-        self._open = True
-        threading.Thread(target=self._accept, args=(listener,), daemon=True).start()
-
-    def _accept(self, listener: socket.socket) -> None:
-        while True:
-            try:
-                client, _ = listener.accept()
-            except OSError:
-                return
-            with self._lock:
-                if not self._open:
-                    client.close()
-                    continue
-            try:
-                upstream = socket.create_connection(("127.0.0.1", self.targetPort), timeout=5)
-                upstream.settimeout(None)
-            except OSError:
-                client.close()
-                continue
-            with self._lock:
-                self._sockets.update((client, upstream))
-            for a, b in ((client, upstream), (upstream, client)):
-                threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
-
-    def _pump(self, source: socket.socket, sink: socket.socket) -> None:
-        try:
-            while True:
-                data = source.recv(65536)
-                if not data:
-                    break
-                sink.sendall(data)
-        except OSError:
-            pass
-        finally:
-            for s in (source, sink):
-                try:
-                    s.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass
-                s.close()
-            with self._lock:
-                self._sockets.discard(source)
-                self._sockets.discard(sink)
-
-    def cut(self) -> None:
-        with self._lock:
-            self._open = False
-            sockets = list(self._sockets)
-        for s in sockets:
-            try:
-                s.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
-
-    def restore(self) -> None:
-        with self._lock:
-            self._open = True
-
-    def close(self) -> None:
-        self.cut()
-        if self._listener is not None:
-            self._listener.close()

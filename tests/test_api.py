@@ -13,7 +13,6 @@ from urllib.parse import unquote, urlencode
 import pusher
 import pusher.errors
 import pusher.http
-from treq.testing import StubTreq
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred, inlineCallbacks, succeed
 from twisted.internet.error import ConnectionDone
@@ -33,6 +32,7 @@ from pushsvc.apps import App, Apps
 from pushsvc.interfaces import BrokerUnavailable, ChannelInfo, IHub
 from pushsvc.testing import FakeHub, Published
 from pushsvc.webhook import NotifyResource
+from tests.helpers import asRequest, listenLocal, portOf, stubTreq
 
 NOW = 1_700_000_000
 BASE = "http://push.example"
@@ -91,7 +91,7 @@ class APITestsMixin:
         self.hub = FakeHub()
         self.now = float(NOW)
         self.apps = Apps([APP, OTHER, OFF])
-        self.treq = StubTreq(makeRoot(self.apps, self.hub, lambda: self.now))
+        self.treq = stubTreq(makeRoot(self.apps, self.hub, lambda: self.now))
 
     @inlineCallbacks
     def call(
@@ -114,10 +114,10 @@ class APITestsMixin:
         )
         content = yield response.content()
         ctype = response.headers.getRawHeaders("content-type", [""])[0]
-        self.assertIn("application/json", ctype)  # type: ignore[attr-defined]
+        self.assertIn("application/json", ctype)  # type: ignore[attr-defined]  # a mixin: the TestCase has it
         reply = json.loads(content)
         if response.code >= 400:
-            self.assertIsInstance(reply.get("error"), str)  # type: ignore[attr-defined]
+            self.assertIsInstance(reply.get("error"), str)  # type: ignore[attr-defined]  # a mixin: the TestCase has it
         return response.code, reply
 
 
@@ -288,6 +288,7 @@ class BatchTests(APITestsMixin, TestCase):
     def test_badBatch(self) -> Any:
         """A batch that is not a list of 1..10 valid events is 400 and publishes nothing."""
         good = {"channel": "a", "name": "e", "data": "d"}
+        body: object
         for body in (
             {},
             {"batch": good},
@@ -309,7 +310,7 @@ class BatchTests(APITestsMixin, TestCase):
     def test_batchSizes(self) -> Any:
         """A batch body may be larger than 64 KiB (10 events near the data limit); data is not."""
         big = App("6", "big-key", "big-secret", maxDataBytes=9000)
-        self.treq = StubTreq(makeRoot(Apps([big]), self.hub, lambda: self.now))
+        self.treq = stubTreq(makeRoot(Apps([big]), self.hub, lambda: self.now))
         batch = [{"channel": f"c{i}", "name": "e", "data": "x" * 9000} for i in range(10)]
         code, _ = yield self.call("POST", "/apps/6/batch_events", {"batch": batch}, app=big)
         self.assertEqual(code, 200)
@@ -575,16 +576,16 @@ class HangUpTests(SynchronousTestCase):
         """A client that hangs up while the publish is pending breaks nothing."""
         pending: Deferred[None] = Deferred()
         hub = FakeHub()
-        hub.publish = lambda *a: pending  # type: ignore[method-assign]
+        hub.publish = lambda *a: pending  # type: ignore[method-assign]  # replaced for this test
         resource = makeApiResource(Apps([APP]), hub, lambda: float(NOW))
         body = json.dumps({"name": "e", "data": "d", "channel": "c"}).encode()
         url = signedURL("POST", "/apps/3/events", body)
         request = DummyRequest([b"3", b"events"])
         request.method = b"POST"
         request.uri = url[len(BASE) :].encode()
-        request.path = b"/apps/3/events"
-        request.content = io.BytesIO(body)
-        self.assertEqual(resource.render(request), NOT_DONE_YET)
+        asRequest(request).path = b"/apps/3/events"
+        asRequest(request).content = io.BytesIO(body)
+        self.assertEqual(resource.render(asRequest(request)), NOT_DONE_YET)
         request.processingFailed(Failure(ConnectionDone()))
         pending.callback(None)
         # Nothing is written to the closed request, and nothing is logged as an error.
@@ -775,7 +776,7 @@ class OfficialSDKTests(TestCase):
         self.hub.presence["presence-room"] = ["ann", "bob"]
         root: IResource = makeRoot(Apps([APP]), self.hub, reactor.seconds)
         self.factory = DrainingFactory(Site(root))
-        self.port = reactor.listenTCP(0, self.factory, interface="127.0.0.1")  # type: ignore[arg-type]
+        self.port = listenLocal(self.factory)
         self.addCleanup(self.port.stopListening)
         self.addCleanup(self.factory.drain)
 
@@ -785,7 +786,7 @@ class OfficialSDKTests(TestCase):
             key=APP.key,
             secret=secret,
             host="127.0.0.1",
-            port=self.port.getHost().port,
+            port=portOf(self.port),
             ssl=False,
         )
         self.addCleanup(client._pusher_client.http.session.close)

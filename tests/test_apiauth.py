@@ -127,7 +127,7 @@ class TamperingTests(SynchronousTestCase):
             method="POST", path=PATH, params=params, body=BODY, now=float(TIMESTAMP)
         )
         args.update(kw)
-        e = self.assertRaises(ApiAuthError, verifyApiRequest, APP, **args)
+        e: ApiAuthError = self.assertRaises(ApiAuthError, verifyApiRequest, APP, **args)
         self.assertEqual(e.status, 401)
         return e
 

@@ -23,8 +23,8 @@ from twisted.internet.threads import deferToThread
 from twisted.trial.unittest import TestCase
 
 from pushsvc.apps import App
-from tests.helpers import requireService
-from tests.procs import TwistdProcess, freePort, killIfRunning, startTwistd
+from tests.helpers import freePort, requireService
+from tests.procs import TwistdProcess, killIfRunning, startTwistd
 from tests.redisutil import REDIS_URL, deleteKeys, requireRedis
 from tests.test_pusherjs import JS, NodeClient
 from tests.wsclient import PATH, WSClient, connectClient, subscribeClient
@@ -84,7 +84,7 @@ class AppsLiveCase(TestCase):
             app_id=app.id, key=app.key, secret=app.secret, host="127.0.0.1", port=port, ssl=False
         )
 
-    def trigger(self, app: App, port: int, channel: str, event: str, data: Any) -> Any:
+    def trigger(self, app: App, port: int, channel: str | list[str], event: str, data: Any) -> Any:
         """The official SDK's trigger, in a thread (it blocks)."""
         return deferToThread(self.sdk(app, port).trigger, channel, event, data)
 
@@ -222,7 +222,7 @@ class PusherJSAppsTests(AppsLiveCase):
         }
         child = NodeClient(app.key)
         env = {"PATH": os.environ.get("PATH", ""), "NODE_PATH": str(JS / "node_modules")}
-        reactor.spawnProcess(  # type: ignore[attr-defined]
+        reactor.spawnProcess(
             child,
             self.node,
             [self.node, str(JS / "client.js"), json.dumps(options)],

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import io
 import json
-from typing import Any
 
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
@@ -48,8 +47,9 @@ def signIn(req: Request) -> str:
     req.method = b"POST"
     code, _ = SessionResource(chat()).handle_POST(req)
     assert code == 200
-    cookie: Any = req.responseHeaders.getRawHeaders(b"set-cookie")[0]
-    return str(cookie.decode())
+    cookies = req.responseHeaders.getRawHeaders(b"set-cookie")
+    assert cookies, "no session cookie set"
+    return cookies[0].decode()
 
 
 class BehindProxyTests(SynchronousTestCase):
@@ -82,6 +82,6 @@ class AccessLogTests(SynchronousTestCase):
         spoofed = request("203.0.113.7", PROXIED)
         for r in (proxied, spoofed):
             r.method, r.uri, r.clientproto, r.code = b"GET", b"/", b"HTTP/1.1", 200
-            r.site = r.channel.site
+            r.site = r.channel.site  # type: ignore[attr-defined]  # request() gave it a site
         self.assertTrue(accessLogLine("[t]", proxied).startswith('"198.51.100.9" - - [t] "GET /'))
         self.assertTrue(accessLogLine("[t]", spoofed).startswith('"203.0.113.7" - - [t] "GET /'))

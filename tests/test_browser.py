@@ -19,8 +19,9 @@ from typing import Any
 
 from twisted.trial.unittest import SynchronousTestCase
 
+from tests.cutproxy import BlockingCuttableProxy as CuttableProxy
 from tests.helpers import requireService
-from tests.syncserver import CuttableProxy, ServerProcess, freePort
+from tests.syncserver import ServerProcess
 
 CHROMIUM = "/usr/bin/chromium"
 ARGS = [
@@ -66,7 +67,7 @@ class ChatPage:
         self.context = browser.new_context(viewport={"width": 1100, "height": 720})
         self.page = self.context.new_page()
         self.dialogs: list[str] = []
-        self.page.on("dialog", lambda d: (self.dialogs.append(d.message), d.dismiss()))
+        self.page.on("dialog", self._dismiss)
         self.errors: list[str] = []
         self.page.on("pageerror", lambda e: self.errors.append(str(e)))
         self.sockets: list[str] = []
@@ -75,6 +76,10 @@ class ChatPage:
         self.page.fill("#name-input", name)
         self.page.click("#name-submit")
         self.waitConnected()
+
+    def _dismiss(self, dialog: Any) -> None:
+        self.dialogs.append(dialog.message)
+        dialog.dismiss()
 
     def waitConnected(self, timeout: int = WAIT_MS) -> None:
         self.page.wait_for_selector('#conn-state[data-state="connected"]', timeout=timeout)
@@ -122,10 +127,10 @@ class ChatPage:
 class BrowserChatTests(SynchronousTestCase):
     def setUp(self) -> None:
         self.browser = launchBrowser(self)
-        self.port = freePort()
         self.dataDir = self.mktemp()
-        self.server = ServerProcess(self.port, self.dataDir)
+        self.server = ServerProcess(0, self.dataDir)
         self.server.start()
+        self.port = self.server.port
         self.addCleanup(self.server.kill)
 
     def test_liveMessagesAndPresence(self) -> None:

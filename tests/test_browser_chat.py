@@ -12,7 +12,9 @@ from typing import Any
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from tests.syncserver import CuttableProxy, ServerProcess, freePort
+from tests.cutproxy import BlockingCuttableProxy as CuttableProxy
+from tests.helpers import freePort
+from tests.syncserver import ServerProcess
 from tests.test_browser import ARTIFACTS, WAIT_MS, ChatPage, launchBrowser
 
 LIVE_MS = 1000  # "within a second"

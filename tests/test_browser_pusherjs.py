@@ -14,7 +14,7 @@ import pusher
 from twisted.trial.unittest import SynchronousTestCase
 
 from tests.helpers import requireService
-from tests.syncserver import ServerProcess, freePort
+from tests.syncserver import ServerProcess
 from tests.test_browser import launchBrowser
 
 PUSHER_JS = Path(__file__).resolve().parent / "js/node_modules/pusher-js/dist/web/pusher.min.js"
@@ -64,9 +64,8 @@ class PusherJSBrowserTests(SynchronousTestCase):
                 "pusher-js", f"is not installed at {PUSHER_JS} (npm ci --prefix tests/js)"
             )
         self.browser = launchBrowser(self)
-        self.port = freePort()
         self.server = ServerProcess(
-            self.port,
+            0,
             self.mktemp(),
             "--app-id",
             APP_ID,
@@ -75,6 +74,7 @@ class PusherJSBrowserTests(SynchronousTestCase):
             env={"PUSHSVC_APP_SECRET": SECRET},
         )
         self.server.start()
+        self.port = self.server.port
         self.addCleanup(self.server.kill)
 
     def test_presenceAndSDKEvent(self) -> None:

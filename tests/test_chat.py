@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from treq.testing import StubTreq
 from twisted.internet.defer import Deferred, gatherResults, inlineCallbacks
 from twisted.internet.task import Clock
 from twisted.trial.unittest import TestCase
@@ -17,6 +16,7 @@ from pushsvc.session import SessionSigner
 from pushsvc.signing import channelSignature
 from pushsvc.store.memory import MemoryStore
 from pushsvc.testing import FakeHub
+from tests.helpers import StubClient, stubTreq
 
 BASE = "http://chat.example:8080"
 JSON = {"Content-Type": ["application/json"]}
@@ -33,7 +33,7 @@ class ChatAPITests(TestCase):
         self.chat, self.treq = self.makeChat()
         self.cookies: dict[str, str] = {}
 
-    def makeChat(self, messagesPerMinute: int = 60) -> tuple[ChatAPI, StubTreq]:
+    def makeChat(self, messagesPerMinute: int = 60) -> tuple[ChatAPI, StubClient]:
         """A chat API (as one process would have) on the shared store, clock and session key."""
         chat = ChatAPI(
             Apps([self.app]),
@@ -46,7 +46,7 @@ class ChatAPITests(TestCase):
         )
         root = Resource()
         root.putChild(b"api", makeChatResource(chat))
-        return chat, StubTreq(root)
+        return chat, stubTreq(root)
 
     @inlineCallbacks
     def call(

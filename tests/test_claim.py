@@ -17,6 +17,7 @@ from twisted.internet.defer import Deferred, inlineCallbacks
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.client import HTTPConnectionPool
+from twisted.web.http_headers import Headers
 from twisted.web.resource import Resource
 from twisted.web.server import Site
 
@@ -27,6 +28,7 @@ from pushsvc.local import LocalBroker
 from pushsvc.redis.address import parseRedisAddress
 from pushsvc.redis.broker import RedisBroker
 from pushsvc.webhook import NotifyResource
+from tests.helpers import listenLocal, portOf
 from tests.redisutil import RedisTestCase
 
 APP = App("a1", "key1", "secret1")
@@ -44,7 +46,7 @@ class ClaimContractMixin:
         results = []
         for appId, key in (("a1", "k"), ("a1", "k"), ("a1", "k"), ("a1", "other"), ("a2", "k")):
             results.append((yield self.broker.claim(appId, key, 60.0)))
-        self.assertEqual(results, [True, False, False, True, True])  # type: ignore[attr-defined]
+        self.assertEqual(results, [True, False, False, True, True])  # type: ignore[attr-defined]  # a mixin: the TestCase has it
 
 
 class LocalClaimTests(ClaimContractMixin, SynchronousTestCase):
@@ -76,7 +78,7 @@ class LocalClaimTests(ClaimContractMixin, SynchronousTestCase):
 
 class RedisClaimTests(ClaimContractMixin, RedisTestCase):
     @inlineCallbacks
-    def setUp(self) -> Generator[Deferred[Any], Any, None]:
+    def setUp(self) -> Generator[Deferred[Any], Any, None]:  # type: ignore[override]  # trial waits
         RedisTestCase.setUp(self)
         node = yield self.node()
         self.broker = node.broker
@@ -104,7 +106,7 @@ class NotifyAcrossNodesTests(RedisTestCase):
         same signature is 401 on both.
         """
         a, b = yield self.nodes(2)
-        now = float(int(reactor.seconds()))  # type: ignore[attr-defined]
+        now = float(int(reactor.seconds()))
         conn = b.connect(APP.id)
         yield b.subscribe(conn, "public-orders")
 
@@ -113,20 +115,18 @@ class NotifyAcrossNodesTests(RedisTestCase):
         def site(node: Any) -> str:
             root = Resource()
             root.putChild(b"notify", NotifyResource(Apps([APP]), node.hub, lambda: now))
-            port = reactor.listenTCP(0, Site(root), interface="127.0.0.1")  # type: ignore
+            port = listenLocal(Site(root))
             self.addCleanup(port.stopListening)
-            return f"http://127.0.0.1:{port.getHost().port}"
+            return f"http://127.0.0.1:{portOf(port)}"
 
         bases = site(a), site(b)
 
         body = b'{"event":"paid","data":{"id":7}}'
         ts = str(int(now))
-        headers = {
-            "X-Pushsvc-Timestamp": [ts],
-            "X-Pushsvc-Signature": [
-                "sha256=" + notifySignature(APP.secret, ts, "public-orders", body)
-            ],
-        }
+        signature = notifySignature(APP.secret, ts, "public-orders", body)
+        headers = Headers(
+            {"X-Pushsvc-Timestamp": [ts], "X-Pushsvc-Signature": ["sha256=" + signature]}
+        )
         codes = []
         for base, channel in (
             (bases[0], "public-orders"),
@@ -148,6 +148,6 @@ class NotifyAcrossNodesTests(RedisTestCase):
         self.assertEqual(conn.events("paid"), [])
         left = yield a.broker.command(
             "PTTL",
-            f"{self.prefix}:{APP.id}:claim:" + headers["X-Pushsvc-Signature"][0][len("sha256=") :],
+            f"{self.prefix}:{APP.id}:claim:" + signature,
         )
         self.assertTrue(0 < left <= NOTIFY_CLAIM_TTL * 1000, left)

@@ -24,12 +24,13 @@ from twisted.internet.defer import gatherResults, inlineCallbacks
 from twisted.internet.threads import deferToThread
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 from twisted.web.client import Agent, HTTPConnectionPool
+from twisted.web.http_headers import Headers
 
 from pushsvc.apiauth import apiSignature, bodyMd5
 from pushsvc.apps import App
 from pushsvc.signing import userAuth
 from tests.helpers import requireService
-from tests.procs import TwistdProcess, freePort, killIfRunning, startTwistd
+from tests.procs import TwistdProcess, killIfRunning, startTwistd
 from tests.redisutil import REDIS_URL, RedisServer, deleteKeys, requireRedis
 from tests.wsclient import PATH, WSClient, connectClient, subscribeClient
 
@@ -76,10 +77,9 @@ class Cluster:
         """Fires once every process has its store and broker ready; C{extra}: more options."""
         waits = []
         for _ in range(n):
-            port = freePort()
             args = [
                 "--listen",
-                f"tcp:{port}:interface=127.0.0.1",
+                "tcp:0:interface=127.0.0.1",
                 "--data-dir",
                 self.case.mktemp(),
                 "--app-id",
@@ -97,10 +97,14 @@ class Cluster:
             env = {"PUSHSVC_APP_SECRET": self.app.secret, "PUSHSVC_SESSION_KEY": SESSION_KEY}
             proc = startTwistd(args, env=env)
             self.case.addCleanup(killIfRunning, proc)
-            self.ports.append(port)
+            self.ports.append(0)  # the bound port, read from the log below
             self.procs.append(proc)
-            waits += [proc.waitFor("message store ready"), proc.waitFor("broker ready")]
+            learned = proc.whenListening().addCallback(self._learned, len(self.ports) - 1)
+            waits += [learned, proc.waitFor("message store ready"), proc.waitFor("broker ready")]
         return gatherResults(waits)
+
+    def _learned(self, port: int, i: int) -> None:
+        self.ports[i] = port
 
     def sdk(self, i: int) -> pusher.Pusher:
         return pusher.Pusher(
@@ -142,7 +146,7 @@ class ClusterCase(TestCase):
 
     def _close(self, client: WSClient) -> Any:
         if not client.closed.called:
-            client.transport.abortConnection()  # type: ignore[union-attr]
+            client.transport.abortConnection()  # type: ignore[union-attr]  # connected: transport is set
         return client.closed
 
     def subscribe(
@@ -219,15 +223,14 @@ class ClusterTests(ClusterCase):
         channels = yield cluster.call(1, "channels_info", "presence-", ["user_count"])
         self.assertEqual(channels["channels"], {"presence-room": {"user_count": 2}})
 
-        killedAt = time.monotonic()
-        cluster.procs[1].transport.signalProcess("KILL")  # type: ignore[union-attr]
+        # Reaped within the node TTL and a heartbeat (5 + 1 s): the wait is bounded by that and
+        # some slack for a loaded machine; the timing itself is pinned on a Clock by
+        # tests/test_contracts.py (MemoryStateTests.test_deadNodeReaped).
+        cluster.procs[1].transport.signalProcess("KILL")  # type: ignore[union-attr]  # connected: transport is set
         removed = yield watcher.expect(
-            "pusher_internal:member_removed", "presence-room", timeout=20
+            "pusher_internal:member_removed", "presence-room", timeout=10
         )
-        took = time.monotonic() - killedAt
         self.assertEqual(removed["data"], {"user_id": "ann"})
-        self.assertLess(took, 10)
-        self.took = took
         info = yield cluster.call(0, "channel_info", "presence-room", ["user_count"])
         self.assertEqual(info["user_count"], 1)
 
@@ -256,7 +259,9 @@ class ClusterTests(ClusterCase):
         }
         params["auth_signature"] = apiSignature(cluster.app.secret, "POST", path, params)
         url = f"http://127.0.0.1:{cluster.ports[0]}{path}?{urlencode(params)}"
-        reply = yield self.http.post(url, data=body, headers={"Content-Type": ["application/json"]})
+        reply = yield self.http.post(
+            url, data=body, headers=Headers({"Content-Type": ["application/json"]})
+        )
         self.assertEqual(reply.code, 200, (yield reply.text()))
         code = yield user.closed
         self.assertEqual(code, 4009)
@@ -328,7 +333,7 @@ class OutageTests(ClusterCase):
         info = yield cluster.call(0, "channel_info", "news", ["subscription_count"])
         self.assertEqual(info["subscription_count"], 1)
         for p in cluster.procs:
-            p.transport.signalProcess("TERM")  # type: ignore[union-attr]
+            p.transport.signalProcess("TERM")  # type: ignore[union-attr]  # connected: transport is set
             yield p.ended
 
 
@@ -349,7 +354,7 @@ class BrowserTests(SynchronousTestCase):
         servers = []
         for _ in range(2):
             server = ServerProcess(
-                freePort(),
+                0,
                 self.mktemp(),
                 "--app-id",
                 app.id,

@@ -21,7 +21,7 @@ from pushsvc.fanout.registry import Registry
 from pushsvc.interfaces import PushSettings
 from pushsvc.local import LocalState
 from pushsvc.service import PushService, ServiceConfig, StartupError
-from tests.procs import freePort
+from tests.helpers import freePort, portOf
 from tests.test_startup import takenPort
 
 
@@ -91,7 +91,7 @@ class ServiceTreeTests(TestCase):
         )
         self.assertTrue(all(isinstance(c, StreamServerEndpointService) for c in children))
         self.assertTrue(all(c.running for c in children))
-        self.assertEqual([p.getHost().port for p in service.ports], [first, second])
+        self.assertEqual([portOf(p) for p in service.ports], [first, second])
         yield service.stopService()
         self.assertFalse(any(c.running for c in children))
         for port in (first, second):
@@ -132,7 +132,7 @@ class ServiceTreeTests(TestCase):
             def whenReady(self, hook: Any) -> None:
                 pass
 
-        state = RedisState(Broker(), registry, reactor)  # type: ignore[arg-type]
+        state = RedisState(Broker(), registry, reactor)  # type: ignore[arg-type]  # a stand-in broker, for the check only
         [timer] = state.services()
         self.assertIsInstance(timer, TimerService)
         self.assertFalse(timer.running)

@@ -16,10 +16,11 @@ from typing import Any
 
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred, inlineCallbacks
-from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.protocol import Factory, Protocol, connectionDone
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
-from twisted.logger import formatEvent, globalLogPublisher
+from twisted.logger import formatEvent
+from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request
@@ -27,6 +28,7 @@ from twisted.web.server import NOT_DONE_YET, Request
 from pushsvc.http.channel import MAX_PIPELINED, BoundedHTTPChannel, HTTPLimits
 from pushsvc.http.site import PushSite, makeSite
 from pushsvc.ws.protocol import makeAppResource
+from tests.helpers import captureLogs, listenLocal, sevenResources
 from tests.test_protocol import PATH, Server
 
 NOPE = b"GET /nope HTTP/1.1\r\nHost: x\r\n\r\n"
@@ -70,7 +72,7 @@ class FullTransport(StringTransport):
             self.producer.pauseProducing()
 
     def drain(self) -> bytes:
-        data = self.value()
+        data: bytes = self.value()
         self.clear()
         if self.full and self.producer is not None:
             self.full = False
@@ -154,7 +156,9 @@ class ChannelCase(SynchronousTestCase):
         """The clock's pending calls that belong to this connection's channel."""
         channel = self.channel(protocol)
         return [
-            c for c in self.clock.getDelayedCalls() if getattr(c.func, "__self__", None) is channel
+            c
+            for c in self.clock.getDelayedCalls()
+            if getattr(getattr(c, "func", None), "__self__", None) is channel
         ]
 
 
@@ -275,9 +279,7 @@ class DeadlineTests(ChannelCase):
         300 connections that never finish their headers are each closed with a 408, but the
         log gets the first 10 in full and then one line with the count of the rest.
         """
-        events: list[dict[str, Any]] = []
-        globalLogPublisher.addObserver(events.append)
-        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+        events = captureLogs(self)
         transports = []
         for _ in range(300):
             protocol, transport = self.connect()
@@ -461,11 +463,11 @@ class _Pipeliner(Protocol):
 
     def connectionMade(self) -> None:
         self.transport.pauseProducing()  # type: ignore[union-attr]  # never reads
-        self.transport.registerProducer(self, False)  # type: ignore[union-attr]
+        self.transport.registerProducer(self, False)  # type: ignore[union-attr]  # connected: transport is set
 
     def resumeProducing(self) -> None:
         if self.sent < self.limit:
-            self.transport.write((NOPE + INDEX) * 50)  # type: ignore[union-attr]
+            self.transport.write((NOPE + INDEX) * 50)  # type: ignore[union-attr]  # connected: transport is set
             self.sent += 100
 
     def pauseProducing(self) -> None:
@@ -474,7 +476,7 @@ class _Pipeliner(Protocol):
     def stopProducing(self) -> None:
         pass
 
-    def connectionLost(self, reason: Any) -> None:
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
         self.closed.callback(None)
 
 
@@ -493,9 +495,9 @@ class RealSocketTests(TestCase):
         pages = Path(self.mktemp())
         pages.mkdir()
         (pages / "index.html").write_text("<p>hi</p>" * 50)
-        site = makeSite(pages, *[Resource() for _ in range(7)], clock=reactor)
+        site = makeSite(pages, *sevenResources(), clock=reactor)
         site.logFile = _Sink()
-        port: Any = reactor.listenTCP(0, site, interface="127.0.0.1")  # type: ignore
+        port: Any = listenLocal(site)
         self.addCleanup(port.stopListening)
         # Small kernel buffers on both sides (the accepted socket inherits the listening
         # one's), so that they fill after hundreds of requests, not hundreds of thousands.
@@ -509,7 +511,7 @@ class RealSocketTests(TestCase):
             pause(channel)
             if not seen:  # look once the request in hand, if any, is done
                 seen.append(channel)
-                reactor.callLater(0, held.callback, channel)  # type: ignore[attr-defined]
+                reactor.callLater(0, held.callback, channel)
 
         self.patch(BoundedHTTPChannel, "pauseProducing", pauseProducing)
         raw = socket.socket()
@@ -518,7 +520,7 @@ class RealSocketTests(TestCase):
         raw.setblocking(False)
         client = _Pipeliner(limit=100_000)
         factory = Factory.forProtocol(lambda: client)
-        clientPort: Any = reactor.adoptStreamConnection(  # type: ignore[attr-defined]
+        clientPort: Any = reactor.adoptStreamConnection(  # type: ignore[attr-defined]  # the default reactor has it
             raw.fileno(), socket.AF_INET, factory
         )
         raw.close()  # adoptStreamConnection took a copy
@@ -527,14 +529,14 @@ class RealSocketTests(TestCase):
         self.assertTrue(channel._waitingForTransport)
         # Held: parsing stopped (or a static file's producer paused, mid-reply), not reading.
         self.assertTrue(channel.paused or channel._handlingRequest)
-        self.assertNotIn(server, reactor.getReaders())  # type: ignore[attr-defined]
+        self.assertNotIn(server, reactor.getReaders())
         waiting = struct.unpack("i", fcntl.ioctl(server.socket, termios.FIONREAD, b"\0" * 4))[0]
         self.assertGreater(waiting, 0)  # requests the server has not read
         unsent = len(server.dataBuffer) - server.offset + server._tempDataLen
         oneReply = 1100
         self.assertLessEqual(unsent, server.bufferSize + MAX_PIPELINED * oneReply)
         self.assertLess(client.sent, 100_000)
-        client.transport.abortConnection()  # type: ignore[union-attr]
+        client.transport.abortConnection()  # type: ignore[union-attr]  # connected: transport is set
         yield client.closed
         yield site.closeConnections().addTimeout(10, reactor)
         self.assertEqual(site.channels, set())
@@ -546,7 +548,7 @@ class SiteWiringTests(SynchronousTestCase):
         """makeSite's connections are BoundedHTTPChannels with the limits and clock given."""
         clock = Clock()
         limits = HTTPLimits(3, 100, 7)
-        site: PushSite = makeSite(Path("."), *[Resource() for _ in range(7)], limits, clock)
+        site: PushSite = makeSite(Path("."), *sevenResources(), limits, clock)
         protocol: Any = site.buildProtocol(None)
         self.assertIsInstance(protocol._channel, BoundedHTTPChannel)
         self.assertIs(protocol._channel.limits, limits)

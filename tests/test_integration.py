@@ -20,15 +20,17 @@ from treq.client import HTTPClient
 from twisted.internet import reactor
 from twisted.internet.defer import inlineCallbacks, succeed
 from twisted.internet.threads import deferToThread
-from twisted.logger import LogLevel, globalLogPublisher
+from twisted.logger import LogLevel
 from twisted.trial.unittest import TestCase
 from twisted.web.client import Agent, HTTPConnectionPool
+from twisted.web.http_headers import Headers
 from twisted.web.iweb import UNKNOWN_LENGTH, IBodyProducer
 from zope.interface import implementer
 
 from pushsvc.apiauth import apiSignature, bodyMd5
 from pushsvc.service import PushService, ServiceConfig
 from pushsvc.signing import userAuth
+from tests.helpers import captureLogs, portOf
 from tests.wsclient import PATH, WSClient, connectClient, subscribeClient
 
 APP_ID, APP_KEY, SECRET = "4242", "integration-key", "integration-secret"
@@ -40,7 +42,7 @@ class ServiceCase(TestCase):
     timeout = 60
 
     @inlineCallbacks
-    def setUp(self) -> Any:
+    def setUp(self) -> Any:  # type: ignore[override]  # trial waits on a Deferred
         config = ServiceConfig(
             listen=("tcp:0:interface=127.0.0.1",),
             dataDir=Path(self.mktemp()),
@@ -50,7 +52,7 @@ class ServiceCase(TestCase):
         )
         self.service = PushService(config, reactor)
         self.service.startService()
-        self.port = self.service.ports[0].getHost().port
+        self.port = portOf(self.service.ports[0])
         self.base = f"http://127.0.0.1:{self.port}"
         self.http = HTTPClient(Agent(reactor, pool=HTTPConnectionPool(reactor, persistent=False)))
         self.clients: list[WSClient] = []
@@ -63,7 +65,7 @@ class ServiceCase(TestCase):
             yield self.service.stopService()
         for c in self.clients:
             if not c.closed.called:
-                c.transport.abortConnection()  # type: ignore[union-attr]
+                c.transport.abortConnection()  # type: ignore[union-attr]  # connected: transport is set
             yield c.closed
 
     def sdk(self, secret: str = SECRET) -> pusher.Pusher:
@@ -179,20 +181,26 @@ class ServiceTests(ServiceCase):
         bad = yield self.http.post(
             f"{self.base}/notify/doc-7",
             data=body,
-            headers={"X-Pushsvc-Timestamp": ts, "X-Pushsvc-Signature": "sha256=" + "0" * 64},
+            headers=Headers(
+                {"X-Pushsvc-Timestamp": [ts], "X-Pushsvc-Signature": ["sha256=" + "0" * 64]}
+            ),
         )
         self.assertEqual(bad.code, 401)
         yield bad.content()
         ok = yield self.http.post(
             f"{self.base}/notify/doc-7",
             data=body,
-            headers={"X-Pushsvc-Timestamp": ts, "X-Pushsvc-Signature": "sha256=" + sig},
+            headers=Headers(
+                {"X-Pushsvc-Timestamp": [ts], "X-Pushsvc-Signature": ["sha256=" + sig]}
+            ),
         )
         self.assertEqual(ok.code, 202, (yield ok.text()))
         again = yield self.http.post(
             f"{self.base}/notify/doc-7",
             data=body,
-            headers={"X-Pushsvc-Timestamp": ts, "X-Pushsvc-Signature": "sha256=" + sig},
+            headers=Headers(
+                {"X-Pushsvc-Timestamp": [ts], "X-Pushsvc-Signature": ["sha256=" + sig]}
+            ),
         )
         self.assertEqual(again.code, 409)
         self.assertIn("error", (yield again.json()))
@@ -238,7 +246,7 @@ class ServiceTests(ServiceCase):
         other.startService()
         self.addCleanup(other.stopService)
         yield other.whenReady()
-        otherBase = f"http://127.0.0.1:{other.ports[0].getHost().port}"
+        otherBase = f"http://127.0.0.1:{portOf(other.ports[0])}"
         session = yield self.http.post(f"{self.base}/api/session", json={"name": "Ann"})
         cookies = session.cookies()
         yield session.content()
@@ -276,7 +284,9 @@ class ServiceTests(ServiceCase):
         answer = yield self.http.post(
             f"{self.base}/api/pusher/auth",
             data=f"socket_id={a.socketId}&channel_name=presence-room-general".encode(),
-            headers={b"Content-Type": [b"application/x-www-form-urlencoded; charset=UTF-8"]},
+            headers=Headers(
+                {b"Content-Type": [b"application/x-www-form-urlencoded; charset=UTF-8"]}
+            ),
             cookies=cookies,
         )
         self.assertEqual(answer.code, 200)
@@ -364,9 +374,7 @@ class HostileHTTPTests(ServiceCase):
         it reaches the decoder) is 400 with a JSON error and at most one log line each (the
         access log): no traceback, nothing at warning level or above.
         """
-        events: list[dict[str, Any]] = []
-        globalLogPublisher.addObserver(events.append)
-        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+        events = captureLogs(self)
         deep = b"[" * 4000 + b"]" * 4000
         ts = str(int(time.time()))
         notifySig = hmac.new(
@@ -381,23 +389,31 @@ class HostileHTTPTests(ServiceCase):
         params["auth_signature"] = apiSignature(SECRET, "POST", f"/apps/{APP_ID}/events", params)
         requests = [
             # 2,000 deep: 4,000 deep is over the 4 KiB that /api/session reads (a 413)
-            ("/api/session", b"[" * 2000 + b"]" * 2000, {"Content-Type": "application/json"}),
+            (
+                "/api/session",
+                b"[" * 2000 + b"]" * 2000,
+                Headers({"Content-Type": ["application/json"]}),
+            ),
             (
                 "/notify/x",
                 deep,
-                {"X-Pushsvc-Timestamp": ts, "X-Pushsvc-Signature": "sha256=" + notifySig},
+                Headers(
+                    {"X-Pushsvc-Timestamp": [ts], "X-Pushsvc-Signature": ["sha256=" + notifySig]}
+                ),
             ),
             (
                 f"/apps/{APP_ID}/events?" + urlencode(params),
                 deep,
-                {"Content-Type": "application/json"},
+                Headers({"Content-Type": ["application/json"]}),
             ),
         ]
         # What one request that is plain bad JSON logs (its access log line, and this test's
         # client factory coming and going), to compare with.
         before = len(events)
         response = yield self.http.post(
-            self.base + "/api/session", data=b"{", headers={"Content-Type": "application/json"}
+            self.base + "/api/session",
+            data=b"{",
+            headers=Headers({"Content-Type": ["application/json"]}),
         )
         self.assertEqual(response.code, 400)
         yield response.content()

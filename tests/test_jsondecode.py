@@ -36,7 +36,8 @@ def nested(n: int, inner: Any = 1) -> Any:
 
 class LimitTests(SynchronousTestCase):
     def refused(self, data: bytes | str, **kw: Any) -> JSONInputError:
-        return self.assertRaises(JSONInputError, decodeJSON, data, **kw)
+        error: JSONInputError = self.assertRaises(JSONInputError, decodeJSON, data, **kw)
+        return error
 
     def test_depth(self) -> None:
         """32 levels decode; 33, and 4,000 (a RecursionError inside json.loads), are refused

@@ -12,10 +12,10 @@ from typing import Any
 from twisted.internet import tcp
 from twisted.internet.address import IPv4Address
 from twisted.internet.error import ConnectionDone
+from twisted.internet.interfaces import IProtocol
 from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.task import Clock
 from twisted.internet.testing import MemoryReactor, StringTransport
-from twisted.logger import globalLogPublisher
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.resource import Resource
@@ -30,6 +30,7 @@ from pushsvc.http.limits import (
 from pushsvc.http.proxy import TrustedProxies
 from pushsvc.http.site import JSONNotFound, PushRequest, PushSite
 from pushsvc.tap import Options, makeService
+from tests.helpers import captureLogs
 
 
 class Hello(Resource):
@@ -78,7 +79,7 @@ class SiteCase(SynchronousTestCase):
         root.putChild(b"app", JSONNotFound())
         site = PushSite(root)
         site.requestFactory = PushRequest
-        site.reactor = Clock()  # type: ignore[assignment]
+        site.reactor = Clock()
         site.limits = limits
         if trusted:
             site.trustedProxies = TrustedProxies.parse(trusted)
@@ -153,7 +154,9 @@ class ProcessCapTests(SiteCase):
         site = self.makeSite(limits)
 
         class Transport(StringTransport):
-            def connectionLost(self, reason: Any) -> None:
+            protocol: IProtocol
+
+            def connectionLost(self, reason: Failure) -> None:
                 self.protocol.connectionLost(reason)
 
         channel = site.buildProtocol(IPv4Address("TCP", "10.1.0.1", 1))
@@ -227,7 +230,7 @@ class OptionTests(SynchronousTestCase):
         return options
 
     def test_defaultsReachConfig(self) -> None:
-        config = makeService(self.parse()).config  # type: ignore[attr-defined]
+        config = makeService(self.parse()).config  # type: ignore[attr-defined]  # makeService returns an IService; ours has it
         self.assertEqual(
             (config.maxConnections, config.maxConnectionsPerIp, config.trustedProxies),
             (0, 1000, ()),
@@ -235,7 +238,7 @@ class OptionTests(SynchronousTestCase):
 
     def test_values(self) -> None:
         config = makeService(
-            self.parse(  # type: ignore[attr-defined]
+            self.parse(  # type: ignore[attr-defined]  # makeService returns an IService; ours has it
                 "--max-connections",
                 "5000",
                 "--max-connections-per-ip",
@@ -298,12 +301,10 @@ class AcceptGuardTests(SynchronousTestCase):
         self.port.startListening()
         real = self.port.socket
         self.addCleanup(real.close)
-        self.events: list[dict[str, Any]] = []
-        globalLogPublisher.addObserver(self.events.append)
-        self.addCleanup(globalLogPublisher.removeObserver, self.events.append)
+        self.events = captureLogs(self)
 
     def acceptFails(self, error: int) -> None:
-        self.port.socket = Listener(error)  # type: ignore[assignment]
+        self.port.socket = Listener(error)
 
     def lines(self, text: str) -> list[dict[str, Any]]:
         return [e for e in self.events if text in str(e.get("log_format"))]

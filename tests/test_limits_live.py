@@ -16,14 +16,16 @@ from treq.client import HTTPClient
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred, DeferredList, inlineCallbacks
 from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
-from twisted.internet.protocol import Protocol
+from twisted.internet.protocol import Protocol, connectionDone
 from twisted.internet.task import LoopingCall
+from twisted.python.failure import Failure
 from twisted.trial.unittest import TestCase
 from twisted.web.client import Agent, HTTPConnectionPool
 
 from pushsvc.http.limits import ConnectionLimits
 from pushsvc.service import PushService, ServiceConfig
-from tests.procs import TwistdProcess, freePort, killIfRunning, startTwistd
+from tests.helpers import portOf
+from tests.procs import TwistdProcess, killIfRunning, startTwistd
 from tests.wsclient import PATH, WSClient, connectClient
 
 APP_ID, APP_KEY, SECRET = "77", "caps-key", "caps-secret"
@@ -43,10 +45,10 @@ def whenCounts(limits: ConnectionLimits, ready: Callable[[], bool]) -> Deferred[
     def released(slot: Any) -> None:
         release(slot)
         if ready() and not d.called:
-            del limits.release  # type: ignore[method-assign]
+            del limits.release
             d.callback(None)
 
-    limits.release = released  # type: ignore[method-assign]
+    limits.release = released  # type: ignore[method-assign]  # replaced for this test
     return d.addTimeout(10, reactor)
 
 
@@ -54,7 +56,7 @@ class WebSocketCapTests(TestCase):
     timeout = 60
 
     @inlineCallbacks
-    def setUp(self) -> Any:
+    def setUp(self) -> Any:  # type: ignore[override]  # trial waits on a Deferred
         config = ServiceConfig(
             listen=("tcp:0:interface=127.0.0.1",),
             dataDir=Path(self.mktemp()),
@@ -65,7 +67,7 @@ class WebSocketCapTests(TestCase):
         )
         self.service = PushService(config, reactor)
         self.service.startService()
-        self.port = self.service.ports[0].getHost().port
+        self.port = portOf(self.service.ports[0])
         self.clients: list[WSClient] = []
         self.addCleanup(self.stop)
         yield self.service.whenReady()
@@ -76,7 +78,7 @@ class WebSocketCapTests(TestCase):
             yield self.service.stopService()
         for c in self.clients:
             if not c.closed.called:
-                c.transport.abortConnection()  # type: ignore[union-attr]
+                c.transport.abortConnection()  # type: ignore[union-attr]  # connected: transport is set
             yield c.closed
 
     @inlineCallbacks
@@ -132,7 +134,7 @@ class Knock(Protocol):
 
     def connectionMade(self) -> None:
         if self.request:
-            self.transport.write(self.request)  # type: ignore[union-attr]
+            self.transport.write(self.request)  # type: ignore[union-attr]  # connected: transport is set
 
     def dataReceived(self, data: bytes) -> None:
         self.data += data
@@ -142,7 +144,7 @@ class Knock(Protocol):
             self.body = body
             self.done.callback(int(head.split(b" ")[1]))
 
-    def connectionLost(self, reason: Any) -> None:
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
         if not self.done.called:
             self.done.callback(None)
 
@@ -165,11 +167,10 @@ class FileLimitTests(TestCase):
 
     @inlineCallbacks
     def start(self, *args: str) -> Any:
-        self.portNumber = freePort()
         proto = startTwistd(
             [
                 "--listen",
-                f"tcp:{self.portNumber}:interface=127.0.0.1",
+                "tcp:0:interface=127.0.0.1",
                 "--data-dir",
                 self.mktemp(),
                 *args,
@@ -178,6 +179,7 @@ class FileLimitTests(TestCase):
         )
         self.addCleanup(killIfRunning, proto)
         yield proto.waitFor("message store ready")
+        self.portNumber = yield proto.whenListening()
         return proto
 
     def knock(self, request: bytes = b"") -> tuple[Deferred[Any], Knock]:
@@ -195,7 +197,7 @@ class FileLimitTests(TestCase):
             connecting.cancel()
             return None
         if knock.transport is not None and not knock.done.called:
-            knock.transport.abortConnection()  # type: ignore[attr-defined]
+            knock.transport.abortConnection()  # type: ignore[attr-defined]  # connected: transport is set
             return knock.done
         return None
 
@@ -218,11 +220,9 @@ class FileLimitTests(TestCase):
         """
         proto: TwistdProcess = yield self.start()
         self.assertIn(b"open-file limit: 256", proto.output)
-        cap = int(
-            re.search(rb"at most (\d+) connections \(the open-file limit 256", proto.output).group(
-                1
-            )
-        )  # type: ignore[union-attr]
+        found = re.search(rb"at most (\d+) connections \(the open-file limit 256", proto.output)
+        assert found is not None, proto.output
+        cap = int(found.group(1))
         self.assertLess(cap, FD_LIMIT)
         knocks = [self.knock(b"GET /nope HTTP/1.1\r\nHost: x\r\n\r\n")[1] for _ in range(300)]
         results = yield DeferredList([k.done for k in knocks]).addTimeout(60, reactor)
@@ -236,7 +236,7 @@ class FileLimitTests(TestCase):
         self.assertNotIn(b"cannot accept connections", proto.output)
         for k in knocks:
             if k.transport is not None:
-                k.transport.loseConnection()  # type: ignore[attr-defined]
+                k.transport.loseConnection()
         self.assertEqual((yield self.fresh()), 200)
 
     @inlineCallbacks
@@ -251,7 +251,7 @@ class FileLimitTests(TestCase):
         proto: TwistdProcess = yield self.start(
             "--max-connections", "100000", "--max-connections-per-ip", "0"
         )
-        pid = proto.transport.pid  # type: ignore[union-attr]
+        pid = proto.transport.pid  # type: ignore[union-attr]  # connected: transport is set
         knocks = [self.knock() for _ in range(400)]
         yield proto.waitFor("cannot accept connections (EMFILE", timeout=30)
         cpuBefore, linesBefore = cpuSeconds(pid), proto.output.count(b"\n")

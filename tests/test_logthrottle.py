@@ -9,6 +9,7 @@ from twisted.logger import Logger, formatEvent
 from twisted.trial.unittest import SynchronousTestCase
 
 from pushsvc.http.logthrottle import Throttle
+from tests.helpers import logObserver
 
 
 class ThrottleTests(SynchronousTestCase):
@@ -16,7 +17,7 @@ class ThrottleTests(SynchronousTestCase):
         self.clock = Clock()
         self.events: list[dict[str, Any]] = []
         self.throttle = Throttle(
-            Logger(observer=self.events.append),
+            Logger(observer=logObserver(self.events.append)),
             self.clock,
             "left out {count} in {period:g} s",
             burst=3,

@@ -22,8 +22,8 @@ from pathlib import Path
 import pytest
 from twisted.trial.unittest import SynchronousTestCase
 
-from tests.helpers import requireService
-from tests.syncserver import ServerProcess, freePort
+from tests.helpers import freePort, requireService
+from tests.syncserver import ServerProcess
 from tests.test_browser import ARTIFACTS, ChatPage, launchBrowser
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
@@ -161,11 +161,10 @@ class NginxChatTests(SynchronousTestCase):
         self.browser = launchBrowser(self, "--ignore-certificate-errors")
         directory = Path(self.mktemp()).resolve()
         directory.mkdir(parents=True)
-        backend, self.port = freePort(), freePort()
-        self.server = ServerProcess(
-            backend, str(directory / "data"), "--trusted-proxies", PROXY_ADDRESS
-        )
+        self.port = freePort()  # nginx's: it cannot say which port it bound
+        self.server = ServerProcess(0, str(directory / "data"), "--trusted-proxies", PROXY_ADDRESS)
         self.server.start()
+        backend = self.server.port
         self.addCleanup(self.server.kill)
         cert, key = selfSignedCertificate(directory)
         self.nginx = NginxProcess(directory, siteConfig(backend, self.port, freePort(), cert, key))

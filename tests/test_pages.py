@@ -15,12 +15,13 @@ from typing import Any
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred, inlineCallbacks
 from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
-from twisted.internet.protocol import Protocol
+from twisted.internet.protocol import Protocol, connectionDone
+from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase, TestCase
-from twisted.web.resource import Resource
 from twisted.web.test.requesthelper import DummyRequest
 
 from pushsvc.http.site import Pages, makeSite
+from tests.helpers import asRequest, listenLocal, sevenResources
 
 SCRIPT = bytes(range(256)) * 12  # 3,072 bytes, every byte value
 
@@ -34,12 +35,12 @@ class _Fetch(Protocol):
         self.done: Deferred[bytes] = Deferred()
 
     def connectionMade(self) -> None:
-        self.transport.write(self.request)  # type: ignore[union-attr]
+        self.transport.write(self.request)  # type: ignore[union-attr]  # connected: transport is set
 
     def dataReceived(self, data: bytes) -> None:
         self.data += data
 
-    def connectionLost(self, reason: Any) -> None:
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
         self.done.callback(self.data)
 
 
@@ -73,9 +74,9 @@ class PagesTests(TestCase):
         self.pages.mkdir()
         (self.pages / "app.js").write_bytes(SCRIPT)
         (self.pages / "index.html").write_text("<p>hi</p>")
-        self.site = makeSite(self.pages, *[Resource() for _ in range(7)], clock=reactor)
+        self.site = makeSite(self.pages, *sevenResources(), clock=reactor)
         self.site.logFile = _Sink()
-        self.port: Any = reactor.listenTCP(0, self.site, interface="127.0.0.1")  # type: ignore
+        self.port: Any = listenLocal(self.site)
         self.addCleanup(self.port.stopListening)
 
     @inlineCallbacks
@@ -143,17 +144,17 @@ class PagesTests(TestCase):
         def dataReceived(data: bytes) -> None:
             received(data)
             if not started.called:
-                fetch.transport.pauseProducing()  # type: ignore[union-attr]
+                fetch.transport.pauseProducing()  # type: ignore[union-attr]  # connected: transport is set
                 started.callback(None)
 
-        fetch.dataReceived = dataReceived  # type: ignore[method-assign]
+        fetch.dataReceived = dataReceived  # type: ignore[method-assign]  # replaced for this test
         endpoint = TCP4ClientEndpoint(reactor, "127.0.0.1", self.port.getHost().port)
         yield connectProtocol(endpoint, fetch)
         yield started.addTimeout(10, reactor)
         self.assertTrue(
             any(target.endswith("big.bin") for _, target in openFds() - before)
         )  # being sent
-        fetch.transport.abortConnection()  # type: ignore[union-attr]
+        fetch.transport.abortConnection()  # type: ignore[union-attr]  # connected: transport is set
         yield fetch.done
         yield self.site.closeConnections().addTimeout(10, reactor)
         self.assertEqual(openFds() - before, set())
@@ -241,6 +242,6 @@ class ForbiddenTests(SynchronousTestCase):
     def test_forbiddenIsJSON(self) -> None:
         """A file that cannot be read gets a JSON 403, not twisted.web's HTML page."""
         request = DummyRequest([b"app.js"])
-        body = Pages.forbidden.render(request)
+        body = Pages.forbidden.render(asRequest(request))
         self.assertEqual(request.responseCode, 403)
         self.assertEqual(json.loads(body), {"error": "This file cannot be read."})

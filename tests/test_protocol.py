@@ -29,6 +29,7 @@ from pushsvc.local import LocalBroker
 from pushsvc.signing import channelAuth, userAuth
 from pushsvc.ws.protocol import makeAppFactory, makeAppResource
 from tests.fakews import FakeClient, maskedFrame
+from tests.helpers import listenLocal
 from tests.wsclient import WSClient, connectClient, subscribeClient
 
 APP = App("1", "278d425bdf160c739803", "7ad3773142a6692b25b8")
@@ -633,9 +634,9 @@ class LoopbackTests(TestCase):
         resource = makeAppResource(
             self.server.apps, self.server.hub, self.server.registry, reactor, self.server.settings
         )
-        self.factory = resource._factory  # type: ignore[attr-defined]
+        self.factory = resource._factory  # type: ignore[attr-defined]  # the factory behind the resource
         root.putChild(b"app", resource)
-        self.port = reactor.listenTCP(0, Site(root), interface="127.0.0.1")  # type: ignore
+        self.port = listenLocal(Site(root))
         self.clients: list[WSClient] = []
         self.addCleanup(self.stop)
 
@@ -643,7 +644,7 @@ class LoopbackTests(TestCase):
     def stop(self) -> Any:
         for c in self.clients:
             if not c.closed.called:
-                c.transport.abortConnection()  # type: ignore[union-attr]
+                c.transport.abortConnection()  # type: ignore[union-attr]  # connected: transport is set
         for c in self.clients:
             yield c.closed
         yield self.factory.registry.whenIdle()
@@ -651,7 +652,7 @@ class LoopbackTests(TestCase):
 
     @inlineCallbacks
     def connect(self, path: str | None = None, keep: bool = True, established: bool = True) -> Any:
-        portNumber = self.port.getHost().port  # type: ignore[attr-defined]
+        portNumber = self.port.getHost().port  # type: ignore[attr-defined]  # a TCP port has a port
         client = yield connectClient(
             portNumber,
             path or PATH,
@@ -788,7 +789,7 @@ class LoopbackTests(TestCase):
             if self.server.registry.slowConsumerCloses:
                 break
         self.assertEqual(self.server.registry.slowConsumerCloses, 1)
-        self.assertEqual(serverSlow.localCloseCode, 4100)  # type: ignore[union-attr]
+        self.assertEqual(serverSlow.localCloseCode, 4100)  # type: ignore[union-attr]  # the protocol is connected
         for _ in range(8):
             yield self.server.hub.publish(APP, ["feed"], "tick", payload)
             sent += 1

@@ -34,7 +34,7 @@ def request(
     site = PushSite(Resource())
     if trusted:
         site.trustedProxies = TrustedProxies.parse(trusted)
-    channel.site = site  # type: ignore[misc]
+    channel.site = site
     r = Request(channel)
     r.requestHeaders.setRawHeaders(b"host", [b"push.example.com"])
     for name, values in (headers or {}).items():

@@ -26,7 +26,7 @@ from pushsvc.hub import Hub
 from pushsvc.interfaces import PushSettings
 from pushsvc.local import LocalBroker
 from pushsvc.ws.protocol import makeAppResource
-from tests.helpers import requireService
+from tests.helpers import listenLocal, requireService
 
 JS = Path(__file__).resolve().parent / "js"
 APP = App("7", "pusherjs-key", "pusherjs-secret")
@@ -90,7 +90,7 @@ class NodeClient(ProcessProtocol):
         return d.addTimeout(timeout, reactor)
 
     def command(self, **cmd: Any) -> None:
-        self.transport.write(json.dumps(cmd).encode() + b"\n")  # type: ignore[union-attr]
+        self.transport.write(json.dumps(cmd).encode() + b"\n")  # type: ignore[union-attr]  # connected: transport is set
 
 
 class PusherJSTests(TestCase):
@@ -108,9 +108,9 @@ class PusherJSTests(TestCase):
         self.hub = Hub(self.registry, LocalBroker(), reactor)
         root = Resource()
         resource = makeAppResource(Apps([APP]), self.hub, self.registry, reactor, settings)
-        self.factory = resource._factory  # type: ignore[attr-defined]
+        self.factory = resource._factory  # type: ignore[attr-defined]  # the factory behind the resource
         root.putChild(b"app", resource)
-        self.port = reactor.listenTCP(0, Site(root), interface="127.0.0.1")  # type: ignore
+        self.port = listenLocal(Site(root))
         self.children: list[NodeClient] = []
         self.addCleanup(self.cleanUp)
 
@@ -119,7 +119,7 @@ class PusherJSTests(TestCase):
         for child in self.children:
             if not child.ended.called:
                 try:
-                    child.transport.signalProcess("KILL")  # type: ignore[union-attr]
+                    child.transport.signalProcess("KILL")  # type: ignore[union-attr]  # connected: transport is set
                 except ProcessExitedAlready:
                     pass
             yield child.ended
@@ -138,7 +138,7 @@ class PusherJSTests(TestCase):
             "key": APP.key,
             "secret": APP.secret,
             "wsHost": "127.0.0.1",
-            "wsPort": self.port.getHost().port,  # type: ignore[attr-defined]
+            "wsPort": self.port.getHost().port,  # type: ignore[attr-defined]  # a TCP port has a port
             "userId": userId,
             "channels": channels,
             "signin": signin,

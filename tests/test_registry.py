@@ -8,11 +8,12 @@ import socket
 from collections import deque
 from typing import Any
 
-from twisted.internet import reactor
+from twisted.internet import reactor, tcp
 from twisted.internet.defer import Deferred, ensureDeferred
 from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
-from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.protocol import Protocol, ServerFactory, connectionDone
 from twisted.internet.task import Clock
+from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from pushsvc.fanout.registry import (
@@ -25,6 +26,7 @@ from pushsvc.fanout.registry import (
 )
 from pushsvc.frames import wsTextFrame
 from pushsvc.interfaces import PushSettings
+from tests.helpers import listenLocal, portOf
 
 
 class TurnClock(Clock):
@@ -236,11 +238,21 @@ class _Sink(Protocol):
 class _Served(Protocol):
     """The server end of a real TCP connection, written to through an L{Outbound}."""
 
+    factory: _ServedFactory
+
     def connectionMade(self) -> None:
         self.factory.made.callback(self)
 
-    def connectionLost(self, reason: object) -> None:
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
         self.factory.lost.callback(self)
+
+
+class _ServedFactory(ServerFactory):
+    protocol = _Served  # type: ignore[assignment]  # typeshed wants a callable; a class is one
+
+    def __init__(self) -> None:
+        self.made: Deferred[_Served] = Deferred()
+        self.lost: Deferred[_Served] = Deferred()
 
 
 class DirectWriteTests(TestCase):
@@ -256,20 +268,17 @@ class DirectWriteTests(TestCase):
         return ensureDeferred(self._partialWrites())
 
     async def _partialWrites(self) -> None:
-        serverFactory = Factory.forProtocol(_Served)
-        serverFactory.made = Deferred()
-        serverFactory.lost = Deferred()
-        port = reactor.listenTCP(0, serverFactory, interface="127.0.0.1")
+        serverFactory = _ServedFactory()
+        port = listenLocal(serverFactory)
         self.addCleanup(port.stopListening)
         payloads = [b'{"n":%d,"d":"%s"}' % (i, b"x" * (3000 + 7 * i)) for i in range(400)]
         frames = [wsTextFrame(p) for p in payloads]
         sink = _Sink(sum(map(len, frames)))
-        client = await connectProtocol(
-            TCP4ClientEndpoint(reactor, "127.0.0.1", port.getHost().port), sink
-        )
+        client = await connectProtocol(TCP4ClientEndpoint(reactor, "127.0.0.1", portOf(port)), sink)
         client.transport.pauseProducing()  # reads nothing: the server's socket fills up
         served = await serverFactory.made
         transport = served.transport
+        assert isinstance(transport, tcp.Server)
         # A small send buffer while frames are written, so that the socket soon takes only
         # part of one.
         transport.socket.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)

@@ -19,6 +19,7 @@ from pushsvc.apps import App, Apps
 from pushsvc.http.site import MAX_REQUEST_BODY, PushRequest, PushSite
 from pushsvc.http.util import HTTPError, formArgs, queryArg
 from pushsvc.testing import FakeHub
+from tests.helpers import asRequest
 from tests.test_api import APP, BASE, NOW, signedURL
 
 
@@ -64,7 +65,7 @@ class FormArgsTests(SynchronousTestCase):
         request.args = {b"q": [b"1"]}
         request.requestHeaders.setRawHeaders(b"content-type", [ctype])
         request.requestHeaders.setRawHeaders(b"content-length", [str(len(body)).encode()])
-        request.content = BytesIO(body)
+        asRequest(request).content = BytesIO(body)
         return request
 
     def test_urlencodedBody(self) -> None:
@@ -73,19 +74,19 @@ class FormArgsTests(SynchronousTestCase):
             b"socket_id=1.2&channel_name=presence-room-x",
             b"application/x-www-form-urlencoded; charset=UTF-8",
         )
-        args = formArgs(request)
-        self.assertEqual(queryArg(request, "socket_id", args), "1.2")
-        self.assertEqual(queryArg(request, "channel_name", args), "presence-room-x")
-        self.assertEqual(queryArg(request, "q", args), "1")
+        args = formArgs(asRequest(request))
+        self.assertEqual(queryArg(asRequest(request), "socket_id", args), "1.2")
+        self.assertEqual(queryArg(asRequest(request), "channel_name", args), "presence-room-x")
+        self.assertEqual(queryArg(asRequest(request), "q", args), "1")
 
     def test_otherBodyIgnored(self) -> None:
         request = self.request(b"socket_id=1.2", b"text/plain")
-        self.assertIsNone(queryArg(request, "socket_id", formArgs(request)))
+        self.assertIsNone(queryArg(asRequest(request), "socket_id", formArgs(asRequest(request))))
 
     def test_bodyOverLimit(self) -> None:
         request = self.request(b"a=" + b"x" * 5000, b"application/x-www-form-urlencoded")
         with self.assertRaises(HTTPError) as e:
-            formArgs(request, 4096)
+            formArgs(asRequest(request), 4096)
         self.assertEqual(e.exception.status, 413)
 
     def test_siteDoesNotParseForms(self) -> None:
@@ -141,7 +142,8 @@ class AccessLogTests(SynchronousTestCase):
             f"Content-Length: {len(body)}\r\n\r\n".encode()
             + body
         )
-        return transport.value().split(b" ", 2)[1]
+        reply: bytes = transport.value()
+        return reply.split(b" ", 2)[1]
 
     def publish(self, secret: str | None = None) -> bytes:
         body = json.dumps({"name": "e", "channel": "c", "data": "{}"}).encode()

@@ -218,12 +218,12 @@ class OptionMistakeTests(SynchronousTestCase):
 
     def test_logOptions(self) -> None:
         """--quiet-websockets turns the WebSocket lines off; --log-format is text or json."""
-        self.assertTrue(makeService(self.parse()).config.logWebSockets)  # type: ignore[attr-defined]
+        self.assertTrue(makeService(self.parse()).config.logWebSockets)  # type: ignore[attr-defined]  # makeService returns an IService; ours has it
         quiet = makeService(self.parse("--quiet-websockets"))
-        self.assertFalse(quiet.config.logWebSockets)  # type: ignore[attr-defined]
-        self.assertIsNone(makeService(self.parse()).logObserver)  # type: ignore[attr-defined]
+        self.assertFalse(quiet.config.logWebSockets)  # type: ignore[attr-defined]  # makeService returns an IService; ours has it
+        self.assertIsNone(makeService(self.parse()).logObserver)  # type: ignore[attr-defined]  # makeService returns an IService; ours has it
         self.assertIsInstance(
-            makeService(self.parse("--log-format", "json")).logObserver,  # type: ignore[attr-defined]
+            makeService(self.parse("--log-format", "json")).logObserver,  # type: ignore[attr-defined]  # makeService returns an IService; ours has it
             _JSONLog,
         )
         e = self.assertRaises(SystemExit, self.parse, "--log-format", "xml")

@@ -14,17 +14,15 @@ import os
 import socket
 import sqlite3
 import uuid
-from collections.abc import Generator
+from collections.abc import Callable, Generator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import psycopg
 from psycopg.conninfo import make_conninfo
 from twisted.internet import reactor
-from twisted.internet.defer import Deferred, gatherResults, inlineCallbacks, succeed
-from twisted.internet.protocol import ClientFactory, Factory, Protocol, connectionDone
+from twisted.internet.defer import Deferred, gatherResults, inlineCallbacks
 from twisted.internet.threads import deferToThread
-from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 from zope.interface.verify import verifyObject
 
@@ -41,6 +39,7 @@ from pushsvc.store.memory import MemoryStore
 from pushsvc.store.postgresql import PostgreSQLStore
 from pushsvc.store.schema import SchemaError, defaultSchema, loadScripts, pendingScripts
 from pushsvc.store.sqlite import SQLiteStore, _statements
+from tests.cutproxy import CuttableProxy
 from tests.helpers import requireService
 
 PG_URL = os.environ.get("PUSHSVC_TEST_POSTGRESQL", "postgresql://postgres@127.0.0.1:5432/test")
@@ -138,7 +137,7 @@ class StoreContractMixin(_MixinBase):
         def ids(messages: list[Message]) -> list[int]:
             return [m.id for m in messages]
 
-        eq = self.assertEqual
+        eq: Callable[[object, object], None] = self.assertEqual
         eq(ids((yield store.messages("r", 0, 100))), [1, 2, 3, 4, 5])
         eq(ids((yield store.messages("r", 2, 2))), [3, 4])
         eq(ids((yield store.messages("r", 4, 100))), [5])
@@ -153,7 +152,7 @@ class StoreContractMixin(_MixinBase):
         store = yield self.openStore()
         for i in range(1, 6):
             yield store.append("r", "ann", f"m{i}", 1000.0 + i)
-        eq = self.assertEqual
+        eq: Callable[[object, object], None] = self.assertEqual
         eq([m.id for m in (yield store.latest("r", 3))], [3, 4, 5])
         eq([m.text for m in (yield store.latest("r", 100))], ["m1", "m2", "m3", "m4", "m5"])
         eq((yield store.latest("r", 0)), [])
@@ -168,7 +167,7 @@ class StoreContractMixin(_MixinBase):
         yield store.append("b", "ann", "1", 30.0)
         yield store.append("c", "ann", "1", 20.0)
         yield store.append("a", "ann", "2", 40.0)
-        eq = self.assertEqual
+        eq: Callable[[object, object], None] = self.assertEqual
         eq(
             (yield store.rooms(10)),
             [RoomSummary("a", 2, 40.0), RoomSummary("b", 1, 30.0), RoomSummary("c", 1, 20.0)],
@@ -229,20 +228,19 @@ class StoreContractMixin(_MixinBase):
         def ids(messages: list[Message]) -> list[int]:
             return [m.id for m in messages]
 
-        eq = self.assertEqual
-        eq(ids((yield store.before("r", 13, 5))), [8, 9, 10, 11, 12])
-        eq(ids((yield store.before("r", 8, 5))), [3, 4, 5, 6, 7])
-        eq(ids((yield store.before("r", 3, 5))), [1, 2])
-        eq((yield store.before("r", 1, 5)), [])
-        eq(ids((yield store.before("r", 10**12, 2))), [11, 12])
-        eq((yield store.before("r", 5, 0)), [])
-        eq((yield store.before("nowhere", 5, 5)), [])
+        self.assertEqual(ids((yield store.before("r", 13, 5))), [8, 9, 10, 11, 12])
+        self.assertEqual(ids((yield store.before("r", 8, 5))), [3, 4, 5, 6, 7])
+        self.assertEqual(ids((yield store.before("r", 3, 5))), [1, 2])
+        self.assertEqual((yield store.before("r", 1, 5)), [])
+        self.assertEqual(ids((yield store.before("r", 10**12, 2))), [11, 12])
+        self.assertEqual((yield store.before("r", 5, 0)), [])
+        self.assertEqual((yield store.before("nowhere", 5, 5)), [])
         seen: list[int] = []
         page = yield store.latest("r", 4)
         while page:
             seen = ids(page) + seen
             page = yield store.before("r", page[0].id, 4)
-        eq(seen, list(range(1, 13)))
+        self.assertEqual(seen, list(range(1, 13)))
 
     @inlineCallbacks
     def test_userAndClientIdStored(self) -> Generator[Deferred[Any], Any, None]:
@@ -425,7 +423,7 @@ class PersistentStoreMixin(StoreContractMixin):
         v2 = self.newStore(v2dir)
         yield v2.open()
         yield v2.close()
-        eq = self.assertEqual
+        eq: Callable[[object, object], None] = self.assertEqual
         eq((yield self.queryOne("SELECT version FROM version")), PACKAGED + 1)
         eq((yield self.queryOne("SELECT count(*) FROM version")), 1)
         eq((yield self.queryOne("SELECT count(*) FROM reactions")), 0)
@@ -443,7 +441,7 @@ class PersistentStoreMixin(StoreContractMixin):
         broken = self.newStore(schemaDir(self, self.engine, BROKEN_V2_SCRIPT))
         self.addCleanup(broken.close)
         yield self.assertFailure(broken.open(), Exception)
-        eq = self.assertEqual
+        eq: Callable[[object, object], None] = self.assertEqual
         eq((yield self.queryOne("SELECT version FROM version")), PACKAGED)
         eq((yield self.queryOne(self.tableExistsSQL % "half_done")), 0)
         eq((yield self.queryOne("SELECT count(*) FROM messages")), 1)
@@ -679,7 +677,7 @@ class PostgreSQLSchemaMixin(_MixinBase):
     """Gives each test an empty schema of its own; C{self.conninfo} selects it."""
 
     @inlineCallbacks
-    def setUp(self) -> Generator[Deferred[Any], Any, None]:  # type: ignore[override]
+    def setUp(self) -> Generator[Deferred[Any], Any, None]:  # type: ignore[override]  # trial waits on the Deferred setUp returns
         if _pgProblem:
             requireService("PostgreSQL", _pgProblem[0])
         self.schemaName = f"pushsvc_test_{uuid.uuid4().hex[:16]}"
@@ -732,75 +730,6 @@ class PostgreSQLStoreTests(PostgreSQLSchemaMixin, PersistentStoreMixin, TestCase
 # -- PostgreSQL outages ------------------------------------------------------------------------
 
 
-class _Pipe(Protocol):
-    """One side of a proxied connection: writes what it reads to its peer."""
-
-    def __init__(self, proxy: CuttableProxy, peer: _Pipe | None = None) -> None:
-        self.proxy = proxy
-        self.peer = peer
-
-    def connectionMade(self) -> None:
-        self.proxy.live.add(self)
-        if self.peer is None:
-            # Accepted: read nothing until the onward connection is up.
-            self.transport.pauseProducing()  # type: ignore[union-attr]
-            onward = ClientFactory.forProtocol(lambda: _Pipe(self.proxy, self))
-            onward.clientConnectionFailed = lambda c, r: self.transport.loseConnection()  # type: ignore
-            reactor.connectTCP(self.proxy.host, self.proxy.port, onward)  # type: ignore
-        elif self.peer in self.proxy.live:
-            self.peer.peer = self
-            self.peer.transport.resumeProducing()  # type: ignore[union-attr]
-        else:
-            self.transport.loseConnection()  # type: ignore[union-attr]
-
-    def dataReceived(self, data: bytes) -> None:
-        assert self.peer is not None
-        self.peer.transport.write(data)  # type: ignore[union-attr]
-
-    def connectionLost(self, reason: Failure = connectionDone) -> None:
-        self.proxy.live.discard(self)
-        if self.peer is not None:
-            self.peer.transport.loseConnection()  # type: ignore[union-attr]
-        self.proxy.checkIdle()
-
-
-class CuttableProxy:
-    """A TCP proxy on a spare 127.0.0.1 port to the PostgreSQL server, that we can cut."""
-
-    def __init__(self, host: str, port: int) -> None:
-        self.host, self.port = host, port
-        self.live: set[_Pipe] = set()
-        self.listening: Any = None
-        self.listenPort = 0
-        self._idleWaiters: list[Deferred[None]] = []
-
-    def start(self) -> None:
-        factory = Factory.forProtocol(lambda: _Pipe(self))
-        self.listening = reactor.listenTCP(self.listenPort, factory, interface="127.0.0.1")  # type: ignore
-        self.listenPort = self.listening.getHost().port
-
-    def dropConnections(self) -> Deferred[None]:
-        """Abort every proxied connection, as a crashed server or network would."""
-        for pipe in list(self.live):
-            pipe.transport.abortConnection()  # type: ignore[union-attr]
-        d: Deferred[None] = Deferred()
-        self._idleWaiters.append(d)
-        self.checkIdle()
-        return d
-
-    def checkIdle(self) -> None:
-        if not self.live:
-            waiters, self._idleWaiters = self._idleWaiters, []
-            for d in waiters:
-                d.callback(None)
-
-    def cut(self) -> Deferred[Any]:
-        """Stop accepting (new connections are refused) and drop the open ones."""
-        listening, self.listening = self.listening, None
-        stopped = listening.stopListening() if listening is not None else succeed(None)
-        return gatherResults([stopped, self.dropConnections()])
-
-
 def _closedPort() -> int:
     s = socket.socket()
     s.bind(("127.0.0.1", 0))
@@ -825,7 +754,7 @@ class PostgreSQLUnreachableTests(TestCase):
 
 class PostgreSQLOutageTests(PostgreSQLSchemaMixin, TestCase):
     @inlineCallbacks
-    def setUp(self) -> Generator[Deferred[Any], Any, None]:  # type: ignore[override]
+    def setUp(self) -> Generator[Deferred[Any], Any, None]:  # type: ignore[override]  # trial waits on the Deferred setUp returns
         yield super().setUp()
         params = psycopg.conninfo.conninfo_to_dict(self.conninfo)
         self.proxy = CuttableProxy(

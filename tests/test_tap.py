@@ -27,9 +27,9 @@ class OptionsTests(SynchronousTestCase):
 
     def test_logPublishes(self) -> None:
         """--log-publishes reaches the service's config; without it, publishes are not logged."""
-        self.assertFalse(makeService(self.parse()).config.logPublishes)  # type: ignore[attr-defined]
+        self.assertFalse(makeService(self.parse()).config.logPublishes)  # type: ignore[attr-defined]  # makeService returns an IService; ours has it
         service = makeService(self.parse("--log-publishes"))
-        self.assertTrue(service.config.logPublishes)  # type: ignore[attr-defined]
+        self.assertTrue(service.config.logPublishes)  # type: ignore[attr-defined]  # makeService returns an IService; ours has it
 
     def test_listenRepeatable(self) -> None:
         """--listen may be given several times; every endpoint is kept in order."""
@@ -118,7 +118,7 @@ class HTTPDeadlineOptionsTests(SynchronousTestCase):
         return options
 
     def test_defaults(self) -> None:
-        config = makeService(self.parse()).config  # type: ignore[attr-defined]
+        config = makeService(self.parse()).config  # type: ignore[attr-defined]  # makeService returns an IService; ours has it
         self.assertEqual(
             (config.headerTimeout, config.bodyMinRate, config.idleTimeout), (10.0, 1024, 60.0)
         )
@@ -127,7 +127,7 @@ class HTTPDeadlineOptionsTests(SynchronousTestCase):
         options = self.parse(
             "--header-timeout", "2.5", "--body-min-rate", "4096", "--idle-timeout", "30"
         )
-        config = makeService(options).config  # type: ignore[attr-defined]
+        config = makeService(options).config  # type: ignore[attr-defined]  # makeService returns an IService; ours has it
         self.assertEqual(
             (config.headerTimeout, config.bodyMinRate, config.idleTimeout), (2.5, 4096, 30.0)
         )

@@ -17,8 +17,8 @@ from twisted.logger import formatEvent
 from twisted.trial.unittest import SkipTest, TestCase
 from twisted.web.client import Agent, HTTPConnectionPool
 
-from tests.helpers import requireService
-from tests.procs import freePort, killIfRunning, startTwistd
+from tests.helpers import freePort, requireService
+from tests.procs import killIfRunning, startTwistd
 from tests.redisutil import requireRedis
 from tests.wsclient import PATH, connectClient
 
@@ -26,7 +26,7 @@ from tests.wsclient import PATH, connectClient
 class TwistdTests(TestCase):
     timeout = 120
 
-    def start(self, *args: str, **kw: Any):  # type: ignore[no-untyped-def]
+    def start(self, *args: str, **kw: Any):  # type: ignore[no-untyped-def]  # returns what startTwistd does
         proto = startTwistd(list(args), **kw)
         self.addCleanup(killIfRunning, proto)
         return proto
@@ -42,14 +42,15 @@ class TwistdTests(TestCase):
         same data directory; the chat page is served at /; credentials are generated once, logged
         without the secret, and reused.
         """
-        port = freePort()
         dataDir = self.mktemp()
-        base = f"http://127.0.0.1:{port}"
-        args = ["--listen", f"tcp:{port}:interface=127.0.0.1", "--data-dir", dataDir]
+        args = ["--listen", "tcp:0:interface=127.0.0.1", "--data-dir", dataDir]
         env = {"PUSHSVC_APP_SECRET": ""}
         treq = self.client()
         first = self.start(*args, env=env)
         yield first.waitFor("message store ready")
+        port = yield first.whenListening()
+        base = f"http://127.0.0.1:{port}"
+        args[1] = f"tcp:{port}:interface=127.0.0.1"  # the second start takes the same port
         page = yield treq.get(base + "/")
         self.assertEqual(page.code, 200)
         html = yield page.text()
@@ -120,7 +121,7 @@ def readOnlyDir(case: TestCase) -> str:
     A new directory in which nothing can be created, restored at cleanup: mode 0555, or for
     root (whom modes do not stop) the immutable attribute; skips where neither works.
     """
-    path = os.path.abspath(case.mktemp())
+    path: str = os.path.abspath(case.mktemp())
     os.makedirs(path)
     if os.geteuid() != 0:
         os.chmod(path, 0o555)
@@ -203,7 +204,7 @@ class StartupFailureTests(TestCase):
     def unwritable(self, daemon: bool) -> Any:
         dataDir = os.path.join(readOnlyDir(self), "data")
         err = yield self.failStart(
-            daemon, "--listen", f"tcp:{freePort()}:interface=127.0.0.1", "--data-dir", dataDir
+            daemon, "--listen", "tcp:0:interface=127.0.0.1", "--data-dir", dataDir
         )
         self.assertIn(f"cannot create the data directory {dataDir}", err)
         self.assertIn("--data-dir", err)
@@ -219,12 +220,11 @@ class StartupFailureTests(TestCase):
     def locked(self, daemon: bool) -> Any:
         """A data directory in use by a running pushsvc (started from another directory) is
         refused; the running one is undisturbed."""
-        port = freePort()
         dataDir = os.path.abspath(self.mktemp())
         first = startTwistd(
             [
                 "--listen",
-                f"tcp:{port}:interface=127.0.0.1",
+                "tcp:0:interface=127.0.0.1",
                 "--data-dir",
                 dataDir,
                 "--store",
@@ -238,13 +238,13 @@ class StartupFailureTests(TestCase):
         err = yield self.failStart(
             daemon,
             "--listen",
-            f"tcp:{freePort()}:interface=127.0.0.1",
+            "tcp:0:interface=127.0.0.1",
             "--data-dir",
             os.path.relpath(dataDir, elsewhere),
             cwd=elsewhere,
         )
         self.assertIn(f"the data directory {dataDir} is in use by another pushsvc process", err)
-        self.assertIn(f"(pid {first.transport.pid})", err)  # type: ignore[union-attr]
+        self.assertIn(f"(pid {first.transport.pid})", err)  # type: ignore[union-attr]  # connected: transport is set
         self.assertFalse(first.ended.called)
         code = yield first.signal("TERM")
         self.assertEqual(code, -signal.SIGTERM)
@@ -264,7 +264,7 @@ class StartupFailureTests(TestCase):
         err = yield self.failStart(
             daemon,
             "--listen",
-            f"tcp:{freePort()}:interface=127.0.0.1",
+            "tcp:0:interface=127.0.0.1",
             "--data-dir",
             dataDir,
             "--store",
@@ -352,7 +352,7 @@ class LogTests(TestCase):
         proto = startTwistd(
             [
                 "--listen",
-                f"tcp:{freePort()}:interface=127.0.0.1",
+                "tcp:0:interface=127.0.0.1",
                 "--data-dir",
                 self.mktemp(),
                 "--redis",

@@ -37,8 +37,8 @@ from pushsvc.store.memory import MemoryStore
 from pushsvc.webhooks import format as fmt
 from pushsvc.webhooks.format import WebhookConfigError, WebhookTarget, parseWebhooks
 from pushsvc.webhooks.sender import WebhookSender
-from tests.helpers import requireService
-from tests.procs import freePort, killIfRunning, startTwistd
+from tests.helpers import freePort, listenLocal, portOf, requireService
+from tests.procs import killIfRunning, startTwistd
 from tests.redisutil import Conn, RedisTestCase
 
 JS = Path(__file__).resolve().parent / "js"
@@ -477,9 +477,9 @@ class Receiver(Resource):
 
 
 def listenReceiver(case: TestCase, receiver: Receiver, port: int = 0) -> int:
-    listening = reactor.listenTCP(port, Site(receiver), interface="127.0.0.1")  # type: ignore[attr-defined]
+    listening = listenLocal(Site(receiver), port)
     case.addCleanup(listening.stopListening)
-    return int(listening.getHost().port)
+    return portOf(listening)
 
 
 @inlineCallbacks
@@ -520,7 +520,7 @@ def _node(stdin: str) -> Deferred[tuple[bytes, bytes, int]]:
         def connectionMade(self) -> None:
             assert self.transport is not None
             self.transport.write(stdin.encode())
-            self.transport.closeStdin()  # type: ignore[attr-defined]
+            self.transport.closeStdin()
 
         def outReceived(self, data: bytes) -> None:
             self.out += data
@@ -534,9 +534,7 @@ def _node(stdin: str) -> Deferred[tuple[bytes, bytes, int]]:
 
     proto = Proto()
     env = {"PATH": os.environ.get("PATH", ""), "NODE_PATH": str(JS / "node_modules")}
-    reactor.spawnProcess(  # type: ignore[attr-defined]
-        proto, "node", ["node", str(JS / "webhook.js")], env=env, path=str(JS)
-    )
+    reactor.spawnProcess(proto, "node", ["node", str(JS / "webhook.js")], env=env, path=str(JS))
     return proto.done.addTimeout(30, reactor)
 
 
@@ -735,7 +733,7 @@ class TwoNodeTests(TestCase):
             c.transport.abortConnection()
             yield c.closed
         # Node 1 dies with the member and its private-shared subscriber; node 0 reaps it.
-        cluster.procs[1].transport.signalProcess("KILL")
+        cluster.procs[1].transport.signalProcess("KILL")  # type: ignore[union-attr]  # running
         yield cluster.procs[1].ended
         yield receiver.waitFor(
             lambda: (
@@ -781,7 +779,7 @@ class PusherJSServerEventsTests(TestCase):
         resource = makeAppResource(Apps([self.app]), self.hub, self.registry, reactor, settings)
         self.factory = resource._factory  # type: ignore[attr-defined]
         root.putChild(b"app", resource)
-        self.port = reactor.listenTCP(0, Site(root), interface="127.0.0.1")  # type: ignore[attr-defined]
+        self.port = listenLocal(Site(root))
         self.children: list[Any] = []
         self.addCleanup(self.cleanUp)
 
@@ -823,7 +821,7 @@ class PusherJSServerEventsTests(TestCase):
             options["watchlist"] = watchlist
         child = NodeClient(userId)
         env = {"PATH": os.environ.get("PATH", ""), "NODE_PATH": str(JS / "node_modules")}
-        reactor.spawnProcess(  # type: ignore[attr-defined]
+        reactor.spawnProcess(
             child,
             self.node,
             [self.node, str(JS / "client.js"), json.dumps(options)],

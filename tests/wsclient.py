@@ -108,7 +108,7 @@ def connectClient(
     """
     factory = WebSocketClientFactory(f"ws://127.0.0.1:{port}{path}")
     factory.protocol = WSClient
-    factory.keep = keep  # type: ignore[attr-defined]
+    factory.keep = keep  # type: ignore[attr-defined]  # read back by WSClient
     factory.setProtocolOptions(autoPingInterval=0, **options)
     client = yield TCP4ClientEndpoint(reactor, "127.0.0.1", port).connect(factory)
     if established:

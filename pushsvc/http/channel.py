@@ -260,7 +260,7 @@ class BoundedHTTPChannel(HTTPChannel):
         if ITCPTransport.providedBy(self.transport):
             self.transport.setTcpNoDelay(True)
         self._networkProducer = IPushProducer(self.transport, _NoPushProducer())
-        self._networkProducer.registerProducer(self, True)  # type: ignore[attr-defined]
+        self._networkProducer.registerProducer(self, True)  # type: ignore[attr-defined]  # the transport is a producer consumer
         self._arm("headers", self.limits.headerTimeout)
 
     def dataReceived(self, data: bytes) -> None:

@@ -270,7 +270,7 @@ class AcceptGuard:
         self._doRead = port.doRead
         portLogger = port._logger
         self._forward = portLogger.observer
-        port._logger = Logger(namespace=portLogger.namespace, observer=self._observe)  # type: ignore[arg-type]
+        port._logger = Logger(namespace=portLogger.namespace, observer=self._observe)  # type: ignore[arg-type]  # a plain callable observes
         port.doRead = self.doRead
 
     @classmethod

@@ -351,7 +351,7 @@ def makeSite(
 ) -> PushSite:
     root = Pages(str(pages))
     root.indexNames = ["index.html"]
-    root.childNotFound = JSONNotFound()  # type: ignore[assignment]
+    root.childNotFound = JSONNotFound()  # type: ignore[assignment]  # twisted types it as a class; an instance works
     root.putChild(b"api", api)
     root.putChild(b"apps", pusherApi)
     root.putChild(b"users", pusherUsers)
@@ -363,6 +363,6 @@ def makeSite(
     site.requestFactory = PushRequest
     if clock is not None:
         site.reactor = clock
-    site.protocol = channelFactory(limits or HTTPLimits(), site.reactor)  # type: ignore[method-assign]
+    site.protocol = channelFactory(limits or HTTPLimits(), site.reactor)  # type: ignore[method-assign]  # the channel factory Site calls
     site.displayTracebacks = False
     return site

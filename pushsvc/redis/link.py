@@ -53,7 +53,7 @@ def reason(f: Failure) -> str:
     if isinstance(f.value, FirstError):
         f = f.value.subFailure
     message = f.getErrorMessage().strip()
-    return message.splitlines()[0] if message else f.type.__name__  # type: ignore[union-attr]
+    return message.splitlines()[0] if message else f.type.__name__  # type: ignore[union-attr]  # a Failure whose type is set
 
 
 def describe(error: str) -> str:
@@ -74,16 +74,16 @@ class _Tracked:
 
     def connectionLost(self, why: Failure) -> None:
         try:
-            super().connectionLost(why)  # type: ignore[misc]
+            super().connectionLost(why)  # type: ignore[misc]  # txredisapi is untyped
         finally:
             self.factory.lost(self, why)
 
 
-class Commands(_Tracked, txredisapi.RedisProtocol):
+class Commands(_Tracked, txredisapi.RedisProtocol):  # type: ignore[misc]  # txredisapi: no types
     pass
 
 
-class Subscriber(_Tracked, txredisapi.SubscriberProtocol):
+class Subscriber(_Tracked, txredisapi.SubscriberProtocol):  # type: ignore[misc]  # no types
     def messageReceived(self, pattern: Any, channel: Any, message: Any) -> None:
         self.factory.onMessage(message)
 

@@ -52,7 +52,14 @@ from zope.interface import implementer
 
 from pushsvc.fanout.registry import Registry
 from pushsvc.frames import channelKind
-from pushsvc.interfaces import BrokerUnavailable, ChannelInfo, IClusterState, MemberEvents
+from pushsvc.interfaces import (
+    BrokerUnavailable,
+    ChannelInfo,
+    IClusterState,
+    MemberEvents,
+    Members,
+    UserInfo,
+)
 from pushsvc.local import channelInfo
 from pushsvc.redis import luaSource
 from pushsvc.waiters import Waiters
@@ -227,7 +234,7 @@ class RedisState:
             else:
                 self._announcer().announceVacated(appId, channel)
 
-    def joined(self, appId: str, channel: str, userId: str, userInfo: Any) -> Deferred[bool]:
+    def joined(self, appId: str, channel: str, userId: str, userInfo: UserInfo) -> Deferred[bool]:
         d = self._run("join", appId, channel, userId, json.dumps(userInfo))
 
         def result(reply: list[Any]) -> bool:
@@ -321,7 +328,7 @@ class RedisState:
 
     # -- questions -----------------------------------------------------------------------------
 
-    def members(self, appId: str, channel: str) -> Deferred[dict[str, Any]]:
+    def members(self, appId: str, channel: str) -> Deferred[Members]:
         d = self.broker.script("members", [], self._args(appId, channel))
         return d.addCallback(lambda flat: {u: json.loads(i) for u, i in _pairs(flat, 2)})
 

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from twisted.internet.defer import Deferred
 from zope.interface import Attribute, Interface
 
 
@@ -82,10 +83,10 @@ class IStore(Interface):
 
     description = Attribute("A short human description of the engine, e.g. 'sqlite:/path'.")
 
-    def open() -> Any:
+    def open() -> Deferred[None]:
         """Connect and migrate the schema to the newest version. Fires with None."""
 
-    def close() -> Any:
+    def close() -> Deferred[None]:
         """Release connections. Fires with None."""
 
     def append(
@@ -95,7 +96,7 @@ class IStore(Interface):
         createdAt: float,
         userId: str = "",
         clientId: str | None = None,
-    ) -> Any:
+    ) -> Deferred[Message]:
         """
         Store a message with the next id of C{room}. Fires with the stored L{Message}. When
         C{clientId} is given and C{userId} already has a message with it (a retried post, even
@@ -103,14 +104,16 @@ class IStore(Interface):
         marked C{replayed}.
         """
 
-    def messages(room: str, after: int, limit: int) -> Any:
+    def messages(room: str, after: int, limit: int) -> Deferred[list[Message]]:
         """Fires with up to C{limit} messages of C{room} with id > C{after}, oldest first."""
 
-    def before(room: str, before: int, limit: int) -> Any:
+    def before(room: str, before: int, limit: int) -> Deferred[list[Message]]:
         """Fires with the newest C{limit} messages of C{room} with id < C{before}, oldest
         first: the page before one the reader holds."""
 
-    def edit(room: str, messageId: int, userId: str, text: str | None, editedAt: float) -> Any:
+    def edit(
+        room: str, messageId: int, userId: str, text: str | None, editedAt: float
+    ) -> Deferred[Message | None]:
         """
         Replace the text of message C{messageId} of C{room} (C{text} None: delete it) if
         C{userId} wrote it and it is not deleted. Fires with the message as it now is (unchanged
@@ -118,35 +121,35 @@ class IStore(Interface):
         C{deleted}), or None when there is no such message.
         """
 
-    def createRoom(room: str, createdAt: float) -> Any:
+    def createRoom(room: str, createdAt: float) -> Deferred[bool]:
         """Record an empty room so that it is listed. Fires with True when it is new, False
         when it existed."""
 
-    def latest(room: str, limit: int) -> Any:
+    def latest(room: str, limit: int) -> Deferred[list[Message]]:
         """Fires with the newest C{limit} messages of C{room}, oldest first."""
 
-    def rooms(limit: int) -> Any:
+    def rooms(limit: int) -> Deferred[list[RoomSummary]]:
         """Fires with up to C{limit} L{RoomSummary}s, most recently active (or created)
         first; empty rooms made with L{createRoom} are included."""
 
-    def revokeSession(sessionId: str, expiresAt: float, now: float) -> Any:
+    def revokeSession(sessionId: str, expiresAt: float, now: float) -> Deferred[None]:
         """
         Record that chat session C{sessionId} is signed out; its cookie would expire at
         C{expiresAt} anyway, after which the record may go (records older than C{now} are
         pruned). Revoking twice is no error. Fires with None once it is durable.
         """
 
-    def sessionRevoked(sessionId: str) -> Any:
+    def sessionRevoked(sessionId: str) -> Deferred[bool]:
         """Fires with True when C{sessionId} was revoked (and its cookie not yet expired)."""
 
-    def saveWebhook(batch: PendingWebhook) -> Any:
+    def saveWebhook(batch: PendingWebhook) -> Deferred[None]:
         """Keep L{PendingWebhook} C{batch} (saving an id twice is no error). Fires with None."""
 
-    def deleteWebhook(batchId: str) -> Any:
+    def deleteWebhook(batchId: str) -> Deferred[None]:
         """Forget the pending webhook C{batchId} (delivered or dropped). Fires with None."""
 
-    def pendingWebhooks(limit: int) -> Any:
+    def pendingWebhooks(limit: int) -> Deferred[list[PendingWebhook]]:
         """Fires with up to C{limit} L{PendingWebhook}s, oldest first."""
 
-    def ping() -> Any:
+    def ping() -> Deferred[None]:
         """Fires with None when the engine answers; fails with L{StoreUnavailable} otherwise."""

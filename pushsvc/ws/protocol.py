@@ -148,7 +148,7 @@ class PushServerProtocol(LeanServerProtocol):
         if f.settings.logWebSockets:
             # The client's address (behind --trusted-proxies, the forwarded one), from the
             # upgrade request (PushWebSocketResource.render), else the TCP peer.
-            peer: Any = self.transport.getPeer()  # type: ignore[union-attr]
+            peer: Any = self.transport.getPeer()  # type: ignore[union-attr]  # connected: transport is set
             self.client = f.client or str(getattr(peer, "host", request.peer))
 
     def onOpen(self) -> None:
@@ -421,7 +421,7 @@ class PushServerProtocol(LeanServerProtocol):
         hub = self.factory.hub
         members: Deferred[dict[str, Any] | None] = succeed(None)
         if channelKind(channel) == "presence":
-            members = hub.presenceMembers(self.appId, channel)  # type: ignore[assignment]
+            members = hub.presenceMembers(self.appId, channel)  # type: ignore[assignment]  # Deferred is invariant; the members or None
 
         def reply(present: dict[str, Any] | None) -> None:
             if not self.factory.registry.isSubscribed(self, channel):
@@ -509,7 +509,7 @@ PushServerProtocol.handlers = {
 class PushServerFactory(WebSocketServerFactory):
     """Builds L{PushServerProtocol}s sharing the apps, hub, registry, clock and settings."""
 
-    protocol = PushServerProtocol  # type: ignore[assignment]
+    protocol = PushServerProtocol  # type: ignore[assignment]  # Autobahn's protocol attribute takes any subclass
 
     def __init__(
         self, apps: Apps, hub: Hub, registry: Registry, clock: IReactorTime, settings: PushSettings
@@ -571,7 +571,7 @@ class PushServerFactory(WebSocketServerFactory):
         dict twice the size); present on the class, they are stored once.
         """
         super().setProtocolOptions(*args, **kwargs)
-        self.protocol = optionsOnClass(self, PushServerProtocol)  # type: ignore[assignment]
+        self.protocol = optionsOnClass(self, PushServerProtocol)  # type: ignore[assignment]  # Autobahn's protocol attribute takes any subclass
 
 
 def makeAppFactory(
