@@ -34,16 +34,17 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from pushsvc import __version__
+from pushsvc.admin.site import loopbackOnly
 from pushsvc.apps import SECRET_ENV, App, Apps, loadOrCreateApp, loadOrCreateKey
 from pushsvc.chat import ChatAPI, makeChatResource
 from pushsvc.compat import PrivateAPIMissing, checkPrivateAPIs
 from pushsvc.datadir import DataDirError, lockDataDir, removeCreated, unlockDataDir
 from pushsvc.filemodes import privateDirectory
-from pushsvc.health import HealthResource, MetricsResource
+from pushsvc.health import HealthResource
 from pushsvc.http.channel import HTTPLimits
 from pushsvc.http.limits import AcceptGuard, ConnectionLimits, raiseOpenFileLimit
 from pushsvc.http.proxy import TrustedProxies
-from pushsvc.http.site import makeSite, webRoot
+from pushsvc.http.site import JSONNotFound, makeSite, webRoot
 from pushsvc.interfaces import IBroker, PushSettings
 from pushsvc.session import SessionSigner
 from pushsvc.store import IStore, storeFromURL
@@ -108,17 +109,27 @@ class _Bound:
         endpoint: IStreamServerEndpoint,
         description: str,
         bound: Callable[[IListeningPort, str], None],
+        required: bool = True,
     ) -> None:
         self.endpoint = endpoint
         self.description = description
         self.bound = bound
+        self.required = required  # else a bind failure is only logged
 
     def listen(self, factory: Any) -> Deferred[IListeningPort]:
         def ok(port: IListeningPort) -> IListeningPort:
             self.bound(port, self.description)
             return port
 
-        def failed(f: Failure) -> Failure:
+        def failed(f: Failure) -> Any:
+            if not self.required:
+                log.warn(
+                    "no admin listener: cannot listen on {description}: {reason} "
+                    "(give --admin-listen to choose another, or none)",
+                    description=self.description,
+                    reason=f.getErrorMessage(),
+                )
+                return None
             return Failure(ListenFailed(self.description, f.getErrorMessage()))
 
         return self.endpoint.listen(factory).addCallbacks(ok, failed)
@@ -148,6 +159,12 @@ class ServiceConfig:
     bodyMinRate: int = 1024  # --body-min-rate: bytes/s a body must keep up, after the above
     idleTimeout: float = 60.0  # --idle-timeout: idle keep-alive, or replies not read
     logWebSockets: bool = True  # one info line per WebSocket opened and closed
+    # The inside view (issue 15): None for no admin listener (tap's default is loopback:8081).
+    adminListen: str | None = None
+    adminListenGiven: bool = False  # given explicitly: a bind failure stops start-up
+    adminTokenFile: Path | None = None
+    recording: bool = True  # --no-recording turns it off
+    recordedRequests: int = 1000  # --recorded-requests: the ring's size
 
 
 class PushService(MultiService):
@@ -251,20 +268,69 @@ class PushService(MultiService):
             messagesPerMinute=c.chatMessagesPerMinute,
         )
         self.pusherApi = makeApiResource(apps, self.hub, self.reactor.seconds)
+        users = makeUsersResource(apps, self.hub, self.reactor.seconds)
         self.site = makeSite(
             webRoot(),
             makeChatResource(chat),
             self.pusherApi,
-            makeUsersResource(apps, self.hub, self.reactor.seconds),
+            users,
             NotifyResource(apps, self.hub, self.reactor.seconds),
             makeAppResource(apps, self.hub, self.registry, self.reactor, settings),
-            HealthResource(self.healthChecks),
-            MetricsResource(self.metrics),
+            HealthResource(self.healthChecks, detailed=False),
+            JSONNotFound(),  # /metrics is on the admin listener only
             HTTPLimits(c.headerTimeout, c.bodyMinRate, c.idleTimeout),
             self.reactor,
         )
         self.site.logPublishes = c.logPublishes
+        self._buildInsideView([self.pusherApi, users], chat)
         return self.site
+
+    def _buildInsideView(self, apis: list[Any], chat: ChatAPI) -> None:
+        """
+        The recorder (unless --no-recording) wrapped around the site's tree, the store, the
+        broker, the signature checks and the fan-out, by composition; the metrics; the admin site.
+        """
+        from pushsvc.admin.metrics import Metrics, MetricsResource, perAppFigures
+        from pushsvc.admin.site import Figures, makeAdminSite
+        from pushsvc.recording import Recorder, classifier
+        from pushsvc.recording.wrap import (
+            RecordingBroker,
+            RecordingRoot,
+            RecordingStore,
+            instrumentRegistry,
+            recordedCheck,
+        )
+
+        c = self.config
+        self.recorder = recorder = (
+            Recorder(self.reactor, c.recordedRequests) if c.recording else None
+        )
+        if recorder is not None:
+            self.site.resource = RecordingRoot(self.site.resource, recorder, classifier(self.apps))
+            assert self.store is not None
+            chat.store = RecordingStore(self.store, recorder)
+            self.hub.broker = RecordingBroker(
+                self.broker, recorder, "PUBLISH" if c.redis is not None else "in-process"
+            )
+            instrumentRegistry(self.registry, recorder)
+            for api in apis:
+                api.verify = recordedCheck(recorder, "signature", api.verify)
+        perApp = lambda: perAppFigures(self.registry, [a.id for a in self.apps])  # noqa: E731
+        self.metricsRegistry = Metrics(self.metrics, perApp, recorder)
+        self.figures = Figures(self.reactor, self.registry, perApp, recorder)
+        self.adminSite = None
+        if c.adminListen is not None:
+            token = None
+            if not loopbackOnly(c.adminListen):
+                token = loadOrCreateKey(c.dataDir, "admin-token", c.adminTokenFile, None)
+            self.adminSite, self.adminStreams = makeAdminSite(
+                recorder,
+                self.figures,
+                MetricsResource(self.metricsRegistry),
+                HealthResource(self.healthChecks, detailed=True),
+                token,
+                self.reactor,
+            )
 
     def _applyLimits(self, site: Any) -> None:
         """Raise the open-file limit; give the site its caps and trusted proxies (logged)."""
@@ -313,6 +379,7 @@ class PushService(MultiService):
             self._checkStore()
             self._applyLimits(site)
             listeners = self._addListeners(site)
+            listeners += self._addAdminListener()
             for timer in self.hub.state.services():
                 timer.setServiceParent(self)  # periodic work: the cluster heartbeat
             self._startChildren(listeners)
@@ -353,6 +420,33 @@ class PushService(MultiService):
             listener.setServiceParent(self)
             listeners.append(listener)
         return listeners
+
+    def _addAdminListener(self) -> list[IService]:
+        """
+        The admin listener, a listener child like the others; the default one (not given
+        explicitly) only warns when its port is taken, so that several processes on one machine
+        start (each but the first without an inside view).
+        """
+        c = self.config
+        if self.adminSite is None or c.adminListen is None:
+            return []
+        description = c.adminListen
+        listener = strports.service(description, self.adminSite, reactor=self.reactor)
+        listener.endpoint = _Bound(
+            listener.endpoint, description, self._adminBound, required=c.adminListenGiven
+        )
+        listener.setName(f"listen admin {description}")
+        listener.setServiceParent(self)
+        return [listener]
+
+    def _adminBound(self, port: IListeningPort, description: str) -> None:
+        self.adminPort = port
+        self.figures.start()
+        log.info(
+            "admin listener (dashboard, /metrics, detailed health) on {description}{token}",
+            description=description,
+            token="" if loopbackOnly(description) else "; it needs the admin token",
+        )
 
     def _bound(self, port: IListeningPort, description: str) -> None:
         self.ports.append(port)
@@ -466,6 +560,12 @@ class PushService(MultiService):
     def _stopListeners(self) -> Deferred[Any]:
         for guard in self.acceptGuards:
             guard.stop()
+        figures = getattr(self, "figures", None)
+        if figures is not None:
+            figures.stop()
+        streams = getattr(self, "adminStreams", None)
+        if streams is not None:
+            streams.closeAll()
         self.ports = []
         stops = [c.stopService() for c in self if (c.name or "").startswith("listen ")]
         return DeferredList([s for s in stops if s is not None])

@@ -27,6 +27,7 @@ from pushsvc.service import PushService, ServiceConfig
 from pushsvc.store import validateStoreURL
 
 DEFAULT_LISTEN = "tcp:8080:interface=127.0.0.1"
+DEFAULT_ADMIN_LISTEN = "tcp:8081:interface=127.0.0.1"
 
 
 def _endpoint(description: str) -> str:
@@ -94,6 +95,24 @@ def _positiveSeconds(name: str):  # type: ignore[no-untyped-def]
 
     coerce.coerceDoc = "Seconds, greater than 0."  # type: ignore[attr-defined]
     return coerce
+
+
+def _adminListen(value: str) -> str:
+    if value.strip().lower() == "none":
+        return "none"
+    from twisted.internet import reactor
+
+    try:
+        serverFromString(reactor, value)
+    except Exception as e:
+        raise ValueError(
+            f"--admin-listen {value!r} is not a Twisted server endpoint "
+            f"(e.g. {DEFAULT_ADMIN_LISTEN}) or none: {e}"
+        ) from None
+    return value
+
+
+_adminListen.coerceDoc = f"A server endpoint (default {DEFAULT_ADMIN_LISTEN}), or none."  # type: ignore[attr-defined]
 
 
 def _existingFile(value: str) -> Path:
@@ -198,6 +217,7 @@ class Options(usage.Options):
             None,
             "Do not log each WebSocket opened, refused and closed (for busy deployments).",
         ],
+        ["no-recording", None, "Do not record requests and their calls (the inside view)."],
     ]
 
     optParameters: list[list[Any]] = [
@@ -309,6 +329,28 @@ class Options(usage.Options):
             "text, or json: one JSON object a line in twistd's log, for log shippers.",
             _logFormat,
         ],
+        [
+            "admin-listen",
+            None,
+            None,
+            f"Endpoint of the admin listener (dashboard, /metrics, detailed health), default "
+            f"{DEFAULT_ADMIN_LISTEN}; none: no admin listener. Beyond loopback it needs a token.",
+            _adminListen,
+        ],
+        [
+            "admin-token-file",
+            None,
+            None,
+            "File holding the admin token (default: generated once into the data dir, mode 0600).",
+            _existingFile,
+        ],
+        [
+            "recorded-requests",
+            None,
+            1000,
+            "How many recent requests the recorder keeps, with their calls.",
+            _positiveInt("--recorded-requests"),
+        ],
     ]
 
     def __init__(self) -> None:
@@ -395,6 +437,15 @@ def makeService(options: Options) -> IService:
         bodyMinRate=options["body-min-rate"],
         idleTimeout=options["idle-timeout"],
         logWebSockets=not options["quiet-websockets"],
+        adminListen=(
+            None
+            if options["admin-listen"] == "none"
+            else options["admin-listen"] or DEFAULT_ADMIN_LISTEN
+        ),
+        adminListenGiven=options["admin-listen"] is not None,
+        adminTokenFile=options["admin-token-file"],
+        recording=not options["no-recording"],
+        recordedRequests=options["recorded-requests"],
     )
     twistd = getattr(options, "parent", None)  # twistd's own options, when run by twistd
     if twistd is not None and not (twistd.get("nodaemon") or twistd.get("debug")):
