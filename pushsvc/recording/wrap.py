@@ -72,6 +72,8 @@ class RecordedRender(Resource):
         if result is NOT_DONE_YET:
             if (request.getHeader(b"upgrade") or b"").lower() == b"websocket":
                 recorder.end(record, 101)  # the connection is the WebSocket's from now on
+            elif request.finished:  # answered during render (nothing waited)
+                recorder.end(record, request.code)
             else:
                 request.notifyFinish().addBoth(lambda _: recorder.end(record, request.code))
         else:
