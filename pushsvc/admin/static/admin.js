@@ -91,8 +91,10 @@ function drawChart() {
   const pts = state.history.slice(-300);
   const pad = { l: 42, r: 42, t: 10, b: 20 };
   const iw = w - pad.l - pad.r, ih = h - pad.t - pad.b;
-  const maxD = Math.max(1, ...pts.map(p => p.deliveries_per_s));
-  const maxC = Math.max(1, ...pts.map(p => p.connections));
+  // Round the scales up to a multiple of 4 so that the 4 grid lines fall on whole numbers.
+  const nice = v => Math.max(4, Math.ceil(v / 4) * 4);
+  const maxD = nice(Math.max(0, ...pts.map(p => p.deliveries_per_s)));
+  const maxC = nice(Math.max(0, ...pts.map(p => p.connections)));
   g.strokeStyle = "#e3e7ef"; g.lineWidth = 1; g.font = "11px system-ui"; g.fillStyle = "#6b7385";
   for (let i = 0; i <= 4; i++) {
     const y = pad.t + ih * i / 4;
@@ -217,7 +219,7 @@ async function showTimeline(id) {
   const total = Math.max(r.duration_ms || 0, ...r.calls.map(c => c.start_ms + c.duration_ms), 0.001);
   const axis = el("div", "tl-axis");
   for (let i = 0; i <= 4; i++) {
-    const tick = el("span", "tl-tick", ms(total * i / 4));
+    const tick = el("span", i === 0 ? "tl-tick first" : i === 4 ? "tl-tick last" : "tl-tick", ms(total * i / 4));
     tick.style.left = `${i * 25}%`;
     axis.append(tick);
   }
@@ -235,8 +237,13 @@ async function showTimeline(id) {
     bar.addEventListener("mouseenter", ev => showTip(ev, pairs));
     bar.addEventListener("mousemove", moveTip);
     bar.addEventListener("mouseleave", hideTip);
-    const d = el("span", "tl-dur", ms(dur));
-    d.style.left = `calc(${Math.min(left + width, 92)}% + 6px)`;
+    // The duration after its bar; before it when the bar ends near the right edge, or inside it
+    // when it also starts near the left one.
+    const late = left + width > 85;
+    const d = el("span", late && left <= 15 ? "tl-dur inside" : "tl-dur", ms(dur));
+    if (!late) d.style.left = `calc(${left + width}% + 6px)`;
+    else if (left > 15) d.style.right = `calc(${100 - left}% + 6px)`;
+    else d.style.right = `${100 - left - width}%`;
     track.append(bar, d);
     tr.append(lab, track);
     box.append(tr);
