@@ -70,16 +70,19 @@ class Cluster:
         suffix = uuid.uuid4().hex[:10]
         self.app = App(str(uuid.uuid4().int % 10**12), f"key{suffix}", f"secret{suffix}")
         self.ports: list[int] = []
+        self.adminPorts: list[int] = []  # the admin listeners (detailed health, /metrics)
         self.procs: list[TwistdProcess] = []
 
     def start(self, n: int = 3) -> Any:
         """Fires once every process has its store and broker ready."""
         waits = []
         for _ in range(n):
-            port = freePort()
+            port, adminPort = freePort(), freePort()
             args = [
                 "--listen",
                 f"tcp:{port}:interface=127.0.0.1",
+                "--admin-listen",
+                f"tcp:{adminPort}:interface=127.0.0.1",
                 "--data-dir",
                 self.case.mktemp(),
                 "--app-id",
@@ -97,6 +100,7 @@ class Cluster:
             proc = startTwistd(args, env=env)
             self.case.addCleanup(killIfRunning, proc)
             self.ports.append(port)
+            self.adminPorts.append(adminPort)
             self.procs.append(proc)
             waits += [proc.waitFor("message store ready"), proc.waitFor("broker ready")]
         return gatherResults(waits)
@@ -305,6 +309,9 @@ class OutageTests(ClusterCase):
         else:
             self.fail("a publish while Redis is down was accepted")
         health = yield http.get(f"http://127.0.0.1:{cluster.ports[0]}/healthz")
+        self.assertEqual(health.code, 503)
+        self.assertEqual((yield health.json()), {"status": "degraded"})  # public: no address
+        health = yield http.get(f"http://127.0.0.1:{cluster.adminPorts[0]}/healthz")
         self.assertEqual(health.code, 503)
         body = yield health.json()
         self.assertIn(f"redis://127.0.0.1:{server.port}/0 unreachable: ", body["broker"])

@@ -199,7 +199,7 @@ class RecordedPublishTests(SynchronousTestCase):
                 headers={"content-type": ["application/json"]},
             )
         )
-        backlog = [kind for _, _, kind, _ in stack.recorder.console]
+        backlog = [kind for _, _, kind, _ in stack.recorder.consoleItems()]
         self.assertEqual(backlog[:2], ["connection", "subscribed"])
         [(app, kind, fields)] = seen
         self.assertEqual(

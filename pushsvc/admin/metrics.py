@@ -119,12 +119,16 @@ class Metrics:
             registry=registry,
             buckets=DURATION_BUCKETS,
         )
+        self._byEndpoint: dict[str, Any] = {}
         if recorder is not None:
             recorder.observeRequest = self._request
             recorder.observeFanOut = self._fanOut
 
     def _request(self, endpoint: str, seconds: float) -> None:
-        self.requestDuration.labels(endpoint).observe(seconds)
+        child = self._byEndpoint.get(endpoint)
+        if child is None:  # endpoints are a bounded set (recording.classifier)
+            child = self._byEndpoint[endpoint] = self.requestDuration.labels(endpoint)
+        child.observe(seconds)
 
     def _fanOut(self, seconds: float, sinceBroker: float | None) -> None:
         self.fanOutDuration.observe(seconds)

@@ -213,7 +213,7 @@ class StreamResource(Resource):
         request.write(b"retry: 2000\n\n")
         self.figures.listeners.add(stream.figures)
         if self.recorder is not None:
-            for item in list(self.recorder.console):
+            for item in self.recorder.consoleItems():
                 stream.console(*item)
             self.recorder.consoleListeners.add(stream.console)
         request.notifyFinish().addBoth(lambda _: self.forget(stream))

@@ -115,6 +115,20 @@ class Aggregate:
         }
 
 
+ENVELOPE = "envelope"  # a console item still holding the raw hub envelope
+
+ConsoleItem = tuple[str, float, str, dict[str, Any]]
+
+
+def _decoded(item: ConsoleItem) -> ConsoleItem | None:
+    if item[2] != ENVELOPE:
+        return item
+    from pushsvc.recording.wrap import envelopeFields
+
+    seen = envelopeFields(item[3]["envelope"])
+    return None if seen is None else (item[0], item[1], seen[0], seen[1])
+
+
 _current: ContextVar[RequestRecord | None] = ContextVar("pushsvc_request", default=None)
 
 Observer = Callable[[str, float], None]
@@ -274,6 +288,23 @@ class Recorder:
         self.console.append(item)
         for listener in list(self.consoleListeners):
             listener(*item)
+
+    def consoleEnvelope(self, appId: str, message: bytes) -> None:
+        """
+        A hub envelope the broker carries (an event, a client event, a member change): kept as
+        it is, and decoded (L{consoleItems}) only when a console shows it -- not per publish.
+        """
+        item = (appId, self.clock.seconds(), ENVELOPE, {"envelope": message})
+        self.console.append(item)
+        if self.consoleListeners:
+            shown = _decoded(item)
+            if shown is not None:
+                for listener in list(self.consoleListeners):
+                    listener(*shown)
+
+    def consoleItems(self) -> list[tuple[str, float, str, dict[str, Any]]]:
+        """The backlog, oldest first, with envelopes decoded."""
+        return [shown for shown in map(_decoded, list(self.console)) if shown is not None]
 
     # -- aggregates ----------------------------------------------------------------------
 

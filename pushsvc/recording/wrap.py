@@ -70,10 +70,10 @@ class RecordedRender(Resource):
         finally:
             recorder.leave(token)
         if result is NOT_DONE_YET:
-            if (request.getHeader(b"upgrade") or b"").lower() == b"websocket":
-                recorder.end(record, 101)  # the connection is the WebSocket's from now on
-            elif request.finished:  # answered during render (nothing waited)
+            if request.finished:  # answered during render (nothing waited)
                 recorder.end(record, request.code)
+            elif (request.getHeader(b"upgrade") or b"").lower() == b"websocket":
+                recorder.end(record, 101)  # the connection is the WebSocket's from now on
             else:
                 request.notifyFinish().addBoth(lambda _: recorder.end(record, request.code))
         else:
@@ -143,7 +143,7 @@ class RecordingStore:
         return recorded
 
 
-def _envelopeFields(message: bytes) -> tuple[str, dict[str, Any]] | None:
+def envelopeFields(message: bytes) -> tuple[str, dict[str, Any]] | None:
     """The debug console's view of a hub envelope: (kind, fields), data truncated."""
     try:
         kind, _appId, channel, event, data, exceptSocketId, userId = json.loads(message)
@@ -188,9 +188,7 @@ class RecordingBroker:
 
     def publish(self, appId: str, channel: str, message: bytes, cache: bytes | None = None) -> Any:
         recorder = self._recorder
-        seen = _envelopeFields(message)  # the console keeps a backlog: always
-        if seen is not None:
-            recorder.consoleEvent(appId, seen[0], seen[1])
+        recorder.consoleEnvelope(appId, message)  # decoded only when a console shows it
         detail = {"command": self._command, "channel": truncate(channel, 80), "bytes": len(message)}
         args: tuple[Any, ...] = (appId, channel, message)
         if cache is not None:
