@@ -231,7 +231,7 @@ class PushService(MultiService):
         from pushsvc.hub import Hub
         from pushsvc.local import LocalBroker
         from pushsvc.webhook import NotifyResource
-        from pushsvc.ws.protocol import makeAppResource
+        from pushsvc.ws.protocol import PushWebSocketResource, makeAppFactory
 
         c = self.config
         app, sessionKey = self._loadApp()
@@ -269,13 +269,14 @@ class PushService(MultiService):
         )
         self.pusherApi = makeApiResource(apps, self.hub, self.reactor.seconds)
         users = makeUsersResource(apps, self.hub, self.reactor.seconds)
+        self.wsFactory = makeAppFactory(apps, self.hub, self.registry, self.reactor, settings)
         self.site = makeSite(
             webRoot(),
             makeChatResource(chat),
             self.pusherApi,
             users,
             NotifyResource(apps, self.hub, self.reactor.seconds),
-            makeAppResource(apps, self.hub, self.registry, self.reactor, settings),
+            PushWebSocketResource(self.wsFactory),
             HealthResource(self.healthChecks, detailed=False),
             JSONNotFound(),  # /metrics is on the admin listener only
             HTTPLimits(c.headerTimeout, c.bodyMinRate, c.idleTimeout),
@@ -298,6 +299,7 @@ class PushService(MultiService):
             RecordingRoot,
             RecordingStore,
             instrumentRegistry,
+            instrumentWebSocket,
             recordedCheck,
         )
 
@@ -313,6 +315,7 @@ class PushService(MultiService):
                 self.broker, recorder, "PUBLISH" if c.redis is not None else "in-process"
             )
             instrumentRegistry(self.registry, recorder)
+            instrumentWebSocket(self.wsFactory, recorder)
             for api in apis:
                 api.verify = recordedCheck(recorder, "signature", api.verify)
         perApp = lambda: perAppFigures(self.registry, [a.id for a in self.apps])  # noqa: E731

@@ -21,6 +21,7 @@ from twisted.web.client import Agent, HTTPConnectionPool
 from pushsvc.admin.site import TokenGuard
 from pushsvc.service import PushService, ServiceConfig
 from tests.procs import freePort, killIfRunning, startTwistd
+from tests.wsclient import PATH, connectClient
 
 
 class InsideViewTwistdTests(TestCase):
@@ -83,6 +84,29 @@ class InsideViewTwistdTests(TestCase):
         self.assertLess(append["start_ms"], publish["start_ms"])  # stored before announced
         one = yield http.get(f"{self.admin}/api/requests/{post['id']}")
         self.assertEqual((yield one.json())["calls"], post["calls"])
+
+    @inlineCallbacks
+    def test_webSocketSubscribeIsRecorded(self) -> Any:
+        """
+        A subscribe sent over a WebSocket is a request of its own in the ring, with the broker
+        call it made; the upgrade is recorded as a 101.
+        """
+        yield self.startServer("--app-id", "77", "--app-key", "inside")
+        client = yield connectClient(self.port, PATH.format(key="inside"))
+        self.addCleanup(lambda: client.closed)
+        self.addCleanup(client.sendClose, 1000)
+        client.sendJSON("pusher:subscribe", {"channel": "news"})
+        yield client.expect("pusher_internal:subscription_succeeded", "news")
+        http = self.client()
+        records = yield (yield http.get(self.admin + "/api/requests")).json()
+        [subscribe] = [r for r in records if r["method"] == "WS"]
+        self.assertEqual(subscribe["path"], "/app/inside pusher:subscribe")
+        self.assertEqual(
+            (subscribe["endpoint"], subscribe["app_id"]), ("ws pusher:subscribe", "77")
+        )
+        self.assertIn(("broker", "subscribe"), [(c["kind"], c["name"]) for c in subscribe["calls"]])
+        [upgrade] = [r for r in records if r["endpoint"] == "/app/{key}"]
+        self.assertEqual(upgrade["status"], 101)
 
     @inlineCallbacks
     def test_publicListenerShowsLess(self) -> Any:
@@ -171,3 +195,33 @@ class AdminTokenTests(SynchronousTestCase):
         service = self.build("tcp:0:interface=127.0.0.1")
         self.assertNotIsInstance(service.adminSite.resource, TokenGuard)  # type: ignore[union-attr]
         self.assertFalse((service.config.dataDir / "admin-token").exists())
+
+
+class OptionsTests(SynchronousTestCase):
+    def parse(self, *args: str) -> Any:
+        from pushsvc.tap import Options
+
+        options = Options()
+        options.parseOptions(list(args))
+        return options
+
+    def test_defaults(self) -> None:
+        """No admin option: the admin listener is loopback:8081 (a taken port only warns),
+        recording is on and keeps 1,000 requests."""
+        from pushsvc.tap import DEFAULT_ADMIN_LISTEN
+
+        options = self.parse()
+        self.assertEqual(DEFAULT_ADMIN_LISTEN, "tcp:8081:interface=127.0.0.1")
+        self.assertIsNone(options["admin-listen"])
+        self.assertFalse(options["no-recording"])
+        self.assertEqual(options["recorded-requests"], 1000)
+
+    def test_noneAndBadEndpoint(self) -> None:
+        """--admin-listen none disables it; a bad endpoint is a one-line error."""
+        self.assertEqual(self.parse("--admin-listen", "none")["admin-listen"], "none")
+        with self.assertRaises(SystemExit) as e:
+            self.parse("--admin-listen", "bogus:1")
+        self.assertIn("--admin-listen", str(e.exception))
+        self.assertNotIn("\n", str(e.exception))
+        with self.assertRaises(SystemExit):
+            self.parse("--recorded-requests", "0")

@@ -357,3 +357,61 @@ class AdminSiteTests(SynchronousTestCase):
         self.assertFalse(loopbackOnly("tcp:8081"))
         self.assertFalse(loopbackOnly("tcp:8081:interface=0.0.0.0"))
         self.assertFalse(loopbackOnly("ssl:8443:privateKey=k.pem"))
+
+
+class StreamTests(SynchronousTestCase):
+    def open(self, stack: Stack, app: str | None = None) -> Any:
+        from twisted.web.test.requesthelper import DummyRequest
+
+        class StreamRequest(DummyRequest):
+            def registerProducer(self, producer: Any, streaming: bool) -> None:
+                self.producer = producer  # DummyRequest's would pull from it forever
+
+        request = StreamRequest([b""])
+        if app is not None:
+            request.args = {b"app": [app.encode()]}
+        result = stack.streams.render(request)
+        return request, result
+
+    def test_backlogThenLive(self) -> None:
+        """
+        A stream first gets the console's backlog (envelopes decoded, data cut), then figures
+        each second and console events as they come; a stream for another app gets no events.
+        """
+        stack = Stack(subscribers=1)
+        stack.publish(self)
+        request, result = self.open(stack)
+        other, _ = self.open(stack, app="someone-else")
+        self.assertEqual(result, 1)  # NOT_DONE_YET
+        self.assertEqual(
+            request.responseHeaders.getRawHeaders(b"content-type")[0][:17], b"text/event-stream"
+        )
+        text = b"".join(request.written).decode()
+        self.assertIn('"kind":"connection"', text)
+        self.assertIn('"kind":"api_message"', text)
+        self.assertIn('"event":"greet"', text)
+        stack.figures.sample()
+        stack.publish(self)
+        text = b"".join(request.written).decode()
+        self.assertEqual(text.count("event: figures"), 1)
+        self.assertEqual(text.count('"kind":"api_message"'), 2)
+        self.assertNotIn("event: console", b"".join(other.written).decode())
+
+    def test_pausedStreamSkipsAndStreamsAreCapped(self) -> None:
+        """A stream that cannot keep up skips events; past MAX_STREAMS a stream is refused."""
+        from pushsvc.admin.site import MAX_STREAMS
+
+        stack = Stack()
+        request, _ = self.open(stack)
+        [stream] = stack.streams.streams
+        stream.pauseProducing()
+        before = len(request.written)
+        stack.figures.sample()
+        self.assertEqual((len(request.written), stream.dropped), (before, 1))
+        for _ in range(MAX_STREAMS - 1):
+            self.open(stack)
+        refused, body = self.open(stack)
+        self.assertEqual(refused.responseCode, 503)
+        self.assertIn(b"error", body)
+        stack.streams.forget(stream)
+        self.assertNotIn(stream.console, stack.recorder.consoleListeners)

@@ -284,3 +284,44 @@ def instrumentRegistry(registry: Any, recorder: Recorder) -> None:
     registry.unsubscribe = recordedUnsubscribe
     registry.addConnection = recordedAdd
     registry.removeConnection = recordedRemove
+
+
+# What a client sends that is recorded as a request of its own (pings and pongs are not).
+_RECORDED_EVENTS = ((b'"pusher:subscribe"', "pusher:subscribe"), (b'"client-', "client event"))
+
+
+def instrumentWebSocket(factory: Any, recorder: Recorder) -> None:
+    """
+    Record each subscribe and client event a WebSocket client sends, with the calls it makes
+    (broker, fan-out), as a request of the ring: C{WS /app/{key} pusher:subscribe}. The factory's
+    protocol class is replaced by a subclass whose C{onMessage} records, and then hands the frame
+    on unchanged; other frames cost one substring search each.
+    """
+    base = factory.protocol
+    onMessage = base.onMessage
+
+    def recordedOnMessage(self: Any, payload: bytes, isBinary: bool) -> None:
+        kind = None
+        if not isBinary:
+            for marker, name in _RECORDED_EVENTS:
+                if marker in payload:
+                    kind = name
+                    break
+        if kind is None:
+            onMessage(self, payload, isBinary)
+            return
+        app = self.app
+        record = recorder.begin(
+            "WS",
+            f"/app/{app.key if app is not None else ''} {kind}",
+            f"ws {kind}",
+            self.appId or None,
+        )
+        token = recorder.enter(record)
+        try:
+            onMessage(self, payload, isBinary)
+        finally:
+            recorder.leave(token)
+            recorder.end(record, 200)
+
+    factory.protocol = type(base.__name__, (base,), {"onMessage": recordedOnMessage})
