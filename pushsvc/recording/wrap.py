@@ -222,13 +222,27 @@ class RecordingBroker:
         return _recordDeferred(self._recorder, "broker", name, detail, f, (appId, channel), {})
 
 
-def recordedCheck(recorder: Recorder, name: str, check: Callable[..., Any]) -> Callable[..., Any]:
-    """C{check} (a signature check), recorded as an C{auth} call; raises what it raises."""
+def recordedCall(
+    recorder: Recorder,
+    kind: str,
+    name: str,
+    f: Callable[..., Any],
+    detail: dict[str, Any] | None = None,
+) -> Callable[..., Any]:
+    """
+    C{f} recorded as a call of C{kind} (e.g. C{webhook} around the one function that sends a
+    webhook POST): it ends when C{f} returns, or when the Deferred it returns fires.
+    """
 
     def recorded(*args: Any, **kwargs: Any) -> Any:
-        return _recordDeferred(recorder, "auth", name, {"check": name}, check, args, kwargs)
+        return _recordDeferred(recorder, kind, name, dict(detail or {}), f, args, kwargs)
 
     return recorded
+
+
+def recordedCheck(recorder: Recorder, name: str, check: Callable[..., Any]) -> Callable[..., Any]:
+    """C{check} (a signature check), recorded as an C{auth} call; raises what it raises."""
+    return recordedCall(recorder, "auth", name, check, {"check": name})
 
 
 def _frameLength(payload: int) -> int:
