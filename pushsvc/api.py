@@ -8,7 +8,8 @@ The Pusher-compatible HTTP API that server SDKs call, mounted at C{/apps}:
     GET  /apps/{id}/channels/{name}/users                          presence channels only
     POST /apps/{id}/users/{user_id}/terminate_connections
 
-Every request is signed (L{pushsvc.apiauth}). The checks run in this order, each failure answering
+Every request is signed (L{pushsvc.apiauth}); an app's C{max_api_requests_per_second} (apps file)
+is checked after the signature: 429 above it. The checks run in this order, each failure answering
 C{{"error": "..."}}: unknown app or endpoint 404, wrong method 405, body too large 413, a query
 parameter given twice (names compared without case) or not one the endpoint takes (the auth ones,
 C{body_md5}, and those shown above) 400, signature 401, app disabled 403, malformed body (JSON
@@ -21,7 +22,7 @@ from __future__ import annotations
 from collections.abc import Callable, Coroutine, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import parse_qsl, unquote_to_bytes
+from urllib.parse import parse_qs, parse_qsl, unquote_to_bytes
 
 from twisted.internet.defer import maybeDeferred
 from twisted.logger import Logger
@@ -31,6 +32,8 @@ from twisted.web.server import Request
 from pushsvc import names
 from pushsvc.apiauth import ApiAuthError, checkParameterNames, verifyApiRequest
 from pushsvc.apps import App, Apps
+from pushsvc.appstats import AppStats
+from pushsvc.frames import isCacheChannel
 from pushsvc.http.util import DEFAULT_MAX_BODY, HTTPError, parseJSONObject, readBody, respond
 from pushsvc.interfaces import BrokerUnavailable, ChannelInfo, IHub
 
@@ -71,19 +74,19 @@ def validUserId(userId: str) -> str:
     return userId
 
 
-def parseInfo(raw: object) -> frozenset[str]:
+def parseInfo(raw: object, known: tuple[str, ...] = INFO_ATTRIBUTES) -> frozenset[str]:
     """The attributes asked for by an C{info} parameter: a comma-separated list."""
     if raw is None:
         return frozenset()
     if not isinstance(raw, str):
         raise HTTPError(400, "info must be a comma-separated string of attributes.")
     asked = frozenset(a.strip() for a in raw.split(",") if a.strip())
-    unknown = asked.difference(INFO_ATTRIBUTES)
+    unknown = asked.difference(known)
     if unknown:
         raise HTTPError(
             400,
             f"Unknown info attribute(s) {', '.join(sorted(unknown))}: "
-            f"the known ones are {', '.join(INFO_ATTRIBUTES)}.",
+            f"the known ones are {', '.join(known)}.",
         )
     return asked
 
@@ -104,7 +107,8 @@ def parseEvent(obj: Mapping[str, Any], app: App, batchItem: bool = False) -> Eve
     Validate one event of C{POST /events} (C{channel} or C{channels}) or of a batch (C{channel}).
     Unknown keys are ignored, as other SDKs may send more than ours knows.
 
-    @raise HTTPError: 400 for a bad field, 413 when C{data} is over C{app.maxDataBytes}.
+    @raise HTTPError: 400 for a bad field (a channel name over C{app.maxChannelNameLength}
+        included), 413 when C{data} is over C{app.maxDataBytes}.
     """
     name = obj.get("name")
     if not isinstance(name, str) or not name:
@@ -129,6 +133,11 @@ def parseEvent(obj: Mapping[str, Any], app: App, batchItem: bool = False) -> Eve
         channels = _eventChannels(obj)
     if len(channels) > 1 and any(c.startswith("private-encrypted-") for c in channels):
         raise HTTPError(400, "An event on an encrypted channel can be sent to that channel only.")
+    for channel in channels:
+        if len(channel) > app.maxChannelNameLength:
+            raise HTTPError(
+                400, f"Channel names are at most {app.maxChannelNameLength} characters."
+            )
     socketId = obj.get("socket_id")
     if socketId is not None and not names.isSocketId(socketId):
         raise HTTPError(400, "socket_id must look like 123.456.")
@@ -225,6 +234,9 @@ class PusherAPI(Resource):
         self.published = 0  # events the broker took (a batch counts each of its events)
         # The signature check, an attribute so the recorder can wrap it (pushsvc.recording).
         self.verify: Callable[..., None] = verifyApiRequest
+        self.appStats = AppStats()  # the service shares its own (with the WebSocket side)
+        # app id -> (tokens, when counted): max_api_requests_per_second, one bucket an app
+        self._buckets: dict[str, tuple[float, float]] = {}
 
     def metrics(self) -> list[tuple[str, str, str, float]]:
         """C{(name, help, type, value)} for C{/metrics}."""
@@ -280,7 +292,32 @@ class PusherAPI(Resource):
             raise HTTPError(e.status, e.message) from None
         if not app.enabled:
             raise HTTPError(403, "This app is disabled.")
+        counters = self.appStats.of(app.id)
+        counters.apiRequests += 1
+        if app.maxApiRequestsPerSecond and not self._takeToken(app):
+            counters.apiRateLimited += 1
+            raise HTTPError(
+                429,
+                f"Over {app.maxApiRequestsPerSecond} API requests a second for this app.",
+                headers={"Retry-After": "1"},
+            )
         return handler(Call(app, args, params, body))
+
+    def _takeToken(self, app: App) -> bool:
+        """
+        Spend one of C{app}'s API tokens (a bucket of C{max_api_requests_per_second}, refilled
+        at that rate, in this process); False when there is none. Signed requests only count, so
+        no one else can spend an app's allowance.
+        """
+        rate = float(app.maxApiRequestsPerSecond)
+        now = self.now()
+        tokens, at = self._buckets.get(app.id, (rate, now))
+        tokens = min(rate, tokens + max(now - at, 0.0) * rate)
+        if tokens < 1.0:
+            self._buckets[app.id] = (tokens, now)
+            return False
+        self._buckets[app.id] = (tokens - 1.0, now)
+        return True
 
     async def publish(self, app: App, event: Event) -> None:
         # No log line here: this is the hot path. The access log has the failed ones (and every
@@ -289,6 +326,7 @@ class PusherAPI(Resource):
             self.hub.publish, app, event.channels, event.name, event.data, event.socketId
         )
         self.published += 1
+        self.appStats.of(app.id).published += 1
 
     async def channelAttributes(self, app: App, event: Event) -> dict[str, dict[str, int]]:
         out = {}
@@ -345,11 +383,19 @@ class PusherAPI(Resource):
 
     async def channel(self, call: Call) -> Reply:
         name = validChannel(call.args[0])
-        asked = parseInfo(call.params.get("info"))
+        asked = parseInfo(call.params.get("info"), (*INFO_ATTRIBUTES, "cache"))
         if "user_count" in asked and not name.startswith("presence-"):
             raise HTTPError(400, "info=user_count is for presence channels only.")
+        if "cache" in asked and not isCacheChannel(name):
+            raise HTTPError(400, "info=cache is for cache channels only.")
         info = await brokerCall(self.hub.channelInfo, call.app, name)
-        return 200, {"occupied": info.occupied, **attributes(info, asked, name)}
+        reply: dict[str, Any] = {"occupied": info.occupied, **attributes(info, asked, name)}
+        if "cache" in asked:
+            # The event kept for the channel and the seconds it is kept for: absent when none.
+            cached = await brokerCall(self.hub.cacheInfo, call.app, name)
+            if cached is not None:
+                reply["cache"] = cached
+        return 200, reply
 
     async def users(self, call: Call) -> Reply:
         name = validChannel(call.args[0])
@@ -371,13 +417,17 @@ class PusherAPI(Resource):
 
 class DefaultAppUsersAPI(PusherAPI):
     """
-    C{/users/{id}/terminate_connections} for the default app: the path the official Python SDK
-    (pusher 3.3) posts to, without the C{/apps/{app_id}} prefix of the HTTP API reference. The
-    request is still signed over the path it was sent to.
+    C{/users/{id}/terminate_connections} for the app whose key signed it (C{auth_key}; else the
+    default app): the path the official Python SDK (pusher 3.3) posts to, without the
+    C{/apps/{app_id}} prefix of the HTTP API reference. The request is still signed over the
+    path it was sent to.
     """
 
     def dispatch(self, request: Request) -> Coroutine[Any, Any, Reply]:
-        request.postpath = [self.apps.default.id.encode(), b"users", *(request.postpath or [])]
+        # With several apps, the app is the one whose key signed the request (auth_key).
+        keys = parse_qs(request.uri.partition(b"?")[2]).get(b"auth_key") or [b""]
+        app = self.apps.byKey(keys[0].decode("utf-8", "replace")) or self.apps.default
+        request.postpath = [app.id.encode(), b"users", *(request.postpath or [])]
         return super().dispatch(request)
 
 

@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import json
 import secrets
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from twisted.logger import Logger
 
 from pushsvc.filemodes import privateFile, writePrivateFile
+from pushsvc.webhooks.format import WebhookTarget
 
 log = Logger()
 
@@ -33,25 +34,52 @@ class App:
     key: str
     secret: str = field(repr=False)
     enabled: bool = True
-    maxDataBytes: int = DEFAULT_MAX_DATA_BYTES
+    maxDataBytes: int = DEFAULT_MAX_DATA_BYTES  # max_event_bytes: HTTP API 413 above
+    # The limits of an apps file (pushsvc.appsfile); the defaults are Pusher's.
+    maxConnections: int = 0  # 0: no limit; over it the connection is closed with 4004
+    # None: the process's setting (PushSettings: 100 and 10, Pusher's).
+    maxSubscriptionsPerConnection: int | None = None
+    maxPresenceMembers: int = 100  # the next member's subscription fails
+    maxChannelNameLength: int = 164
+    maxClientEventsPerSecond: int | None = None  # per connection; pusher:error 4301 above
+    maxApiRequestsPerSecond: int = 0  # per app in this process; 0: no limit; 429 above
+    allowedOrigins: tuple[str, ...] = ()  # empty: any (then --allowed-origins applies)
+    userAuthenticationTimeout: float = 0.0  # > 0: not signed in by then: closed with 4009
+    webhooks: tuple[WebhookTarget, ...] = ()  # see pushsvc.webhooks.format.parseWebhooks
+    subscriptionCount: bool = False  # send pusher_internal:subscription_count (pushsvc.counts)
 
 
 class Apps:
-    """The configured apps, looked up by id (HTTP API) or by key (WebSocket path)."""
+    """
+    The configured apps, looked up by id (HTTP API) or by key (WebSocket path).
 
-    def __init__(self, apps: Iterable[App]) -> None:
-        self._all = list(apps)
-        if not self._all:
+    One object shared by every part; L{replace} swaps the whole set at once (an apps file
+    reloaded), so a lookup sees either the old set or the new one, never half of each.
+    """
+
+    def __init__(self, apps: Iterable[App], chatAppId: str | None = None) -> None:
+        self.replace(apps, chatAppId)
+
+    def replace(self, apps: Iterable[App], chatAppId: str | None = None) -> None:
+        """Serve C{apps} from now on; C{chatAppId} (default: the first) is L{default}."""
+        everyApp = list(apps)
+        if not everyApp:
             raise ValueError("at least one app is needed")
-        self._byId = {a.id: a for a in self._all}
-        self._byKey = {a.key: a for a in self._all}
+        byId = {a.id: a for a in everyApp}
+        default = byId.get(chatAppId, everyApp[0]) if chatAppId is not None else everyApp[0]
+        self._all, self._byId, self._default = everyApp, byId, default
+        self._byKey = {a.key: a for a in everyApp}
 
     @property
     def default(self) -> App:
-        return self._all[0]
+        """The app of the chat and of C{/notify} (the first, or the apps file's C{chat_app})."""
+        return self._default
 
-    def __iter__(self):  # type: ignore[no-untyped-def]
+    def __iter__(self) -> Iterator[App]:
         return iter(self._all)
+
+    def __len__(self) -> int:
+        return len(self._all)
 
     def byId(self, appId: str) -> App | None:
         return self._byId.get(appId)

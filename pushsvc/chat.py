@@ -2,14 +2,27 @@
 The chat app's REST API, mounted at C{/api}:
 
     GET  /api/config                      app key and WebSocket path for the page
-    GET  /api/session                     who am I (401 without a session, or a revoked one)
-    POST /api/session {"name"}            sign in: sets the signed session cookie
+    GET  /api/session                     who am I: {"signed_in": true, "user_id", "name"}, or
+                                          200 {"signed_in": false} without a (live) session
+    POST /api/session {"name"}            sign in: sets the signed session cookie (a signed-in
+                                          user who changes name keeps her user id)
     DELETE /api/session                   sign out: revokes the session everywhere
-    GET  /api/rooms                       recently active rooms
-    GET  /api/rooms/{room}/messages       ?after=ID&limit=N, oldest first
-    POST /api/rooms/{room}/messages       {"text"}: stored durably, then published; 429 with
+    GET  /api/rooms                       rooms, most recently active (or created) first
+    POST /api/rooms {"name"}              create a room: 201 (200 if it existed); told on the lobby
+    GET  /api/rooms/{room}/messages       ?after=ID or ?before=ID (not both), &limit=N; the
+                                          newest page without either; oldest first in each reply
+    POST /api/rooms/{room}/messages       {"text", "client_id"?}: stored durably, then published;
+                                          201, or 200 with the first message when this user
+                                          already posted this client_id (a retry); 429 with
                                           Retry-After above the session's message rate
-    POST /api/pusher/auth                 signs private-/presence- subscriptions for the page
+    PATCH /api/rooms/{room}/messages/{id} {"text"}: edit one's own message (403 someone else's,
+                                          404 none or deleted)
+    DELETE /api/rooms/{room}/messages/{id} delete one's own message (its text goes)
+    POST /api/pusher/auth                 signs the room channels and the lobby for the page
+
+Live events, all JSON: on C{presence-room-ROOM} "message" (a new message) and "message-updated"
+(an edit or a delete: the message as it now is); on the lobby channel C{private-chat-lobby}
+"room-created" {"name"} and "room-activity" {"name", "last_id"} (unread marks come from it).
 
 Every reply is JSON; every error is C{{"error": "<sentence>"}}.
 
@@ -49,7 +62,7 @@ from pushsvc.names import isChannel, isRoom, isSocketId
 from pushsvc.ratelimit import RateLimiter
 from pushsvc.session import COOKIE_NAME, MAX_AGE, Session, SessionSigner
 from pushsvc.signing import channelAuth
-from pushsvc.store import IStore, StoreUnavailable
+from pushsvc.store import IStore, Message, StoreUnavailable
 
 log = Logger()
 
@@ -59,6 +72,24 @@ MESSAGE_BURST = 20  # messages a session may post at once before its per-minute 
 MAX_TEXT = 2000
 DEFAULT_LIMIT = 50
 MAX_LIMIT = 200
+
+
+LOBBY_CHANNEL = "private-chat-lobby"  # new rooms and room activity, for every signed-in page
+MAX_CLIENT_ID = 64
+_CLIENT_ID_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_")
+
+
+def validClientId(raw: object) -> str | None:
+    """A message's client id: absent (None), or 1 to 64 of A-Z a-z 0-9 - _."""
+    if raw is None:
+        return None
+    if (
+        not isinstance(raw, str)
+        or not 1 <= len(raw) <= MAX_CLIENT_ID
+        or not set(raw) <= _CLIENT_ID_CHARS
+    ):
+        raise HTTPError(400, f"client_id must be 1 to {MAX_CLIENT_ID} letters, digits, '-' or '_'.")
+    return raw
 
 
 def roomChannel(room: str) -> str:
@@ -211,6 +242,19 @@ class ChatAPI:
                 headers={"Retry-After": str(seconds)},
             )
 
+    async def announce(self, channel: str, event: str, payload: dict[str, Any]) -> None:
+        """Publish C{payload} on C{channel}. A failure is logged, not raised: what is announced
+        is durable already, and pages that reconnect fetch it."""
+        try:
+            await self.hub.publish(self.apps.default, [channel], event, json.dumps(payload))
+        except Exception as e:
+            log.warn(
+                "{event} on {channel} stored but not announced: {e}",
+                event=event,
+                channel=channel,
+                e=e,
+            )
+
     def requireStore(self) -> IStore:
         if not self.storeReady():
             raise HTTPError(503, "The message store is not available yet; try again shortly.")
@@ -253,22 +297,33 @@ class SessionResource(JSONResource):
         self.chat = chat
 
     async def handle_GET(self, request: Request) -> tuple[int, Any]:
-        session = await self.chat.requireSession(request)
-        return 200, {"user_id": session.userId, "name": session.name}
+        """200 either way, so a first visit logs no error: signed_in says which."""
+        session = self.chat.session(request)
+        if session is None:
+            return 200, {"signed_in": False}
+        try:
+            await self.chat.requireNotRevoked(session)
+        except HTTPError as e:
+            if e.status != 401:
+                raise
+            return 200, {"signed_in": False}
+        return 200, {"signed_in": True, "user_id": session.userId, "name": session.name}
 
     def handle_POST(self, request: Request) -> tuple[int, Any]:
         self.chat.checkOrigin(request)
         requireJSONContentType(request)
         body = parseJSONObject(readBody(request, 4096))
         name = validName(body.get("name"))
-        value, session = self.chat.sessions.issue(name)
+        # A new name for the same person (a signed sign-in) stays the same user.
+        current = self.chat.session(request)
+        value, session = self.chat.sessions.issue(name, current.userId if current else None)
         cookie = (
             f"{COOKIE_NAME.decode()}={value}; Path=/; Max-Age={MAX_AGE}; HttpOnly; SameSite=Lax"
         )
         if clientOf(request).scheme == "https":  # behind a trusted TLS proxy too
             cookie += "; Secure"
         request.responseHeaders.addRawHeader(b"set-cookie", cookie.encode("ascii"))
-        return 200, {"user_id": session.userId, "name": session.name}
+        return 200, {"signed_in": True, "user_id": session.userId, "name": session.name}
 
     async def handle_DELETE(self, request: Request) -> tuple[int, Any]:
         """Sign out: the session is revoked in the store (so on every process), then the
@@ -314,6 +369,22 @@ class RoomListResource(JSONResource):
         rooms = await store.rooms(100).addErrback(_storeErrors)
         return 200, {"rooms": [r.toJSON() for r in rooms]}
 
+    async def handle_POST(self, request: Request) -> tuple[int, Any]:
+        """Create a room; a new one is told on the lobby so other pages list it at once."""
+        self.chat.checkOrigin(request)
+        requireJSONContentType(request)
+        session = self.chat.requireCookie(request)
+        body = parseJSONObject(readBody(request, 4096))
+        raw = body.get("name")
+        room = validRoom(raw if isinstance(raw, str) else "")
+        store = self.chat.requireStore()
+        self.chat.takeMessageToken(session)  # creating rooms costs like posting
+        await self.chat.requireNotRevoked(session)
+        created = await store.createRoom(room, self.chat.now()).addErrback(_storeErrors)
+        if created:
+            await self.chat.announce(LOBBY_CHANNEL, "room-created", {"name": room})
+        return (201 if created else 200), {"name": room, "created": created}
+
 
 class RoomResource(Resource):
     def __init__(self, chat: ChatAPI, room: str) -> None:
@@ -322,8 +393,11 @@ class RoomResource(Resource):
         self.room = room
 
     def getChild(self, path: bytes, request: Request) -> Resource:
-        if path == b"messages" and not request.postpath:
+        rest = request.postpath or []
+        if path == b"messages" and not rest:
             return MessagesResource(self.chat, self.room)
+        if path == b"messages" and len(rest) == 1:
+            return MessageResource(self.chat, self.room, rest[0])
         return NotFound()
 
 
@@ -341,12 +415,17 @@ class MessagesResource(JSONResource):
     async def handle_GET(self, request: Request) -> tuple[int, Any]:
         room = validRoom(self.room)
         limit = intArg(request, "limit", DEFAULT_LIMIT, 1, MAX_LIMIT)
-        after = queryArg(request, "after")
+        after = queryArg(request, "after") or None
+        before = queryArg(request, "before") or None
+        if after is not None and before is not None:
+            raise HTTPError(400, "Give after or before, not both.")
         store = self.chat.requireStore()
-        if after is None or after == "":
-            d = store.latest(room, limit)
-        else:
+        if after is not None:
             d = store.messages(room, intArg(request, "after", 0, 0, 2**62), limit)
+        elif before is not None:
+            d = store.before(room, intArg(request, "before", 1, 1, 2**62), limit)
+        else:
+            d = store.latest(room, limit)
         messages = await d.addErrback(_storeErrors)
         return 200, {"messages": [m.toJSON() for m in messages]}
 
@@ -357,27 +436,62 @@ class MessagesResource(JSONResource):
         session = self.chat.requireCookie(request)
         body = parseJSONObject(readBody(request))
         text = validText(body.get("text"))
+        clientId = validClientId(body.get("client_id"))
         store = self.chat.requireStore()
         # The rate first: a flood over it costs a dict look-up, not a store query each.
         self.chat.takeMessageToken(session)
         await self.chat.requireNotRevoked(session)
-        message = await store.append(room, session.name, text, self.chat.now()).addErrback(
-            _storeErrors
-        )
+        message = await store.append(
+            room, session.name, text, self.chat.now(), session.userId, clientId
+        ).addErrback(_storeErrors)
         payload = message.toJSON()
-        try:
-            await self.chat.hub.publish(
-                self.chat.apps.default, [roomChannel(room)], "message", json.dumps(payload)
-            )
-        except Exception as e:
-            # The message is durable: pages that reconnect fetch it. Tell, don't fail the post.
-            log.warn(
-                "message {id} in {room} stored but not announced: {e}",
-                id=message.id,
-                room=room,
-                e=e,
-            )
+        if message.replayed:
+            # A retry of a post that was stored (and announced) already: the first answer again.
+            return 200, payload
+        await self.chat.announce(roomChannel(room), "message", payload)
+        await self.chat.announce(
+            LOBBY_CHANNEL, "room-activity", {"name": room, "last_id": message.id}
+        )
         return 201, payload
+
+
+class MessageResource(JSONResource):
+    """C{/api/rooms/{room}/messages/{id}}: the author edits (PATCH) or deletes (DELETE) it."""
+
+    def __init__(self, chat: ChatAPI, room: str, messageId: bytes) -> None:
+        super().__init__()
+        self.chat = chat
+        self.room = room
+        self.messageId = messageId
+
+    async def _change(self, request: Request, text: str | None) -> tuple[int, Any]:
+        room = validRoom(self.room)
+        if not self.messageId.isdigit() or len(self.messageId) > 18:
+            raise HTTPError(404, "There is no such message.")
+        session = self.chat.requireCookie(request)
+        store = self.chat.requireStore()
+        self.chat.takeMessageToken(session)
+        await self.chat.requireNotRevoked(session)
+        message: Message | None = await store.edit(
+            room, int(self.messageId), session.userId, text, self.chat.now()
+        ).addErrback(_storeErrors)
+        if message is None or message.deleted and text is not None:
+            raise HTTPError(404, "There is no such message (or it was deleted).")
+        if message.userId != session.userId:
+            raise HTTPError(403, "Only the author may change a message.")
+        payload = message.toJSON()
+        await self.chat.announce(roomChannel(room), "message-updated", payload)
+        return 200, payload
+
+    async def handle_PATCH(self, request: Request) -> tuple[int, Any]:
+        self.chat.checkOrigin(request)
+        requireJSONContentType(request)
+        text = validText(parseJSONObject(readBody(request)).get("text"))
+        return await self._change(request, text)
+
+    async def handle_DELETE(self, request: Request) -> tuple[int, Any]:
+        self.chat.checkOrigin(request)
+        return await self._change(request, None)
 
 
 class PusherAuthResource(JSONResource):
@@ -399,9 +513,14 @@ class PusherAuthResource(JSONResource):
             raise HTTPError(400, "channel_name is missing or malformed.")
         # A chat session is just a name: it may join the chat's room channels and nothing else,
         # so the app's other private and presence channels stay closed to chat visitors.
+        if channel == LOBBY_CHANNEL:
+            return 200, {"auth": channelAuth(self.chat.apps.default, socketId, channel)}
         prefix = roomChannel("")
         if not (channel.startswith(prefix) and isRoom(channel[len(prefix) :])):
-            raise HTTPError(403, "The chat signs its room channels (presence-room-NAME) only.")
+            raise HTTPError(
+                403,
+                f"The chat signs its room channels (presence-room-NAME) and {LOBBY_CHANNEL} only.",
+            )
         channelData = json.dumps({"user_id": session.userId, "user_info": {"name": session.name}})
         return 200, {
             "auth": channelAuth(self.chat.apps.default, socketId, channel, channelData),

@@ -14,6 +14,8 @@ from collections.abc import Iterable
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
+from pushsvc.ws.autobahn import AUTOBAHN_TIMERS, HANDSHAKE_LEFTOVERS
+
 # Twisted's tcp.Connection, read by the fan-out writer (pushsvc.fanout.writer) to write to the
 # socket directly when nothing is buffered.
 TCP_CONNECTION = ("socket", "_tempDataLen", "dataBuffer", "disconnecting", "connected")
@@ -38,22 +40,8 @@ AUTOBAHN_PROTOCOL = (
     "state",
     "send_queue",
     "localCloseCode",
-    "openHandshakeTimeoutCall",
-    "closeHandshakeTimeoutCall",
-    "autoPingPendingCall",
-    "autoPingTimeoutCall",
-    "http_request_data",
-    "http_response_data",
-    "http_status_line",
-    "http_headers",
-    "http_request_uri",
-    "http_request_path",
-    "http_request_params",
-    "http_request_host",
-    "websocket_protocols",
-    "websocket_extensions",
-    "websocket_origin",
-    "_wskey",
+    *(name for name in AUTOBAHN_TIMERS if name != "serverConnectionDropTimeoutCall"),
+    *HANDSHAKE_LEFTOVERS,
 )
 
 _HANDSHAKE = (

@@ -4,6 +4,7 @@
 # the WebSocket handshake, then {"event":"pusher:error","data":{"code":N,"message":"..."}} and a
 # close with the same code N:
 #   4001 unknown app key      4003 app disabled        4005 path is not /app/{key}
+#   4004 over the app's max_connections (apps file)
 #   4006 protocol is not an integer   4007 protocol outside 5..7   4008 no protocol given
 #   4100 this node cannot deliver events now (its Redis link is down): back off, try again
 # A browser Origin not in --allowed-origins is refused in the HTTP handshake itself (403).
@@ -17,7 +18,9 @@
 #   pusher:pong                    {}                           (answer to pusher:ping)
 #   pusher_internal:subscription_succeeded  C  "{}" or {"presence":{"ids","hash","count"}}
 #   pusher:subscription_error      C  {"type":"AuthError"|"LimitReached","error":..,"status":N}
-#                                  (401 bad signature or channel_data, 403 limit or user channel)
+#                                  (401 bad signature or channel_data, 403 limit or user channel;
+#                                  limits: subscriptions per connection, presence members, channel
+#                                  name length, per app)
 #   pusher_internal:member_added   C  {"user_id":..,"user_info":..}  (a user's first connection)
 #   pusher_internal:member_removed C  {"user_id":..}                 (a user's last connection)
 #   pusher:cache_miss              C                  (subscribe to an empty cache-* channel)
@@ -38,7 +41,9 @@
 #
 # Close codes from the server:
 #   1007 text frame that is not UTF-8 (RFC 6455, Autobahn)   1009 frame over maxFrameBytes
-#   4009 connections of a user terminated through the HTTP API
+#   4009 connections of a user terminated through the HTTP API, or not signed in within the
+#        app's user_authentication_timeout (apps file)
+#   4001 / 4003 the app was removed / disabled by a reload of the apps file (pusher:error first)
 #   4100 slow consumer: unsent output passed maxOutboundBytes (client reconnects after back-off)
 #   4200 server shutting down, or its Redis link was lost and events may have been missed
 #        (reconnect at once, refetch what was missed)   4201 no answer to a WebSocket ping
@@ -60,11 +65,13 @@ ERR_RATE_LIMIT = 4301
 
 CLOSE_UNKNOWN_KEY = 4001
 CLOSE_APP_DISABLED = 4003
+CLOSE_OVER_QUOTA = 4004  # over the app's max_connections
 CLOSE_BAD_PATH = 4005
 CLOSE_BAD_VERSION = 4006
 CLOSE_UNSUPPORTED_VERSION = 4007
 CLOSE_NO_VERSION = 4008
 CLOSE_TERMINATED = 4009
+CLOSE_UNAUTHENTICATED = 4009  # not signed in within the app's user_authentication_timeout
 CLOSE_SLOW_CONSUMER = 4100
 CLOSE_OVER_CAPACITY = 4100  # refused at open while this node cannot deliver (broker unhealthy)
 CLOSE_SHUTDOWN = 4200
@@ -110,6 +117,34 @@ def isServerToUser(name: str) -> bool:
 
 def serverToUserChannel(userId: str) -> str:
     return SERVER_TO_USER_PREFIX + userId
+
+
+WATCHLIST_PREFIX = "#watchlist-"
+WATCHLIST_EVENT = "pusher_internal:watchlist_events"
+MAX_WATCHLIST = 100  # user ids one sign-in may watch, as Pusher allows
+
+
+def watchlistChannel(userId: str) -> str:
+    """The reserved channel a connection watching C{userId} is subscribed to."""
+    return WATCHLIST_PREFIX + userId
+
+
+def watchlistEventsData(name: str, userIds: list[str]) -> str:
+    """Pusher's watchlist data: C{{"events": [{"name": "online", "user_ids": [...]}]}}."""
+    return _compact({"events": [{"name": name, "user_ids": userIds}]})
+
+
+def watchlistOf(userData: str) -> list[str]:
+    """The user ids of C{watchlist} in sign-in C{user_data} (strings only, at most 100)."""
+    try:
+        obj = json.loads(userData)
+    except ValueError:
+        return []
+    raw = obj.get("watchlist") if isinstance(obj, dict) else None
+    if not isinstance(raw, list):
+        return []
+    ids = [u for u in raw if isinstance(u, str) and 0 < len(u) <= 200]
+    return list(dict.fromkeys(ids))[:MAX_WATCHLIST]
 
 
 def channelKind(name: str) -> str:
@@ -355,7 +390,7 @@ def memberRemovedData(userId: str) -> str:
 
 
 def cacheMiss(channel: str) -> bytes:
-    return encodeEvent("pusher:cache_miss", channel, None)
+    return encodeEvent("pusher:cache_miss", channel, "{}")
 
 
 def signinSuccess(userData: str) -> bytes:

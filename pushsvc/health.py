@@ -1,7 +1,8 @@
 """
 C{/healthz} (liveness and readiness). The public listener's says only C{status} (and the code);
 the admin listener's names every dependency and what is wrong with it (store path or host, Redis
-address). C{/metrics} is on the admin listener (L{pushsvc.admin.metrics}).
+address). C{/metrics} is on the admin listener (L{pushsvc.admin.metrics}); L{MetricsResource}
+writes C{(name, help, type, value)} figures as text where no registry is wanted.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from collections.abc import Callable
 from typing import Any
 
 from twisted.internet.defer import Deferred
+from twisted.web.resource import Resource
 from twisted.web.server import Request
 
 from pushsvc import __version__
@@ -40,3 +42,26 @@ class HealthResource(JSONResource):
             body["version"] = __version__
             body.update(results)
         return (200 if ok else 503), body
+
+
+class MetricsResource(Resource):
+    """Counters and gauges as Prometheus text; C{collect} returns C{[(name, help, type, value)]}."""
+
+    isLeaf = True
+
+    def __init__(self, collect: Callable[[], list[tuple[str, str, str, float]]]) -> None:
+        super().__init__()
+        self.collect = collect
+
+    def render_GET(self, request: Request) -> bytes:
+        lines = []
+        described = set()
+        for name, help, kind, value in self.collect():
+            base = name.partition("{")[0]  # a labelled series: HELP and TYPE once per name
+            if base not in described:
+                described.add(base)
+                lines.append(f"# HELP {base} {help}")
+                lines.append(f"# TYPE {base} {kind}")
+            lines.append(f"{name} {value}")
+        request.setHeader(b"content-type", b"text/plain; version=0.0.4; charset=utf-8")
+        return ("\n".join(lines) + "\n").encode("utf-8")

@@ -23,11 +23,12 @@ from __future__ import annotations
 
 import json
 import secrets
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from twisted.internet.defer import (
     Deferred,
+    DeferredList,
     FirstError,
     gatherResults,
     maybeDeferred,
@@ -42,12 +43,17 @@ from pushsvc.fanout.registry import Registry, Subscriber
 from pushsvc.frames import (
     CLOSE_SHUTDOWN,
     CLOSE_TERMINATED,
+    SERVER_TO_USER_PREFIX,
+    WATCHLIST_EVENT,
     Member,
     encodeEvent,
     isCacheChannel,
+    isServerToUser,
     memberAddedData,
     memberRemovedData,
     serverToUserChannel,
+    watchlistChannel,
+    watchlistEventsData,
 )
 from pushsvc.interfaces import (
     CACHE_TTL,
@@ -57,6 +63,7 @@ from pushsvc.interfaces import (
     IHub,
 )
 from pushsvc.local import LocalState
+from pushsvc.webhooks.sender import WebhookEvents
 
 log = Logger()
 
@@ -65,6 +72,7 @@ KIND_EVENT = "e"  # an app's event (HTTP API, chat): cached on cache channels
 KIND_CLIENT = "c"  # a client event relayed from one connection: cached on cache channels
 KIND_MEMBER = "m"  # pusher_internal:member_added / member_removed
 KIND_TERMINATE = "t"  # close the connections on #server-to-user-{id}
+KIND_WATCHLIST = "w"  # watchlist online/offline: a frame with no channel, to #watchlist-{id}
 
 MAX_CACHED_CHANNELS = 10000
 # Each part of a socket id: 16 digits, never a leading zero (about 53 random bits).
@@ -131,6 +139,10 @@ class Hub:
         # (app, cache channel) -> (frame payload, when); insertion order is age order.
         self._cache: dict[tuple[str, str], tuple[bytes, float]] = {}
         self._linkLost = False  # the broker lost its link since it last had it
+        # Hears channel_occupied, member_added, client events... (the service sets it).
+        self.webhooks: WebhookEvents | None = None
+        # Hears cluster-wide subscription counts (pushsvc.counts; the service sets it).
+        self.counts: Callable[[str, str, int], None] | None = None
 
     def newSocketId(self) -> str:
         """
@@ -192,7 +204,13 @@ class Hub:
             KIND_CLIENT, conn.appId, channel, event, data, conn.socketId, userId
         )
         cache = self._cacheFrame(channel, event, data, userId)
+        if self.webhooks is not None:
+            self.webhooks.clientEvent(conn.appId, channel, event, data, conn.socketId, userId)
         return self._logged(self._send(conn.appId, channel, envelope, cache), "client event")
+
+    def sendInternal(self, appId: str, channel: str, event: str, data: str) -> None:
+        """Send a C{pusher_internal:} event to every subscriber of C{channel}, everywhere."""
+        self._internal(appId, channel, event, data, None)
 
     def _internal(
         self, appId: str, channel: str, event: str, data: str, exceptSocketId: str | None
@@ -208,7 +226,12 @@ class Hub:
         userInfo: Any,
         exceptSocketId: str | None = None,
     ) -> None:
-        """Tell every subscriber of presence C{channel}, on every process, that C{userId} came."""
+        """
+        Tell every subscriber of presence C{channel}, on every process, that C{userId} came
+        (called once for the whole cluster: the cluster state decided it), and the webhooks.
+        """
+        if self.webhooks is not None:
+            self.webhooks.memberAdded(appId, channel, userId)
         self._internal(
             appId,
             channel,
@@ -220,7 +243,10 @@ class Hub:
     def announceMemberGone(
         self, appId: str, channel: str, userId: str, exceptSocketId: str | None = None
     ) -> None:
-        """Tell every subscriber of presence C{channel} that C{userId} has no connection left."""
+        """Tell every subscriber of presence C{channel} that C{userId} has no connection left
+        (once for the whole cluster), and the webhooks."""
+        if self.webhooks is not None:
+            self.webhooks.memberRemoved(appId, channel, userId)
         self._internal(
             appId,
             channel,
@@ -228,6 +254,45 @@ class Hub:
             memberRemovedData(userId),
             exceptSocketId,
         )
+
+    def announceOccupied(self, appId: str, channel: str) -> None:
+        """C{channel} has its first subscriber in the cluster (the cluster state decided it)."""
+        if channel.startswith("#"):
+            self.userOnline(appId, channel, True)
+        elif self.webhooks is not None:
+            self.webhooks.occupied(appId, channel)
+
+    def announceVacated(self, appId: str, channel: str) -> None:
+        """C{channel} has no subscriber left in the cluster."""
+        if channel.startswith("#"):
+            self.userOnline(appId, channel, False)
+        elif self.webhooks is not None:
+            self.webhooks.vacated(appId, channel)
+
+    def announceCount(self, appId: str, channel: str, count: int) -> None:
+        """C{channel}'s cluster-wide subscription count is now C{count}."""
+        if self.counts is not None and not channel.startswith(("#", "presence-")):
+            self.counts(appId, channel, count)
+
+    def userOnline(self, appId: str, channel: str, online: bool) -> None:
+        """
+        A reserved channel became occupied or vacated: for C{#server-to-user-{id}}, user C{id}
+        has its first connection signed in anywhere, or its last went; tell its watchers
+        (C{#watchlist-{id}}, on every process) with C{pusher_internal:watchlist_events}.
+        """
+        if not isServerToUser(channel):
+            return
+        userId = channel[len(SERVER_TO_USER_PREFIX) :]
+        data = watchlistEventsData("online" if online else "offline", [userId])
+        envelope = encodeEnvelope(
+            KIND_WATCHLIST, appId, watchlistChannel(userId), WATCHLIST_EVENT, data
+        )
+        self._logged(self._send(appId, watchlistChannel(userId), envelope), WATCHLIST_EVENT)
+
+    def cacheMiss(self, appId: str, channel: str) -> None:
+        """A subscriber of cache channel C{channel} found no event kept."""
+        if self.webhooks is not None:
+            self.webhooks.cacheMiss(appId, channel)
 
     def _logged(self, d: Deferred[Any], what: str) -> Deferred[None]:
         def failed(f: Failure) -> None:
@@ -248,6 +313,9 @@ class Hub:
             self.registry.closeChannel(
                 appId, channel, CLOSE_TERMINATED, "connections terminated by the app"
             )
+            return
+        if kind == KIND_WATCHLIST:
+            self.registry.deliver(appId, channel, encodeEvent(event, None, data), None)
             return
         payload = encodeEvent(event, channel, data, userId)
         if kind != KIND_MEMBER and isCacheChannel(channel):
@@ -368,6 +436,31 @@ class Hub:
         """C{conn} is signed in as C{userId}: it gets what is sent to C{#server-to-user-{id}}."""
         self.subscribe(conn, serverToUserChannel(userId))
 
+    def watch(self, conn: Subscriber, userIds: list[str]) -> Deferred[list[str]]:
+        """
+        C{conn} (signed in with a C{watchlist}) hears when each of C{userIds} comes online or
+        goes offline anywhere. Fires with those of them online now (in the whole cluster;
+        never fails: a user whose state cannot be read is left out).
+        """
+        appId = conn.appId
+        subscribed = [self.subscribe(conn, watchlistChannel(u)) for u in userIds]
+
+        def online(info: ChannelInfo) -> bool:
+            return info.occupied
+
+        def ask(_: object) -> Deferred[list[tuple[bool, Any]]]:
+            asks = [
+                self.state.channelInfo(appId, serverToUserChannel(u)).addCallback(online)
+                for u in userIds
+            ]
+            return DeferredList(asks, consumeErrors=True)
+
+        def which(results: list[tuple[bool, Any]]) -> list[str]:
+            return [u for u, (ok, on) in zip(userIds, results, strict=True) if ok and on]
+
+        d: Deferred[Any] = DeferredList(subscribed, consumeErrors=True)
+        return d.addCallback(ask).addCallback(which)
+
     def connect(self, conn: Subscriber) -> None:
         """C{conn} is open (it has its socket id and outbound): it may now subscribe."""
         self.registry.addConnection(conn)
@@ -406,6 +499,19 @@ class Hub:
     def occupiedChannels(self, app: Any, prefix: str | None) -> Deferred[dict[str, ChannelInfo]]:
         """Fires with channel -> L{ChannelInfo} of the occupied channels starting with C{prefix}."""
         return self.state.occupied(app.id, prefix)
+
+    def cacheInfo(self, app: Any, channel: str) -> Deferred[dict[str, Any] | None]:
+        """Fires with the event kept for cache channel C{channel} (event, data, ttl) or None."""
+
+        def kept(_: object) -> dict[str, Any] | None:
+            frame = self.cachedEvent(app.id, channel)
+            if frame is None:
+                return None
+            left = CACHE_TTL - (self.clock.seconds() - self._cache[(app.id, channel)][1])
+            event = json.loads(frame)
+            return {"event": event["event"], "data": event.get("data"), "ttl": max(int(left), 0)}
+
+        return self._recall(app.id, channel).addCallback(kept)
 
     def presenceUserIds(self, app: Any, channel: str) -> Deferred[list[str]]:
         """Fires with the user ids present on C{channel}; fails with L{BrokerUnavailable}."""

@@ -116,6 +116,15 @@ class MemberEvents(Protocol):
 
     def announceMemberGone(self, appId: str, channel: str, userId: str) -> None: ...
 
+    def announceOccupied(self, appId: str, channel: str) -> None:
+        """C{channel}'s cluster-wide subscription count went from 0 to 1 or more."""
+
+    def announceVacated(self, appId: str, channel: str) -> None:
+        """C{channel}'s cluster-wide subscription count went to 0."""
+
+    def announceCount(self, appId: str, channel: str, count: int) -> None:
+        """C{channel}'s cluster-wide subscription count changed to C{count}."""
+
 
 class IClusterState(Interface):
     """
@@ -142,7 +151,9 @@ class IClusterState(Interface):
     def counted(appId: str, channel: str) -> Any:
         """
         The local subscription count of C{channel} changed. Fires with None once the cluster
-        state has it (errors are logged, not raised).
+        state has it (errors are logged, not raised). When that makes the cluster-wide count
+        go from 0 or to 0, the state calls C{announceOccupied} / C{announceVacated} of the
+        L{MemberEvents} once for the whole cluster.
         """
 
     def joined(appId: str, channel: str, userId: str, userInfo: Any) -> Any:
@@ -155,6 +166,18 @@ class IClusterState(Interface):
         """
         User C{userId} has no local connection left on presence C{channel}. Fires with True
         when it has none left in the whole cluster (announce member_removed).
+        """
+
+    def countConnections(counts: Any) -> None:
+        """
+        C{counts()}: app id -> this process's open connections, for the apps with a
+        C{max_connections}; the Redis state shares them every heartbeat (L{connectionsElsewhere}).
+        """
+
+    def connectionsElsewhere(appId: str) -> int:
+        """
+        Open connections of C{appId} on the other processes, as of the last heartbeat (0
+        in-process): a connection quota check adds it to this process's count, O(1).
         """
 
     def members(appId: str, channel: str) -> Any:
@@ -187,6 +210,12 @@ class IHub(Interface):
 
     def occupiedChannels(app: Any, prefix: str | None) -> Any:
         """Fires with a dict channel name -> L{ChannelInfo} of the occupied channels."""
+
+    def cacheInfo(app: Any, channel: str) -> Any:
+        """
+        Fires with C{{"event", "data", "ttl"}} of the event kept for cache channel C{channel}
+        (C{ttl}: whole seconds it is kept for still), or None when none is kept.
+        """
 
     def presenceUserIds(app: Any, channel: str) -> Any:
         """Fires with the list of user ids present on a presence channel."""

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from twisted.application.service import IService
@@ -115,9 +115,12 @@ class LocalState:
 
     def __init__(self, registry: Registry) -> None:
         self.registry = registry
+        self.events: MemberEvents | None = None
+        self._occupied: set[tuple[str, str]] = set()  # (app, channel) with subscribers
 
     def attach(self, nodeId: str, events: MemberEvents) -> None:
-        pass  # one process: the hub announces every member change itself
+        # One process: the hub announces every member change itself; occupancy is told here.
+        self.events = events
 
     def services(self) -> list[IService]:
         return []
@@ -129,7 +132,27 @@ class LocalState:
         return succeed(None)
 
     def counted(self, appId: str, channel: str) -> Deferred[None]:
+        """Announce a channel that became occupied or vacated; fires with None at once."""
+        key = (appId, channel)
+        count = self.registry.subscriptionCount(appId, channel)
+        if self.events is not None:
+            self.events.announceCount(appId, channel, count)
+        if count > 0:
+            if key not in self._occupied:
+                self._occupied.add(key)
+                if self.events is not None:
+                    self.events.announceOccupied(appId, channel)
+        elif key in self._occupied:
+            self._occupied.discard(key)
+            if self.events is not None:
+                self.events.announceVacated(appId, channel)
         return succeed(None)
+
+    def countConnections(self, counts: Callable[[], Mapping[str, int]]) -> None:
+        pass  # one process: its own counts are the whole count
+
+    def connectionsElsewhere(self, appId: str) -> int:
+        return 0
 
     def joined(self, appId: str, channel: str, userId: str, userInfo: Any) -> Deferred[bool]:
         return succeed(True)
@@ -149,6 +172,6 @@ class LocalState:
             {
                 channel: channelInfo(channel, count, len(self.registry.members(appId, channel)))
                 for channel, count in self.registry.channels(appId)
-                if channel.startswith(prefix or "") and channelKind(channel) != "user"
+                if channel.startswith(prefix or "") and not channel.startswith("#")
             }
         )

@@ -13,15 +13,17 @@ data directory, no pidfile).
 
 Stop (L{PushService.stopService}, explicit steps, not the children's reverse order): stop the
 listener children -> tell WebSocket clients to reconnect elsewhere (4200) -> drain HTTP ->
-stop the heartbeat and withdraw this process from the cluster state -> stop the broker -> close
-the store, so nothing acknowledged is half-written -> the other children -> unlock.
+stop the heartbeat and withdraw this process from the cluster state -> stop the broker -> write
+the webhooks not yet delivered to the store -> close the store, so nothing acknowledged is
+half-written -> the other children -> unlock.
 """
 
 from __future__ import annotations
 
+import signal
 import sys
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +38,8 @@ from twisted.python.failure import Failure
 from pushsvc import __version__
 from pushsvc.admin.site import loopbackOnly
 from pushsvc.apps import SECRET_ENV, App, Apps, loadOrCreateApp, loadOrCreateKey
+from pushsvc.appsfile import AppsFileError, diffApps, loadAppsFile
+from pushsvc.appstats import AppStats
 from pushsvc.chat import ChatAPI, makeChatResource
 from pushsvc.compat import PrivateAPIMissing, checkPrivateAPIs
 from pushsvc.datadir import DataDirError, lockDataDir, removeCreated, unlockDataDir
@@ -49,6 +53,7 @@ from pushsvc.interfaces import IBroker, PushSettings
 from pushsvc.session import SessionSigner
 from pushsvc.store import IStore, storeFromURL
 from pushsvc.waiters import Waiters
+from pushsvc.webhooks.format import parseWebhooks
 
 log = Logger()
 
@@ -159,6 +164,10 @@ class ServiceConfig:
     bodyMinRate: int = 1024  # --body-min-rate: bytes/s a body must keep up, after the above
     idleTimeout: float = 60.0  # --idle-timeout: idle keep-alive, or replies not read
     logWebSockets: bool = True  # one info line per WebSocket opened and closed
+    webhookUrls: tuple[str, ...] = ()  # --webhook-url: the default app's webhook receivers
+    webhookDebounce: float = 3.0  # --webhook-debounce: vacated/member_removed wait this long
+    subscriptionCount: bool = False  # --subscription-count: the default app sends the counts
+    appsFile: Path | None = None  # --apps-file: several apps, reloaded on SIGHUP (appsfile.py)
     # The inside view (issue 15): None for no admin listener (tap's default is loopback:8081).
     adminListen: str | None = None
     adminListenGiven: bool = False  # given explicitly: a bind failure stops start-up
@@ -183,6 +192,8 @@ class PushService(MultiService):
         self._stopping = False
         self._readyWaiters: Waiters[None] = Waiters()
         self._lock: int | None = None
+        self._previousSIGHUP: Any = None
+        self._fullApps: set[str] = set()  # at max_connections (cluster-wide), for the log
         # An ILogObserver for twistd to use instead of its own (tap: --log-format json).
         self.logObserver: Any = None
 
@@ -225,6 +236,99 @@ class PushService(MultiService):
         )
         return app, sessionKey
 
+    def _loadAppsFile(self, path: Path) -> tuple[Apps, bytes]:
+        """The apps of C{--apps-file} and the session key; a bad file stops start-up."""
+        c = self.config
+        for change in privateDirectory(c.dataDir):
+            log.warn("{change}: the data directory is for this user only", change=change)
+        try:
+            loaded = loadAppsFile(path)
+        except AppsFileError as e:
+            raise startupError(str(e)) from None
+        apps = Apps(loaded.apps, loaded.chatApp)
+        log.info(
+            "{count} apps from {path}: {ids}; the chat uses app {chat}",
+            count=len(apps),
+            path=str(path),
+            ids=", ".join(a.id if a.enabled else f"{a.id} (disabled)" for a in apps),
+            chat=apps.default.id,
+        )
+        sessionKey = loadOrCreateKey(
+            c.dataDir, "session-key", c.sessionKeyFile, c.environ.get(SESSION_KEY_ENV)
+        )
+        return apps, sessionKey
+
+    def reloadApps(self) -> bool:
+        """
+        Read C{--apps-file} again and serve what it says (SIGHUP): added apps work at once,
+        connections of removed apps close with 4001 and of disabled ones with 4003, changed
+        limits and secrets apply to what comes next; other apps' connections are not touched.
+        A file that fails validation is refused as a whole, with one log line, and the running
+        apps stay. @return: whether the new file is in force.
+        """
+        path = self.config.appsFile
+        if path is None:
+            log.info("SIGHUP: there is no --apps-file to reload")
+            return False
+        try:
+            loaded = loadAppsFile(path)
+        except AppsFileError as e:
+            log.error("apps file not reloaded, the running apps stay: {error}", error=str(e))
+            return False
+        diff = diffApps(self.apps, loaded.apps)
+        self.apps.replace(loaded.apps, loaded.chatApp)
+        closed = self.wsFactory.closeApps(dict(diff.close))
+        log.info(
+            "apps file reloaded: {count} apps ({summary}); {closed} connections closed; "
+            "the chat uses app {chat}",
+            count=len(self.apps),
+            summary=diff.summary(),
+            closed=closed,
+            chat=self.apps.default.id,
+        )
+        return True
+
+    def _onSIGHUP(self, signum: int, frame: Any) -> None:
+        # A signal handler runs between two bytecodes: do the work in the reactor's turn.
+        self.reactor.callFromThread(self.reloadApps)
+
+    def _handleSIGHUP(self) -> None:
+        if self.config.appsFile is not None and hasattr(signal, "SIGHUP"):
+            self._previousSIGHUP = signal.signal(signal.SIGHUP, self._onSIGHUP)
+
+    def _restoreSIGHUP(self) -> None:
+        previous, self._previousSIGHUP = self._previousSIGHUP, None
+        if previous is not None:
+            signal.signal(signal.SIGHUP, previous)
+
+    def _limitedConnectionCounts(self) -> dict[str, int]:
+        """
+        App id -> open connections here, of the apps with a max_connections (the Redis state
+        asks every heartbeat). Logs when an app reaches its limit across the cluster, and when
+        it is below it again (as of the last heartbeat).
+        """
+        counts = {}
+        for app in self.apps:
+            if not app.maxConnections:
+                continue
+            here = counts[app.id] = self.appStats.of(app.id).connections
+            total = here + self.hub.state.connectionsElsewhere(app.id)
+            full = total >= app.maxConnections
+            if full != (app.id in self._fullApps):
+                if full:
+                    self._fullApps.add(app.id)
+                    log.info(
+                        "app {appId} has {total} connections across the cluster, its "
+                        "max_connections {limit}: new ones get 4004",
+                        appId=app.id,
+                        total=total,
+                        limit=app.maxConnections,
+                    )
+                else:
+                    self._fullApps.discard(app.id)
+                    log.info("app {appId} is below its max_connections again", appId=app.id)
+        return counts
+
     def _build(self) -> Any:
         from pushsvc.api import makeApiResource, makeUsersResource
         from pushsvc.fanout.registry import Registry
@@ -234,8 +338,17 @@ class PushService(MultiService):
         from pushsvc.ws.protocol import PushWebSocketResource, makeAppFactory
 
         c = self.config
-        app, sessionKey = self._loadApp()
-        self.apps = apps = Apps([app])
+        if c.appsFile is not None:
+            apps, sessionKey = self._loadAppsFile(c.appsFile)
+        else:
+            app, sessionKey = self._loadApp()
+            if c.webhookUrls:
+                app = replace(app, webhooks=parseWebhooks(list(c.webhookUrls)))
+            if c.subscriptionCount:
+                app = replace(app, subscriptionCount=True)
+            apps = Apps([app])
+        self.apps = apps
+        self.appStats = AppStats()
         self.store = storeFromURL(c.storeURL, c.dataDir, self.reactor)
         settings = PushSettings(
             activityTimeout=c.activityTimeout,
@@ -257,6 +370,7 @@ class PushService(MultiService):
         else:
             self.broker = LocalBroker(self.reactor)
             self.hub = Hub(self.registry, self.broker, self.reactor)
+        self._buildWebhooks(apps)
         chat = ChatAPI(
             apps,
             self.store,
@@ -269,7 +383,10 @@ class PushService(MultiService):
         )
         self.pusherApi = makeApiResource(apps, self.hub, self.reactor.seconds)
         users = makeUsersResource(apps, self.hub, self.reactor.seconds)
+        self.pusherApi.appStats = self.appStats
         self.wsFactory = makeAppFactory(apps, self.hub, self.registry, self.reactor, settings)
+        self.wsFactory.appStats = self.appStats
+        self.hub.state.countConnections(self._limitedConnectionCounts)
         self.site = makeSite(
             webRoot(),
             makeChatResource(chat),
@@ -319,8 +436,14 @@ class PushService(MultiService):
             for api in apis:
                 api.verify = recordedCheck(recorder, "signature", api.verify)
         perApp = lambda: perAppFigures(self.registry, [a.id for a in self.apps])  # noqa: E731
-        self.metricsRegistry = Metrics(self.metrics, perApp, recorder)
-        self.figures = Figures(self.reactor, self.registry, perApp, recorder)
+        self.metricsRegistry = Metrics(self.metricFigures, perApp, recorder, self.appStats.samples)
+        self.figures = Figures(
+            self.reactor,
+            self.registry,
+            perApp,
+            recorder,
+            lambda: {appId: f.sent for appId, f in self.webhooks.allFigures().items()},
+        )
         self.adminSite = None
         if c.adminListen is not None:
             token = None
@@ -334,6 +457,26 @@ class PushService(MultiService):
                 token,
                 self.reactor,
             )
+
+    def _buildWebhooks(self, apps: Apps) -> None:
+        """The webhooks of every app, told by the hub, kept in the store, sent with treq."""
+        from pushsvc.webhooks.sender import WebhookSender, treqPoster
+
+        post, self._webhookPool = treqPoster(self.reactor)
+        self.webhooks = WebhookSender(
+            apps.byId, self.store, self.reactor, post, debounce=self.config.webhookDebounce
+        )
+        self.hub.webhooks = self.webhooks
+        from pushsvc.counts import SubscriptionCounts
+
+        self.hub.counts = SubscriptionCounts(
+            apps.byId, self.hub.sendInternal, self.reactor, self.webhooks
+        )
+
+    def _stopWebhooks(self) -> Deferred[None]:
+        """Write what the webhooks hold to the store, then close their HTTP connections."""
+        d = self.webhooks.stop()
+        return d.addCallback(lambda _: self._webhookPool.closeCachedConnections())
 
     def _applyLimits(self, site: Any) -> None:
         """Raise the open-file limit; give the site its caps and trusted proxies (logged)."""
@@ -386,21 +529,25 @@ class PushService(MultiService):
             for timer in self.hub.state.services():
                 timer.setServiceParent(self)  # periodic work: the cluster heartbeat
             self._startChildren(listeners)
+            self._handleSIGHUP()
         except BaseException:
             unlockDataDir(self._lock)
             self._lock = None
             removeCreated(created)
             raise
         log.info(
-            "pushsvc {version} started: open {urls} (serving app {apps})",
+            "pushsvc {version} started: open {urls} (serving app {apps}; the chat uses app {chat})",
             version=__version__,
             urls=", ".join(self.urls()) or "(no TCP listener)",
             apps=", ".join(f"id {a.id}, key {a.key}" for a in self.apps),
+            chat=self.apps.default.id,
         )
         # The broker connects (and reconnects) in the background: the process serves what it
         # can while Redis is away, and health says so.
         d = self.broker.start()
         d.addCallback(lambda _: self._openStore())
+        # Batches kept from before a restart go out once the store is open.
+        self.whenReady().addCallback(lambda _: self.webhooks.resume())
 
     def _checkStore(self) -> None:
         """A store that says it cannot work as configured (e.g. a missing PostgreSQL database)
@@ -545,8 +692,23 @@ class PushService(MultiService):
         d.addTimeout(5, self.reactor)
         return d.addCallbacks(ok, bad)
 
+    def metricFigures(self) -> list[tuple[str, str, str, float]]:
+        """The unlabelled figures; the per-app ones go to /metrics as labelled series."""
+        return (
+            self.registry.metrics()
+            + self.pusherApi.metrics()
+            + self.site.limits.metrics()
+            + self.webhooks.metrics()
+        )
+
     def metrics(self) -> list[tuple[str, str, str, float]]:
-        return self.registry.metrics() + self.pusherApi.metrics() + self.site.limits.metrics()
+        return (
+            self.registry.metrics()
+            + self.pusherApi.metrics()
+            + self.site.limits.metrics()
+            + self.webhooks.metrics()
+            + self.appStats.metrics()
+        )
 
     # -- shut-down -----------------------------------------------------------------------
 
@@ -582,6 +744,7 @@ class PushService(MultiService):
         store, stop what children are left, unlock the data directory. Fires with None.
         """
         self._stopping = True
+        self._restoreSIGHUP()
         log.info("stopping: closing listeners and telling clients to reconnect")
         d: Deferred[Any] = self._stopListeners()
         steps: list[tuple[str, Callable[[], Any]]] = [
@@ -589,6 +752,7 @@ class PushService(MultiService):
             ("close HTTP connections", self._closeHTTP),
             ("stop the hub", self.hub.state.stop),
             ("stop the broker", self.broker.stop),
+            ("keep pending webhooks in the store", self._stopWebhooks),
             ("close the store", lambda: self.store.close() if self.store is not None else None),
             ("stop child services", lambda: MultiService.stopService(self)),
             ("unlock the data directory", self._unlock),

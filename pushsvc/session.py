@@ -48,9 +48,11 @@ class SessionSigner:
         mac = hmac.new(self._key, b"session:" + payload.encode("ascii"), hashlib.sha256)
         return _b64(mac.digest())
 
-    def issue(self, name: str) -> tuple[str, Session]:
+    def issue(self, name: str, userId: str | None = None) -> tuple[str, Session]:
+        """A new session (cookie value and L{Session}) for C{name}: a new user, or C{userId}
+        again when an existing user changes name (the user id is who wrote what)."""
         session = Session(
-            userId=secrets.token_hex(8),
+            userId=userId or secrets.token_hex(8),
             name=name,
             sessionId=secrets.token_urlsafe(16),
             expires=int(self._now()) + MAX_AGE,

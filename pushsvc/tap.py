@@ -25,6 +25,7 @@ from pushsvc import __version__
 from pushsvc.preflight import preflight
 from pushsvc.service import PushService, ServiceConfig
 from pushsvc.store import validateStoreURL
+from pushsvc.webhooks.format import WebhookConfigError, checkURL
 
 DEFAULT_LISTEN = "tcp:8080:interface=127.0.0.1"
 DEFAULT_ADMIN_LISTEN = "tcp:8081:interface=127.0.0.1"
@@ -97,6 +98,27 @@ def _positiveSeconds(name: str):  # type: ignore[no-untyped-def]
     return coerce
 
 
+def _secondsOrZero(name: str):  # type: ignore[no-untyped-def]
+    def coerce(value: str) -> float:
+        try:
+            seconds = float(value)
+        except ValueError:
+            seconds = -1.0
+        if not 0 <= seconds <= 3600:
+            raise ValueError(f"{name} must be a number of seconds from 0 to 3600, not {value!r}")
+        return seconds
+
+    coerce.coerceDoc = "Seconds, 0 to 3600."  # type: ignore[attr-defined]
+    return coerce
+
+
+def _webhookURL(value: str) -> str:
+    try:
+        return checkURL(value)
+    except WebhookConfigError as e:
+        raise usage.UsageError(f"--webhook-url: {e}.") from None
+
+
 def _adminListen(value: str) -> str:
     if value.strip().lower() == "none":
         return "none"
@@ -135,6 +157,16 @@ def _storeURL(value: str) -> str:
                 "(pushsvc creates only its --data-dir)"
             )
     return url
+
+
+def _appsFile(value: str) -> Path:
+    path = Path(value)
+    if not path.is_file():
+        raise ValueError(f"--apps-file {value} is not a readable file")
+    return path.resolve()  # read again on SIGHUP, whatever the working directory is then
+
+
+_appsFile.coerceDoc = "A TOML file of [[app]] tables (see the README, Apps)."  # type: ignore[attr-defined]
 
 
 def _logFormat(value: str) -> str:
@@ -216,6 +248,11 @@ class Options(usage.Options):
             "quiet-websockets",
             None,
             "Do not log each WebSocket opened, refused and closed (for busy deployments).",
+        ],
+        [
+            "subscription-count",
+            None,
+            "Send pusher_internal:subscription_count to the default app's channels.",
         ],
         ["no-recording", None, "Do not record requests and their calls (the inside view)."],
     ]
@@ -330,6 +367,20 @@ class Options(usage.Options):
             _logFormat,
         ],
         [
+            "webhook-debounce",
+            None,
+            3.0,
+            "Seconds channel_vacated and member_removed webhooks wait (dropped if back meanwhile).",
+            _secondsOrZero("--webhook-debounce"),
+        ],
+        [
+            "apps-file",
+            None,
+            None,
+            "TOML file of the apps to serve, each with its own limits; reloaded on SIGHUP.",
+            _appsFile,
+        ],
+        [
             "admin-listen",
             None,
             None,
@@ -356,6 +407,7 @@ class Options(usage.Options):
     def __init__(self) -> None:
         super().__init__()
         self["listen"] = []
+        self["webhook-url"] = []
 
     def parseOptions(self, options: list[str] | None = None) -> None:
         """
@@ -372,6 +424,10 @@ class Options(usage.Options):
         self["listen"].append(_endpoint(description))
 
     opt_l = opt_listen
+
+    def opt_webhook_url(self, url: str) -> None:
+        """URL the default app's webhooks are POSTed to (repeatable), Pusher's signed format."""
+        self["webhook-url"].append(_webhookURL(url))
 
     def opt_app_secret(self, value: str) -> None:
         """Refused: the secret never goes on the command line (see --app-secret-file)."""
@@ -398,6 +454,13 @@ class Options(usage.Options):
         dataDir = Path(self["data-dir"])
         if dataDir.exists() and not dataDir.is_dir():
             raise usage.UsageError(f"--data-dir {dataDir} exists and is not a directory.")
+        if self["apps-file"] is not None:
+            given = [o for o in ("app-id", "app-key", "app-secret-file") if self[o] is not None]
+            if given:
+                raise usage.UsageError(
+                    f"--{given[0]} and --apps-file do not go together: the apps file holds "
+                    "every app's credentials."
+                )
         if (self["app-id"] is None) != (self["app-key"] is None):
             raise usage.UsageError("--app-id and --app-key go together: give both or neither.")
         origins = tuple(
@@ -437,6 +500,10 @@ def makeService(options: Options) -> IService:
         bodyMinRate=options["body-min-rate"],
         idleTimeout=options["idle-timeout"],
         logWebSockets=not options["quiet-websockets"],
+        webhookUrls=tuple(options["webhook-url"]),
+        webhookDebounce=options["webhook-debounce"],
+        subscriptionCount=bool(options["subscription-count"]),
+        appsFile=options["apps-file"],
         adminListen=(
             None
             if options["admin-listen"] == "none"

@@ -75,6 +75,10 @@ class FakeHub:
             }
         )
 
+    def cacheInfo(self, app: Any, channel: str) -> Deferred[dict[str, Any] | None]:
+        """None: the fake keeps no cache events."""
+        return succeed(None)
+
     def presenceUserIds(self, app: Any, channel: str) -> Deferred[list[str]]:
         """Fires with the user ids set in C{presence} for C{channel} (none when unset)."""
         return succeed(list(self.presence.get(channel, [])))

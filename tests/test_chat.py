@@ -6,7 +6,7 @@ import json
 from typing import Any
 
 from treq.testing import StubTreq
-from twisted.internet.defer import Deferred, inlineCallbacks
+from twisted.internet.defer import Deferred, gatherResults, inlineCallbacks
 from twisted.internet.task import Clock
 from twisted.trial.unittest import TestCase
 from twisted.web.resource import Resource
@@ -71,6 +71,11 @@ class ChatAPITests(TestCase):
         self.assertIn(b"application/json", response.headers.getRawHeaders(b"content-type")[0])
         return response.code, json.loads(content)
 
+    def newBrowser(self, cookies: dict[str, str] | None = None) -> None:
+        """Another browser (StubTreq keeps a cookie jar): no cookies, or C{cookies}."""
+        _, self.treq = self.makeChat()
+        self.cookies = dict(cookies or {})
+
     def signIn(self, name: str = "Ann") -> Deferred[Any]:
         return self.call("POST", "/api/session", {"name": name})
 
@@ -78,8 +83,7 @@ class ChatAPITests(TestCase):
     def test_sessionCookie(self) -> Any:
         """POST /api/session sets an HttpOnly, SameSite=Lax cookie that GET /api/session reads."""
         code, body = yield self.call("GET", "/api/session")
-        self.assertEqual(code, 401)
-        self.assertIn("error", body)
+        self.assertEqual((code, body), (200, {"signed_in": False}))
         response = yield self.treq.post(
             BASE + "/api/session", data=b'{"name": "  Ann  "}', headers=JSON
         )
@@ -161,11 +165,15 @@ class ChatAPITests(TestCase):
             (1, "general", "Ann", "hi <b>"),
         )
         self.assertEqual(message["created_at"], "1970-01-01T00:20:34.500Z")
-        self.assertEqual(len(self.hub.published), 1)
-        published = self.hub.published[0]
+        self.assertEqual(len(self.hub.published), 2)
+        published, lobby = self.hub.published
         self.assertEqual(published.channels, ["presence-room-general"])
         self.assertEqual(published.event, "message")
         self.assertEqual(json.loads(published.data), message)
+        self.assertEqual(
+            (lobby.channels, lobby.event, json.loads(lobby.data)),
+            (["private-chat-lobby"], "room-activity", {"name": "general", "last_id": 1}),
+        )
         code, body = yield self.call("GET", "/api/rooms/general/messages")
         self.assertEqual((code, body["messages"]), (200, [message]))
 
@@ -364,7 +372,7 @@ class ChatAPITests(TestCase):
         self.assertIn("60 a minute", body["error"])
         _, listing = yield self.call("GET", "/api/rooms/general/messages?limit=200")
         self.assertEqual(len(listing["messages"]), 20)
-        self.assertEqual(len(self.hub.published), 20)
+        self.assertEqual(sum(p.event == "message" for p in self.hub.published), 20)
 
         self.clock.advance(1)
         code, _ = yield self.call("POST", "/api/rooms/general/messages", {"text": "later"})
@@ -436,8 +444,9 @@ class ChatAPITests(TestCase):
         for treq in (self.treq, otherProcess):
             self.treq = treq
             self.cookies = dict(ann)
+            code, reply = yield self.call("GET", "/api/session")
+            self.assertEqual((code, reply), (200, {"signed_in": False}))
             for method, path, body, headers, raw in [
-                ("GET", "/api/session", None, None, None),
                 ("POST", "/api/rooms/general/messages", {"text": "x"}, None, None),
                 ("POST", "/api/pusher/auth", None, form, auth),
                 ("DELETE", "/api/session", None, None, None),
@@ -487,3 +496,161 @@ class ChatAPITests(TestCase):
         for _ in range(50):
             yield self.call("POST", "/api/rooms/general/messages", {"text": "x"})
         self.assertEqual(len(asked), 20)
+
+    @inlineCallbacks
+    def test_beforePages(self) -> Any:
+        """?before=ID pages back, oldest first in each page, down to message 1 with no gap or
+        repeat; before and after together, or a bad before, are 400."""
+        yield self.signIn()
+        for i in range(1, 8):
+            self.clock.advance(1)
+            yield self.call("POST", "/api/rooms/r1/messages", {"text": f"m{i}"})
+        _, body = yield self.call("GET", "/api/rooms/r1/messages?limit=3")
+        seen = [m["id"] for m in body["messages"]]
+        self.assertEqual(seen, [5, 6, 7])
+        while True:
+            _, body = yield self.call("GET", f"/api/rooms/r1/messages?before={seen[0]}&limit=3")
+            if not body["messages"]:
+                break
+            seen = [m["id"] for m in body["messages"]] + seen
+        self.assertEqual(seen, list(range(1, 8)))
+        for query in ["before=0", "before=x", "before=3&after=1"]:
+            code, reply = yield self.call("GET", "/api/rooms/r1/messages?" + query)
+            self.assertEqual(code, 400, query)
+            self.assertIsInstance(reply["error"], str)
+
+    @inlineCallbacks
+    def test_clientIdOnce(self) -> Any:
+        """
+        The same client_id POSTed twice, and three times at once, is stored once: the retries
+        are answered 200 with the first message and announced nothing; a bad client_id is 400.
+        """
+        yield self.signIn("Ann")
+        code, first = yield self.call(
+            "POST", "/api/rooms/r/messages", {"text": "hello", "client_id": "c-1"}
+        )
+        self.assertEqual(code, 201)
+        code, again = yield self.call(
+            "POST", "/api/rooms/r/messages", {"text": "hello", "client_id": "c-1"}
+        )
+        self.assertEqual((code, again), (200, first))
+        together = yield gatherResults(
+            [
+                self.call("POST", "/api/rooms/r/messages", {"text": "x", "client_id": "c-2"})
+                for _ in range(3)
+            ]
+        )
+        self.assertEqual(sorted(code for code, _ in together), [200, 200, 201])
+        self.assertEqual({m["id"] for _, m in together}, {2})
+        _, listing = yield self.call("GET", "/api/rooms/r/messages")
+        self.assertEqual([m["text"] for m in listing["messages"]], ["hello", "x"])
+        self.assertEqual(sum(p.event == "message" for p in self.hub.published), 2)
+        for bad in ["", "x" * 65, "a b", 5, "é"]:
+            code, reply = yield self.call(
+                "POST", "/api/rooms/r/messages", {"text": "y", "client_id": bad}
+            )
+            self.assertEqual(code, 400, bad)
+            self.assertIn("client_id", reply["error"])
+
+    @inlineCallbacks
+    def test_identity(self) -> Any:
+        """
+        Messages carry their author's user id; two people both named Ann have different ids;
+        a signed-in user who changes name keeps hers.
+        """
+        _, ann1 = yield self.signIn("Ann")
+        _, m1 = yield self.call("POST", "/api/rooms/r/messages", {"text": "one"})
+        self.newBrowser()
+        _, ann2 = yield self.signIn("Ann")
+        _, m2 = yield self.call("POST", "/api/rooms/r/messages", {"text": "two"})
+        self.assertNotEqual(ann1["user_id"], ann2["user_id"])
+        self.assertEqual((m1["user_id"], m2["user_id"]), (ann1["user_id"], ann2["user_id"]))
+        _, renamed = yield self.signIn("Annie")
+        self.assertEqual((renamed["user_id"], renamed["name"]), (ann2["user_id"], "Annie"))
+        _, me = yield self.call("GET", "/api/session")
+        self.assertEqual(me, {"signed_in": True, "user_id": ann2["user_id"], "name": "Annie"})
+
+    @inlineCallbacks
+    def test_editAndDelete(self) -> Any:
+        """
+        The author edits, then deletes, her message; each change is stored and announced as
+        message-updated; someone else gets 403, a missing or deleted message 404.
+        """
+        yield self.signIn("Ann")
+        ann = dict(self.cookies)
+        _, message = yield self.call("POST", "/api/rooms/r/messages", {"text": "typo"})
+        path = f"/api/rooms/r/messages/{message['id']}"
+        self.clock.advance(5)
+        code, edited = yield self.call("PATCH", path, {"text": "fixed"})
+        self.assertEqual((code, edited["text"], edited["deleted"]), (200, "fixed", False))
+        self.assertEqual(edited["edited_at"], "1970-01-01T00:20:39.500Z")
+        update = self.hub.published[-1]
+        self.assertEqual(
+            (update.channels, update.event, json.loads(update.data)),
+            (["presence-room-r"], "message-updated", edited),
+        )
+        self.newBrowser()
+        yield self.signIn("Bob")
+        code, reply = yield self.call("PATCH", path, {"text": "mine now"})
+        self.assertEqual(code, 403)
+        code, _ = yield self.call("DELETE", path)
+        self.assertEqual(code, 403)
+        self.newBrowser(ann)
+        code, deleted = yield self.call("DELETE", path)
+        self.assertEqual((code, deleted["text"], deleted["deleted"]), (200, "", True))
+        self.assertEqual(json.loads(self.hub.published[-1].data), deleted)
+        code, _ = yield self.call("PATCH", path, {"text": "undo"})
+        self.assertEqual(code, 404)
+        for missing in ["/api/rooms/r/messages/9", "/api/rooms/r/messages/x"]:
+            code, reply = yield self.call("PATCH", missing, {"text": "y"})
+            self.assertEqual(code, 404, missing)
+        code, _ = yield self.call("PATCH", path, {"text": ""})
+        self.assertEqual(code, 400)
+        _, listing = yield self.call("GET", "/api/rooms/r/messages")
+        self.assertEqual(listing["messages"], [deleted])
+        self.newBrowser()
+        code, _ = yield self.call("DELETE", path)
+        self.assertEqual(code, 401)
+
+    @inlineCallbacks
+    def test_createRoomAndLobby(self) -> Any:
+        """
+        POST /api/rooms creates an empty room (201, then 200), lists it and announces it on
+        the lobby channel, which the chat's auth endpoint signs for a signed-in page.
+        """
+        code, _ = yield self.call("POST", "/api/rooms", {"name": "new-room"})
+        self.assertEqual(code, 401)
+        yield self.signIn()
+        code, reply = yield self.call("POST", "/api/rooms", {"name": "new-room"})
+        self.assertEqual((code, reply), (201, {"name": "new-room", "created": True}))
+        (created,) = self.hub.published
+        self.assertEqual(
+            (created.channels, created.event, json.loads(created.data)),
+            (["private-chat-lobby"], "room-created", {"name": "new-room"}),
+        )
+        code, reply = yield self.call("POST", "/api/rooms", {"name": "new-room"})
+        self.assertEqual((code, reply["created"]), (200, False))
+        self.assertEqual(len(self.hub.published), 1)
+        for bad in ["Bad Name", "", 7]:
+            code, reply = yield self.call("POST", "/api/rooms", {"name": bad})
+            self.assertEqual(code, 400, bad)
+        _, rooms = yield self.call("GET", "/api/rooms")
+        self.assertEqual(rooms["rooms"], [{"name": "new-room", "last_id": 0}])
+
+        form = {"Content-Type": ["application/x-www-form-urlencoded"]}
+        code, reply = yield self.call(
+            "POST",
+            "/api/pusher/auth",
+            headers=form,
+            raw=b"socket_id=1.2&channel_name=private-chat-lobby",
+        )
+        self.assertEqual(code, 200)
+        signature = channelSignature("the-secret", "1.2", "private-chat-lobby", None)
+        self.assertEqual(reply, {"auth": f"the-key:{signature}"})
+        code, _ = yield self.call(
+            "POST",
+            "/api/pusher/auth",
+            headers=form,
+            raw=b"socket_id=1.2&channel_name=private-chat-lobbyx",
+        )
+        self.assertEqual(code, 403)

@@ -73,8 +73,8 @@ class Cluster:
         self.adminPorts: list[int] = []  # the admin listeners (detailed health, /metrics)
         self.procs: list[TwistdProcess] = []
 
-    def start(self, n: int = 3) -> Any:
-        """Fires once every process has its store and broker ready."""
+    def start(self, n: int = 3, extra: tuple[str, ...] = ()) -> Any:
+        """Fires once every process has its store and broker ready; C{extra}: more options."""
         waits = []
         for _ in range(n):
             port, adminPort = freePort(), freePort()
@@ -96,6 +96,7 @@ class Cluster:
                 args += ["--store", storeURL(self.schema)]
             else:
                 args += ["--store", "memory:"]
+            args += extra
             env = {"PUSHSVC_APP_SECRET": self.app.secret, "PUSHSVC_SESSION_KEY": SESSION_KEY}
             proc = startTwistd(args, env=env)
             self.case.addCleanup(killIfRunning, proc)

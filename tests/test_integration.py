@@ -261,8 +261,8 @@ class ServiceTests(ServiceCase):
         yield out.content()
         for base in (self.base, otherBase):
             me = yield self.http.get(f"{base}/api/session", cookies=cookies)
-            self.assertEqual(me.code, 401)
-            self.assertIn("signed out", (yield me.json())["error"])
+            self.assertEqual(me.code, 200)
+            self.assertEqual((yield me.json()), {"signed_in": False})
 
     @inlineCallbacks
     def test_pusherAuthForm(self) -> Any:

@@ -463,7 +463,8 @@ class InMemoryTests(SynchronousTestCase):
         """A cache channel answers a miss when empty, else replays its last event on subscribe."""
         a = self.connect()
         self.assertEqual(
-            self.subscribe(a, "cache-c")[1], {"event": "pusher:cache_miss", "channel": "cache-c"}
+            self.subscribe(a, "cache-c")[1],
+            {"event": "pusher:cache_miss", "channel": "cache-c", "data": {}},
         )
         self.publish("cache-c", "ev", "one")
         self.publish("cache-c", "ev", "two")

@@ -331,6 +331,23 @@ class AdminSiteTests(SynchronousTestCase):
         apps = {s.labels.get("app_id") for s in families["pushsvc_app_deliveries"].samples}
         self.assertEqual(apps, {APP.id})
 
+    def test_perAppSeriesHaveOneFamilyEach(self) -> None:
+        """
+        The per-app series (AppStats) are labelled app_id, and no two families share a name once
+        parsed (the per-app connections counter is renamed beside its gauge).
+        """
+        from pushsvc.appstats import AppStats
+
+        stats = AppStats()
+        stats.of("1").connections = 2
+        stats.of("1").connectionsTotal = 5
+        metrics = Metrics(lambda: [], lambda: {}, None, stats.samples)
+        names = [f.name for f in text_string_to_metric_families(metrics.render().decode())]
+        self.assertEqual(len(names), len(set(names)))
+        families = {f.name: f for f in text_string_to_metric_families(metrics.render().decode())}
+        opened = families["pushsvc_app_connections_opened"].samples[0]
+        self.assertEqual((opened.labels, opened.value), ({"app_id": "1"}, 5))
+
     def test_tokenGuard(self) -> None:
         """With a token: 401 without it or with a wrong one; the header or ?token= (which sets
         an HTTP-only cookie) let the request through."""

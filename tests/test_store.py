@@ -31,6 +31,7 @@ from zope.interface.verify import verifyObject
 from pushsvc.store import (
     IStore,
     Message,
+    PendingWebhook,
     RoomSummary,
     StoreUnavailable,
     storeFromURL,
@@ -59,7 +60,7 @@ AWKWARD_TEXTS = [
 V2_SCRIPT = """
 -- A test-only second version: a new table and a new column.
 CREATE TABLE reactions (room TEXT NOT NULL, id BIGINT NOT NULL, emoji TEXT NOT NULL);
-ALTER TABLE messages ADD COLUMN edited_at DOUBLE PRECISION;
+ALTER TABLE messages ADD COLUMN pinned_at DOUBLE PRECISION;
 """
 
 BROKEN_V2_SCRIPT = """
@@ -217,10 +218,164 @@ class StoreContractMixin(_MixinBase):
         self.assertEqual(revoked, [True, False, True])
 
     @inlineCallbacks
+    def test_beforePagesBack(self) -> Generator[Deferred[Any], Any, None]:
+        """before(id, limit) gives the newest limit messages older than id, oldest first, so
+        paging back from the latest page reaches message 1 with no gap or repeat."""
+        store = yield self.openStore()
+        for i in range(1, 13):
+            yield store.append("r", "ann", f"m{i}", 1000.0 + i)
+        yield store.append("other", "bob", "elsewhere", 2000.0)
+
+        def ids(messages: list[Message]) -> list[int]:
+            return [m.id for m in messages]
+
+        eq = self.assertEqual
+        eq(ids((yield store.before("r", 13, 5))), [8, 9, 10, 11, 12])
+        eq(ids((yield store.before("r", 8, 5))), [3, 4, 5, 6, 7])
+        eq(ids((yield store.before("r", 3, 5))), [1, 2])
+        eq((yield store.before("r", 1, 5)), [])
+        eq(ids((yield store.before("r", 10**12, 2))), [11, 12])
+        eq((yield store.before("r", 5, 0)), [])
+        eq((yield store.before("nowhere", 5, 5)), [])
+        seen: list[int] = []
+        page = yield store.latest("r", 4)
+        while page:
+            seen = ids(page) + seen
+            page = yield store.before("r", page[0].id, 4)
+        eq(seen, list(range(1, 13)))
+
+    @inlineCallbacks
+    def test_userAndClientIdStored(self) -> Generator[Deferred[Any], Any, None]:
+        """A message keeps its author's user id and its client id, and says both in JSON."""
+        store = yield self.openStore()
+        message = yield store.append("r", "Ann", "hi", 1000.0, "u1", "c-1")
+        self.assertEqual(message, Message(1, "r", "Ann", "hi", 1000.0, "u1", "c-1"))
+        self.assertFalse(message.replayed)
+        (stored,) = yield store.latest("r", 10)
+        self.assertEqual(stored, message)
+        body = stored.toJSON()
+        self.assertEqual(
+            (body["user_id"], body["client_id"], body["edited_at"], body["deleted"]),
+            ("u1", "c-1", None, False),
+        )
+
+    @inlineCallbacks
+    def test_clientIdStoredOnce(self) -> Generator[Deferred[Any], Any, None]:
+        """
+        A second append with the same (user, client id) stores nothing and fires with the first
+        message, marked replayed, even when ten copies run at once; another user's same client
+        id, or no client id, is a message of its own.
+        """
+        store = yield self.openStore()
+        first = yield store.append("r", "Ann", "hello", 1000.0, "u1", "c-1")
+        again = yield store.append("r", "Ann", "hello", 1001.0, "u1", "c-1")
+        self.assertEqual(again, first)
+        self.assertTrue(again.replayed)
+        copies = yield gatherResults(
+            [store.append("r", "Ann", "burst", 1002.0, "u1", "c-2") for _ in range(10)]
+        )
+        self.assertEqual({m.id for m in copies}, {2})
+        self.assertEqual(sum(not m.replayed for m in copies), 1)
+        other = yield store.append("r", "Ann", "hello", 1003.0, "u2", "c-1")
+        plain = yield store.append("r", "Ann", "no id", 1004.0, "u1")
+        plainToo = yield store.append("r", "Ann", "no id", 1005.0, "u1")
+        self.assertEqual([other.id, plain.id, plainToo.id], [3, 4, 5])
+        self.assertEqual(
+            [m.text for m in (yield store.messages("r", 0, 100))],
+            ["hello", "burst", "hello", "no id", "no id"],
+        )
+
+    @inlineCallbacks
+    def test_editAndDelete(self) -> Generator[Deferred[Any], Any, None]:
+        """
+        The author edits and deletes her message; the stored row then has the current text
+        (empty once deleted); another user's edit, or an edit of a deleted message, changes
+        nothing; a missing message is None.
+        """
+        store = yield self.openStore()
+        yield store.append("r", "Ann", "first", 1000.0, "u1")
+        yield store.append("r", "Bob", "second", 1001.0, "u2")
+        edited = yield store.edit("r", 1, "u1", "first, edited", 1010.0)
+        self.assertEqual(
+            (edited.text, edited.editedAt, edited.deleted), ("first, edited", 1010.0, False)
+        )
+        refused = yield store.edit("r", 2, "u1", "not mine", 1011.0)
+        self.assertEqual((refused.text, refused.userId, refused.editedAt), ("second", "u2", None))
+        deleted = yield store.edit("r", 1, "u1", None, 1020.0)
+        self.assertEqual((deleted.text, deleted.deleted, deleted.editedAt), ("", True, 1020.0))
+        late = yield store.edit("r", 1, "u1", "back again", 1030.0)
+        self.assertEqual((late.text, late.deleted), ("", True))
+        self.assertIsNone((yield store.edit("r", 3, "u1", "x", 1040.0)))
+        self.assertIsNone((yield store.edit("nowhere", 1, "u1", "x", 1040.0)))
+        stored = yield store.messages("r", 0, 10)
+        self.assertEqual([(m.text, m.deleted) for m in stored], [("", True), ("second", False)])
+        self.assertEqual(stored[0].toJSON()["edited_at"], "1970-01-01T00:17:00.000Z")
+
+    @inlineCallbacks
+    def test_createRoom(self) -> Generator[Deferred[Any], Any, None]:
+        """A created room is listed (with last id 0) before it has messages; creating it
+        again, or a room that has messages, is False."""
+        store = yield self.openStore()
+        self.assertTrue((yield store.createRoom("new", 50.0)))
+        self.assertFalse((yield store.createRoom("new", 60.0)))
+        yield store.append("old", "ann", "1", 40.0)
+        self.assertFalse((yield store.createRoom("old", 70.0)))
+        self.assertEqual(
+            (yield store.rooms(10)), [RoomSummary("new", 0, 50.0), RoomSummary("old", 1, 40.0)]
+        )
+        yield store.append("new", "ann", "1", 80.0)
+        self.assertEqual([r.name for r in (yield store.rooms(10))], ["new", "old"])
+        self.assertEqual((yield store.latest("new", 10))[0].id, 1)
+
+    @inlineCallbacks
+    def test_pendingWebhooks(self) -> Generator[Deferred[Any], Any, None]:
+        """
+        Saved webhook batches come back oldest first, bodies byte for byte, bounded by the
+        limit; saving an id twice keeps one; a deleted batch is gone, deleting twice is no error.
+        """
+        store = yield self.openStore()
+        self.assertEqual((yield store.pendingWebhooks(10)), [])
+        body = '{"time_ms":1,"events":[{"name":"client_event","data":"héllo 🎉 \\"x\\""}]}'
+        b1 = PendingWebhook("id-1", "app", "http://127.0.0.1:1/h?q=1", body.encode(), 200.0)
+        b2 = PendingWebhook("id-2", "app2", "http://127.0.0.1:2/", b"{}", 100.0)
+        b3 = PendingWebhook("id-3", "app", "http://127.0.0.1:1/h?q=1", b"[]", 300.0)
+        for batch in (b1, b2, b3, b1):
+            self.assertIsNone((yield store.saveWebhook(batch)))
+        self.assertEqual((yield store.pendingWebhooks(10)), [b2, b1, b3])
+        self.assertEqual((yield store.pendingWebhooks(2)), [b2, b1])
+        self.assertIsNone((yield store.deleteWebhook("id-2")))
+        yield store.deleteWebhook("id-2")
+        yield store.deleteWebhook("unknown")
+        self.assertEqual((yield store.pendingWebhooks(10)), [b1, b3])
+
+    @inlineCallbacks
     def test_ping(self) -> Generator[Deferred[Any], Any, None]:
         """An open store answers ping with None."""
         store = yield self.openStore()
         self.assertIsNone((yield store.ping()))
+
+
+def legacyAppend(store: Any, room: str, author: str, text: str, at: float) -> Deferred[None]:
+    """Store a message as a pushsvc before schema version 3 did (no user or client id)."""
+
+    def work(cursor: Any) -> None:
+        sql = store.dialect.sql
+        cursor.execute(
+            sql(
+                "INSERT INTO rooms (name, last_id, last_at) VALUES (?, 0, ?) ON CONFLICT DO NOTHING"
+            ),
+            (room, at),
+        )
+        cursor.execute(sql("UPDATE rooms SET last_id = last_id + 1 WHERE name = ?"), (room,))
+        cursor.execute(sql("SELECT last_id FROM rooms WHERE name = ?"), (room,))
+        (newId,) = cursor.fetchone()
+        cursor.execute(
+            sql("INSERT INTO messages (room, id, author, text, created_at) VALUES (?, ?, ?, ?, ?)"),
+            (room, newId, author, text, at),
+        )
+
+    d: Deferred[None] = store._run(work)
+    return d
 
 
 class PersistentStoreMixin(StoreContractMixin):
@@ -274,7 +429,7 @@ class PersistentStoreMixin(StoreContractMixin):
         eq((yield self.queryOne("SELECT version FROM version")), PACKAGED + 1)
         eq((yield self.queryOne("SELECT count(*) FROM version")), 1)
         eq((yield self.queryOne("SELECT count(*) FROM reactions")), 0)
-        eq((yield self.queryOne("SELECT count(*) FROM messages WHERE edited_at IS NULL")), 1)
+        eq((yield self.queryOne("SELECT count(*) FROM messages WHERE pinned_at IS NULL")), 1)
 
         # Opening again applies nothing (re-creating reactions would fail), and data is intact.
         again = yield self.openStore(v2dir)
@@ -307,7 +462,7 @@ class PersistentStoreMixin(StoreContractMixin):
         """A database of the first release gets the revoked sessions table, messages intact."""
         first = self.newStore(schemaDir(self, self.engine, upTo=1))
         yield first.open()
-        yield first.append("r", "ann", "old", 1.0)
+        yield legacyAppend(first, "r", "ann", "old", 1.0)
         yield first.close()
         self.assertEqual((yield self.queryOne(self.tableExistsSQL % "revoked_sessions")), 0)
         store = yield self.openStore()
@@ -315,6 +470,28 @@ class PersistentStoreMixin(StoreContractMixin):
         yield store.revokeSession("s1", 100.0, 50.0)
         self.assertTrue((yield store.sessionRevoked("s1")))
         self.assertEqual([m.text for m in (yield store.messages("r", 0, 10))], ["old"])
+
+    @inlineCallbacks
+    def test_clientIdOnceAcrossStores(self) -> Generator[Deferred[Any], Any, None]:
+        """The same post sent at once through two stores (two processes) is stored once."""
+        one = yield self.openStore()
+        two = yield self.openStore()
+        copies = yield gatherResults(
+            [(one if i % 2 else two).append("r", "Ann", "x", 1.0, "u1", "c-9") for i in range(12)]
+        )
+        self.assertEqual({m.id for m in copies}, {1})
+        self.assertEqual(len((yield one.messages("r", 0, 100))), 1)
+
+    @inlineCallbacks
+    def test_upgradeFromVersionTwo(self) -> Generator[Deferred[Any], Any, None]:
+        """Messages stored before version 3 read back with no user id, client id or edit."""
+        old = self.newStore(schemaDir(self, self.engine, upTo=2))
+        yield old.open()
+        yield legacyAppend(old, "r", "ann", "old", 1.0)
+        yield old.close()
+        store = yield self.openStore()
+        self.assertEqual((yield store.messages("r", 0, 10)), [Message(1, "r", "ann", "old", 1.0)])
+        self.assertEqual((yield store.append("r", "bob", "new", 2.0, "u2", "c")).id, 2)
 
     @inlineCallbacks
     def test_revocationSharedByStores(self) -> Generator[Deferred[Any], Any, None]:
@@ -328,6 +505,16 @@ class PersistentStoreMixin(StoreContractMixin):
         yield one.close()
         three = yield self.openStore()
         self.assertTrue((yield three.sessionRevoked("sid-1")))
+
+    @inlineCallbacks
+    def test_pendingWebhooksSurviveReopen(self) -> Generator[Deferred[Any], Any, None]:
+        """A webhook batch saved before a close (a restart) is pending after the reopen."""
+        one = yield self.openStore()
+        batch = PendingWebhook("b-1", "app", "http://127.0.0.1:9/", b'{"events":[]}', 5.0)
+        yield one.saveWebhook(batch)
+        yield one.close()
+        two = yield self.openStore()
+        self.assertEqual((yield two.pendingWebhooks(5)), [batch])
 
 
 class MemoryStoreTests(StoreContractMixin, TestCase):
@@ -408,9 +595,10 @@ class SchemaScriptTests(SynchronousTestCase):
         """Both engines ship version 1 and the scripts load from the installed package."""
         for engine in ("sqlite", "postgresql"):
             scripts = loadScripts(defaultSchema(engine))
-            self.assertEqual([s.version for s in scripts], [1, 2])
+            self.assertEqual([s.version for s in scripts], [1, 2, 3, 4])
             self.assertIn("CREATE TABLE version", scripts[0].sql)
             self.assertIn("CREATE TABLE revoked_sessions", scripts[1].sql)
+            self.assertIn("CREATE UNIQUE INDEX messages_by_client_id", scripts[2].sql)
 
     def test_order(self) -> None:
         """Scripts sort by number; other files are ignored."""

@@ -16,8 +16,11 @@ const MAX_NAME = 32;
 const TYPING_SEND_EVERY = 2000; // ms between two client-typing events from this page
 const TYPING_SHOW_FOR = 3000; // ms a "... is typing" hint lasts without a new event
 const GROUP_WINDOW = 5 * 60 * 1000; // consecutive messages by one author within this are grouped
-const ROOMS_REFRESH = 30000;
 const REQUEST_TIMEOUT = 15000;
+const LOBBY_CHANNEL = "private-chat-lobby"; // new rooms and room activity (unread marks)
+const OLDER_LIMIT = 50; // messages per page when scrolling back
+const OUTBOX_KEY = "pushsvc.outbox";
+const OUTBOX_MAX = 200; // messages kept unsent; beyond that the composer refuses more
 
 const $ = (id) => document.getElementById(id);
 
@@ -54,6 +57,10 @@ const ui = {
   signOut: $("sign-out"),
   messages: $("messages"),
   messageList: $("message-list"),
+  outboxList: $("outbox-list"),
+  beginning: $("beginning"),
+  editBar: $("edit-bar"),
+  editCancel: $("edit-cancel"),
   emptyState: $("empty-state"),
   jump: $("jump"),
   typing: $("typing"),
@@ -84,13 +91,20 @@ const state = {
 
   typers: new Map(), // user_id -> { name, timer }
   lastTypingSent: 0,
-  sending: false,
   unseen: 0, // messages that arrived while the tab was hidden
   newBelow: 0, // messages that arrived while the user was scrolled up
 
   rooms: [],
   errorSource: null,
-  roomsTimer: null,
+  lobby: null,
+
+  loadingOlder: false,
+  atBeginning: false, // the current room's message 1 is shown
+  editing: null, // { room, id } while the composer edits one's own message
+  outbox: [], // [{ client_id, room, text, state: "sending" | "retrying", error }], oldest first
+  flushing: false,
+  outboxFailures: 0,
+  outboxTimer: null,
 };
 
 // ---------------------------------------------------------------------------------------------
@@ -244,6 +258,7 @@ async function onNameSubmit(event) {
       ui.meName.textContent = session.name;
       showView("chat");
       openRoom(state.room || roomFromHash(), { force: true });
+      flushOutbox({ now: true });
       ui.messageInput.focus();
     } else {
       enterChat(session);
@@ -280,6 +295,10 @@ async function boot() {
     } else {
       bootFailed(e.message);
     }
+    return;
+  }
+  if (session.signed_in === false) {
+    showNameForm();
     return;
   }
   enterChat(session);
@@ -340,11 +359,10 @@ function enterChat(session) {
   if (navigator.clipboard && window.isSecureContext) ui.copyLink.hidden = false;
 
   openRoom(roomFromHash());
+  subscribeLobby(client);
   refreshRooms();
-  clearInterval(state.roomsTimer);
-  state.roomsTimer = setInterval(() => {
-    if (!document.hidden) refreshRooms();
-  }, ROOMS_REFRESH);
+  loadOutbox();
+  flushOutbox();
   updateComposer();
   focusComposerSoftly();
 }
@@ -359,10 +377,13 @@ function leaveChat() {
   state.room = null;
   state.gen += 1;
   state.me = null;
-  clearInterval(state.roomsTimer);
+  state.lobby = null;
   clearInterval(state.countdown);
   clearTimeout(state.authRetryTimer);
-  state.roomsTimer = state.countdown = state.authRetryTimer = null;
+  clearTimeout(state.outboxTimer);
+  state.countdown = state.authRetryTimer = state.outboxTimer = null;
+  state.outbox = [];
+  renderOutbox();
   clearTypers();
   ui.messageList.replaceChildren();
   ui.online.replaceChildren();
@@ -371,6 +392,7 @@ function leaveChat() {
   ui.messageInput.value = "";
   try {
     localStorage.removeItem("pushsvc.seen");
+    localStorage.removeItem(OUTBOX_KEY);
   } catch {
     /* nothing stored */
   }
@@ -433,6 +455,8 @@ function onConnectionState(clientState) {
     state.refused = null;
     ui.connDetail.hidden = true;
     clearError("connection");
+    // The server is back: what waits in the outbox goes now, not at its next retry.
+    flushOutbox({ now: true });
     return;
   }
   clearTypers();
@@ -543,6 +567,7 @@ function onRoomSubmit(event) {
     ui.roomError.textContent = "";
     ui.roomInput.removeAttribute("aria-invalid");
     ui.roomInput.value = "";
+    createRoom(raw);
     goToRoom(raw);
     return;
   }
@@ -592,10 +617,14 @@ function openRoom(room, { force = false } = {}) {
   state.newBelow = 0;
   state.unseen = 0;
   state.lastTypingSent = 0;
+  state.loadingOlder = false;
+  state.atBeginning = false;
+  stopEditing();
   clearTypers();
   clearError("sync");
   clearError("subscribe");
   ui.messageList.replaceChildren();
+  ui.beginning.hidden = true;
   ui.emptyState.hidden = true;
   ui.jump.hidden = true;
   ui.messages.setAttribute("aria-busy", "true");
@@ -615,6 +644,8 @@ function openRoom(room, { force = false } = {}) {
     onLatest: () => {
       ui.messages.removeAttribute("aria-busy");
       updateEmptyState();
+      if (sync.minId <= 1) showBeginning();
+      else if (ui.messages.scrollHeight <= ui.messages.clientHeight) loadOlder();
     },
     onSynced: () => clearError("sync"),
     onError: (e) => showError(`Could not load the messages of #${room}. ${e.message} Retrying…`, "sync"),
@@ -622,6 +653,7 @@ function openRoom(room, { force = false } = {}) {
   state.sync = sync;
   updateTitle();
   renderRooms();
+  renderOutbox();
 
   const channel = client.subscribe(channelName(room));
   // pusher-js hands back the same object when a room is left and re-entered before its
@@ -632,6 +664,8 @@ function openRoom(room, { force = false } = {}) {
     if (state.sync === sync) f(...args);
   };
   channel.bind("message", current(onLiveMessage));
+  channel.bind("message-updated", current(onMessageUpdated));
+  let subscriptions = 0;
   channel.bind(
     "pusher:subscription_succeeded",
     current(() => {
@@ -640,6 +674,9 @@ function openRoom(room, { force = false } = {}) {
       renderOnline();
       // Subscribed (again): fetch whatever was posted while we were not listening.
       sync.subscribed();
+      // ...and the current text of what is shown, edited or deleted meanwhile.
+      subscriptions += 1;
+      if (subscriptions > 1) refreshShown(room, sync);
     }),
   );
   channel.bind("pusher:subscription_error", current((error) => onSubscriptionError(room, error)));
@@ -687,6 +724,49 @@ function retrySubscription() {
   client.subscribe(channel.name);
 }
 
+/** The lobby channel: rooms created and messages posted anywhere, for the room list. */
+function subscribeLobby(client) {
+  const lobby = client.subscribe(LOBBY_CHANNEL);
+  lobby.unbind_all();
+  state.lobby = lobby;
+  const current = (f) => (...args) => {
+    if (state.client === client) f(...args);
+  };
+  // (Re)subscribed: what happened while not listening comes from the list itself.
+  lobby.bind("pusher:subscription_succeeded", current(() => refreshRooms()));
+  lobby.bind(
+    "room-created",
+    current((data) => {
+      if (!data || typeof data.name !== "string" || !ROOM_RE.test(data.name)) return;
+      if (!state.rooms.some((r) => r.name === data.name)) {
+        state.rooms.unshift({ name: data.name, last_id: 0 });
+        renderRooms();
+      }
+    }),
+  );
+  lobby.bind(
+    "room-activity",
+    current((data) => {
+      if (!data || typeof data.name !== "string" || !ROOM_RE.test(data.name)) return;
+      if (!Number.isSafeInteger(data.last_id)) return;
+      const entry = state.rooms.find((r) => r.name === data.name);
+      const lastId = Math.max(data.last_id, entry ? entry.last_id : 0);
+      state.rooms = [{ name: data.name, last_id: lastId }, ...state.rooms.filter((r) => r !== entry)];
+      renderRooms();
+    }),
+  );
+}
+
+/** Tell the server (and so every page, through the lobby) about a room this page opens. */
+async function createRoom(room) {
+  if (state.rooms.some((r) => r.name === room)) return;
+  try {
+    await api("/api/rooms", { method: "POST", body: { name: room } });
+  } catch {
+    /* the room still works here; it is listed once it has a message */
+  }
+}
+
 async function refreshRooms() {
   try {
     const data = await api("/api/rooms");
@@ -729,8 +809,13 @@ function renderRooms() {
     if (r.name === state.room) {
       a.setAttribute("aria-current", "page");
     } else if (typeof r.last_id === "number" && r.last_id > (seen[r.name] || 0)) {
+      // A room never opened here counts everything it has.
+      const unread = r.last_id - (seen[r.name] || 0);
       a.classList.add("unread");
-      a.append(el("span", "visually-hidden", " (new messages)"));
+      const badge = el("span", "unread-count", unread > 99 ? "99+" : String(unread));
+      badge.dataset.testid = "unread";
+      badge.setAttribute("aria-hidden", "true");
+      a.append(badge, el("span", "visually-hidden", ` (${unread} new messages)`));
     }
     a.addEventListener("click", () => closeSidebar());
     li.append(a);
@@ -773,9 +858,92 @@ function showMessages(list, { initial = false, own = false } = {}) {
 }
 
 function onLiveMessage(data) {
+  // Our own message, posted from another tab or answered late: it is no longer waiting.
+  if (data && state.me && data.user_id === state.me.user_id) dropFromOutbox(data.client_id);
   if (!state.sync || !state.sync.live(data)) return;
-  for (const [id, typer] of state.typers) {
-    if (typer.name === data.author) removeTyper(id);
+  removeTyper(String(data.user_id));
+}
+
+/** A message was edited or deleted: show its current text where it is shown. */
+function onMessageUpdated(data) {
+  if (!state.sync || !state.sync.update(data)) return;
+  const old = ui.messageList.querySelector(`li.message[data-id="${Number(data.id)}"]`);
+  if (!old) return;
+  const li = renderMessage(state.sync.messages.get(data.id));
+  old.replaceWith(li);
+  regroup(li);
+  if (li.nextElementSibling) regroup(li.nextElementSibling);
+  if (state.editing && state.editing.id === data.id && data.deleted) stopEditing();
+}
+
+/** After a reconnect: fetch the newest shown messages again, for edits made meanwhile. */
+async function refreshShown(room, sync) {
+  const maxId = sync.maxId;
+  if (!maxId) return;
+  try {
+    const data = await api(
+      `/api/rooms/${encodeURIComponent(room)}/messages?before=${maxId + 1}&limit=200`,
+    );
+    for (const m of Array.isArray(data.messages) ? data.messages : []) {
+      const held = sync.messages.get(m.id);
+      if (held && (held.text !== m.text || held.deleted !== m.deleted)) onMessageUpdated(m);
+    }
+  } catch {
+    /* the next reconnect tries again; live edits still arrive */
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Older messages: scrolling up loads the page before the oldest shown
+
+function showBeginning() {
+  state.atBeginning = true;
+  ui.beginning.textContent = `This is the beginning of #${state.room}.`;
+  ui.beginning.hidden = false;
+}
+
+async function loadOlder() {
+  const sync = state.sync;
+  if (!sync || state.loadingOlder || state.atBeginning || !sync.loadedLatest) return;
+  const before = sync.minId;
+  if (before <= 1) {
+    if (before === 1) showBeginning();
+    return;
+  }
+  const room = state.room;
+  state.loadingOlder = true;
+  ui.messages.classList.add("loading-older");
+  try {
+    const data = await api(
+      `/api/rooms/${encodeURIComponent(room)}/messages?before=${before}&limit=${OLDER_LIMIT}`,
+    );
+    if (state.sync !== sync) return;
+    const list = Array.isArray(data.messages) ? data.messages : [];
+    const added = sync.addOlder(list);
+    // Keep what the reader looks at where it is: grow the list above it.
+    const m = ui.messages;
+    const fromBottom = m.scrollHeight - m.scrollTop;
+    const first = ui.messageList.firstElementChild;
+    if (added.length && (!first || added[added.length - 1].id < Number(first.dataset.id))) {
+      // The usual case: all older than what is shown, so one prepend, not a walk per message.
+      const nodes = added.map(renderMessage);
+      ui.messageList.prepend(...nodes);
+      for (const li of nodes) regroup(li);
+      if (first) regroup(first);
+    } else {
+      for (const message of added) insertMessageNode(renderMessage(message));
+    }
+    m.scrollTop = m.scrollHeight - fromBottom;
+    if (list.length < OLDER_LIMIT || sync.minId <= 1) showBeginning();
+  } catch (e) {
+    showError(`Could not load older messages of #${room}. ${e.message}`, "older");
+  } finally {
+    if (state.sync === sync) {
+      state.loadingOlder = false;
+      ui.messages.classList.remove("loading-older");
+      // Still at the top (a tall screen, a fast scroll): the next page.
+      if (!state.atBeginning && ui.messages.scrollTop < 200) setTimeout(loadOlder, 0);
+    }
   }
 }
 
@@ -802,6 +970,20 @@ function regroup(li) {
   li.classList.toggle("new-day", newDay && Number(li.dataset.at) > 0);
 }
 
+const dayFormat = new Intl.DateTimeFormat(undefined, {
+  weekday: "long",
+  year: "numeric",
+  month: "long",
+  day: "numeric",
+});
+
+function dayLabel(ms) {
+  const today = dayKey(Date.now());
+  if (dayKey(ms) === today) return "Today";
+  if (dayKey(ms + 86400000) === today) return "Yesterday";
+  return dayFormat.format(new Date(ms));
+}
+
 function dayKey(ms) {
   if (!ms) return "";
   const d = new Date(ms);
@@ -812,23 +994,43 @@ const timeFormat = new Intl.DateTimeFormat(undefined, { hour: "numeric", minute:
 const dateFormat = new Intl.DateTimeFormat(undefined, { weekday: "short", month: "short", day: "numeric" });
 const fullFormat = new Intl.DateTimeFormat(undefined, { dateStyle: "full", timeStyle: "medium" });
 
+/** A short tag that tells apart two people with one name: from the user id, stable. */
+function discriminator(userId) {
+  return String(userId || "").slice(0, 4);
+}
+
+/** The author's name, a "#tag" from her user id, and "(you)" for one's own. */
+function appendWho(parent, name, userId, isMe) {
+  parent.append(el("span", "author", name));
+  const tag = discriminator(userId);
+  if (tag) {
+    const span = el("span", "disc", `#${tag}`);
+    span.title = "Tells apart people with the same name";
+    parent.append(span);
+  }
+  if (isMe) parent.append(el("span", "you", "(you)"));
+}
+
 function renderMessage(message) {
   const author = typeof message.author === "string" && message.author ? message.author : "someone";
+  const userId = typeof message.user_id === "string" ? message.user_id : "";
   const at = Date.parse(message.created_at);
   const li = el("li", "message");
   li.dataset.id = String(message.id);
   li.dataset.testid = "message";
-  li.dataset.author = author;
+  li.dataset.author = userId || `name:${author}`; // grouping is by person, not by name
   li.dataset.at = Number.isFinite(at) ? String(at) : "0";
-  if (state.me && author === state.me.name) li.classList.add("mine");
+  if (Number.isFinite(at)) li.dataset.day = dayLabel(at);
+  const mine = !!(state.me && userId && userId === state.me.user_id);
+  if (mine) li.classList.add("mine");
 
-  const avatar = el("span", `avatar ${hueClass(author)}`);
+  const avatar = el("span", `avatar ${hueClass(userId || author)}`);
   avatar.dataset.initial = initial(author); // drawn by CSS, so it is not part of the text
   avatar.setAttribute("aria-hidden", "true");
 
   const body = el("div", "body");
   const meta = el("div", "meta");
-  meta.append(el("span", "author", author));
+  appendWho(meta, author, userId, mine);
   const time = el("time", "time");
   if (Number.isFinite(at)) {
     const date = new Date(at);
@@ -840,10 +1042,72 @@ function renderMessage(message) {
   meta.append(time);
 
   const text = el("p", "text");
-  appendLinkified(text, message.text);
+  if (message.deleted) {
+    li.classList.add("deleted");
+    text.textContent = "message deleted";
+  } else {
+    appendLinkified(text, message.text);
+    if (message.edited_at) text.append(el("span", "edited", " (edited)"));
+  }
   body.append(meta, text);
+  if (mine && !message.deleted) body.append(messageActions(message));
   li.append(avatar, body);
   return li;
+}
+
+/** Edit and Delete for one's own message. Delete asks once more on the button itself. */
+function messageActions(message) {
+  const actions = el("div", "actions");
+  const edit = el("button", "action edit", "Edit");
+  edit.type = "button";
+  edit.addEventListener("click", () => startEditing(message));
+  const del = el("button", "action delete", "Delete");
+  del.type = "button";
+  del.addEventListener("click", () => {
+    if (del.dataset.confirm !== "yes") {
+      del.dataset.confirm = "yes";
+      del.textContent = "Delete? Click again";
+      setTimeout(() => {
+        del.dataset.confirm = "";
+        del.textContent = "Delete";
+      }, 4000);
+      return;
+    }
+    changeMessage(message, null);
+  });
+  actions.append(edit, del);
+  return actions;
+}
+
+function startEditing(message) {
+  state.editing = { room: message.room || state.room, id: message.id };
+  ui.editBar.hidden = false;
+  ui.messageInput.value = message.text;
+  autosize();
+  updateComposer();
+  ui.messageInput.focus();
+}
+
+function stopEditing() {
+  if (!state.editing) return;
+  state.editing = null;
+  ui.editBar.hidden = true;
+  ui.messageInput.value = "";
+  autosize();
+  updateComposer();
+}
+
+/** PATCH (text) or DELETE (text null) one's own message; the live event updates every page. */
+async function changeMessage(message, text) {
+  const room = message.room || state.room;
+  const path = `/api/rooms/${encodeURIComponent(room)}/messages/${message.id}`;
+  try {
+    const updated = await api(path, text === null ? { method: "DELETE" } : { method: "PATCH", body: { text } });
+    if (room === state.room) onMessageUpdated(updated);
+    clearError("edit");
+  } catch (e) {
+    showError(`Could not ${text === null ? "delete" : "edit"} the message. ${e.message}`, "edit");
+  }
 }
 
 const URL_RE = /\bhttps?:\/\/[^\s<>"']+/gi;
@@ -878,7 +1142,8 @@ function appendLinkified(parent, text) {
 
 function updateEmptyState() {
   const sync = state.sync;
-  ui.emptyState.hidden = !sync || !sync.loadedLatest || sync.messages.size > 0;
+  ui.emptyState.hidden =
+    !sync || !sync.loadedLatest || sync.messages.size > 0 || ui.outboxList.childElementCount > 0;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -897,6 +1162,7 @@ function scrollToBottom() {
 }
 
 function onMessagesScroll() {
+  if (ui.messages.scrollTop < 200) loadOlder();
   if (isNearBottom()) {
     state.newBelow = 0;
     ui.jump.hidden = true;
@@ -914,12 +1180,17 @@ function autosize() {
 
 function updateComposer() {
   const text = ui.messageInput.value;
-  ui.send.disabled = state.sending || !text.trim() || text.length > MAX_TEXT;
+  ui.send.disabled = !text.trim() || text.length > MAX_TEXT;
   const remaining = MAX_TEXT - text.length;
   ui.charCount.textContent = remaining < 200 ? `${remaining} characters left` : "";
 }
 
 function onComposerKeydown(event) {
+  if (event.key === "Escape" && state.editing) {
+    event.preventDefault();
+    stopEditing();
+    return;
+  }
   if (event.key !== "Enter" || event.shiftKey || event.altKey || event.ctrlKey || event.metaKey) return;
   if (event.isComposing || event.keyCode === 229) return; // an IME is composing: Enter picks a word
   event.preventDefault();
@@ -940,45 +1211,175 @@ function maybeSendTyping() {
   if (state.channel.trigger("client-typing", { name: state.me.name })) state.lastTypingSent = now;
 }
 
-async function sendMessage() {
+function sendMessage() {
   const text = ui.messageInput.value;
-  if (state.sending || !text.trim()) return;
+  if (!text.trim()) return;
   if (text.length > MAX_TEXT) {
     showError(`The message is longer than ${MAX_TEXT} characters.`, "send");
     return;
   }
-  const room = state.room;
-  const gen = state.gen;
-  state.sending = true;
-  ui.messageInput.disabled = true;
-  ui.send.disabled = true;
-  ui.composer.setAttribute("aria-busy", "true");
-  try {
-    const message = await api(`/api/rooms/${encodeURIComponent(room)}/messages`, {
-      method: "POST",
-      body: { text },
-    });
-    // The live event then dedups; a gap before it is fetched.
-    if (gen === state.gen && state.sync && state.sync.live(message)) scrollToBottom();
-    ui.messageInput.value = "";
-    state.lastTypingSent = 0;
-    clearError("send");
-    if (!state.rooms.some((r) => r.name === room)) refreshRooms();
-  } catch (e) {
-    showError(e.message, "send"); // the text stays in the box
-    if (e.status === 401) {
-      state.sending = false;
-      ui.messageInput.disabled = false;
-      showNameForm({ message: `${e.message} Your message is kept.` });
-    }
-  } finally {
-    state.sending = false;
-    ui.messageInput.disabled = false;
-    ui.composer.removeAttribute("aria-busy");
-    autosize();
-    updateComposer();
-    if (!ui.chatView.hidden) ui.messageInput.focus();
+  if (state.editing) {
+    const { room, id } = state.editing;
+    const held = state.sync && state.sync.messages.get(id);
+    stopEditing();
+    if (held && held.text !== text) changeMessage({ ...held, room }, text);
+    return;
   }
+  if (state.outbox.length >= OUTBOX_MAX) {
+    showError("Too many messages are waiting to be sent; wait until the connection is back.", "send");
+    return;
+  }
+  // The id is made when the message is typed: however often it is sent, it is stored once.
+  state.outbox.push({
+    client_id: newClientId(),
+    user_id: state.me.user_id,
+    room: state.room,
+    text,
+    state: "sending",
+  });
+  saveOutbox();
+  ui.messageInput.value = "";
+  state.lastTypingSent = 0;
+  clearError("send");
+  autosize();
+  updateComposer();
+  renderOutbox();
+  scrollToBottom();
+  flushOutbox({ now: true });
+}
+
+function newClientId() {
+  if (crypto.randomUUID) return crypto.randomUUID();
+  const bytes = crypto.getRandomValues(new Uint8Array(16));
+  return [...bytes].map((b) => b.toString(16).padStart(2, "0")).join("");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Outbox: typed messages wait here (and in localStorage, across a reload) until stored
+
+/** What this user left unsent (another user's leftovers on a shared browser are dropped). */
+function loadOutbox() {
+  const stored = storageGet(OUTBOX_KEY, []);
+  const me = state.me ? state.me.user_id : null;
+  state.outbox = (Array.isArray(stored) ? stored : [])
+    .filter(
+      (m) =>
+        m &&
+        m.user_id === me &&
+        typeof m.client_id === "string" &&
+        typeof m.text === "string" &&
+        typeof m.room === "string" &&
+        ROOM_RE.test(m.room),
+    )
+    .slice(0, OUTBOX_MAX)
+    .map((m) => ({ ...m, state: "retrying" }));
+  saveOutbox();
+  renderOutbox();
+}
+
+function saveOutbox() {
+  storageSet(
+    OUTBOX_KEY,
+    state.outbox.map(({ client_id, user_id, room, text }) => ({ client_id, user_id, room, text })),
+  );
+}
+
+function dropFromOutbox(clientId) {
+  if (!clientId) return;
+  const before = state.outbox.length;
+  state.outbox = state.outbox.filter((m) => m.client_id !== clientId);
+  if (state.outbox.length !== before) {
+    saveOutbox();
+    renderOutbox();
+  }
+}
+
+/**
+ * Send what waits, oldest first, one at a time (so they are stored in the order typed). A
+ * failure that may pass (no answer, 5xx, 429) leaves it waiting and tries again later, at once
+ * when the connection comes back; one the server refuses for good (4xx) is dropped, saying why.
+ */
+async function flushOutbox({ now = false } = {}) {
+  if (now) {
+    clearTimeout(state.outboxTimer);
+    state.outboxTimer = null;
+  } else if (state.outboxTimer) {
+    return;
+  }
+  if (state.flushing || !state.me) return;
+  state.flushing = true;
+  const me = state.me;
+  try {
+    while (state.outbox.length && state.me === me) {
+      const item = state.outbox[0];
+      let message;
+      try {
+        message = await api(`/api/rooms/${encodeURIComponent(item.room)}/messages`, {
+          method: "POST",
+          body: { text: item.text, client_id: item.client_id },
+        });
+      } catch (e) {
+        if (state.me !== me) return;
+        const passing = e.status === 0 || e.status >= 500 || e.status === 429 || e.status === 408;
+        if (e.status === 401) {
+          showNameForm({ message: `${e.message} Your unsent messages are kept.` });
+          return;
+        }
+        if (!passing) {
+          dropFromOutbox(item.client_id);
+          showError(`A message could not be sent: ${e.message}`, "send");
+          continue;
+        }
+        for (const m of state.outbox) m.state = "retrying";
+        renderOutbox();
+        state.outboxFailures += 1;
+        const delay = Math.min(30000, 1000 * 2 ** Math.min(state.outboxFailures, 5));
+        showError(
+          state.outbox.length === 1
+            ? `${e.message} Your message will be sent by itself when the server answers.`
+            : `${e.message} ${state.outbox.length} messages will be sent by themselves when the server answers.`,
+          "send",
+        );
+        state.outboxTimer = setTimeout(() => {
+          state.outboxTimer = null;
+          flushOutbox();
+        }, delay);
+        return;
+      }
+      state.outboxFailures = 0;
+      dropFromOutbox(item.client_id);
+      if (item.room === state.room && state.sync && state.sync.live(message)) scrollToBottom();
+      if (!state.rooms.some((r) => r.name === item.room)) refreshRooms();
+    }
+    if (!state.outbox.length) clearError("send");
+  } finally {
+    state.flushing = false;
+  }
+}
+
+/** The current room's waiting messages, below the sent ones. */
+function renderOutbox() {
+  const items = state.outbox
+    .filter((m) => m.room === state.room)
+    .map((m) => {
+      const li = el("li", "message mine pending");
+      li.dataset.clientId = m.client_id;
+      const avatar = el("span", `avatar ${hueClass(state.me ? state.me.user_id : "")}`);
+      avatar.dataset.initial = initial(state.me ? state.me.name : "?");
+      avatar.setAttribute("aria-hidden", "true");
+      const body = el("div", "body");
+      const meta = el("div", "meta");
+      if (state.me) appendWho(meta, state.me.name, state.me.user_id, true);
+      const status = el("span", "status", m.state === "sending" ? "sending…" : "not sent, retrying");
+      status.dataset.testid = "outbox-status";
+      meta.append(status);
+      const text = el("p", "text", m.text);
+      body.append(meta, text);
+      li.append(avatar, body);
+      return li;
+    });
+  ui.outboxList.replaceChildren(...items);
+  updateEmptyState();
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1006,11 +1407,12 @@ function renderOnline() {
     const li = el("li", "person");
     li.dataset.userId = id;
     if (id === myId) li.classList.add("me");
-    const avatar = el("span", `avatar small ${hueClass(name)}`);
+    const avatar = el("span", `avatar small ${hueClass(id)}`);
     avatar.dataset.initial = initial(name);
     avatar.setAttribute("aria-hidden", "true");
-    li.append(avatar, el("span", "person-name", name));
-    if (id === myId) li.title = "you";
+    const who = el("span", "person-name");
+    appendWho(who, name, id, id === myId);
+    li.append(avatar, who);
     return li;
   });
   ui.online.replaceChildren(...items);
@@ -1110,6 +1512,10 @@ function onVisibilityChange() {
 
 function wire() {
   ui.errorDismiss.addEventListener("click", () => clearError());
+  ui.editCancel.addEventListener("click", () => {
+    stopEditing();
+    ui.messageInput.focus();
+  });
   ui.bootRetry.addEventListener("click", boot);
   ui.nameForm.addEventListener("submit", onNameSubmit);
   ui.nameInput.addEventListener("input", () => {

@@ -14,6 +14,8 @@
 //   sync.subscribed();           // the live channel is (re)subscribed: catch up
 //   sync.live(message);          // a live or just-posted message
 //   sync.close();                // the room was left: late answers are dropped
+//   sync.addOlder(messages);     // an older page (?before=minId): returns those new to the room
+//   sync.update(message);        // an edit or delete of a held message: true if it replaced one
 //
 // fetchMessages({ after, limit }) returns a Promise of the server's answer ({ messages: [...] },
 // ascending ids; `after` is undefined for the latest page). onAdded(messages, { initial }) gets
@@ -103,6 +105,39 @@ export class RoomSync {
     this.closed = true;
     this._clearTimer(this._retryTimer);
     this._retryTimer = null;
+  }
+
+  /** The lowest id held (0 when none): the page before it is ?before=minId. */
+  get minId() {
+    let min = 0;
+    for (const id of this.messages.keys()) if (min === 0 || id < min) min = id;
+    return min;
+  }
+
+  /**
+   * An older page (scrolling back): keeps the ones new to the room and returns them, ascending.
+   * It does not call onAdded (the page puts them above what it shows) nor move syncedId.
+   */
+  addOlder(list) {
+    if (this.closed || !Array.isArray(list)) return [];
+    const added = [];
+    for (const message of list) {
+      if (!validMessage(message, this.room) || this.messages.has(message.id)) continue;
+      this.messages.set(message.id, message);
+      if (message.id > this.maxId) this.maxId = message.id;
+      added.push(message);
+    }
+    this._advance(0);
+    return added.sort((a, b) => a.id - b.id);
+  }
+
+  /** A held message changed (edited or deleted): replace it. False when it is not held. */
+  update(message) {
+    if (this.closed || !validMessage(message, this.room) || !this.messages.has(message.id)) {
+      return false;
+    }
+    this.messages.set(message.id, message);
+    return true;
   }
 
   /** The messages held, ascending by id. */

@@ -29,6 +29,8 @@ RENAMED = {
     "pushsvc_publishes_total": "pushsvc_fanouts_total",
     # A counter may not share its base name with the pushsvc_connections gauge.
     "pushsvc_connections_total": "pushsvc_connections_opened_total",
+    # The same for the per-app pair (pushsvc_app_connections is the gauge).
+    "pushsvc_app_connections_total": "pushsvc_app_connections_opened_total",
 }
 # Gauges now given per app, with an app_id label (the sum is the old figure).
 PER_APP = ("pushsvc_connections", "pushsvc_subscriptions", "pushsvc_channels")
@@ -37,17 +39,43 @@ DURATION_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 
 
 Figures = Callable[[], list[tuple[str, str, str, float]]]
 PerApp = Callable[[], dict[str, dict[str, int]]]
+# (name, help, type, labels, value): series labelled per app (AppStats.samples)
+Labelled = Callable[[], list[tuple[str, str, str, dict[str, str], float]]]
 
 
 class ServiceCollector(Collector):
     """The hand-kept figures of the service, as metric families."""
 
-    def __init__(self, figures: Figures, perApp: PerApp, recorder: Recorder | None) -> None:
+    def __init__(
+        self,
+        figures: Figures,
+        perApp: PerApp,
+        recorder: Recorder | None,
+        labelled: Labelled | None = None,
+    ) -> None:
         self.figures = figures
         self.perApp = perApp
         self.recorder = recorder
+        self.labelled = labelled
 
     def collect(self) -> Iterator[Metric]:
+        yield from self._labelled()
+        yield from self._figures()
+
+    def _labelled(self) -> Iterator[Metric]:
+        if self.labelled is None:
+            return
+        families: dict[str, Metric] = {}
+        for name, help, kind, labels, value in self.labelled():
+            name = RENAMED.get(name, name)
+            family = families.get(name)
+            if family is None:
+                cls = CounterMetricFamily if kind == "counter" else GaugeMetricFamily
+                family = families[name] = cls(name, help, labels=sorted(labels))
+            family.add_metric([labels[k] for k in sorted(labels)], value)  # type: ignore[attr-defined]
+        yield from families.values()
+
+    def _figures(self) -> Iterator[Metric]:
         byApp = self.perApp()
         for name, help, kind, value in self.figures():
             if name in PER_APP:
@@ -96,10 +124,16 @@ class ServiceCollector(Collector):
 class Metrics:
     """The registry of one service, and the histograms the recorder feeds."""
 
-    def __init__(self, figures: Figures, perApp: PerApp, recorder: Recorder | None) -> None:
+    def __init__(
+        self,
+        figures: Figures,
+        perApp: PerApp,
+        recorder: Recorder | None,
+        labelled: Labelled | None = None,
+    ) -> None:
         self.registry = registry = CollectorRegistry(auto_describe=True)
         ProcessCollector(registry=registry)
-        registry.register(ServiceCollector(figures, perApp, recorder))
+        registry.register(ServiceCollector(figures, perApp, recorder, labelled))
         self.requestDuration = Histogram(
             "pushsvc_http_request_duration_seconds",
             "HTTP request duration (recorded), by endpoint",

@@ -12,6 +12,9 @@ C{P = {prefix}:{appId}}:
     P:pres:{channel}:{node}    HASH user id -> user info (JSON) of that node's members
     P:pres:{channel}:nodes     SET of nodes with members on the channel
     P:node:{node}:pres         SET of presence channels the node has members on
+    P:conns                    HASH node -> "open connections of the app:expiry (ms)", written
+                               every heartbeat for the apps with a max_connections (see
+                               L{RedisState.countConnections})
 
 Readers count only nodes whose expiry is in the future, so a process that dies takes its
 subscriptions and members with it after C{nodeTTL} at most. The next heartbeat of any survivor
@@ -21,6 +24,10 @@ C{nodeTTL} (Redis stalled, or nobody could reach it), the next write of any node
 node's expiry on by that gap before anything is judged by it: the nodes could not beat
 meanwhile, so a stall of any length reaps no live node (clients see no member_removed /
 member_added flicker); a node that died just before is reaped up to that gap later.
+
+Channel occupancy is decided the same way: C{COUNTS} answers which channels went from 0 to some
+subscribers, or to 0, counting every node not yet reaped; C{BEAT} answers the channels a reaped
+node was the last to hold. Each is announced (the hub's webhooks) by the one node told.
 
 Member events are decided by Lua scripts, atomically: C{JOIN} answers "new" only when no other
 live node has the user on the channel, C{LEAVE} answers "gone" only when no other live node has
@@ -32,7 +39,7 @@ appeared in or vanished from the cluster-wide member list, which are then announ
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from twisted.application.internet import TimerService
@@ -58,7 +65,17 @@ log = Logger()
 HEARTBEAT = 1.0  # seconds between heartbeats (and reaping of dead nodes)
 NODE_TTL = 5.0  # seconds after its last heartbeat that a node counts as dead
 
-SCRIPT_NAMES = ("join", "leave", "counts", "sync", "beat", "members", "channel", "channels")
+SCRIPT_NAMES = (
+    "join",
+    "leave",
+    "counts",
+    "sync",
+    "beat",
+    "members",
+    "channel",
+    "channels",
+    "conns",
+)
 
 
 def _pairs(flat: list[Any], size: int) -> list[list[Any]]:
@@ -99,6 +116,8 @@ class RedisState:
         self._timer = TimerService(heartbeat, self._beat)
         self._timer.clock = clock
         self._stopped = False
+        self._connectionCounts: Callable[[], Mapping[str, int]] = dict
+        self._elsewhere: dict[str, int] = {}
 
     def attach(self, nodeId: str, events: MemberEvents) -> None:
         self.nodeId = nodeId
@@ -198,8 +217,15 @@ class RedisState:
 
         done.addCallback(wake)
 
-    def _counted(self, absent: Any, appId: str) -> None:
-        self._checkAbsent(appId, absent)
+    def _counted(self, reply: list[Any], appId: str) -> None:
+        self._checkAbsent(appId, reply[0])
+        for channel, count in _pairs(reply[2], 2):
+            self._announcer().announceCount(appId, channel, int(count))
+        for sign, channel in _pairs(reply[1], 2):
+            if sign == "+":
+                self._announcer().announceOccupied(appId, channel)
+            else:
+                self._announcer().announceVacated(appId, channel)
 
     def joined(self, appId: str, channel: str, userId: str, userInfo: Any) -> Deferred[bool]:
         d = self._run("join", appId, channel, userId, json.dumps(userInfo))
@@ -259,6 +285,27 @@ class RedisState:
             d = self._run("beat", appId)
             d.addCallback(self._beaten, appId)
             d.addErrback(self._logFailure("heartbeat"))
+        for appId, count in self._connectionCounts().items():
+            d = self.broker.script("conns", [], self._args(appId, count))
+            d.addCallback(self._countedElsewhere, appId)
+            d.addErrback(self._logFailure("connection counts"))
+
+    def _countedElsewhere(self, total: Any, appId: str) -> None:
+        self._elsewhere[appId] = int(total)
+
+    def countConnections(self, counts: Callable[[], Mapping[str, int]]) -> None:
+        """
+        Every heartbeat, write C{counts()} (app id -> this node's open connections, for the apps
+        whose connections are limited) and read the other live nodes' sum of each.
+        """
+        self._connectionCounts = counts
+
+    def connectionsElsewhere(self, appId: str) -> int:
+        """
+        The open connections of C{appId} on the other live nodes at the last heartbeat (0 before
+        the first, or while Redis is away: each node then limits its own).
+        """
+        return self._elsewhere.get(appId, 0)
 
     def _beaten(self, reply: list[Any], appId: str) -> None:
         self._checkAbsent(appId, reply[0])
@@ -269,6 +316,8 @@ class RedisState:
             )
         for channel, userId in gone:
             self._announcer().announceMemberGone(appId, channel, userId)
+        for channel in reply[2]:
+            self._announcer().announceVacated(appId, channel)
 
     # -- questions -----------------------------------------------------------------------------
 

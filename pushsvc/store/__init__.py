@@ -12,11 +12,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from pushsvc.store.interface import IStore, Message, RoomSummary, StoreUnavailable
+from pushsvc.store.interface import IStore, Message, PendingWebhook, RoomSummary, StoreUnavailable
 
 __all__ = [
     "IStore",
     "Message",
+    "PendingWebhook",
     "RoomSummary",
     "StoreUnavailable",
     "storeFromURL",

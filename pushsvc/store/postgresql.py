@@ -34,7 +34,7 @@ from pushsvc.store.schema import defaultSchema, loadScripts, pendingScripts
 
 T = TypeVar("T")
 
-DIALECT = queries.Dialect("%s")
+DIALECT = queries.Dialect("%s", lockRoom=" FOR UPDATE")
 KEEPALIVE = {
     "keepalives": 1,
     "keepalives_idle": 10,

@@ -29,7 +29,7 @@ from pushsvc.frames import CLOSE_NO_PONG
 
 log = Logger()
 
-_AUTOBAHN_TIMERS = (
+AUTOBAHN_TIMERS = (
     "openHandshakeTimeoutCall",
     "closeHandshakeTimeoutCall",
     "serverConnectionDropTimeoutCall",
@@ -37,7 +37,7 @@ _AUTOBAHN_TIMERS = (
     "autoPingTimeoutCall",
 )
 
-_HANDSHAKE_LEFTOVERS = (
+HANDSHAKE_LEFTOVERS = (
     "http_request_data",
     "http_response_data",
     "http_status_line",
@@ -84,7 +84,7 @@ class LeanServerProtocol(WebSocketServerProtocol):
 
     def cancelTimers(self) -> None:
         # Autobahn leaves some of its timers pending after the connection is gone.
-        for name in _AUTOBAHN_TIMERS:
+        for name in AUTOBAHN_TIMERS:
             call = getattr(self, name, None)
             if call is not None:
                 setattr(self, name, None)
@@ -96,7 +96,7 @@ class LeanServerProtocol(WebSocketServerProtocol):
     def forgetHandshake(self) -> None:
         # Autobahn keeps the opening handshake (request bytes, headers, response) for the life of
         # the connection; nothing reads it after onOpen. Dropping it saves ~1 KiB per connection.
-        for name in _HANDSHAKE_LEFTOVERS:
+        for name in HANDSHAKE_LEFTOVERS:
             if name in self.__dict__:
                 setattr(self, name, None)
         self._compact()

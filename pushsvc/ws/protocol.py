@@ -27,6 +27,7 @@ from twisted.web.resource import IResource
 
 from pushsvc import frames
 from pushsvc.apps import App, Apps
+from pushsvc.appstats import AppCounters, AppStats
 from pushsvc.fanout.registry import Outbound, Registry
 from pushsvc.frames import (
     CLOSE_APP_DISABLED,
@@ -34,7 +35,9 @@ from pushsvc.frames import (
     CLOSE_BAD_VERSION,
     CLOSE_NO_VERSION,
     CLOSE_OVER_CAPACITY,
+    CLOSE_OVER_QUOTA,
     CLOSE_SLOW_CONSUMER,
+    CLOSE_UNAUTHENTICATED,
     CLOSE_UNKNOWN_KEY,
     CLOSE_UNSUPPORTED_VERSION,
     ERR_MALFORMED,
@@ -61,7 +64,10 @@ Handler = Callable[["PushServerProtocol", ClientFrame], None]
 
 
 def _refusal(request: ConnectionRequest, apps: Apps) -> tuple[App | None, int, str]:
-    """The app of a handshake, or None with the close code and reason that refuse it."""
+    """
+    The app of a handshake and 0, or the close code and reason that refuse it (with the app
+    when it is disabled, else None).
+    """
     parts = request.path.strip("/").split("/")
     if len(parts) < 2 or parts[-2] != "app" or not parts[-1]:
         return None, CLOSE_BAD_PATH, "the path must be /app/{key}"
@@ -78,7 +84,7 @@ def _refusal(request: ConnectionRequest, apps: Apps) -> tuple[App | None, int, s
     if app is None:
         return None, CLOSE_UNKNOWN_KEY, "unknown app key"
     if not app.enabled:
-        return None, CLOSE_APP_DISABLED, "the app is disabled"
+        return app, CLOSE_APP_DISABLED, "the app is disabled"
     return app, 0, ""
 
 
@@ -100,6 +106,9 @@ class PushServerProtocol(LeanServerProtocol):
     lastSeen = 0.0
     _refused: tuple[int, str] | None = None
     _closing = False
+    _counters: AppCounters | None = None  # the app's, while this connection counts as open
+    _authTimer: Any = None  # user_authentication_timeout
+    _joining: frozenset[str] = frozenset()  # presence channels waiting for their member count
     _tokens = 0.0
     _tokensAt = 0.0
 
@@ -114,17 +123,24 @@ class PushServerProtocol(LeanServerProtocol):
             super().connectionLost(reason)
         finally:
             self.cancelTimers()
+            self._cancelAuthTimer()
             self.factory.registry.untrack(self)
 
     def onConnect(self, request: ConnectionRequest) -> None:
         f = self.factory
         origin = request.headers.get("origin")
-        if f.settings.allowedOrigins and origin and origin not in f.settings.allowedOrigins:
-            raise ConnectionDeny(403, "origin not allowed")
         app, code, reason = _refusal(request, f.apps)
-        if app is None:
+        # The app's allowed_origins, if it has some, else --allowed-origins.
+        allowed = app.allowedOrigins if app is not None and app.allowedOrigins else None
+        allowed = allowed or f.settings.allowedOrigins
+        if allowed and origin and origin not in allowed:
+            raise ConnectionDeny(403, "origin not allowed")
+        if code:
             self._refused = (code, reason)
-        else:
+            if app is not None:  # disabled
+                self.appId = app.id
+                f.appStats.of(app.id).refusedDisabled += 1
+        elif app is not None:
             self.app = app
             self.appId = app.id
             if f.overCap is not None:  # the site's connection caps (pushsvc.http.limits)
@@ -143,6 +159,11 @@ class PushServerProtocol(LeanServerProtocol):
             # The broker lost its link: events published elsewhere would not reach this
             # connection. The client backs off and tries again (maybe another node).
             self._refused = (CLOSE_OVER_CAPACITY, "cannot deliver events now: try again later")
+        counters = f.appStats.of(self.appId) if self.app is not None else None
+        if self._refused is None and counters is not None and self.app is not None:
+            if f.overQuota(self.app, counters.connections):
+                counters.refusedOverQuota += 1
+                self._refused = (CLOSE_OVER_QUOTA, "over the app's connection quota")
         if self._refused is not None:
             code, reason = self._refused
             if f.settings.logWebSockets:
@@ -163,8 +184,16 @@ class PushServerProtocol(LeanServerProtocol):
         )
         takeProducer(transport, self.outbound)
         self.forgetHandshake()
-        self._tokens = float(f.settings.clientEventsPerSecond)
+        assert self.app is not None and counters is not None
+        self._tokens = float(self._clientEventRate())
         self._tokensAt = self.lastSeen
+        self._counters = counters
+        counters.connections += 1
+        counters.connectionsTotal += 1
+        if self.app.userAuthenticationTimeout > 0:
+            self._authTimer = f.clock.callLater(
+                self.app.userAuthenticationTimeout, self._notSignedIn
+            )
         f.hub.connect(self)
         f.keepalive.wake()
         self.send(frames.connectionEstablished(self.socketId, f.settings.activityTimeout))
@@ -185,6 +214,10 @@ class PushServerProtocol(LeanServerProtocol):
         if self.outbound is None:
             return
         self.outbound.drop()
+        self._cancelAuthTimer()
+        if self._counters is not None:
+            self._counters.connections -= 1
+            self._counters = None
         f = self.factory
         f.hub.disconnect(self)
         f.keepalive.rest()
@@ -203,6 +236,29 @@ class PushServerProtocol(LeanServerProtocol):
                 code=code or 1006,
                 duration=f.clock.seconds() - self.openedAt,
             )
+
+    def _notSignedIn(self) -> None:
+        self._authTimer = None
+        if self.userId is None and self._counters is not None:
+            self._counters.refusedUnauthenticated += 1
+            self.send(frames.error(CLOSE_UNAUTHENTICATED, "not signed in in time"))
+            self.closeWith(CLOSE_UNAUTHENTICATED, "connection not authorized within timeout")
+
+    def _cancelAuthTimer(self) -> None:
+        timer, self._authTimer = self._authTimer, None
+        if timer is not None and timer.active():
+            timer.cancel()
+
+    def _clientEventRate(self) -> int:
+        app = self.currentApp()
+        if app.maxClientEventsPerSecond is not None:
+            return app.maxClientEventsPerSecond
+        return self.factory.settings.clientEventsPerSecond
+
+    def currentApp(self) -> App:
+        """This connection's app as configured now (a reload may have rotated its secret)."""
+        assert self.app is not None
+        return self.factory.apps.byId(self.appId) or self.app
 
     def closeWith(self, code: int, reason: str) -> None:
         """Send a close frame with C{code}; nothing more is written to this connection."""
@@ -274,17 +330,24 @@ class PushServerProtocol(LeanServerProtocol):
         if f.registry.isSubscribed(self, channel):
             self._subscribed(channel)
             return
+        if channel in self._joining:
+            return  # answered when the member count comes
         if isServerToUser(channel):
             # pusher-js subscribes to its user channel after sign-in; it is already joined then.
             self.send(frames.subscriptionError(channel, "AuthError", "sign in as this user", 403))
             return
-        if len(f.registry.channelsOf(self)) >= f.settings.maxSubscriptions:
-            message = f"at most {f.settings.maxSubscriptions} subscriptions per connection"
-            self.send(frames.subscriptionError(channel, "LimitReached", message, 403))
+        app = self.currentApp()
+        limit = app.maxSubscriptionsPerConnection or f.settings.maxSubscriptions
+        if len(f.registry.channelsOf(self)) + len(self._joining) >= limit:
+            self._limitReached(channel, f"at most {limit} subscriptions per connection")
+            return
+        if len(channel) > app.maxChannelNameLength:
+            self._limitReached(
+                channel, f"channel names are at most {app.maxChannelNameLength} characters"
+            )
             return
         kind = channelKind(channel)
         member = None
-        assert self.app is not None
         if kind == "presence":
             if req.channelData is not None:
                 try:
@@ -302,14 +365,57 @@ class PushServerProtocol(LeanServerProtocol):
                 )
                 return
         if kind in ("private", "private-encrypted", "presence") and not verifyChannelAuth(
-            self.app, self.socketId, channel, req.auth, req.channelData
+            app, self.socketId, channel, req.auth, req.channelData
         ):
             self.send(frames.subscriptionError(channel, "AuthError", "invalid signature", 401))
             return
+        if member is not None:
+            self._joinPresence(channel, member, app.maxPresenceMembers)
+            return
+        self._subscribe(channel, None)
+
+    def _subscribe(self, channel: str, member: Member | None) -> None:
+        f = self.factory
+        if self._counters is not None:
+            self._counters.subscriptions += 1
         # subscription_succeeded waits until the broker has the subscription (a round trip to
         # Redis with --redis; at once in-process), so every publish accepted after it arrives.
         d = f.hub.subscribe(self, channel, member)
         d.addCallback(lambda _: self._subscribed(channel))
+
+    def _joinPresence(self, channel: str, member: Member, limit: int) -> None:
+        """
+        Join presence C{channel} unless it has C{limit} members already (counted over the
+        cluster with --redis: two joining at once on two nodes may both get in).
+        """
+
+        def counted(present: dict[str, Any]) -> None:
+            if channel not in self._joining:
+                return  # unsubscribed meanwhile
+            self._joining -= {channel}
+            registry = self.factory.registry
+            if self._closing or registry.connection(self.socketId) is not self:
+                return  # closing, or gone meanwhile
+            if registry.isSubscribed(self, channel):
+                self._subscribed(channel)
+            elif member.userId not in present and len(present) >= limit:
+                self._limitReached(channel, f"presence channels have at most {limit} members")
+            else:
+                self._subscribe(channel, member)
+
+        def failed(f: Failure) -> None:
+            self._joining -= {channel}
+            log.failure("joining {channel}", f, channel=channel)
+
+        self._joining |= {channel}
+        self.factory.hub.presenceMembers(self.appId, channel).addCallback(counted).addErrback(
+            failed
+        )
+
+    def _limitReached(self, channel: str, message: str) -> None:
+        if self._counters is not None:
+            self._counters.refusedSubscriptions += 1
+        self.send(frames.subscriptionError(channel, "LimitReached", message, 403))
 
     def _subscribed(self, channel: str) -> Deferred[None]:
         hub = self.factory.hub
@@ -324,6 +430,8 @@ class PushServerProtocol(LeanServerProtocol):
             self.send(frames.subscriptionSucceeded(channel, presence))
             if isCacheChannel(channel):
                 cached = hub.cachedEvent(self.appId, channel)
+                if cached is None:
+                    hub.cacheMiss(self.appId, channel)
                 self.send(cached if cached is not None else frames.cacheMiss(channel))
 
         def failed(f: Failure) -> None:
@@ -333,19 +441,31 @@ class PushServerProtocol(LeanServerProtocol):
 
     def handleUnsubscribe(self, frame: ClientFrame) -> None:
         channel = frames.unsubscribeChannel(frame)
+        self._joining -= {channel}
         if not isServerToUser(channel):
             self.factory.hub.unsubscribe(self, channel)
 
     def handleSignin(self, frame: ClientFrame) -> None:
         req = frames.signinRequest(frame)
-        assert self.app is not None
-        if not verifyUserAuth(self.app, self.socketId, req.auth, req.userData):
+        if not verifyUserAuth(self.currentApp(), self.socketId, req.auth, req.userData):
             raise ProtocolError(ERR_NOT_ALLOWED, "invalid sign-in signature")
         if self.userId is not None and self.userId != req.userId:
             raise ProtocolError(ERR_NOT_ALLOWED, "already signed in as another user")
         self.userId, self.userInfo = req.userId, req.userInfo
+        self._cancelAuthTimer()
         self.factory.hub.signin(self, req.userId)
         self.send(frames.signinSuccess(req.userData))
+        watchlist = frames.watchlistOf(req.userData)
+        if watchlist:
+            self.factory.hub.watch(self, watchlist).addCallback(self._watching)
+
+    def _watching(self, online: list[str]) -> None:
+        if online:
+            self.send(
+                frames.encodeEvent(
+                    frames.WATCHLIST_EVENT, None, frames.watchlistEventsData("online", online)
+                )
+            )
 
     def handleClientEvent(self, frame: ClientFrame) -> None:
         data = frames.clientEventData(frame)
@@ -359,17 +479,21 @@ class PushServerProtocol(LeanServerProtocol):
         if not f.registry.isSubscribed(self, channel):
             raise ProtocolError(ERR_NOT_ALLOWED, f"not subscribed to {channel}")
         now = f.clock.seconds()
-        rate = float(f.settings.clientEventsPerSecond)
+        rate = float(self._clientEventRate())
         self._tokens = min(rate, self._tokens + (now - self._tokensAt) * rate)
         self._tokensAt = now
         if self._tokens < 1.0:
             f.registry.rateLimited += 1
+            if self._counters is not None:
+                self._counters.clientEventsRateLimited += 1
             raise ProtocolError(ERR_RATE_LIMIT, f"over {rate:g} client events per second")
         self._tokens -= 1.0
         userId = None
         if channelKind(channel) == "presence":
             userId = f.registry.presenceUserId(self, channel)
         f.registry.clientEvents += 1
+        if self._counters is not None:
+            self._counters.clientEvents += 1
         f.hub.clientEvent(self, channel, frame.event, data, userId)
 
 
@@ -403,6 +527,7 @@ class PushServerFactory(WebSocketServerFactory):
         # the handshake completes, then the connection is closed with 4100 and this reason.
         self.overCap: str | None = None
         self.client: str | None = None  # the upgrade request's client address (render)
+        self.appStats = AppStats()  # the service shares its own (with the HTTP API)
         self.setProtocolOptions(
             maxFramePayloadSize=settings.maxFrameBytes,
             maxMessagePayloadSize=settings.maxFrameBytes,
@@ -412,6 +537,32 @@ class PushServerFactory(WebSocketServerFactory):
             failByDrop=False,  # protocol violations get a close frame with the code (1007, 1009)
             webStatus=False,  # a plain GET gets a 426, not a page naming the library's version
         )
+
+    def overQuota(self, app: App, local: int) -> bool:
+        """
+        Whether one more connection of C{app}, which has C{local} open here, is over its
+        C{max_connections}: counted over the cluster with --redis, from the other nodes' counts
+        of the last heartbeat (no Redis round trip a connection; the overshoot under a race is
+        at most what the other nodes accepted within one heartbeat, a second).
+        """
+        limit = app.maxConnections
+        return bool(limit) and local + self.hub.state.connectionsElsewhere(app.id) >= limit
+
+    def closeApps(self, codes: dict[str, tuple[int, str]]) -> int:
+        """
+        Close every open connection of the apps in C{codes} (app id -> close code and reason),
+        as a reload does for removed (4001) and disabled (4003) apps; other apps' connections are
+        not touched. @return: how many were closed.
+        """
+        closing: list[Any] = [c for c in self.registry.openConnections() if c.appId in codes]
+        for conn in closing:
+            code, reason = codes[conn.appId]
+            try:
+                conn.send(frames.error(code, reason))
+                conn.closeWith(code, reason)
+            except Exception:
+                log.failure("closing {socketId}", socketId=conn.socketId)
+        return len(closing)
 
     def setProtocolOptions(self, *args: Any, **kwargs: Any) -> None:
         """

@@ -33,7 +33,8 @@ const pusher = new Pusher(opts.key, {
   },
   userAuthentication: {
     customHandler: ({ socketId }, callback) => {
-      const userData = JSON.stringify({ id: opts.userId });
+      const user = opts.watchlist ? { id: opts.userId, watchlist: opts.watchlist } : { id: opts.userId };
+      const userData = JSON.stringify(user);
       callback(null, { auth: opts.key + ':' + sign(socketId + '::user::' + userData), user_data: userData });
     },
   },
@@ -70,6 +71,9 @@ for (const name of opts.channels || []) {
 if (opts.signin) {
   pusher.signin();
   pusher.user.bind_global((event, data) => out({ type: 'user_event', event, data }));
+  for (const name of ['online', 'offline']) {
+    pusher.user.watchlist.bind(name, (e) => out({ type: 'watchlist', name, user_ids: e.user_ids }));
+  }
   pusher.user.signinDonePromise.then(() => out({ type: 'signed_in', id: pusher.user.user_data && pusher.user.user_data.id }));
 }
 

@@ -293,3 +293,40 @@ test("retry pauses double up to 30 s", () => {
   assert.equal(retryDelay(50, () => 1), 30000);
   assert.ok(CATCHUP_LIMIT >= 1);
 });
+
+test("older pages fill the room back to message 1 with no duplicate, and move nothing else", async () => {
+  const server = new FakeServer();
+  for (let i = 1; i <= 12; i++) server.post(`m${i}`);
+  const { sync, ids, events } = makeSync(server, { latestLimit: 5 });
+  sync.start();
+  await server.answerNext();
+  assert.deepEqual(ids(), range(8, 12));
+  assert.equal(sync.minId, 8);
+  const held = [];
+  while (sync.minId > 1) {
+    const before = sync.minId;
+    const page = server.stored.filter((m) => m.id < before).slice(-5);
+    // The same page twice (a double scroll event) adds nothing the second time.
+    const added = sync.addOlder(page.map((m) => ({ ...m })));
+    assert.deepEqual(sync.addOlder(page.map((m) => ({ ...m }))), []);
+    held.unshift(...added.map((m) => m.id));
+  }
+  assert.deepEqual(held, range(1, 7));
+  assert.deepEqual([...sync.messages.keys()].sort((a, b) => a - b), range(1, 12));
+  assert.equal(sync.syncedId, 12);
+  assert.equal(events.filter((e) => e.added).length, 1); // onAdded saw only the latest page
+  assert.equal(server.requests.length, 0);
+});
+
+test("an edit replaces a held message; one not held is ignored", async () => {
+  const server = new FakeServer();
+  server.post("typo");
+  const { sync } = makeSync(server);
+  sync.start();
+  await server.answerNext();
+  assert.equal(sync.update({ id: 1, room: "general", text: "fixed" }), true);
+  assert.equal(sync.messages.get(1).text, "fixed");
+  assert.equal(sync.update({ id: 9, room: "general", text: "x" }), false);
+  assert.equal(sync.update({ id: 1, room: "elsewhere", text: "x" }), false);
+  assert.equal(sync.messages.has(9), false);
+});

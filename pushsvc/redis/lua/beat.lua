@@ -1,10 +1,13 @@
--- heartbeat and reaping -> {absent, {channel, user, ...} no longer present anywhere}
+-- heartbeat and reaping -> {absent, {channel, user, ...} no longer present anywhere,
+-- {channel, ...} no longer subscribed anywhere}
 local absent = touch()
 local out = {}
 local seen = {}
+local emptied = {}
 for _, d in ipairs(redis.call('ZRANGEBYSCORE', nodesKey, '-inf', now)) do
   if d ~= node then
     redis.call('ZREM', nodesKey, d)
+    for _, c in ipairs(redis.call('HKEYS', P .. ':subs:' .. d)) do emptied[c] = true end
     redis.call('DEL', P .. ':subs:' .. d)
     for _, c in ipairs(redis.call('SMEMBERS', mineKey(d))) do
       local users = redis.call('HKEYS', presKey(c, d))
@@ -21,4 +24,18 @@ for _, d in ipairs(redis.call('ZRANGEBYSCORE', nodesKey, '-inf', now)) do
     redis.call('DEL', mineKey(d))
   end
 end
-return {absent, out}
+local vacated = {}
+if next(emptied) ~= nil then
+  local nodes = redis.call('ZRANGE', nodesKey, 0, -1)
+  for c, _ in pairs(emptied) do
+    local held = false
+    for _, n in ipairs(nodes) do
+      if tonumber(redis.call('HGET', P .. ':subs:' .. n, c) or '0') > 0 then
+        held = true
+        break
+      end
+    end
+    if not held then table.insert(vacated, c) end
+  end
+end
+return {absent, out, vacated}
