@@ -418,6 +418,7 @@ class PushService(MultiService):
             instrumentRegistry,
             instrumentWebSocket,
             recordedCheck,
+            recordedWebhookPost,
         )
 
         c = self.config
@@ -435,6 +436,8 @@ class PushService(MultiService):
             instrumentWebSocket(self.wsFactory, recorder)
             for api in apis:
                 api.verify = recordedCheck(recorder, "signature", api.verify)
+            # Webhook POSTs are sent from timers, outside any request: their kind's aggregates.
+            self.webhooks.post = recordedWebhookPost(recorder, self.webhooks.post)
         perApp = lambda: perAppFigures(self.registry, [a.id for a in self.apps])  # noqa: E731
         self.metricsRegistry = Metrics(self.metricFigures, perApp, recorder, self.appStats.samples)
         self.figures = Figures(

@@ -293,6 +293,36 @@ class SeamTests(SynchronousTestCase):
         self.assertEqual(recorder.callKinds["store"].errors, 1)
 
 
+class WebhookPostTests(SynchronousTestCase):
+    def test_webhookPostRecorded(self) -> None:
+        """A webhook POST is a webhook call: its host and size, never the URL's path or query;
+        a POST that fails is an error."""
+        from pushsvc.recording.wrap import recordedWebhookPost
+
+        recorder = Recorder(Clock())
+        sent: list[str] = []
+
+        def post(url: str, body: bytes, headers: dict[str, str]) -> Deferred[int]:
+            sent.append(url)
+            return succeed(200) if "/up" in url else fail(RuntimeError("refused"))
+
+        recorded = recordedWebhookPost(recorder, post)
+        record = recorder.begin("POST", "/x", "/x", None)
+        token = recorder.enter(record)
+        try:
+            self.assertEqual(
+                self.successResultOf(recorded("https://u:p@hooks.test/up?token=s3", b"{}", {})), 200
+            )
+            self.failureResultOf(recorded("https://hooks.test/down", b"{}", {}), RuntimeError)
+        finally:
+            recorder.leave(token)
+        ok, down = record.calls
+        self.assertEqual((ok.kind, ok.detail), ("webhook", {"host": "hooks.test", "bytes": 2}))
+        self.assertNotIn("s3", json.dumps(record.asJSON()))
+        self.assertTrue(down.error)
+        self.assertEqual(len(sent), 2)
+
+
 class AdminSiteTests(SynchronousTestCase):
     def test_limitAndUnknownIds(self) -> None:
         """limit bounds the list; a bad limit is a 400, an unknown id a 404, both JSON errors."""

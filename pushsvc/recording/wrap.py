@@ -240,6 +240,20 @@ def recordedCall(
     return recorded
 
 
+def recordedWebhookPost(recorder: Recorder, post: Callable[..., Any]) -> Callable[..., Any]:
+    """
+    The webhook sender's C{post(url, body, headers)} recorded as a C{webhook} call: the URL's
+    host and the body's size (never the URL's path or query, which may hold a token).
+    """
+    from urllib.parse import urlsplit
+
+    def recorded(url: str, body: bytes, headers: dict[str, str]) -> Any:
+        detail = {"host": urlsplit(url).netloc.rpartition("@")[2], "bytes": len(body)}
+        return _recordDeferred(recorder, "webhook", "POST", detail, post, (url, body, headers), {})
+
+    return recorded
+
+
 def recordedCheck(recorder: Recorder, name: str, check: Callable[..., Any]) -> Callable[..., Any]:
     """C{check} (a signature check), recorded as an C{auth} call; raises what it raises."""
     return recordedCall(recorder, "auth", name, check, {"check": name})
