@@ -64,7 +64,13 @@ class InsideViewBrowserTests(SynchronousTestCase):
             self.sdk.trigger("presence-room-general", "sdk-event", {"hello": "inside", "n": n})
         path = f"/apps/{APP_ID}/events"
         row = f'#requests-table tbody tr:has(td:text-is("{path}"))'
-        page.wait_for_selector(row, timeout=WAIT_MS)
+        # A refresh may have fetched while the publishes were being made: wait for all three.
+        page.wait_for_function(
+            "p => [...document.querySelectorAll('#requests-table td')]"
+            ".filter(td => td.textContent === p).length === 3",
+            arg=path,
+            timeout=WAIT_MS,
+        )
         page.wait_for_function(
             "() => document.querySelector('#fig-connections').textContent === '1'",
             timeout=WAIT_MS,
