@@ -53,7 +53,8 @@ SERVER_CPU = 0
 LOAD_CPU = 1
 APP_ID, APP_KEY, APP_SECRET = "bench", "benchkey", "benchsecret-0123456789"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
-ALL_SERVERS = ("pushsvc", "node-ws", "websockets", "autobahn")
+# pushsvc-norec: pushsvc again with --no-recording, so one run shows what recording costs.
+ALL_SERVERS = ("pushsvc", "pushsvc-norec", "node-ws", "websockets", "autobahn")
 
 
 # -- processes -------------------------------------------------------------------------------
@@ -171,7 +172,9 @@ def startServer(name: str, work: Path, frameBytes: int, extra: list[str]) -> Ser
     logPath = work / f"{name}.log"
     log = open(logPath, "ab")  # noqa: SIM115 -- handed to the child
     env = dict(os.environ)
-    if name == "pushsvc":
+    if name in ("pushsvc", "pushsvc-norec"):
+        if name == "pushsvc-norec":
+            extra = [*extra, "--no-recording"]
         port = freePort()
         data = Path(tempfile.mkdtemp(prefix="data-", dir=work))
         env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")]).rstrip(":")
@@ -180,7 +183,7 @@ def startServer(name: str, work: Path, frameBytes: int, extra: list[str]) -> Ser
             *twistd(),
             "-n",
             "--pidfile=",
-            f"--logfile={work / 'pushsvc-twistd.log'}",
+            f"--logfile={work / f'{name}-twistd.log'}",
             "pushsvc",
             "--listen",
             f"tcp:{port}:interface=127.0.0.1:backlog=1024",

@@ -232,6 +232,8 @@ class PusherAPI(Resource):
         }
         self.publishHandlers = (self.events, self.batchEvents)
         self.published = 0  # events the broker took (a batch counts each of its events)
+        # The signature check, an attribute so the recorder can wrap it (pushsvc.recording).
+        self.verify: Callable[..., None] = verifyApiRequest
         self.appStats = AppStats()  # the service shares its own (with the WebSocket side)
         # app id -> (tokens, when counted): max_api_requests_per_second, one bucket an app
         self._buckets: dict[str, tuple[float, float]] = {}
@@ -285,7 +287,7 @@ class PusherAPI(Resource):
         params = queryParams(request.uri, queryNames)
         try:
             method = request.method.decode("ascii")
-            verifyApiRequest(app, method, path, params, body, self.now(), rawPath=rawPath)
+            self.verify(app, method, path, params, body, self.now(), rawPath=rawPath)
         except ApiAuthError as e:
             raise HTTPError(e.status, e.message) from None
         if not app.enabled:

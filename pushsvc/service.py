@@ -37,6 +37,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from pushsvc import __version__
+from pushsvc.admin.site import loopbackOnly
 from pushsvc.apps import SECRET_ENV, App, Apps, loadOrCreateApp, loadOrCreateKey
 from pushsvc.appsfile import AppsFileError, diffApps, loadAppsFile
 from pushsvc.appstats import AppStats
@@ -44,11 +45,11 @@ from pushsvc.chat import ChatAPI, makeChatResource
 from pushsvc.compat import PrivateAPIMissing, checkPrivateAPIs
 from pushsvc.datadir import DataDirError, lockDataDir, removeCreated, unlockDataDir
 from pushsvc.filemodes import privateDirectory
-from pushsvc.health import HealthResource, MetricsResource
+from pushsvc.health import HealthResource
 from pushsvc.http.channel import HTTPLimits
 from pushsvc.http.limits import AcceptGuard, ConnectionLimits, raiseOpenFileLimit
 from pushsvc.http.proxy import TrustedProxies
-from pushsvc.http.site import makeSite, webRoot
+from pushsvc.http.site import JSONNotFound, makeSite, webRoot
 from pushsvc.interfaces import IBroker, PushSettings
 from pushsvc.session import SessionSigner
 from pushsvc.store import IStore, storeFromURL
@@ -114,17 +115,27 @@ class _Bound:
         endpoint: IStreamServerEndpoint,
         description: str,
         bound: Callable[[IListeningPort, str], None],
+        required: bool = True,
     ) -> None:
         self.endpoint = endpoint
         self.description = description
         self.bound = bound
+        self.required = required  # else a bind failure is only logged
 
     def listen(self, factory: Any) -> Deferred[IListeningPort]:
         def ok(port: IListeningPort) -> IListeningPort:
             self.bound(port, self.description)
             return port
 
-        def failed(f: Failure) -> Failure:
+        def failed(f: Failure) -> Any:
+            if not self.required:
+                log.warn(
+                    "no admin listener: cannot listen on {description}: {reason} "
+                    "(give --admin-listen to choose another, or none)",
+                    description=self.description,
+                    reason=f.getErrorMessage(),
+                )
+                return None
             return Failure(ListenFailed(self.description, f.getErrorMessage()))
 
         return self.endpoint.listen(factory).addCallbacks(ok, failed)
@@ -158,6 +169,12 @@ class ServiceConfig:
     webhookDebounce: float = 3.0  # --webhook-debounce: vacated/member_removed wait this long
     subscriptionCount: bool = False  # --subscription-count: the default app sends the counts
     appsFile: Path | None = None  # --apps-file: several apps, reloaded on SIGHUP (appsfile.py)
+    # The inside view (issue 15): None for no admin listener (tap's default is loopback:8081).
+    adminListen: str | None = None
+    adminListenGiven: bool = False  # given explicitly: a bind failure stops start-up
+    adminTokenFile: Path | None = None
+    recording: bool = True  # --no-recording turns it off
+    recordedRequests: int = 1000  # --recorded-requests: the ring's size
 
 
 def boundAddress(port: IListeningPort) -> str:
@@ -376,6 +393,7 @@ class PushService(MultiService):
             messagesPerMinute=c.chatMessagesPerMinute,
         )
         self.pusherApi = makeApiResource(apps, self.hub, self.reactor.seconds)
+        users = makeUsersResource(apps, self.hub, self.reactor.seconds)
         self.pusherApi.appStats = self.appStats
         self.wsFactory = makeAppFactory(apps, self.hub, self.registry, self.reactor, settings)
         self.wsFactory.appStats = self.appStats
@@ -384,16 +402,75 @@ class PushService(MultiService):
             webRoot(),
             makeChatResource(chat),
             self.pusherApi,
-            makeUsersResource(apps, self.hub, self.reactor.seconds),
+            users,
             NotifyResource(apps, self.hub, self.reactor.seconds),
             PushWebSocketResource(self.wsFactory),
-            HealthResource(self.healthChecks),
-            MetricsResource(self.metrics),
+            HealthResource(self.healthChecks, detailed=False),
+            JSONNotFound(),  # /metrics is on the admin listener only
             HTTPLimits(c.headerTimeout, c.bodyMinRate, c.idleTimeout),
             self.reactor,
         )
         self.site.logPublishes = c.logPublishes
+        self._buildInsideView([self.pusherApi, users], chat)
         return self.site
+
+    def _buildInsideView(self, apis: list[Any], chat: ChatAPI) -> None:
+        """
+        The recorder (unless --no-recording) wrapped around the site's tree, the store, the
+        broker, the signature checks and the fan-out, by composition; the metrics; the admin site.
+        """
+        from pushsvc.admin.metrics import Metrics, MetricsResource, perAppFigures
+        from pushsvc.admin.site import Figures, makeAdminSite
+        from pushsvc.recording import Recorder, classifier
+        from pushsvc.recording.wrap import (
+            RecordingBroker,
+            RecordingRoot,
+            RecordingStore,
+            instrumentRegistry,
+            instrumentWebSocket,
+            recordedCheck,
+            recordedWebhookPost,
+        )
+
+        c = self.config
+        self.recorder = recorder = (
+            Recorder(self.reactor, c.recordedRequests) if c.recording else None
+        )
+        if recorder is not None:
+            self.site.resource = RecordingRoot(self.site.resource, recorder, classifier(self.apps))
+            assert self.store is not None
+            chat.store = RecordingStore(self.store, recorder)
+            self.hub.broker = RecordingBroker(
+                self.broker, recorder, "PUBLISH" if c.redis is not None else "in-process"
+            )
+            instrumentRegistry(self.registry, recorder)
+            instrumentWebSocket(self.wsFactory, recorder)
+            for api in apis:
+                api.verify = recordedCheck(recorder, "signature", api.verify)
+            # Webhook POSTs are sent from timers, outside any request: their kind's aggregates.
+            self.webhooks.post = recordedWebhookPost(recorder, self.webhooks.post)
+        perApp = lambda: perAppFigures(self.registry, [a.id for a in self.apps])  # noqa: E731
+        self.metricsRegistry = Metrics(self.metricFigures, perApp, recorder, self.appStats.samples)
+        self.figures = Figures(
+            self.reactor,
+            self.registry,
+            perApp,
+            recorder,
+            lambda: {appId: f.sent for appId, f in self.webhooks.allFigures().items()},
+        )
+        self.adminSite = None
+        if c.adminListen is not None:
+            token = None
+            if not loopbackOnly(c.adminListen):
+                token = loadOrCreateKey(c.dataDir, "admin-token", c.adminTokenFile, None)
+            self.adminSite, self.adminStreams = makeAdminSite(
+                recorder,
+                self.figures,
+                MetricsResource(self.metricsRegistry),
+                HealthResource(self.healthChecks, detailed=True),
+                token,
+                self.reactor,
+            )
 
     def _buildWebhooks(self, apps: Apps) -> None:
         """The webhooks of every app, told by the hub, kept in the store, sent with treq."""
@@ -462,6 +539,7 @@ class PushService(MultiService):
             self._checkStore()
             self._applyLimits(site)
             listeners = self._addListeners(site)
+            listeners += self._addAdminListener()
             for timer in self.hub.state.services():
                 timer.setServiceParent(self)  # periodic work: the cluster heartbeat
             self._startChildren(listeners)
@@ -506,6 +584,33 @@ class PushService(MultiService):
             listener.setServiceParent(self)
             listeners.append(listener)
         return listeners
+
+    def _addAdminListener(self) -> list[IService]:
+        """
+        The admin listener, a listener child like the others; the default one (not given
+        explicitly) only warns when its port is taken, so that several processes on one machine
+        start (each but the first without an inside view).
+        """
+        c = self.config
+        if self.adminSite is None or c.adminListen is None:
+            return []
+        description = c.adminListen
+        listener = strports.service(description, self.adminSite, reactor=self.reactor)
+        listener.endpoint = _Bound(
+            listener.endpoint, description, self._adminBound, required=c.adminListenGiven
+        )
+        listener.setName(f"listen admin {description}")
+        listener.setServiceParent(self)
+        return [listener]
+
+    def _adminBound(self, port: IListeningPort, description: str) -> None:
+        self.adminPort = port
+        self.figures.start()
+        log.info(
+            "admin listener (dashboard, /metrics, detailed health) on {description}{token}",
+            description=description,
+            token="" if loopbackOnly(description) else "; it needs the admin token",
+        )
 
     def _bound(self, port: IListeningPort, description: str) -> None:
         self.ports.append(port)
@@ -605,6 +710,15 @@ class PushService(MultiService):
         d.addTimeout(5, self.reactor)
         return d.addCallbacks(ok, bad)
 
+    def metricFigures(self) -> list[tuple[str, str, str, float]]:
+        """The unlabelled figures; the per-app ones go to /metrics as labelled series."""
+        return (
+            self.registry.metrics()
+            + self.pusherApi.metrics()
+            + self.site.limits.metrics()
+            + self.webhooks.metrics()
+        )
+
     def metrics(self) -> list[tuple[str, str, str, float]]:
         return (
             self.registry.metrics()
@@ -629,6 +743,12 @@ class PushService(MultiService):
     def _stopListeners(self) -> Deferred[Any]:
         for guard in self.acceptGuards:
             guard.stop()
+        figures = getattr(self, "figures", None)
+        if figures is not None:
+            figures.stop()
+        streams = getattr(self, "adminStreams", None)
+        if streams is not None:
+            streams.closeAll()
         self.ports = []
         stops = [c.stopService() for c in self if (c.name or "").startswith("listen ")]
         return DeferredList([s for s in stops if s is not None])

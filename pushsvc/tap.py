@@ -28,6 +28,7 @@ from pushsvc.store import validateStoreURL
 from pushsvc.webhooks.format import WebhookConfigError, checkURL
 
 DEFAULT_LISTEN = "tcp:8080:interface=127.0.0.1"
+DEFAULT_ADMIN_LISTEN = "tcp:8081:interface=127.0.0.1"
 
 
 def _endpoint(description: str) -> str:
@@ -116,6 +117,24 @@ def _webhookURL(value: str) -> str:
         return checkURL(value)
     except WebhookConfigError as e:
         raise usage.UsageError(f"--webhook-url: {e}.") from None
+
+
+def _adminListen(value: str) -> str:
+    if value.strip().lower() == "none":
+        return "none"
+    from twisted.internet import reactor
+
+    try:
+        serverFromString(reactor, value)
+    except Exception as e:
+        raise ValueError(
+            f"--admin-listen {value!r} is not a Twisted server endpoint "
+            f"(e.g. {DEFAULT_ADMIN_LISTEN}) or none: {e}"
+        ) from None
+    return value
+
+
+_adminListen.coerceDoc = f"A server endpoint (default {DEFAULT_ADMIN_LISTEN}), or none."  # type: ignore[attr-defined]
 
 
 def _existingFile(value: str) -> Path:
@@ -235,6 +254,7 @@ class Options(usage.Options):
             None,
             "Send pusher_internal:subscription_count to the default app's channels.",
         ],
+        ["no-recording", None, "Do not record requests and their calls (the inside view)."],
     ]
 
     optParameters: list[list[Any]] = [
@@ -360,6 +380,28 @@ class Options(usage.Options):
             "TOML file of the apps to serve, each with its own limits; reloaded on SIGHUP.",
             _appsFile,
         ],
+        [
+            "admin-listen",
+            None,
+            None,
+            f"Endpoint of the admin listener (dashboard, /metrics, detailed health), default "
+            f"{DEFAULT_ADMIN_LISTEN}; none: no admin listener. Beyond loopback it needs a token.",
+            _adminListen,
+        ],
+        [
+            "admin-token-file",
+            None,
+            None,
+            "File holding the admin token (default: generated once into the data dir, mode 0600).",
+            _existingFile,
+        ],
+        [
+            "recorded-requests",
+            None,
+            1000,
+            "How many recent requests the recorder keeps, with their calls.",
+            _positiveInt("--recorded-requests"),
+        ],
     ]
 
     def __init__(self) -> None:
@@ -462,6 +504,15 @@ def makeService(options: Options) -> IService:
         webhookDebounce=options["webhook-debounce"],
         subscriptionCount=bool(options["subscription-count"]),
         appsFile=options["apps-file"],
+        adminListen=(
+            None
+            if options["admin-listen"] == "none"
+            else options["admin-listen"] or DEFAULT_ADMIN_LISTEN
+        ),
+        adminListenGiven=options["admin-listen"] is not None,
+        adminTokenFile=options["admin-token-file"],
+        recording=not options["no-recording"],
+        recordedRequests=options["recorded-requests"],
     )
     twistd = getattr(options, "parent", None)  # twistd's own options, when run by twistd
     if twistd is not None and not (twistd.get("nodaemon") or twistd.get("debug")):

@@ -102,6 +102,9 @@ def startTwistd(
     if usePythonPath:
         childEnv["PYTHONPATH"] = str(ROOT) + os.pathsep + childEnv.get("PYTHONPATH", "")
     childEnv.update(env or {})
+    if "--admin-listen" not in args:
+        # Not the default loopback:8081, which parallel test runs would contend for.
+        args = [*args, "--admin-listen", "none"]
     argv = [python, "-c", f"{setup}\n{TWISTD}", *twistdArgs, "pushsvc", *args]
     reactor.spawnProcess(proto, python, argv, env=childEnv, path=cwd)
     return proto

@@ -55,6 +55,8 @@ class ServerProcess:
             self.dataDir,
             *self.extra,
         ]
+        if "--admin-listen" not in self.extra:
+            argv += ["--admin-listen", "none"]  # not the default 8081 parallel runs contend for
         self.proc = subprocess.Popen(
             argv,
             stdout=subprocess.PIPE,

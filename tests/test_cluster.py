@@ -29,7 +29,7 @@ from twisted.web.http_headers import Headers
 from pushsvc.apiauth import apiSignature, bodyMd5
 from pushsvc.apps import App
 from pushsvc.signing import userAuth
-from tests.helpers import requireService
+from tests.helpers import freePort, requireService
 from tests.procs import TwistdProcess, killIfRunning, startTwistd
 from tests.redisutil import REDIS_URL, RedisServer, deleteKeys, requireRedis
 from tests.wsclient import PATH, WSClient, connectClient, subscribeClient
@@ -71,15 +71,19 @@ class Cluster:
         suffix = uuid.uuid4().hex[:10]
         self.app = App(str(uuid.uuid4().int % 10**12), f"key{suffix}", f"secret{suffix}")
         self.ports: list[int] = []
+        self.adminPorts: list[int] = []  # the admin listeners (detailed health, /metrics)
         self.procs: list[TwistdProcess] = []
 
     def start(self, n: int = 3, extra: tuple[str, ...] = ()) -> Any:
         """Fires once every process has its store and broker ready; C{extra}: more options."""
         waits = []
         for _ in range(n):
+            adminPort = freePort()  # the admin listener logs no bound port: chosen here
             args = [
                 "--listen",
                 "tcp:0:interface=127.0.0.1",
+                "--admin-listen",
+                f"tcp:{adminPort}:interface=127.0.0.1",
                 "--data-dir",
                 self.case.mktemp(),
                 "--app-id",
@@ -98,6 +102,7 @@ class Cluster:
             proc = startTwistd(args, env=env)
             self.case.addCleanup(killIfRunning, proc)
             self.ports.append(0)  # the bound port, read from the log below
+            self.adminPorts.append(adminPort)
             self.procs.append(proc)
             learned = proc.whenListening().addCallback(self._learned, len(self.ports) - 1)
             waits += [learned, proc.waitFor("message store ready"), proc.waitFor("broker ready")]
@@ -311,6 +316,9 @@ class OutageTests(ClusterCase):
         else:
             self.fail("a publish while Redis is down was accepted")
         health = yield http.get(f"http://127.0.0.1:{cluster.ports[0]}/healthz")
+        self.assertEqual(health.code, 503)
+        self.assertEqual((yield health.json()), {"status": "degraded"})  # public: no address
+        health = yield http.get(f"http://127.0.0.1:{cluster.adminPorts[0]}/healthz")
         self.assertEqual(health.code, 503)
         body = yield health.json()
         self.assertIn(f"redis://127.0.0.1:{server.port}/0 unreachable: ", body["broker"])

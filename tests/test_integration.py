@@ -49,6 +49,7 @@ class ServiceCase(TestCase):
             appId=APP_ID,
             appKey=APP_KEY,
             environ={"PUSHSVC_APP_SECRET": SECRET},
+            adminListen="tcp:0:interface=127.0.0.1",
         )
         self.service = PushService(config, reactor)
         self.service.startService()
@@ -307,12 +308,16 @@ class ServiceTests(ServiceCase):
         a = yield self.connect()
         yield self.subscribe(a, "news")
         health = yield self.http.get(f"{self.base}/healthz")
+        self.assertEqual((health.code, (yield health.json())), (200, {"status": "ok"}))
+        assert self.service.adminPort is not None
+        admin = f"http://127.0.0.1:{portOf(self.service.adminPort)}"
+        health = yield self.http.get(f"{admin}/healthz")
         body = yield health.json()
         self.assertEqual((health.code, body["status"], body["store"]), (200, "ok", "ok"))
-        metrics = yield self.http.get(f"{self.base}/metrics")
+        metrics = yield self.http.get(f"{admin}/metrics")
         text = yield metrics.text()
-        self.assertIn("pushsvc_connections 1", text)
-        self.assertIn("pushsvc_subscriptions 1", text)
+        self.assertIn(f'pushsvc_connections{{app_id="{APP_ID}"}} 1.0', text)
+        self.assertIn(f'pushsvc_subscriptions{{app_id="{APP_ID}"}} 1.0', text)
 
     @inlineCallbacks
     def test_gracefulStop(self) -> Any:
