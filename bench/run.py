@@ -55,6 +55,9 @@ APP_ID, APP_KEY, APP_SECRET = "bench", "benchkey", "benchsecret-0123456789"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 # pushsvc-norec: pushsvc again with --no-recording, so one run shows what recording costs.
 ALL_SERVERS = ("pushsvc", "pushsvc-norec", "node-ws", "websockets", "autobahn")
+# pushsvc-hooks (on request, --servers): pushsvc with a webhook receiver that accepts connections
+# and never answers, so a run shows whether stuck webhooks cost the fan-out anything.
+EXTRA_SERVERS = ("pushsvc-hooks",)
 
 
 # -- processes -------------------------------------------------------------------------------
@@ -168,13 +171,30 @@ def peerRequest(port: int, frameBytes: int) -> Callable[[int, int], bytes]:
     return make
 
 
+_silent: list[socket.socket] = []
+
+
+def silentReceiver() -> int:
+    """
+    A port that accepts TCP connections (the kernel completes them from the backlog) and never
+    reads or answers: a webhook receiver that hangs. Kept open until this process ends.
+    """
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    s.listen(4096)
+    _silent.append(s)
+    return int(s.getsockname()[1])
+
+
 def startServer(name: str, work: Path, frameBytes: int, extra: list[str]) -> Server:
     logPath = work / f"{name}.log"
     log = open(logPath, "ab")  # noqa: SIM115 -- handed to the child
     env = dict(os.environ)
-    if name in ("pushsvc", "pushsvc-norec"):
+    if name in ("pushsvc", "pushsvc-norec", "pushsvc-hooks"):
         if name == "pushsvc-norec":
             extra = [*extra, "--no-recording"]
+        if name == "pushsvc-hooks":
+            extra = [*extra, "--webhook-url", f"http://127.0.0.1:{silentReceiver()}/hooks"]
         port = freePort()
         data = Path(tempfile.mkdtemp(prefix="data-", dir=work))
         env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")]).rstrip(":")
@@ -543,7 +563,7 @@ def parseArgs(argv: list[str] | None = None) -> argparse.Namespace:
             setattr(args, key, small if quick else full)
     args.servers = [s.strip() for s in args.servers.split(",") if s.strip()]
     for s in args.servers:
-        if s not in ALL_SERVERS:
+        if s not in ALL_SERVERS + EXTRA_SERVERS:
             p.error(f"unknown server {s!r}")
     return args
 
