@@ -213,6 +213,10 @@ def startServer(name: str, work: Path, frameBytes: int, extra: list[str]) -> Ser
             APP_ID,
             "--app-key",
             APP_KEY,
+            # Every subscriber and the publisher come from 127.0.0.1: 10,000 of them would pass
+            # the default cap per client address (1,000).
+            "--max-connections-per-ip",
+            "0",
             *extra,
         ]
         target = Target(
