@@ -29,7 +29,15 @@ def pytest_ignore_collect(collection_path: Path, config: pytest.Config) -> bool 
 # marker -> (modules whose every test has it, test case base classes whose tests have it)
 MARKS: dict[str, tuple[frozenset[str], frozenset[str]]] = {
     "browser": (
-        frozenset({"test_browser", "test_browser_pusherjs"}),
+        frozenset(
+            {
+                "test_browser",
+                "test_browser_pusherjs",
+                "test_browser_chat",
+                "test_inside_browser",
+                "test_nginx",
+            }
+        ),
         frozenset({"tests.test_cluster.BrowserTests"}),
     ),
     "redis": (
@@ -52,6 +60,13 @@ MARKS: dict[str, tuple[frozenset[str], frozenset[str]]] = {
                 "test_pusherjs",
                 "test_bench",
                 "test_markers",
+                "test_browser_chat",
+                "test_inside_browser",
+                "test_nginx",
+                "test_apps_live",
+                "test_inside",
+                "test_limits_live",
+                "test_webhooks",
             }
         ),
         frozenset({"tests.test_redis.OutageTests"}),
