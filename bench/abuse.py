@@ -1361,10 +1361,23 @@ async def probeLogout(ctx: Ctx) -> Result:
     node = ctx.node("main")
     cookie = await session(node.port, "leaver")
     out = await http(node.port, "DELETE", "/api/session", headers={"Cookie": cookie})
+    # GET /api/session answers 200 {"signed_in": false} without a valid session (issue 16);
+    # a post with the old cookie must be refused.
     after = await http(node.port, "GET", "/api/session", headers={"Cookie": cookie})
+    post = await http(
+        node.port,
+        "POST",
+        "/api/rooms/general/messages",
+        json.dumps({"text": "still here?"}).encode(),
+        jsonHeaders(cookie),
+    )
+    signedIn = (after.json() or {}).get("signed_in") if after.status == 200 else None
     return (
-        f"DELETE /api/session {out.short()}; the old cookie then {after.status}",
-        200 <= out.status < 300 and after.status == 401,
+        f"DELETE /api/session {out.short()}; the old cookie then: GET /api/session "
+        f"{after.status} signed_in={signedIn}, a post {post.status}",
+        200 <= out.status < 300
+        and (after.status == 401 or signedIn is False)
+        and post.status == 401,
     )
 
 

@@ -70,7 +70,8 @@ from pushsvc.waiters import Waiters
 log = Logger()
 
 DEFAULT_PREFIX = "pushsvc"
-COMMAND_TIMEOUT = 2.0  # seconds; a command or PING not answered this long means Redis stalls
+COMMAND_TIMEOUT = 1.5  # seconds; a command not answered this long means Redis stalls (a
+# publish then answers 503 within 2 s of being sent, its HTTP round trip included)
 PROBE_INTERVAL = 0.5  # seconds between the PINGs of the liveness probe
 # A PING of the probe unanswered this long marks a stall: with PINGs every PROBE_INTERVAL, an
 # idle stall shows in health within PROBE_INTERVAL + PROBE_DEADLINE = 2 s.
