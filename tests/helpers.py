@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import socket
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, NoReturn, Protocol, cast
 
 from treq.response import _Response
@@ -129,3 +131,19 @@ def boundPort(output: str) -> int:
     if found is None:
         raise AssertionError(f"no 'listening on ... (bound to ...)' line in:\n{output}")
     return int(found.group(1))
+
+
+JS = Path(__file__).resolve().parent / "js"
+
+
+def requirePusherJS() -> str:
+    """
+    The path of node, once node and the npm packages of tests/js (pusher-js) are there; skips
+    the test (fails it in CI) otherwise.
+    """
+    node = shutil.which("node")
+    if node is None:
+        requireService("node", "is not installed")
+    if not (JS / "node_modules" / "pusher-js").is_dir():
+        requireService("pusher-js", "is not installed: run npm ci --prefix tests/js")
+    return node

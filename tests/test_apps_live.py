@@ -8,7 +8,6 @@ processes on Redis that keep the apps apart and share C{max_connections}.
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import uuid
 from pathlib import Path
@@ -23,7 +22,7 @@ from twisted.internet.threads import deferToThread
 from twisted.trial.unittest import TestCase
 
 from pushsvc.apps import App
-from tests.helpers import freePort, requireService
+from tests.helpers import freePort, requirePusherJS
 from tests.procs import TwistdProcess, killIfRunning, startTwistd
 from tests.redisutil import REDIS_URL, deleteKeys, requireRedis
 from tests.test_pusherjs import JS, NodeClient
@@ -200,12 +199,7 @@ class ReloadTests(AppsLiveCase):
 class PusherJSAppsTests(AppsLiveCase):
     def setUp(self) -> None:
         super().setUp()
-        node = shutil.which("node")
-        if node is None:
-            requireService("node", "is not installed")
-        if not (JS / "node_modules" / "pusher-js").is_dir():
-            requireService("pusher-js", "is not installed: run npm ci --prefix tests/js")
-        self.node = str(node)
+        self.node = requirePusherJS()
 
     def spawn(self, app: App, port: int, channels: list[str]) -> NodeClient:
         import json

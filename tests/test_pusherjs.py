@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +25,7 @@ from pushsvc.hub import Hub
 from pushsvc.interfaces import PushSettings
 from pushsvc.local import LocalBroker
 from pushsvc.ws.protocol import makeAppResource
-from tests.helpers import listenLocal, requireService
+from tests.helpers import listenLocal, requirePusherJS
 
 JS = Path(__file__).resolve().parent / "js"
 APP = App("7", "pusherjs-key", "pusherjs-secret")
@@ -97,12 +96,7 @@ class PusherJSTests(TestCase):
     timeout = 90
 
     def setUp(self) -> None:
-        node = shutil.which("node")
-        if node is None:
-            requireService("node", "is not installed")
-        if not (JS / "node_modules" / "pusher-js").is_dir():
-            requireService("pusher-js", "is not installed: run npm ci --prefix tests/js")
-        self.node = str(node)
+        self.node = requirePusherJS()
         settings = PushSettings()
         self.registry = Registry(settings, reactor)
         self.hub = Hub(self.registry, LocalBroker(), reactor)

@@ -37,7 +37,7 @@ from pushsvc.store.memory import MemoryStore
 from pushsvc.webhooks import format as fmt
 from pushsvc.webhooks.format import WebhookConfigError, WebhookTarget, parseWebhooks
 from pushsvc.webhooks.sender import WebhookSender
-from tests.helpers import freePort, listenLocal, portOf, requireService
+from tests.helpers import freePort, listenLocal, portOf, requirePusherJS, requireService
 from tests.procs import killIfRunning, startTwistd
 from tests.redisutil import Conn, RedisTestCase
 
@@ -756,17 +756,11 @@ class PusherJSServerEventsTests(TestCase):
     timeout = 90
 
     def setUp(self) -> None:
-        import shutil
 
         from pushsvc.counts import SubscriptionCounts
         from pushsvc.ws.protocol import makeAppResource
 
-        node = shutil.which("node")
-        if node is None:
-            requireService("node", "is not installed")
-        if not (JS / "node_modules" / "pusher-js").is_dir():
-            requireService("pusher-js", "is not installed: run npm ci --prefix tests/js")
-        self.node = node
+        self.node = requirePusherJS()
         self.app = App("77", "counts-key", "counts-secret", subscriptionCount=True)
         settings = PushSettings()
         self.registry = Registry(settings, reactor)
