@@ -346,6 +346,7 @@ class Big:
 
     asked: int
     allowed: int  # what the fd hard limit allows (asked, at most)
+    hard: int  # the fd hard limit
     held: int = 0
     connectSeconds: float = 0.0
     rssPerConn: float = float("nan")
@@ -545,7 +546,7 @@ def benchBig(name: str, args: argparse.Namespace, work: Path, result: Result) ->
         say(f"part C: asked {args.big:,}, the fd hard limit {limit} allows {allowed:,}")
     else:
         say(f"part C: {allowed:,} connections (the fd hard limit is {limit})")
-    big = Big(args.big, allowed)
+    big = Big(args.big, allowed, hard)
     extra = (
         [
             "--activity-timeout",
@@ -648,11 +649,18 @@ def tables(results: list[Result], args: argparse.Namespace) -> str:
             )
     bigs = [r for r in results if r.big is not None or r.bigError is not None]
     if bigs:
+        allowed = [f"{r.server} {r.big.allowed:,}" for r in bigs if r.big is not None]
+        hard = next((r.big.hard for r in bigs if r.big is not None), None)
+        limit = (
+            f"; the fd hard limit {hard:,} allows {', '.join(allowed)}"
+            if hard is not None and hard != resource.RLIM_INFINITY
+            else ""
+        )
         lines += [
             "",
-            f"Part C, many idle connections: asked {args.big:,}; the keep-alive sweep: pushsvc "
-            f"started with `--activity-timeout {args.big_activity_timeout}` for this part only "
-            f"and left idle {args.big_idle_seconds:g} s, so its sweep (every 15 s, pinging "
+            f"Part C, many idle connections: asked {args.big:,}{limit}; the keep-alive sweep: "
+            f"pushsvc started with `--activity-timeout {args.big_activity_timeout}` for this part "
+            f"only and left idle {args.big_idle_seconds:g} s, so its sweep (every 15 s, pinging "
             "connections silent for 30 s) pings every connection; the stall column is over that "
             "idle time, the GC column over the connecting. A `/metrics` read's own stall is "
             "counted in the figure that follows it (measured: last column).",

@@ -209,6 +209,45 @@ class MetricsFiguresTests(SynchronousTestCase):
         self.assertEqual(self.longest(None, fakeMetrics()), "n/a")
 
 
+class MetricsScrapeTests(SynchronousTestCase):
+    def test_scrapeReadsTheAdminListener(self) -> None:
+        """
+        scrape() GETs /metrics from 127.0.0.1:port and parses it; a failed read (nothing
+        listening, or not 200) is None, which the figures show as "n/a".
+        """
+        import threading
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        body = fakeMetrics(longest=0.0042).encode()
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                ok = self.path == "/metrics"
+                self.send_response(200 if ok else 404)
+                self.send_header("Content-Length", str(len(body) if ok else 0))
+                self.end_headers()
+                if ok:
+                    self.wfile.write(body)
+
+            def log_message(self, format: str, *args: object) -> None:
+                pass
+
+        m = loadBench("metricstext")
+        server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        thread = threading.Thread(target=server.serve_forever, daemon=True)
+        thread.start()
+        try:
+            samples = m.scrape(server.server_address[1], timeout=10)
+        finally:
+            server.shutdown()
+            server.server_close()
+            thread.join(10)
+        self.assertEqual(samples[("pushsvc_reactor_stall_longest_seconds", ())], 0.0042)
+        with socket.socket() as unused:
+            unused.bind(("127.0.0.1", 0))  # bound, not listening: the connection is refused
+            self.assertIsNone(m.scrape(unused.getsockname()[1], timeout=10))
+
+
 class PartCTests(SynchronousTestCase):
     def test_clampedToTheFdHardLimit(self) -> None:
         """
