@@ -120,6 +120,7 @@ class LoadGen:
         self.ready = 0  # READY subscribers, as of wsload's last answer
         self.closedCodes: dict[int, int] = {}  # as of wsload's last answer
         self.pings = 0  # server pings wsload answered, as of its last answer
+        self.pinged = 0  # subscribers that answered at least one, likewise
         self.done = 0  # every READY subscriber has every event of this phase before this one
         # publishing
         self.pub: socket.socket | None = None
@@ -211,6 +212,7 @@ class LoadGen:
         fields = dict(zip(words[1::2], words[2::2], strict=True))
         self.ready = int(fields["ready"])
         self.pings = int(fields["pings"])
+        self.pinged = int(fields["pinged"])
         codes = fields["codes"]
         self.closedCodes = (
             {}
@@ -247,6 +249,7 @@ class LoadGen:
         self.ready = 0
         self.closedCodes = {}
         self.pings = 0
+        self.pinged = 0
 
     # -- publishing ------------------------------------------------------------------------
 

@@ -20,13 +20,15 @@
  *   quit                              close everything and exit 0 (so does EOF on stdin)
  *
  * Answers (each ends with the counts over all subscribers of this process: READY now, closed so
- * far, the close codes seen so far, `-` for none, and the server pings answered so far):
+ * far, the close codes seen so far, `-` for none, the server pings answered so far, and the
+ * subscribers that answered at least one):
  *
- *   connected ready R closed C codes 4100=3,-1=2 pings P
- *   phase ready R closed C codes - pings P
- *   status ready R closed C codes - pings P
- *   stats received U dup D ooo O samples S p50 NS p99 NS max NS ready R closed C codes - pings P
- *   dumped samples S ready R closed C codes - pings P
+ *   connected ready R closed C codes 4100=3,-1=2 pings P pinged Q
+ *   phase ready R closed C codes - pings P pinged Q
+ *   status ready R closed C codes - pings P pinged Q
+ *   stats received U dup D ooo O samples S p50 NS p99 NS max NS ready R closed C codes -
+ *         pings P pinged Q   (on one line)
+ *   dumped samples S ready R closed C codes - pings P pinged Q
  *   error TEXT
  *
  * and one asynchronous line, `done K`, whenever K grows: every READY subscriber has received
@@ -80,6 +82,7 @@ enum { CONNECTING, HANDSHAKE, JOINING, READY, CLOSED };
 typedef struct {
     int fd;
     uint8_t state;
+    uint8_t pinged;        /* answered a ping */
     uint32_t batch;        /* the connect command that opened it */
     unsigned char *buf;    /* an incomplete frame (or handshake answer) kept between recvs */
     size_t len, cap;
@@ -101,7 +104,7 @@ static unsigned char maskKey[4];
 static unsigned char rbuf[256 * 1024];
 
 static size_t ready, pending;  /* pending: CONNECTING, HANDSHAKE or JOINING */
-static uint64_t pings;  /* server pings answered */
+static uint64_t pings, pinged;  /* server pings answered; subscribers that answered one */
 static size_t perAddress = 25000;  /* subscribers per source address */
 static size_t opened;  /* sockets made so far: the next one's source address */
 
@@ -363,6 +366,10 @@ static void pong(Conn *c, const unsigned char *payload, size_t n) {
     unsigned char frame[2 + 4 + 125];
     if (n > 125) return;  /* not a valid ping */
     pings++;
+    if (!c->pinged) {
+        c->pinged = 1;
+        pinged++;
+    }
     frame[0] = 0x8A;
     frame[1] = (unsigned char)(0x80 | n);
     memcpy(frame + 2, maskKey, 4);
@@ -566,15 +573,17 @@ static void stats(void) {
     size_t n = nLat;
     quantiles(lat, n, &p50, &p99, &max);
     answer("stats received %llu dup %llu ooo %llu samples %zu p50 %lld p99 %lld max %lld "
-           "ready %zu closed %llu codes %s pings %llu\n",
+           "ready %zu closed %llu codes %s pings %llu pinged %llu\n",
            (unsigned long long)received, (unsigned long long)duplicated,
            (unsigned long long)outOfOrder, n, (long long)p50, (long long)p99, (long long)max,
-           ready, (unsigned long long)closedTotal, codesText(), (unsigned long long)pings);
+           ready, (unsigned long long)closedTotal, codesText(), (unsigned long long)pings,
+           (unsigned long long)pinged);
 }
 
 static void counts(const char *kind) {
-    answer("%s ready %zu closed %llu codes %s pings %llu\n", kind, ready,
-           (unsigned long long)closedTotal, codesText(), (unsigned long long)pings);
+    answer("%s ready %zu closed %llu codes %s pings %llu pinged %llu\n", kind, ready,
+           (unsigned long long)closedTotal, codesText(), (unsigned long long)pings,
+           (unsigned long long)pinged);
 }
 
 /* `dump PATH`: the phase's latency samples, raw, for the benchmark's pictures. */
@@ -589,8 +598,9 @@ static void dump(const char *path) {
         answer("error dump %s: %s\n", path, strerror(errno));
         return;
     }
-    answer("dumped samples %zu ready %zu closed %llu codes %s pings %llu\n", nLat, ready,
-           (unsigned long long)closedTotal, codesText(), (unsigned long long)pings);
+    answer("dumped samples %zu ready %zu closed %llu codes %s pings %llu pinged %llu\n", nLat,
+           ready, (unsigned long long)closedTotal, codesText(), (unsigned long long)pings,
+           (unsigned long long)pinged);
 }
 
 /* Open what the connect command still may; answer it once all of its subscribers settled. */
