@@ -52,7 +52,7 @@ def draw(out: Path, title: str, series: list[tuple[str, Path]]) -> bool:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     import numpy as np
-    from matplotlib.ticker import FuncFormatter
+    from matplotlib.ticker import FuncFormatter, NullFormatter
 
     fig, (ax, tail) = plt.subplots(
         2, 1, figsize=(9, 7.5), dpi=110, sharex=True, gridspec_kw={"height_ratios": [3, 2]}
@@ -78,7 +78,10 @@ def draw(out: Path, title: str, series: list[tuple[str, Path]]) -> bool:
         return False
     ax.set_xscale("log")
     ax.set_xlim(max(lowest * 0.8, 0.01), highest * 1.25)
-    tail.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+    plain = FuncFormatter(lambda v, _: f"{v:g}")
+    tail.xaxis.set_major_formatter(plain)
+    # within about a decade the minor ticks (2, 3, 5 ...) need labels; beyond it they crowd
+    tail.xaxis.set_minor_formatter(plain if highest / max(lowest, 1e-9) < 30 else NullFormatter())
     ax.set_ylim(0, 1.01)
     tail.set_yscale("log")
     tail.set_ylim(fewest * 0.7, 1.05)

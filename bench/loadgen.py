@@ -374,6 +374,10 @@ class LoadGen:
         self._drain(drain)
         return self._endPhase()
 
+    def resetPinged(self) -> None:
+        """Count the subscribers that answer a server ping afresh, from now (L{pinged})."""
+        self._command("pingreset", 10)
+
     def idle(self, seconds: float) -> None:
         """Let time pass (wsload answers pings), then take the subscribers' counts."""
         end = time.monotonic() + seconds

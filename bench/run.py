@@ -578,6 +578,7 @@ def benchBig(name: str, args: argparse.Namespace, work: Path, result: Result) ->
         afterConnect = server.metrics()
         big.stallConnect, big.gcConnect = figures(server, beforeConnect, afterConnect)
         pings = gen.pings
+        gen.resetPinged()  # so every connection answers a ping within the idle time
         # a peer that never pings idles the least; pushsvc until all were pinged (or the most)
         pinging = name in PUSHSVC_SERVERS
         say(

@@ -14,6 +14,7 @@
  *   phase FIRST                       reset the counters (received, dup, ooo, latencies); FIRST
  *                                     is the phase's first sequence number, where `done` starts
  *   status                            answer the counts only
+ *   pingreset                         count the subscribers that answered a ping afresh (Q: 0)
  *   stats                             the counters of the phase and its latencies
  *   dump PATH                         write the phase's latency samples to PATH (created or
  *                                     truncated): S native-endian int64 nanoseconds, unordered
@@ -26,6 +27,7 @@
  *   connected ready R closed C codes 4100=3,-1=2 pings P pinged Q
  *   phase ready R closed C codes - pings P pinged Q
  *   status ready R closed C codes - pings P pinged Q
+ *   pingreset ready R closed C codes - pings P pinged 0
  *   stats received U dup D ooo O samples S p50 NS p99 NS max NS ready R closed C codes -
  *         pings P pinged Q   (on one line)
  *   dumped samples S ready R closed C codes - pings P pinged Q
@@ -637,6 +639,10 @@ static void command(char *line) {
         counts("phase");
     } else if (strcmp(line, "status") == 0) {
         counts("status");
+    } else if (strcmp(line, "pingreset") == 0) {
+        for (size_t i = 0; i < nConns; i++) conns[i].pinged = 0;
+        pinged = 0;
+        counts("pingreset");
     } else if (strcmp(line, "stats") == 0) {
         stats();
     } else if (strncmp(line, "dump ", 5) == 0 && line[5] != '\0') {

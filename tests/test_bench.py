@@ -100,9 +100,10 @@ class WsloadQuantileTests(SynchronousTestCase):
                     conn.close()
                 connected = proc.stdout.readline().split()
                 dumped = Path(tmp) / "samples.bin"
-                proc.stdin.write(f"phase 0\ndump {dumped}\n")
+                proc.stdin.write(f"phase 0\ndump {dumped}\npingreset\n")
                 proc.stdin.flush()
                 phase, dump = proc.stdout.readline().split(), proc.stdout.readline().split()
+                pingreset = proc.stdout.readline().split()
                 proc.stdin.write("quit\n")
                 proc.stdin.flush()
                 self.assertEqual(proc.wait(10), 0)
@@ -116,6 +117,63 @@ class WsloadQuantileTests(SynchronousTestCase):
         self.assertEqual(sources, ["127.0.0.1", "127.0.0.1", "127.0.0.2", "127.0.0.2", "127.0.0.3"])
         self.assertEqual(connected[:5], ["connected", "ready", "0", "closed", "5"])
         self.assertEqual((phase[0], dump[:3], size), ("phase", ["dumped", "samples", "0"], 0))
+        self.assertEqual((pingreset[0], pingreset[-2:]), ("pingreset", ["pinged", "0"]))
+
+    def test_pingsAnsweredAreCounted(self) -> None:
+        """
+        A server ping is answered with a masked pong carrying its payload and counted (pings,
+        and pinged: subscribers that answered one); pingreset counts the pinged afresh.
+        """
+        with tempfile.TemporaryDirectory() as tmp, socket.socket() as listener:
+            binary = buildWsload(tmp)
+            listener.bind(("127.0.0.1", 0))
+            listener.listen(4)
+            listener.settimeout(10)
+            proc = subprocess.Popen(
+                [str(binary), "127.0.0.1", str(listener.getsockname()[1]), "/", "plain"],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                text=True,
+            )
+            assert proc.stdin is not None and proc.stdout is not None
+
+            def command(line: str) -> dict[str, str]:
+                assert proc.stdin is not None and proc.stdout is not None
+                proc.stdin.write(line + "\n")
+                proc.stdin.flush()
+                words = proc.stdout.readline().split()
+                return dict(zip(words[1::2], words[2::2], strict=True))
+
+            try:
+                proc.stdin.write("connect 1 10 1\n")
+                proc.stdin.flush()
+                conn, _ = listener.accept()
+                with conn:
+                    conn.settimeout(10)
+                    request = b""
+                    while b"\r\n\r\n" not in request:
+                        request += conn.recv(4096)
+                    conn.sendall(b"HTTP/1.1 101 Switching Protocols\r\n\r\n\x81\x02ok")
+                    connected = proc.stdout.readline().split()
+                    conn.sendall(b"\x89\x01x")  # ping "x"
+                    pong = b""
+                    while len(pong) < 7:
+                        pong += conn.recv(64)
+                    status = command("status")
+                    reset = command("pingreset")
+                    command("quit")
+                self.assertEqual(proc.wait(10), 0)
+            finally:
+                if proc.poll() is None:
+                    proc.kill()
+                    proc.wait(5)
+                proc.stdin.close()
+                proc.stdout.close()
+        self.assertEqual(connected[:3], ["connected", "ready", "1"])
+        self.assertEqual(pong[:2], b"\x8a\x81")
+        self.assertEqual(bytes([pong[6] ^ pong[2]]), b"x")  # unmasked with the first key byte
+        self.assertEqual((status["pings"], status["pinged"]), ("1", "1"))
+        self.assertEqual((reset["pings"], reset["pinged"]), ("1", "0"))
 
 
 FAKE_METRICS = """\
