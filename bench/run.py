@@ -565,9 +565,9 @@ def benchBig(name: str, args: argparse.Namespace, work: Path, result: Result) ->
         gen.closeAll()
         gen.idle(1.0)
         base = rssKiB(server.pid)
-        # one /metrics read is a reactor iteration too: what it costs shows between two reads
+        # one /metrics read is a reactor iteration too: what it costs shows in the next read
+        # (the server answers that one in a later iteration, once the first one was counted)
         first = server.metrics()
-        time.sleep(0.3)  # the read's iteration ends, and is counted
         beforeConnect = server.metrics()
         big.scrapeStall = figures(server, first, beforeConnect)[0]
         say(f"{name}: pid {server.pid}, RSS {base} KiB, connecting {allowed:,} (C)")
