@@ -98,6 +98,7 @@ class PhaseStats:
     started: float = 0.0
     ended: float = 0.0
     subscribers: int = 0
+    samplesPath: Path | None = None  # the latency samples, when dumped (int64 ns each)
 
     def expected(self) -> int:
         return self.published * self.subscribers
@@ -107,8 +108,9 @@ class PhaseStats:
 
 
 class LoadGen:
-    def __init__(self, target: Target) -> None:
+    def __init__(self, target: Target, perAddress: int = 25000) -> None:
         self.target = target
+        self.perAddress = perAddress  # subscribers per source address 127.0.0.x (wsload.c)
         self.ep = select.epoll()
         # the subscribers: wsload, started by the first connect
         self.wsload: subprocess.Popen[bytes] | None = None
@@ -117,6 +119,8 @@ class LoadGen:
         self.answers: list[str] = []
         self.ready = 0  # READY subscribers, as of wsload's last answer
         self.closedCodes: dict[int, int] = {}  # as of wsload's last answer
+        self.pings = 0  # server pings wsload answered, as of its last answer
+        self.pinged = 0  # subscribers that answered at least one, likewise
         self.done = 0  # every READY subscriber has every event of this phase before this one
         # publishing
         self.pub: socket.socket | None = None
@@ -124,6 +128,8 @@ class LoadGen:
         self.pubWaiting = False
         self.seq = 0  # next sequence number
         self.stats = PhaseStats()
+        # where the next phase's latency samples go (raw int64 ns, see wsload's dump), or None
+        self.samplesTo: Path | None = None
 
     # -- the loop --------------------------------------------------------------------------
 
@@ -154,6 +160,7 @@ class LoadGen:
                 str(t.wsPort),
                 t.wsPath,
                 "pusher" if t.pusher else "plain",
+                str(self.perAddress),
             ],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
@@ -204,6 +211,8 @@ class LoadGen:
             raise RuntimeError(f"wsload: {line!r}: {' '.join(words[1:])}")
         fields = dict(zip(words[1::2], words[2::2], strict=True))
         self.ready = int(fields["ready"])
+        self.pings = int(fields["pings"])
+        self.pinged = int(fields["pinged"])
         codes = fields["codes"]
         self.closedCodes = (
             {}
@@ -239,6 +248,8 @@ class LoadGen:
         self.answers.clear()
         self.ready = 0
         self.closedCodes = {}
+        self.pings = 0
+        self.pinged = 0
 
     # -- publishing ------------------------------------------------------------------------
 
@@ -298,7 +309,7 @@ class LoadGen:
         return self.stats
 
     def _endPhase(self) -> PhaseStats:
-        """Fill in what wsload counted in this phase."""
+        """Fill in what wsload counted in this phase (and dump its samples, see L{samplesTo})."""
         stats = self.stats
         stats.ended = time.monotonic()
         fields = self._command("stats", 60)
@@ -308,6 +319,12 @@ class LoadGen:
         stats.samples = int(fields["samples"])
         stats.p50Ns, stats.p99Ns = int(fields["p50"]), int(fields["p99"])
         stats.maxNs = int(fields["max"])
+        if self.samplesTo is not None:
+            path, self.samplesTo = self.samplesTo, None
+            if "\n" in str(path):
+                raise ValueError(f"a samples path with a newline: {path!r}")
+            self._command(f"dump {path}", 60)
+            stats.samplesPath = path
         return stats
 
     def steady(self, rate: float, seconds: float, drain: float = 5.0) -> PhaseStats:
@@ -356,6 +373,10 @@ class LoadGen:
             self.pump(0.05 if self.pubWaiting or self.seq - done >= window else 0)
         self._drain(drain)
         return self._endPhase()
+
+    def resetPinged(self) -> None:
+        """Count the subscribers that answer a server ping afresh, from now (L{pinged})."""
+        self._command("pingreset", 10)
 
     def idle(self, seconds: float) -> None:
         """Let time pass (wsload answers pings), then take the subscribers' counts."""

@@ -9,7 +9,14 @@ its child wsload (the subscribers, see L{loadgen}). For each server, two fresh p
 
   A. N subscribers (1,000): a steady phase (20 publishes/s), then a flood phase (at most 4
      publishes in flight: one is in flight until every subscriber got it).
-  B. M subscribers (10,000): RSS per idle connection after a few idle seconds, then a flood.
+  B. M subscribers (10,000, --mid): RSS per idle connection after a few idle seconds, then a flood.
+  C. (pushsvc only unless --big-servers) as many idle subscribers as asked (--big, 100,000) and
+     the fd hard limit allows: RSS per idle connection, the longest reactor stall over a keep-alive
+     sweep, the longest GC pause while connecting.
+
+pushsvc runs with an admin listener; its /metrics, read before and after each scenario, gives
+the longest reactor stall and GC pause in it (see L{metricstext}). Each scenario's latency
+samples are drawn as one CDF picture per scenario (see L{cdf}; needs matplotlib).
 
 Server CPU per delivery is utime+stime of the server process (/proc/PID/stat) over a phase divided
 by the deliveries in it; the load generator's ("loadgen µs/del") likewise, of the wsload process
@@ -45,6 +52,8 @@ ROOT = HERE.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(HERE))
 
+import cdf  # noqa: E402
+import metricstext  # noqa: E402
 from loadgen import LoadGen, PhaseStats, Target, eventData, eventFrame  # noqa: E402
 
 from pushsvc.apiauth import apiSignature  # noqa: E402
@@ -58,6 +67,9 @@ ALL_SERVERS = ("pushsvc", "pushsvc-norec", "node-ws", "websockets", "autobahn")
 # pushsvc-hooks (on request, --servers): pushsvc with a webhook receiver that accepts connections
 # and never answers, so a run shows whether stuck webhooks cost the fan-out anything.
 EXTRA_SERVERS = ("pushsvc-hooks",)
+PUSHSVC_SERVERS = ("pushsvc", "pushsvc-norec", "pushsvc-hooks")
+FD_SPARE = 200  # descriptors part C leaves to each process beyond its connections
+NO_METRICS = "—"  # a peer: no /metrics to read
 
 
 # -- processes -------------------------------------------------------------------------------
@@ -90,6 +102,16 @@ class Server:
     proc: subprocess.Popen[bytes]
     target: Target
     logPath: Path
+    adminPort: int | None = None  # pushsvc's admin listener (/metrics); None for the peers
+
+    def metrics(self) -> metricstext.Samples | None:
+        """Its /metrics now (None: none to read, or the read failed, which is said)."""
+        if self.adminPort is None:
+            return None
+        samples = metricstext.scrape(self.adminPort)
+        if samples is None:
+            say(f"  warning: {self.name} did not answer GET /metrics on port {self.adminPort}")
+        return samples
 
     @property
     def pid(self) -> int:
@@ -190,12 +212,13 @@ def startServer(name: str, work: Path, frameBytes: int, extra: list[str]) -> Ser
     logPath = work / f"{name}.log"
     log = open(logPath, "ab")  # noqa: SIM115 -- handed to the child
     env = dict(os.environ)
-    if name in ("pushsvc", "pushsvc-norec", "pushsvc-hooks"):
+    adminPort = None
+    if name in PUSHSVC_SERVERS:
         if name == "pushsvc-norec":
             extra = [*extra, "--no-recording"]
         if name == "pushsvc-hooks":
             extra = [*extra, "--webhook-url", f"http://127.0.0.1:{silentReceiver()}/hooks"]
-        port = freePort()
+        port, adminPort = freePort(), freePort()
         data = Path(tempfile.mkdtemp(prefix="data-", dir=work))
         env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")]).rstrip(":")
         env["PUSHSVC_APP_SECRET"] = APP_SECRET
@@ -217,6 +240,9 @@ def startServer(name: str, work: Path, frameBytes: int, extra: list[str]) -> Ser
             # the default cap per client address (1,000).
             "--max-connections-per-ip",
             "0",
+            # /metrics: the reactor stall and GC pause figures (loopback needs no token)
+            "--admin-listen",
+            f"tcp:{adminPort}:interface=127.0.0.1",
             *extra,
         ]
         target = Target(
@@ -227,7 +253,7 @@ def startServer(name: str, work: Path, frameBytes: int, extra: list[str]) -> Ser
             port,
             pusherRequest(port, frameBytes),
         )
-        ports = [port]
+        ports = [port, adminPort]
     elif name == "node-ws":
         port = freePort()
         argv = ["node", str(HERE / "node" / "server.js"), str(port)]
@@ -244,7 +270,7 @@ def startServer(name: str, work: Path, frameBytes: int, extra: list[str]) -> Ser
         pinned(argv), stdout=log, stderr=subprocess.STDOUT, env=env, stdin=subprocess.DEVNULL
     )
     log.close()
-    server = Server(name, proc, target, logPath)
+    server = Server(name, proc, target, logPath, adminPort)
     try:
         waitListening(proc, ports, logPath)
     except BaseException:
@@ -264,6 +290,8 @@ class Phase:
     cpu: float  # server CPU seconds over the phase
     held: int
     loadCpu: float  # wsload (the subscribers) CPU seconds over the phase
+    stall: str = "n/a"  # the longest reactor stall in the phase, ms (metricstext.longest)
+    gcPause: str = "n/a"  # the longest GC pause in the phase, ms
 
     @property
     def deliveries(self) -> int:
@@ -308,6 +336,27 @@ class Result:
     idleWanted: int = 0
     closeCodes: dict[str, int] = field(default_factory=dict)
     error: str | None = None
+    big: Big | None = None  # part C
+    bigError: str | None = None
+
+
+@dataclass
+class Big:
+    """Part C: many idle connections."""
+
+    asked: int
+    allowed: int  # what the fd hard limit allows (asked, at most)
+    hard: int  # the fd hard limit
+    held: int = 0
+    connectSeconds: float = 0.0
+    rssPerConn: float = float("nan")
+    idleSeconds: float = 0.0
+    pings: int = 0  # server pings the subscribers answered while idle
+    pinged: int = 0  # subscribers that answered at least one ping (all: a whole keep-alive round)
+    stallIdle: str = "n/a"  # the longest reactor stall while idle, ms
+    gcConnect: str = "n/a"  # the longest GC pause while connecting, ms
+    stallConnect: str = "n/a"
+    scrapeStall: str = "n/a"  # the stall one /metrics read itself caused (counted in a phase)
 
 
 def profiler(server: Server, scenario: str, profile: Path | None) -> subprocess.Popen[bytes] | None:
@@ -346,33 +395,64 @@ def measured(
     scenario: str,
     run: Callable[[], PhaseStats],
     profile: Path | None = None,
+    samples: Path | None = None,
 ) -> Phase:
     spy = profiler(server, scenario, profile)
+    if samples is not None:
+        samples.mkdir(parents=True, exist_ok=True)
+        gen.samplesTo = samples / f"{server.name}-{slug(scenario)}.bin"
+    metricsBefore = server.metrics()
     before = cpuSeconds(server.pid)
     loadBefore = cpuSeconds(gen.wsloadPid)
     stats = run()
     cpu = cpuSeconds(server.pid) - before
     loadCpu = cpuSeconds(gen.wsloadPid) - loadBefore
+    metricsAfter = server.metrics()
     if spy is not None:
         spy.send_signal(signal.SIGINT)
         spy.wait(30)
     phase = Phase(scenario, stats.subscribers, stats, cpu, gen.ready, loadCpu)
+    phase.stall, phase.gcPause = figures(server, metricsBefore, metricsAfter)
     say(
         f"  {scenario}: {phase.deliveries} deliveries, {phase.usPerDelivery:.2f} us/delivery, "
         f"{phase.rate:,.0f}/s, p50 {phase.p50:.2f} ms, p99 {phase.p99:.2f} ms, "
         f"lost {stats.lost()}, dup {stats.duplicated}, reordered {stats.outOfOrder}, "
-        f"publish errors {stats.publishErrors}, loadgen {phase.loadUsPerDelivery:.2f} us/del"
+        f"publish errors {stats.publishErrors}, loadgen {phase.loadUsPerDelivery:.2f} us/del, "
+        f"longest stall {phase.stall} ms, GC pause {phase.gcPause} ms"
     )
     return phase
 
 
+def slug(scenario: str) -> str:
+    """A scenario's name as part of a file name: "1000 steady 20/s" -> "1000-steady-20s"."""
+    return "-".join(scenario.replace("/", "").split())
+
+
+def figures(
+    server: Server, before: metricstext.Samples | None, after: metricstext.Samples | None
+) -> tuple[str, str]:
+    """(longest reactor stall, longest GC pause) between two /metrics reads, ms as text."""
+    if server.adminPort is None:
+        return NO_METRICS, NO_METRICS
+    return (
+        metricstext.longest(before, after, metricstext.STALL),
+        metricstext.longest(before, after, metricstext.GC_PAUSE),
+    )
+
+
 @contextmanager
 def running(
-    name: str, args: argparse.Namespace, work: Path, result: Result, part: str
+    name: str,
+    args: argparse.Namespace,
+    work: Path,
+    result: Result,
+    part: str,
+    extra: list[str] | None = None,
+    perAddress: int = 25000,
 ) -> Iterator[tuple[Server, LoadGen]]:
     """A fresh server and load generator for one part; their close codes go into C{result}."""
-    server = startServer(name, work, args.frame_bytes, args.pushsvc_arg or [])
-    gen = LoadGen(server.target)
+    server = startServer(name, work, args.frame_bytes, [*(args.pushsvc_arg or []), *(extra or [])])
+    gen = LoadGen(server.target, perAddress)
     try:
         yield server, gen
         for code, n in gen.closedCodes.items():
@@ -390,6 +470,7 @@ def flooded(server: Server, gen: LoadGen, subscribers: int, args: argparse.Names
         f"{subscribers} flood",
         lambda: gen.flood(args.window, args.flood_seconds, args.max_publishes),
         args.profile,
+        args.samples,
     )
 
 
@@ -408,6 +489,7 @@ def benchServer(name: str, args: argparse.Namespace, work: Path) -> Result:
             f"{args.subs} steady {args.rate:g}/s",
             lambda: gen.steady(args.rate, args.steady_seconds),
             args.profile,
+            args.samples,
         )
         result.phases["flood"] = flooded(server, gen, args.subs, args)
     # B: memory per idle connection, then a flood, with the larger number
@@ -417,17 +499,121 @@ def benchServer(name: str, args: argparse.Namespace, work: Path) -> Result:
         gen.closeAll()
         gen.idle(1.0)
         base = rssKiB(server.pid)
-        say(f"{name}: pid {server.pid}, RSS {base} KiB, connecting {args.big}")
+        say(f"{name}: pid {server.pid}, RSS {base} KiB, connecting {args.mid}")
         t0 = time.monotonic()
-        held = gen.connect(args.big, time.monotonic() + 300)
+        held = gen.connect(args.mid, time.monotonic() + 300)
         say(f"  {held} connected in {time.monotonic() - t0:.1f}s")
         gen.idle(args.idle_seconds)
         full = rssKiB(server.pid)
-        result.idleHeld, result.idleWanted = gen.ready, args.big
+        result.idleHeld, result.idleWanted = gen.ready, args.mid
         result.rssPerConn = (full - base) / max(1, gen.ready)
         say(f"  RSS {full} KiB: {result.rssPerConn:.2f} KiB per idle connection")
-        result.phases["bigflood"] = flooded(server, gen, args.big, args)
+        result.phases["bigflood"] = flooded(server, gen, args.mid, args)
+    # C: many idle connections
+    if name in args.big_servers and args.big > 0:
+        try:
+            result.big = benchBig(name, args, work, result)
+        except Exception as e:  # A and B stand
+            say(f"{name}: part C failed: {e!r}")
+            result.bigError = repr(e)[:200]
     return result
+
+
+def fdAllowance(asked: int) -> tuple[int, int]:
+    """
+    (connections part C may open, the fd hard limit): C{asked}, at most the hard limit less
+    L{FD_SPARE}. The server and wsload are children of this process and inherit its hard limit,
+    which an unprivileged process cannot raise; each holds one descriptor per connection.
+    """
+    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    if hard == resource.RLIM_INFINITY:
+        return asked, hard
+    return max(0, min(asked, hard - FD_SPARE)), hard
+
+
+def benchBig(name: str, args: argparse.Namespace, work: Path, result: Result) -> Big:
+    """
+    Part C: C{args.big} idle subscribed connections (as many as the fd hard limit allows), RSS
+    per idle connection as part B measures it, the longest GC pause while connecting and the
+    longest reactor stall while idle over a whole keep-alive round: until every connection has
+    answered a server ping (pushsvc pings connections silent for 30 s), at least
+    C{args.big_idle_seconds} and at most C{args.big_idle_max}. pushsvc runs with
+    C{--activity-timeout} C{args.big_activity_timeout} (told to clients; wsload does not ping)
+    and C{--max-connections} a little above the count (its default, derived from the fd limit,
+    keeps a reserve for refusals).
+    """
+    allowed, hard = fdAllowance(args.big)
+    limit = "unlimited" if hard == resource.RLIM_INFINITY else f"{hard:,}"
+    if allowed < args.big:
+        say(f"part C: asked {args.big:,}, the fd hard limit {limit} allows {allowed:,}")
+    else:
+        say(f"part C: {allowed:,} connections (the fd hard limit is {limit})")
+    big = Big(args.big, allowed, hard)
+    extra = (
+        [
+            "--activity-timeout",
+            str(args.big_activity_timeout),
+            "--max-connections",
+            str(allowed + 16),
+        ]
+        if name in PUSHSVC_SERVERS
+        else []
+    )
+    with running(name, args, work, result, "C", extra, args.big_per_address) as (server, gen):
+        gen.connect(20, time.monotonic() + 30)  # warm-up, as in B
+        gen.idle(0.5)
+        gen.closeAll()
+        gen.idle(1.0)
+        base = rssKiB(server.pid)
+        # one /metrics read is a reactor iteration too: what it costs shows in the next read
+        # (the server answers that one in a later iteration, once the first one was counted)
+        first = server.metrics()
+        beforeConnect = server.metrics()
+        big.scrapeStall = figures(server, first, beforeConnect)[0]
+        say(f"{name}: pid {server.pid}, RSS {base} KiB, connecting {allowed:,} (C)")
+        t0 = time.monotonic()
+        connectTimeout = min(900.0, max(60.0, allowed / 50))
+        big.held = gen.connect(allowed, t0 + connectTimeout, args.big_concurrency)
+        big.connectSeconds = time.monotonic() - t0
+        afterConnect = server.metrics()
+        big.stallConnect, big.gcConnect = figures(server, beforeConnect, afterConnect)
+        pings = gen.pings
+        gen.resetPinged()  # so every connection answers a ping within the idle time
+        # a peer that never pings idles the least; pushsvc until all were pinged (or the most)
+        pinging = name in PUSHSVC_SERVERS
+        say(
+            f"  {big.held:,} connected in {big.connectSeconds:.1f}s; longest GC pause "
+            f"{big.gcConnect} ms, stall {big.stallConnect} ms; idle "
+            + (
+                f"until every connection answered a ping ({args.big_idle_seconds:g}-"
+                f"{args.big_idle_max:g}s)"
+                if pinging
+                else f"{args.big_idle_seconds:g}s"
+            )
+        )
+        t1 = time.monotonic()
+        while True:
+            waited = time.monotonic() - t1
+            if waited >= args.big_idle_max:
+                break
+            if waited >= args.big_idle_seconds and (not pinging or gen.pinged >= gen.ready):
+                break
+            gen.idle(min(2.0, args.big_idle_max - waited))
+        big.idleSeconds = time.monotonic() - t1
+        big.pinged = gen.pinged
+        afterIdle = server.metrics()
+        big.stallIdle = figures(server, afterConnect, afterIdle)[0]
+        big.pings = gen.pings - pings
+        full = rssKiB(server.pid)
+        big.held = gen.ready
+        big.rssPerConn = (full - base) / max(1, gen.ready)
+        say(
+            f"  held {big.held:,}, idle {big.idleSeconds:.0f}s, {big.pings:,} pings answered by "
+            f"{big.pinged:,} connections; RSS {full} KiB: "
+            f"{big.rssPerConn:.2f} KiB per idle connection; longest stall idle {big.stallIdle} ms"
+            f" (one /metrics read: {big.scrapeStall} ms)"
+        )
+    return big
 
 
 # -- output ----------------------------------------------------------------------------------
@@ -443,29 +629,31 @@ def fmt(x: float, digits: int = 1) -> str:
 
 
 def tables(results: list[Result], args: argparse.Namespace) -> str:
-    s, b = args.subs, args.big
+    s, b = args.subs, args.mid
     lines = [
         f"| server | µs/delivery, {s:,} subs at {args.rate:g}/s | µs/delivery, {s:,} subs flooded"
         f" | µs/delivery, {b:,} subs flooded | RSS KiB per idle connection ({b:,})"
-        f" | p99 ms at {s:,} subs, {args.rate:g}/s | connections held ({b:,}) |",
-        "|---|---:|---:|---:|---:|---:|---:|",
+        f" | p99 ms at {s:,} subs, {args.rate:g}/s | connections held ({b:,})"
+        f" | longest stall ms, {b:,} subs flooded |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in results:
         if r.error:
-            lines.append(f"| {r.server} | failed: {r.error} | | | | | |")
+            lines.append(f"| {r.server} | failed: {r.error} | | | | | | |")
             continue
         p = r.phases
         lines.append(
             f"| {r.server} | {fmt(p['steady'].usPerDelivery)} | {fmt(p['flood'].usPerDelivery)}"
             f" | {fmt(p['bigflood'].usPerDelivery)} | {fmt(r.rssPerConn)}"
-            f" | {fmt(p['steady'].p99)} | {r.idleHeld:,}/{r.idleWanted:,} |"
+            f" | {fmt(p['steady'].p99)} | {r.idleHeld:,}/{r.idleWanted:,}"
+            f" | {p['bigflood'].stall} |"
         )
     lines += [
         "",
         "| server | scenario | publishes | deliveries | server CPU s | µs/delivery"
-        " | loadgen µs/del | deliveries/s | p50 ms | p99 ms | max ms | lost | duplicated"
-        " | out of order | held |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        " | loadgen µs/del | deliveries/s | p50 ms | p99 ms | max ms | longest stall ms"
+        " | longest GC pause ms | lost | duplicated | out of order | held |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in results:
         for ph in r.phases.values():
@@ -475,8 +663,43 @@ def tables(results: list[Result], args: argparse.Namespace) -> str:
                 f" | {ph.cpu:.2f} | {fmt(ph.usPerDelivery, 2)}"
                 f" | {fmt(ph.loadUsPerDelivery, 2)} | {ph.rate:,.0f}"
                 f" | {fmt(ph.p50, 2)} | {fmt(ph.p99, 2)}"
-                f" | {fmt(ph.max, 2)} | {st.lost():,} | {st.duplicated:,}"
-                f" | {st.outOfOrder:,} | {ph.held:,}/{ph.subscribers:,} |"
+                f" | {fmt(ph.max, 2)} | {ph.stall} | {ph.gcPause} | {st.lost():,}"
+                f" | {st.duplicated:,} | {st.outOfOrder:,} | {ph.held:,}/{ph.subscribers:,} |"
+            )
+    bigs = [r for r in results if r.big is not None or r.bigError is not None]
+    if bigs:
+        allowed = [f"{r.server} {r.big.allowed:,}" for r in bigs if r.big is not None]
+        hard = next((r.big.hard for r in bigs if r.big is not None), None)
+        limit = (
+            f"; the fd hard limit {hard:,} allows {', '.join(allowed)}"
+            if hard is not None and hard != resource.RLIM_INFINITY
+            else ""
+        )
+        lines += [
+            "",
+            f"Part C, many idle connections: asked {args.big:,}{limit}; the keep-alive sweep: "
+            f"pushsvc started with `--activity-timeout {args.big_activity_timeout}` for this part "
+            "only and left idle until every connection answered a ping (it pings connections "
+            f"silent for 30 s; at least {args.big_idle_seconds:g} s, at most "
+            f"{args.big_idle_max:g} s), so the stall column covers a whole keep-alive round; "
+            "the GC column covers the connecting. A `/metrics` read's own stall is counted in "
+            "the figure that follows it (measured: last column).",
+            "",
+            "| server | connections held | connect s | RSS KiB per idle connection"
+            " | longest GC pause ms, connecting | longest stall ms, idle (keep-alive round)"
+            " | idle s | connections pinged | stall of one /metrics read ms |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+        ]
+        for r in bigs:
+            g = r.big
+            if g is None:
+                lines.append(f"| {r.server} | failed: {r.bigError} | | | | | | | |")
+                continue
+            capped = f" (asked {g.asked:,}, fd limit)" if g.allowed < g.asked else ""
+            lines.append(
+                f"| {r.server} | {g.held:,}/{g.allowed:,}{capped} | {g.connectSeconds:.1f}"
+                f" | {fmt(g.rssPerConn, 2)} | {g.gcConnect} | {g.stallIdle}"
+                f" | {g.idleSeconds:.0f} | {g.pinged:,} | {g.scrapeStall} |"
             )
     closes = {r.server: r.closeCodes for r in results if r.closeCodes}
     if closes:
@@ -494,7 +717,9 @@ def environment() -> str:
     from importlib.metadata import version as pkg
 
     node = version(["node", "--version"])
-    ws = json.loads((HERE / "node" / "node_modules" / "ws" / "package.json").read_text())
+    wsPackage = HERE / "node" / "node_modules" / "ws" / "package.json"
+    # not installed when no run asked for node-ws
+    ws = json.loads(wsPackage.read_text()) if wsPackage.is_file() else {"version": "?"}
     return (
         f"Python {platform.python_version()}, Twisted {pkg('twisted')}, Autobahn "
         f"{pkg('autobahn')}, websockets {pkg('websockets')}, Node {node}, ws {ws['version']};"
@@ -515,14 +740,42 @@ def ensureNode() -> None:
 
 
 def raiseFileLimit(need: int) -> None:
+    """The soft fd limit up to the hard one (the children inherit it); warn below C{need}."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    want = max(soft, need)
-    try:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (want, max(hard, want)))
-    except (ValueError, OSError):
+    if soft != hard:
         resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-        if hard < need:
-            say(f"warning: only {hard} file descriptors allowed; {need} wanted")
+    if hard != resource.RLIM_INFINITY and hard < need:
+        say(f"warning: only {hard} file descriptors allowed; {need} wanted")
+
+
+def pictures(results: list[Result], args: argparse.Namespace, out: Path) -> list[str]:
+    """
+    One latency CDF PNG per scenario beside C{out} (<stem>-<scenario>.png), every server of the
+    run a line on it; @return: the markdown lines linking them (or saying why there are none).
+    """
+    why = cdf.missing()
+    if why is not None:
+        say(f"no latency pictures: matplotlib is missing ({why})")
+        return [f"No latency pictures: matplotlib is missing ({why})."]
+    titles = {
+        "steady": f"{args.subs:,} subscribers, {args.rate:g} publishes/s",
+        "flood": f"{args.subs:,} subscribers flooded (window {args.window})",
+        "bigflood": f"{args.mid:,} subscribers flooded (window {args.window})",
+    }
+    lines = []
+    for key, title in titles.items():
+        series: list[tuple[str, Path]] = []
+        scenario = ""
+        for r in results:
+            phase = r.phases.get(key)
+            if phase is not None and phase.stats.samplesPath is not None:
+                series.append((r.server, phase.stats.samplesPath))
+                scenario = phase.scenario
+        png = out.with_name(f"{out.stem}-{slug(scenario)}.png")
+        if series and cdf.draw(png, title, series):
+            lines.append(f"![latency CDF, {title}]({png.name})")
+            say(f"latency picture {png}")
+    return lines
 
 
 def parseArgs(argv: list[str] | None = None) -> argparse.Namespace:
@@ -536,7 +789,35 @@ def parseArgs(argv: list[str] | None = None) -> argparse.Namespace:
         help=f"comma-separated, from {', '.join(ALL_SERVERS)}",
     )
     p.add_argument("--subs", type=int, help="subscribers of the steady and first flood phase")
-    p.add_argument("--big", type=int, help="subscribers of the memory and second flood phase")
+    p.add_argument("--mid", type=int, help="subscribers of part B (memory, second flood)")
+    p.add_argument(
+        "--big",
+        type=int,
+        help="idle connections of part C (default 100,000; clamped to the fd hard limit less "
+        f"{FD_SPARE}); 0: no part C",
+    )
+    p.add_argument(
+        "--big-servers",
+        default="pushsvc",
+        help="comma-separated servers (of --servers) that run part C; none: no part C",
+    )
+    p.add_argument(
+        "--big-idle-seconds",
+        type=float,
+        default=35.0,
+        help="part C's least idle time (pushsvc pings a connection silent for 30 s)",
+    )
+    p.add_argument(
+        "--big-idle-max",
+        type=float,
+        default=120.0,
+        help="part C's most idle time, waiting for every connection to answer a ping",
+    )
+    p.add_argument("--big-activity-timeout", type=int, default=10, help="pushsvc's, in part C")
+    p.add_argument(
+        "--big-per-address", type=int, default=25000, help="subscribers per 127.0.0.x (part C)"
+    )
+    p.add_argument("--big-concurrency", type=int, default=64, help="handshakes at a time (C)")
     p.add_argument("--rate", type=float, default=20.0, help="publishes/s of the steady phase")
     p.add_argument("--steady-seconds", type=float)
     p.add_argument("--flood-seconds", type=float)
@@ -557,7 +838,8 @@ def parseArgs(argv: list[str] | None = None) -> argparse.Namespace:
     quick = args.quick
     defaults = {
         "subs": (100, 1000),
-        "big": (1000, 10000),
+        "mid": (1000, 10000),
+        "big": (1000, 100000),
         "steady_seconds": (3.0, 20.0),
         "flood_seconds": (3.0, 10.0),
         "idle_seconds": (1.0, 3.0),
@@ -569,6 +851,15 @@ def parseArgs(argv: list[str] | None = None) -> argparse.Namespace:
     for s in args.servers:
         if s not in ALL_SERVERS + EXTRA_SERVERS:
             p.error(f"unknown server {s!r}")
+    args.big_servers = [
+        s.strip() for s in args.big_servers.split(",") if s.strip() and s.strip() != "none"
+    ]
+    for s in args.big_servers:
+        if s not in ALL_SERVERS + EXTRA_SERVERS:
+            p.error(f"unknown server {s!r} in --big-servers")
+    if args.big < 0 or args.big_per_address <= 0 or args.big_concurrency <= 0:
+        p.error("--big must be >= 0, --big-per-address and --big-concurrency > 0")
+    args.samples = None  # the directory of the latency samples, set by main
     return args
 
 
@@ -576,10 +867,18 @@ def main(argv: list[str] | None = None) -> int:
     args = parseArgs(argv)
     if os.cpu_count() and os.cpu_count() >= 2:  # type: ignore[operator]
         os.sched_setaffinity(0, {LOAD_CPU})
-    raiseFileLimit(args.big + 1000)
+    raiseFileLimit(args.mid + 1000)
     if "node-ws" in args.servers:
         ensureNode()
     work = Path(tempfile.mkdtemp(prefix="pushsvc-bench-"))
+    try:
+        return runAll(args, work)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def runAll(args: argparse.Namespace, work: Path) -> int:
+    args.samples = work / "samples"
     say(f"work directory {work}; servers on CPU {SERVER_CPU}, load on CPU {LOAD_CPU}")
     results = []
     for name in args.servers:
@@ -599,11 +898,14 @@ def main(argv: list[str] | None = None) -> int:
     )
     out = args.out or HERE / "results" / f"{stamp}{'-quick' if args.quick else ''}.md"
     out.parent.mkdir(parents=True, exist_ok=True)
+    links = pictures(results, args, out)
+    if links:
+        text += "\nLatency, publish to receive, every delivery of the scenario:\n\n"
+        text += "\n\n".join(links) + "\n"
     out.write_text(text)
     say("\n" + text)
     say(f"written to {out}")
-    shutil.rmtree(work, ignore_errors=True)
-    return 0 if not any(r.error for r in results) else 1
+    return 0 if not any(r.error or r.bigError for r in results) else 1
 
 
 if __name__ == "__main__":

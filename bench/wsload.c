@@ -2,7 +2,7 @@
  * wsload: the subscribers of the pushsvc benchmark (see loadgen.py, which starts and drives it).
  *
  *     cc -O2 -o wsload wsload.c
- *     wsload HOST PORT PATH MODE        MODE: pusher or plain
+ *     wsload HOST PORT PATH MODE [PER_ADDRESS]   MODE: pusher or plain
  *     wsload selftest                   check the quantiles against sorting; exit 0 if right
  *
  * One epoll loop holds the subscriber WebSockets and reads line commands from stdin; it answers
@@ -14,16 +14,23 @@
  *   phase FIRST                       reset the counters (received, dup, ooo, latencies); FIRST
  *                                     is the phase's first sequence number, where `done` starts
  *   status                            answer the counts only
+ *   pingreset                         count the subscribers that answered a ping afresh (Q: 0)
  *   stats                             the counters of the phase and its latencies
+ *   dump PATH                         write the phase's latency samples to PATH (created or
+ *                                     truncated): S native-endian int64 nanoseconds, unordered
  *   quit                              close everything and exit 0 (so does EOF on stdin)
  *
  * Answers (each ends with the counts over all subscribers of this process: READY now, closed so
- * far, and the close codes seen so far, `-` for none):
+ * far, the close codes seen so far, `-` for none, the server pings answered so far, and the
+ * subscribers that answered at least one):
  *
- *   connected ready R closed C codes 4100=3,-1=2
- *   phase ready R closed C codes -
- *   status ready R closed C codes -
+ *   connected ready R closed C codes 4100=3,-1=2 pings P pinged Q
+ *   phase ready R closed C codes - pings P pinged Q
+ *   status ready R closed C codes - pings P pinged Q
+ *   pingreset ready R closed C codes - pings P pinged 0
  *   stats received U dup D ooo O samples S p50 NS p99 NS max NS ready R closed C codes -
+ *         pings P pinged Q   (on one line)
+ *   dumped samples S ready R closed C codes - pings P pinged Q
  *   error TEXT
  *
  * and one asynchronous line, `done K`, whenever K grows: every READY subscriber has received
@@ -32,6 +39,12 @@
  * Close codes: those of the server's close frames (1005 when a close frame has none), 0 for a
  * connection lost (or refused) without a close frame, -1 for a handshake answered with anything
  * but 101, -2 for codes beyond the 64 distinct ones kept.
+ *
+ * Source addresses: subscriber i binds to 127.0.0.(1 + i / PER_ADDRESS) before it connects
+ * (PER_ADDRESS, default 25000, below the 28,232 ports of the usual ephemeral range 32768-60999),
+ * so one wsload can hold more connections to one server port than one source address has ports.
+ * IP_BIND_ADDRESS_NO_PORT leaves the port to connect(), which only needs the whole 4-tuple to be
+ * unique. The soft RLIMIT_NOFILE is raised to the hard limit at start.
  *
  * A subscriber connects, sends the opening handshake and expects "HTTP/1.1 101". In pusher mode
  * it waits for pusher:connection_established, subscribes to the channel "bench" and is READY on
@@ -71,6 +84,7 @@ enum { CONNECTING, HANDSHAKE, JOINING, READY, CLOSED };
 typedef struct {
     int fd;
     uint8_t state;
+    uint8_t pinged;        /* answered a ping */
     uint32_t batch;        /* the connect command that opened it */
     unsigned char *buf;    /* an incomplete frame (or handshake answer) kept between recvs */
     size_t len, cap;
@@ -92,6 +106,9 @@ static unsigned char maskKey[4];
 static unsigned char rbuf[256 * 1024];
 
 static size_t ready, pending;  /* pending: CONNECTING, HANDSHAKE or JOINING */
+static uint64_t pings, pinged;  /* server pings answered; subscribers that answered one */
+static size_t perAddress = 25000;  /* subscribers per source address */
+static size_t opened;  /* sockets made so far: the next one's source address */
 
 /* the phase */
 static uint64_t received, duplicated, outOfOrder;
@@ -247,8 +264,13 @@ static void openConn(void) {
     static int warned;
     if (fd >= 0) {
         int one = 1;
+        size_t host = 1 + opened++ / perAddress;  /* 127.0.0.1, then .2, .3, ... */
+        struct sockaddr_in src = {.sin_family = AF_INET,
+                                  .sin_addr.s_addr = htonl(0x7F000000u | (uint32_t)host)};
         setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
-        if (connect(fd, (struct sockaddr *)&addr, sizeof addr) == 0 || errno == EINPROGRESS) {
+        setsockopt(fd, IPPROTO_IP, IP_BIND_ADDRESS_NO_PORT, &one, sizeof one);
+        if (host < 255 && bind(fd, (struct sockaddr *)&src, sizeof src) == 0 &&
+            (connect(fd, (struct sockaddr *)&addr, sizeof addr) == 0 || errno == EINPROGRESS)) {
             if (nConns == capConns) {
                 capConns = capConns ? capConns * 2 : 1024;
                 conns = grow(conns, capConns * sizeof *conns);
@@ -345,6 +367,11 @@ static void onJoining(Conn *c, const unsigned char *payload, size_t n) {
 static void pong(Conn *c, const unsigned char *payload, size_t n) {
     unsigned char frame[2 + 4 + 125];
     if (n > 125) return;  /* not a valid ping */
+    pings++;
+    if (!c->pinged) {
+        c->pinged = 1;
+        pinged++;
+    }
     frame[0] = 0x8A;
     frame[1] = (unsigned char)(0x80 | n);
     memcpy(frame + 2, maskKey, 4);
@@ -548,15 +575,34 @@ static void stats(void) {
     size_t n = nLat;
     quantiles(lat, n, &p50, &p99, &max);
     answer("stats received %llu dup %llu ooo %llu samples %zu p50 %lld p99 %lld max %lld "
-           "ready %zu closed %llu codes %s\n",
+           "ready %zu closed %llu codes %s pings %llu pinged %llu\n",
            (unsigned long long)received, (unsigned long long)duplicated,
            (unsigned long long)outOfOrder, n, (long long)p50, (long long)p99, (long long)max,
-           ready, (unsigned long long)closedTotal, codesText());
+           ready, (unsigned long long)closedTotal, codesText(), (unsigned long long)pings,
+           (unsigned long long)pinged);
 }
 
 static void counts(const char *kind) {
-    answer("%s ready %zu closed %llu codes %s\n", kind, ready, (unsigned long long)closedTotal,
-           codesText());
+    answer("%s ready %zu closed %llu codes %s pings %llu pinged %llu\n", kind, ready,
+           (unsigned long long)closedTotal, codesText(), (unsigned long long)pings,
+           (unsigned long long)pinged);
+}
+
+/* `dump PATH`: the phase's latency samples, raw, for the benchmark's pictures. */
+static void dump(const char *path) {
+    FILE *f = fopen(path, "wb");
+    if (f == NULL) {
+        answer("error dump %s: %s\n", path, strerror(errno));
+        return;
+    }
+    size_t wrote = nLat ? fwrite(lat, sizeof *lat, nLat, f) : 0;
+    if (fclose(f) != 0 || wrote != nLat) {
+        answer("error dump %s: %s\n", path, strerror(errno));
+        return;
+    }
+    answer("dumped samples %zu ready %zu closed %llu codes %s pings %llu pinged %llu\n", nLat,
+           ready, (unsigned long long)closedTotal, codesText(), (unsigned long long)pings,
+           (unsigned long long)pinged);
 }
 
 /* Open what the connect command still may; answer it once all of its subscribers settled. */
@@ -593,8 +639,14 @@ static void command(char *line) {
         counts("phase");
     } else if (strcmp(line, "status") == 0) {
         counts("status");
+    } else if (strcmp(line, "pingreset") == 0) {
+        for (size_t i = 0; i < nConns; i++) conns[i].pinged = 0;
+        pinged = 0;
+        counts("pingreset");
     } else if (strcmp(line, "stats") == 0) {
         stats();
+    } else if (strncmp(line, "dump ", 5) == 0 && line[5] != '\0') {
+        dump(line + 5);
     } else if (strcmp(line, "quit") == 0) {
         exit(0);  /* the kernel closes the sockets */
     } else {
@@ -627,8 +679,10 @@ static void onStdin(void) {
 
 int main(int argc, char **argv) {
     if (argc == 2 && strcmp(argv[1], "selftest") == 0) return selftest();
-    if (argc != 5 || (strcmp(argv[4], "pusher") != 0 && strcmp(argv[4], "plain") != 0)) {
-        fprintf(stderr, "usage: wsload HOST PORT PATH pusher|plain\n");
+    if ((argc != 5 && argc != 6) ||
+        (strcmp(argv[4], "pusher") != 0 && strcmp(argv[4], "plain") != 0) ||
+        (argc == 6 && (perAddress = strtoul(argv[5], NULL, 10)) == 0)) {
+        fprintf(stderr, "usage: wsload HOST PORT PATH pusher|plain [PER_ADDRESS]\n");
         return 2;
     }
     const char *host = argv[1], *port = argv[2], *path = argv[3];
