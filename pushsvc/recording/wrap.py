@@ -81,6 +81,35 @@ class RecordedRender(Resource):
         return result
 
 
+def recordedCommit(recorder: Recorder, classify: Classify, commit: Any) -> Any:
+    """
+    The HTTP API's fast publish (L{pushsvc.api.PusherAPI.commitPublish}) recorded as
+    L{RecordedRender} records a request: begun when it commits, its calls (signature, broker,
+    fan-out) while it runs, ended with the status it answers, once the reply is written.
+    """
+
+    def recorded(checked: Any, answer: Any) -> None:
+        path = truncate(checked.path, MAX_PATH)
+        endpoint, appId = classify(path)
+        record = recorder.begin("POST", path, endpoint, appId)
+
+        def answered(status: int, obj: Any, headers: Any) -> None:
+            answer(status, obj, headers)
+            recorder.end(record, status)
+
+        token = recorder.enter(record)
+        try:
+            commit(checked, answered)
+        except BaseException:
+            recorder.end(record, 500)
+            raise
+        finally:
+            recorder.leave(token)
+
+    recorded.unrecorded = commit  # type: ignore[attr-defined]
+    return recorded
+
+
 def _recordDeferred(
     recorder: Recorder,
     kind: str,
@@ -255,8 +284,13 @@ def recordedWebhookPost(recorder: Recorder, post: Callable[..., Any]) -> Callabl
 
 
 def recordedCheck(recorder: Recorder, name: str, check: Callable[..., Any]) -> Callable[..., Any]:
-    """C{check} (a signature check), recorded as an C{auth} call; raises what it raises."""
-    return recordedCall(recorder, "auth", name, check, {"check": name})
+    """
+    C{check} (a signature check), recorded as an C{auth} call; raises what it raises. The check
+    itself stays reachable as C{unrecorded}, for a caller that only asks whether it would pass.
+    """
+    recorded = recordedCall(recorder, "auth", name, check, {"check": name})
+    recorded.unrecorded = check  # type: ignore[attr-defined]
+    return recorded
 
 
 def _frameLength(payload: int) -> int:
