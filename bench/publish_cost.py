@@ -12,8 +12,9 @@ checked by wsload (lost, duplicated, out of order: all must be 0).
 
     python bench/publish_cost.py [--publishes 5000] [--profile DIR] [--pushsvc-arg=--no-recording]
 
-``--profile DIR`` samples the server with py-spy (``pip install py-spy``) during each phase, raw
-collapsed stacks in DIR (the figures of such a run are not comparable).
+``--profile DIR`` samples the server with py-spy (``pip install py-spy``) during each phase, while
+it holds the GIL (the idle reactor is left out), raw collapsed stacks in DIR/<phase>.txt (the
+figures of such a run are not comparable).
 """
 
 from __future__ import annotations
@@ -23,6 +24,8 @@ import hashlib
 import json
 import os
 import shutil
+import signal
+import subprocess
 import sys
 import tempfile
 import time
@@ -39,6 +42,7 @@ from run import (  # noqa: E402
     APP_ID,
     APP_KEY,
     APP_SECRET,
+    CLK_TCK,
     LOAD_CPU,
     Phase,
     Server,
@@ -122,7 +126,40 @@ def oneAtATime(
     return gen._endPhase()
 
 
-def report(phase: Phase, requests: int, eventsPer: int, what: str) -> dict[str, float]:
+def userSystem(pid: int) -> tuple[float, float]:
+    """utime and stime of process C{pid}, in seconds."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return int(fields[11]) / CLK_TCK, int(fields[12]) / CLK_TCK
+
+
+def profiler(server: Server, name: str, profile: Path | None) -> subprocess.Popen[bytes] | None:
+    """
+    py-spy sampling C{server} into C{profile}/<name>.txt, only while it holds the GIL (so the
+    idle reactor, waiting in epoll, is left out): raw collapsed stacks.
+    """
+    if profile is None:
+        return None
+    pyspy = shutil.which("py-spy") or shutil.which("py-spy", path=str(Path(sys.executable).parent))
+    if pyspy is None:
+        raise SystemExit("bench: --profile needs py-spy (pip install py-spy)")
+    profile.mkdir(parents=True, exist_ok=True)
+    argv = [pyspy, "record", "--format", "raw", "--rate", "1000", "--gil", "--nonblocking"]
+    argv += ["--output", str(profile / f"{name}.txt"), "--pid", str(server.pid)]
+    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    time.sleep(1.0)  # py-spy attaches
+    return proc
+
+
+def stopProfiler(proc: subprocess.Popen[bytes] | None) -> None:
+    if proc is not None:
+        proc.send_signal(signal.SIGINT)
+        proc.wait(30)
+
+
+def report(
+    phase: Phase, requests: int, eventsPer: int, what: str, split: tuple[float, float]
+) -> dict[str, float]:
     stats = phase.stats
     perRequest = phase.cpu / requests * 1e6
     lost = stats.lost()
@@ -131,10 +168,15 @@ def report(phase: Phase, requests: int, eventsPer: int, what: str) -> dict[str, 
         f"(lost {lost}, dup {stats.duplicated}, out of order {stats.outOfOrder}); server CPU "
         f"{phase.cpu:.2f} s = {perRequest:.1f} us per request"
         + (f", {perRequest / eventsPer:.1f} us per event" if eventsPer > 1 else "")
+        + f" (user {split[0] / requests * 1e6:.0f}, system {split[1] / requests * 1e6:.0f})"
     )
     if lost or stats.duplicated or stats.outOfOrder:
         raise SystemExit(f"bench: deliveries went wrong in {what}")
     return {"us": perRequest}
+
+
+def delta(before: tuple[float, float], after: tuple[float, float]) -> tuple[float, float]:
+    return after[0] - before[0], after[1] - before[1]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -163,22 +205,22 @@ def main(argv: list[str] | None = None) -> int:
         oneAtATime(gen, events, args.warmup, 1)  # code paths loaded, caches built
         oneAtATime(gen, batch, max(1, args.warmup // BATCH), BATCH)
         say(f"pushsvc pid {server.pid} on CPU 0, one subscriber; the load on CPU {LOAD_CPU}")
-        single = measured(
-            server,
-            gen,
-            "events",
-            lambda: oneAtATime(gen, events, args.publishes, 1),
-            args.profile,
-        )
-        report(single, args.publishes, 1, "POST /events")
+        spy = profiler(server, "events", args.profile)
+        before = userSystem(server.pid)
+        single = measured(server, gen, "events", lambda: oneAtATime(gen, events, args.publishes, 1))
+        after = userSystem(server.pid)
+        stopProfiler(spy)
+        report(single, args.publishes, 1, "POST /events", delta(before, after))
+        spy = profiler(server, "batch_events", args.profile)
+        before = userSystem(server.pid)
         batched = measured(
-            server,
-            gen,
-            "batch_events",
-            lambda: oneAtATime(gen, batch, batches, BATCH),
-            args.profile,
+            server, gen, "batch_events", lambda: oneAtATime(gen, batch, batches, BATCH)
         )
-        report(batched, batches, BATCH, f"POST /batch_events ({BATCH} events)")
+        after = userSystem(server.pid)
+        stopProfiler(spy)
+        report(
+            batched, batches, BATCH, f"POST /batch_events ({BATCH} events)", delta(before, after)
+        )
     finally:
         gen.closePublisher()
         gen.closeAll()

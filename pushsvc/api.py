@@ -19,6 +19,7 @@ Names (channels, user ids, socket ids, event names) are checked by L{pushsvc.nam
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Coroutine, Iterable, Mapping
 from dataclasses import dataclass
 from functools import partial
@@ -192,6 +193,19 @@ def queryParams(uri: bytes, allowed: Iterable[str] = ()) -> dict[str, str]:
     return dict(pairs)
 
 
+_PLAIN_QUERY = re.compile(rb"[A-Za-z0-9_.=&~-]*\Z")  # nothing to unescape
+
+
+def _plainQuery(query: bytes) -> dict[str, str]:
+    """L{queryParams} of a query with no escapes (L{_PLAIN_QUERY}), without its parsing."""
+    pairs = [pair.partition("=") for pair in query.decode("ascii").split("&") if pair]
+    try:
+        checkParameterNames([name for name, _, _ in pairs])
+    except ApiAuthError as e:
+        raise HTTPError(e.status, e.message) from None
+    return {name: value for name, _, value in pairs}
+
+
 async def brokerCall(f: Callable[..., Any], *args: Any) -> Any:
     """C{f(*args)}'s result; a L{BrokerUnavailable} failure becomes a 503 (never a 2xx)."""
     try:
@@ -350,7 +364,7 @@ class PusherAPI(Resource):
         if app is None or not app.enabled or len(body) > limit:
             return None
         try:
-            params = queryParams(target, ())
+            params = _plainQuery(query) if _PLAIN_QUERY.match(query) else queryParams(target, ())
             now = self.now()
             verify = getattr(self.verify, "unrecorded", self.verify)
             verify(app, "POST", path, params, body, now, rawPath=path)

@@ -59,6 +59,7 @@ from twisted.protocols.basic import LineReceiver
 from twisted.python.failure import Failure
 from twisted.web.http import HTTPChannel, _GenericHTTPChannelProtocol, _NoPushProducer
 
+from pushsvc.fanout.writer import writeNow
 from pushsvc.http.logthrottle import Throttle
 from pushsvc.http.util import jsonBytes
 
@@ -70,8 +71,11 @@ ABORT_GRACE = 5.0  # seconds a timed-out connection has to take its 408 before i
 FAST_PREFIX = b"POST /apps/"
 MAX_FAST_HEAD = 8192  # request line and headers of a fast publish, at most
 MAX_FAST_BODY = 1024 * 1024  # the API's own limits are smaller (checkPublish applies them)
-_REQUEST_LINE = re.compile(rb"POST (/apps/[\x21-\x7e]+) HTTP/1\.1\Z")
-_HEADER = re.compile(rb"([!#$%&'*+\-.^_`|~0-9A-Za-z]+):[ \t]*([\t\x20-\x7e]*?)[ \t]*\Z")
+MAX_FAST_HEADERS = 100
+# The request line and headers: printable ASCII, a token before each colon, no folded lines.
+_HEAD = re.compile(
+    rb"POST (/apps/[\x21-\x7e]+) HTTP/1\.1((?:\r\n[!#$%&'*+\-.^_`|~0-9A-Za-z]+:[\t\x20-\x7e]*)*)\Z"
+)
 # Headers that change how a request is read or answered: such a request takes the full path.
 _UNUSUAL = frozenset((b"transfer-encoding", b"expect", b"upgrade", b"te", b"trailer"))
 
@@ -98,19 +102,19 @@ def readPost(buffer: bytes) -> PlainPost | None:
     end = buffer.find(b"\r\n\r\n", 0, MAX_FAST_HEAD)
     if end < 0:
         return None
-    lines = buffer[:end].split(b"\r\n")
-    first = _REQUEST_LINE.match(lines[0])
-    if first is None:
+    head = _HEAD.match(buffer, 0, end)
+    if head is None:
+        return None
+    lines = head.group(2).split(b"\r\n")
+    if len(lines) > MAX_FAST_HEADERS:
         return None
     headers: dict[bytes, bytes] = {}
     for line in lines[1:]:
-        header = _HEADER.match(line)
-        if header is None:
-            return None
-        name = header.group(1).lower()
+        name, _, value = line.partition(b":")
+        name = name.lower()
         if name in headers or name in _UNUSUAL:
             return None
-        headers[name] = header.group(2)
+        headers[name] = value.strip(b" \t")
     connection = headers.get(b"connection")
     if connection is not None and connection.lower() != b"keep-alive":
         return None
@@ -121,7 +125,7 @@ def readPost(buffer: bytes) -> PlainPost | None:
     stop = start + int(length)
     if stop > len(buffer) or stop - start > MAX_FAST_BODY:
         return None
-    return PlainPost(first.group(1), headers, buffer[start:stop], stop)
+    return PlainPost(head.group(1), headers, buffer[start:stop], stop)
 
 
 @dataclass(frozen=True)
@@ -422,7 +426,7 @@ class BoundedHTTPChannel(HTTPChannel):
         reply, sent = site.publishReply(status, obj, headers)
         transport = self.transport
         if transport is not None and not self._done:
-            transport.write(reply)
+            writeNow(transport, reply)
         if status >= 400:
             site.logFastPublish(self, post, status, sent)
         if not self._committing:  # answered later: go on as after any request
