@@ -463,3 +463,27 @@ class LaterTests(SynchronousTestCase):
         )
         self.flushLoggedErrors(RuntimeError)
         self.assertEqual(fast.figures(), full.figures())
+
+
+class CountingTransport(StringTransport):
+    def __init__(self) -> None:
+        super().__init__()
+        self.hostAsked = 0
+
+    def getHost(self) -> Any:
+        self.hostAsked += 1
+        return super().getHost()
+
+
+class FullPathTests(SynchronousTestCase):
+    def test_hostAskedOncePerConnection(self) -> None:
+        """twisted.web asks each request's local address: the socket is asked once (getsockname)."""
+        rig = Rig(self, False)
+        transport = CountingTransport()
+        protocol = rig.site.buildProtocol(None)
+        protocol.makeConnection(transport)
+        protocol.dataReceived(GET + GET + request(event()))
+        self.assertEqual(
+            re.findall(rb"HTTP/1\.1 (\d{3}) ", transport.value()), [b"404"] * 2 + [b"200"]
+        )
+        self.assertEqual(transport.hostAsked, 1)

@@ -204,6 +204,7 @@ class BoundedHTTPChannel(HTTPChannel):
         self._bodyReceived = 0
         self._done = False  # lost, or taken over by a WebSocket: no timers any more
         self._closing = False  # timed out: only the abort after ABORT_GRACE is left
+        self._host: Any = None  # the transport's getHost(), asked once
         self.fastPublishes = 0  # publishes answered by the fast path
         self._committing = False  # a fast publish is being committed
         self._fastAnswered = False  # ... and was answered meanwhile
@@ -329,6 +330,13 @@ class BoundedHTTPChannel(HTTPChannel):
         self._resume()
 
     # -- HTTPChannel ------------------------------------------------------------------------
+
+    def getHost(self) -> Any:
+        # Each twisted.web Request asks (a getsockname); a connection's own address never changes.
+        host = self._host
+        if host is None and self.transport is not None:
+            host = self._host = self.transport.getHost()
+        return host
 
     def connectionMade(self) -> None:
         # HTTPChannel's, without its idle timer.
