@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
 
+from twisted.internet.address import IPv4Address
 from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
@@ -472,7 +473,7 @@ class CountingTransport(StringTransport):
 
     def getHost(self) -> Any:
         self.hostAsked += 1
-        return self.hostAddress
+        return IPv4Address("TCP", "127.0.0.1", 8080)
 
 
 class FullPathTests(SynchronousTestCase):
