@@ -52,8 +52,9 @@ SERVER_TO_USER = names.SERVER_TO_USER_PREFIX
 INFO_ATTRIBUTES = ("subscription_count", "user_count")
 
 Reply = tuple[int, Any]
-# How the fast path answers: (status, JSON object, extra headers), then the reply is sent.
-Answer = Callable[[int, Any, Mapping[str, str]], None]
+# How the fast path answers: (status, JSON object, extra headers, chunked), then it is sent;
+# chunked as twisted.web sends a reply written after render returned (http.util.respond).
+Answer = Callable[[int, Any, Mapping[str, str], bool], None]
 
 
 # Validation: pure, raises HTTPError.
@@ -342,9 +343,10 @@ class PusherAPI(Resource):
     def checkPublish(self, target: bytes, body: bytes) -> CheckedPublish | None:
         """
         The publish C{POST target} with C{body} asks for, if the full path would publish it and
-        answer C{200 {}}: every check of L{dispatch} and of the endpoint, none of them counted or
-        recorded; None for anything else (an error, C{info}, an unusual path), which the full
-        path then answers as it always did. Nothing here has any effect.
+        answer C{200 {}} once its signature is right: every check of L{dispatch} and of the
+        endpoint but the signature (which L{commitPublish} makes, recorded, as dispatch does),
+        none of them counted or recorded; None for anything else (another error, C{info}, an
+        unusual path), which the full path then answers as it always did. No effect.
         """
         rawPath, _, query = target.partition(b"?")
         if b"%" in rawPath or not rawPath.isascii():
@@ -366,8 +368,6 @@ class PusherAPI(Resource):
         try:
             params = _plainQuery(query) if _PLAIN_QUERY.match(query) else queryParams(target, ())
             now = self.now()
-            verify = getattr(self.verify, "unrecorded", self.verify)
-            verify(app, "POST", path, params, body, now, rawPath=path)
             obj = parseJSONObject(body)
             if endpoint == "events":
                 events = [parseEvent(obj, app)]
@@ -395,7 +395,11 @@ class PusherAPI(Resource):
         """
         app = checked.app
         path = checked.path
-        self.verify(app, "POST", path, checked.params, checked.body, checked.now, rawPath=path)
+        try:
+            self.verify(app, "POST", path, checked.params, checked.body, checked.now, rawPath=path)
+        except ApiAuthError as e:  # dispatch's answer: before any coroutine, so not chunked
+            answer(e.status, {"error": e.message}, {}, False)
+            return
         counters = self.appStats.of(app.id)
         counters.apiRequests += 1
         if app.maxApiRequestsPerSecond:
@@ -409,9 +413,11 @@ class PusherAPI(Resource):
                 continue
             # Not taken at once, or failed: the rest waits, as the full path's awaits do.
             rest = ensureDeferred(self._publishRest(app, d, events[i + 1 :]))
-            rest.addCallbacks(lambda _: answer(200, {}, {}), partial(self._failed, checked, answer))
+            rest.addCallbacks(
+                lambda _: answer(200, {}, {}, True), partial(self._failed, checked, answer)
+            )
             return
-        answer(200, {}, {})
+        answer(200, {}, {}, True)
 
     async def _publishRest(self, app: App, first: Deferred[None], rest: list[Event]) -> None:
         await brokerCall(lambda: first)
@@ -422,10 +428,10 @@ class PusherAPI(Resource):
 
     def _failed(self, checked: CheckedPublish, answer: Answer, f: Failure) -> None:
         if isinstance(f.value, HTTPError):
-            answer(f.value.status, {"error": f.value.message}, f.value.headers)
+            answer(f.value.status, {"error": f.value.message}, f.value.headers, True)
             return
         util.log.failure("error handling {method} {uri}", f, method=b"POST", uri=checked.target)
-        answer(500, {"error": "Internal server error."}, {})
+        answer(500, {"error": "Internal server error."}, {}, True)
 
     def _hasToken(self, app: App, now: float) -> bool:
         """Whether L{_takeToken} would give C{app} a token at C{now}; takes none."""

@@ -426,12 +426,12 @@ class BoundedHTTPChannel(HTTPChannel):
             self._buffer = b""
         return False
 
-    def _fastAnswer(self, status: int, obj: Any, headers: Mapping[str, str]) -> None:
+    def _fastAnswer(self, status: int, obj: Any, headers: Mapping[str, str], chunked: bool) -> None:
         """Write the reply of the fast publish in hand (what the full path would write)."""
         self._fastAnswered = True
         post = self._fastPost
         site: Any = getattr(self, "site", None)
-        reply, sent = site.publishReply(status, obj, headers)
+        reply, sent = site.publishReply(status, obj, headers, chunked)
         transport = self.transport
         if transport is not None and not self._done:
             writeNow(transport, reply)

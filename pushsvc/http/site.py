@@ -296,17 +296,20 @@ class PushSite(Site):
     )
     _date = (0, b"")
 
-    def publishReply(self, status: int, obj: Any, headers: Mapping[str, str]) -> tuple[bytes, int]:
+    def publishReply(
+        self, status: int, obj: Any, headers: Mapping[str, str], chunked: bool
+    ) -> tuple[bytes, int]:
         """
-        The bytes twisted.web writes for an HTTP API reply answered after its render returned
-        (C{http.util.respond}: chunked), and the length of its body: for the channel's fast path.
+        The bytes twisted.web writes for an HTTP API reply, and the length of its body, for the
+        channel's fast path: C{chunked} as for a reply written after its render returned
+        (C{http.util.respond}), else with a Content-Length as for one render returned.
         """
         now = int(time.time())
         if self._date[0] != now:
             self._date = (now, http.datetimeToString(now))
         body = jsonBytes(obj)
         extra = b"".join(_headerName(k) + b": " + v.encode() + b"\r\n" for k, v in headers.items())
-        return (
+        head = (
             b"HTTP/1.1 %d %s\r\n" % (status, http.RESPONSES.get(status, b"Unknown Status"))
             + self._replyHeaders
             + self._date[1]
@@ -314,9 +317,12 @@ class PushSite(Site):
             + extra
             + b"Content-Type: application/json; charset=utf-8\r\n"
             b"Cache-Control: no-store\r\n"
-            b"Transfer-Encoding: chunked\r\n\r\n"
-            b"%x\r\n%s\r\n0\r\n\r\n" % (len(body), body)
-        ), len(body)
+        )
+        if chunked:
+            tail = b"Transfer-Encoding: chunked\r\n\r\n%x\r\n%s\r\n0\r\n\r\n" % (len(body), body)
+        else:
+            tail = b"Content-Length: %d\r\n\r\n%s" % (len(body), body)
+        return head + tail, len(body)
 
     def logFastPublish(self, channel: Any, post: Any, code: int, sentLength: int) -> None:
         """The access log line of a publish the channel answered itself, as for any request."""

@@ -93,8 +93,8 @@ def recordedCommit(recorder: Recorder, classify: Classify, commit: Any) -> Any:
         endpoint, appId = classify(path)
         record = recorder.begin("POST", path, endpoint, appId)
 
-        def answered(status: int, obj: Any, headers: Any) -> None:
-            answer(status, obj, headers)
+        def answered(status: int, obj: Any, headers: Any, chunked: bool) -> None:
+            answer(status, obj, headers, chunked)
             recorder.end(record, status)
 
         token = recorder.enter(record)
@@ -284,13 +284,8 @@ def recordedWebhookPost(recorder: Recorder, post: Callable[..., Any]) -> Callabl
 
 
 def recordedCheck(recorder: Recorder, name: str, check: Callable[..., Any]) -> Callable[..., Any]:
-    """
-    C{check} (a signature check), recorded as an C{auth} call; raises what it raises. The check
-    itself stays reachable as C{unrecorded}, for a caller that only asks whether it would pass.
-    """
-    recorded = recordedCall(recorder, "auth", name, check, {"check": name})
-    recorded.unrecorded = check  # type: ignore[attr-defined]
-    return recorded
+    """C{check} (a signature check), recorded as an C{auth} call; raises what it raises."""
+    return recordedCall(recorder, "auth", name, check, {"check": name})
 
 
 def _frameLength(payload: int) -> int:
