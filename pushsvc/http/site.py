@@ -14,7 +14,7 @@ from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
 from twisted.web import http, server
-from twisted.web.http import combinedLogFormatter
+from twisted.web.http import RESPONSES, combinedLogFormatter, datetimeToString
 from twisted.web.http_headers import Headers
 from twisted.web.resource import IResource, Resource
 from twisted.web.server import Request, Site
@@ -295,6 +295,7 @@ class PushSite(Site):
         b"Date: "
     )
     _date = (0, b"")
+    _ok = b""
 
     def publishReply(
         self, status: int, obj: Any, headers: Mapping[str, str], chunked: bool
@@ -306,13 +307,20 @@ class PushSite(Site):
         """
         now = int(time.time())
         if self._date[0] != now:
-            self._date = (now, http.datetimeToString(now))
+            date = datetimeToString(now)
+            self._date = (now, date)
+            self._ok = self._reply(200, b"{}", b"", date, True)  # nearly every publish's
+        if status == 200 and not obj and not headers and chunked:
+            return self._ok, 2
         body = jsonBytes(obj)
         extra = b"".join(_headerName(k) + b": " + v.encode() + b"\r\n" for k, v in headers.items())
+        return self._reply(status, body, extra, self._date[1], chunked), len(body)
+
+    def _reply(self, status: int, body: bytes, extra: bytes, date: bytes, chunked: bool) -> bytes:
         head = (
-            b"HTTP/1.1 %d %s\r\n" % (status, http.RESPONSES.get(status, b"Unknown Status"))
+            b"HTTP/1.1 %d %s\r\n" % (status, RESPONSES.get(status, b"Unknown Status"))
             + self._replyHeaders
-            + self._date[1]
+            + date
             + b"\r\n"
             + extra
             + b"Content-Type: application/json; charset=utf-8\r\n"
@@ -322,7 +330,7 @@ class PushSite(Site):
             tail = b"Transfer-Encoding: chunked\r\n\r\n%x\r\n%s\r\n0\r\n\r\n" % (len(body), body)
         else:
             tail = b"Content-Length: %d\r\n\r\n%s" % (len(body), body)
-        return head + tail, len(body)
+        return head + tail
 
     def logFastPublish(self, channel: Any, post: Any, code: int, sentLength: int) -> None:
         """The access log line of a publish the channel answered itself, as for any request."""
