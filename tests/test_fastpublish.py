@@ -26,7 +26,7 @@ from pushsvc.apiauth import apiSignature, bodyMd5
 from pushsvc.apps import App, Apps
 from pushsvc.fanout.registry import Registry
 from pushsvc.fanout.writer import Outbound
-from pushsvc.http.channel import BoundedHTTPChannel, HTTPLimits, readPost
+from pushsvc.http.channel import MAX_PIPELINED, BoundedHTTPChannel, HTTPLimits, readPost
 from pushsvc.http.site import PushSite, makeSite
 from pushsvc.hub import Hub
 from pushsvc.interfaces import BrokerUnavailable, PushSettings
@@ -40,6 +40,7 @@ from pushsvc.recording.wrap import (
     recordedCommit,
 )
 from tests.helpers import captureLogs
+from tests.test_httpchannel import FullTransport
 
 NOW = 1_800_000_000
 APP = App("7", "key7", "secret7", maxDataBytes=200)
@@ -497,3 +498,46 @@ class FullPathTests(SynchronousTestCase):
             re.findall(rb"HTTP/1\.1 (\d{3}) ", transport.value()), [b"404"] * 2 + [b"200"]
         )
         self.assertEqual(transport.hostAsked, 1)
+
+
+class BoundsTests(SynchronousTestCase):
+    """The channel's bounds hold for publishes the fast path answers, as for any request."""
+
+    def test_onlyFewAnsweredPerRead(self) -> None:
+        """Of 10 publishes pipelined in one read, MAX_PIPELINED are answered, then the rest."""
+        rig = Rig(self, True)
+        rig.protocol.dataReceived(b"".join(request(event(data=f"{i}")) for i in range(10)))
+        self.assertEqual(len(re.findall(rb"HTTP/1\.1 200 ", rig.transport.value())), MAX_PIPELINED)
+        self.assertEqual(rig.transport.producerState, "paused")
+        rig.clock.advance(0)
+        self.assertEqual(len(re.findall(rb"HTTP/1\.1 200 ", rig.transport.value())), 10)
+        self.assertEqual(rig.transport.producerState, "producing")
+        self.assertEqual(rig.channel.fastPublishes, 10)
+
+    def test_stopsReadingWhenRepliesAreNotTaken(self) -> None:
+        """
+        A client that pipelines publishes and never reads: once the transport is full nothing
+        more is parsed or read; draining resumes it, and every publish is answered in order.
+        """
+        rig = Rig(self, True)
+        transport = FullTransport()
+        protocol = rig.site.buildProtocol(None)
+        protocol.makeConnection(transport)
+        protocol.dataReceived(b"".join(request(event(data=f"{i}")) for i in range(100)))
+        for _ in range(1000):
+            rig.clock.advance(0)
+        unsent = transport.value()
+        answered = len(re.findall(rb"HTTP/1\.1 200 ", unsent))
+        self.assertTrue(transport.full)
+        self.assertEqual(transport.producerState, "paused")
+        self.assertLess(answered, 100)
+        self.assertLessEqual(len(unsent), transport.bufferSize + len(unsent) // answered)
+        total = 0
+        for _ in range(100):
+            total += len(re.findall(rb"HTTP/1\.1 200 ", transport.drain()))
+            rig.clock.advance(0)
+            if total == 100:
+                break
+        self.assertEqual(total, 100)
+        self.assertEqual(rig.api.published, 100)
+        self.assertEqual(transport.producerState, "producing")

@@ -390,6 +390,7 @@ class BoundedHTTPChannel(HTTPChannel):
             or self._receivedHeaderSize
             or self._done
             or self._closing
+            or getattr(self.transport, "disconnecting", True)  # closing after a 400, a stop
         ):
             return False
         site: Any = getattr(self, "site", None)
