@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import re
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 from urllib.parse import urlencode
 
@@ -21,6 +22,7 @@ from twisted.internet.testing import StringTransport
 from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.resource import Resource
 
+import pushsvc.hub
 from pushsvc.api import PusherAPI
 from pushsvc.apiauth import apiSignature, bodyMd5
 from pushsvc.apps import App, Apps
@@ -541,3 +543,31 @@ class BoundsTests(SynchronousTestCase):
         self.assertEqual(total, 100)
         self.assertEqual(rig.api.published, 100)
         self.assertEqual(transport.producerState, "producing")
+
+
+class EnvelopeTests(SynchronousTestCase):
+    """The hub does not decode the envelope the in-process broker hands straight back."""
+
+    def setUp(self) -> None:
+        self.rig = Rig(self, True)
+        self.loads: list[bytes] = []
+
+        def loads(data: bytes) -> Any:
+            self.loads.append(data)
+            return json.loads(data)
+
+        self.patch(pushsvc.hub, "json", SimpleNamespace(loads=loads, dumps=json.dumps))
+
+    def test_publishedNotDecodedAgain(self) -> None:
+        """A publish through the in-process broker is delivered without a json.loads."""
+        self.rig.hub.publish(APP, ["news"], "e", "fresh")
+        self.assertEqual(self.loads, [])
+        self.assertIn(b'"data":"fresh"', b"".join(self.rig.subscriber.writes))
+
+    def test_otherEnvelopesDecoded(self) -> None:
+        """An envelope from elsewhere (Redis: other bytes, even if equal) is decoded."""
+        envelope = pushsvc.hub.encodeEnvelope("e", APP.id, "news", "e", "remote")
+        copy = bytes(bytearray(envelope))
+        self.rig.hub.receive(copy)
+        self.assertEqual(self.loads, [copy])
+        self.assertIn(b'"data":"remote"', b"".join(self.rig.subscriber.writes))
