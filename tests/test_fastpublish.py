@@ -108,22 +108,25 @@ class LogFile:
 class Rig:
     """The site, API, hub and recorder as the service wires them; the fast path on or off."""
 
-    def __init__(self, case: SynchronousTestCase, fast: bool, hub: Any = None) -> None:
+    def __init__(self, case: SynchronousTestCase, fast: bool, recording: bool = True) -> None:
         self.clock = Clock()
         self.clock.advance(NOW)
         self.recorder = Recorder(self.clock)
         self.apps = Apps([APP, LIMITED, OFF])
         self.registry = Registry(PushSettings(), self.clock)
-        instrumentRegistry(self.registry, self.recorder)
-        broker = RecordingBroker(LocalBroker(self.clock), self.recorder, "in-process")
+        broker: Any = LocalBroker(self.clock)
+        if recording:
+            instrumentRegistry(self.registry, self.recorder)
+            broker = RecordingBroker(broker, self.recorder, "in-process")
         self.hub = Hub(self.registry, broker, self.clock)
         self.subscriber = Conn(1)
         self.hub.connect(self.subscriber)
         self.hub.subscribe(self.subscriber, "news")
-        self.api = PusherAPI(self.apps, hub if hub is not None else self.hub, self.clock.seconds)
-        self.api.verify = recordedCheck(self.recorder, "signature", self.api.verify)
+        self.api = PusherAPI(self.apps, self.hub, self.clock.seconds)
         classify = classifier(self.apps)
-        self.api.commitPublish = recordedCommit(self.recorder, classify, self.api.commitPublish)
+        if recording:
+            self.api.verify = recordedCheck(self.recorder, "signature", self.api.verify)
+            self.api.commitPublish = recordedCommit(self.recorder, classify, self.api.commitPublish)
         pages = Path(case.mktemp())
         pages.mkdir()
         self.site: PushSite = makeSite(
@@ -138,7 +141,8 @@ class Rig:
             HTTPLimits(10, 1024, 60),
             self.clock,
         )
-        self.site.resource = RecordingRoot(self.site.resource, self.recorder, classify)
+        if recording:
+            self.site.resource = RecordingRoot(self.site.resource, self.recorder, classify)
         self.site.publishAPI = self.api if fast else None
         self.site.startFactory()
         self.log = LogFile()
@@ -213,6 +217,15 @@ class FastPathTests(SynchronousTestCase):
         self.assertEqual(len(fast.subscriber.writes), 1)
         self.assertIn(b'"data":"hello"', fast.subscriber.writes[0])
         self.assertEqual(fast.api.published, 1)
+
+    def test_withoutRecording(self) -> None:
+        """--no-recording: the fast path is taken, with the same reply as the full path's."""
+        fast, full = Rig(self, True, recording=False), Rig(self, False, recording=False)
+        for data in (request(event()), request(event(), sign=False)):
+            self.assertEqual(sameDate(fast.send(data)), sameDate(full.send(data)))
+        self.assertEqual(fast.channel.fastPublishes, 2)
+        self.assertEqual(fast.figures(), full.figures())
+        self.assertEqual(fast.recorder.recorded, 0)
 
     def test_sameRecording(self) -> None:
         """The request, its calls (signature, broker, fan-out) and the aggregates: the same."""
