@@ -106,7 +106,6 @@ def recordedCommit(recorder: Recorder, classify: Classify, commit: Any) -> Any:
         finally:
             recorder.leave(token)
 
-    recorded.unrecorded = commit  # type: ignore[attr-defined]
     return recorded
 
 
