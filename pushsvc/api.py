@@ -19,13 +19,16 @@ Names (channels, user ids, socket ids, event names) are checked by L{pushsvc.nam
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Coroutine, Iterable, Mapping
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 from urllib.parse import parse_qs, parse_qsl, unquote_to_bytes
 
-from twisted.internet.defer import maybeDeferred
+from twisted.internet.defer import Deferred, ensureDeferred, maybeDeferred
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 from twisted.web.resource import IResource, Resource
 from twisted.web.server import Request
 
@@ -34,6 +37,7 @@ from pushsvc.apiauth import ApiAuthError, checkParameterNames, verifyApiRequest
 from pushsvc.apps import App, Apps
 from pushsvc.appstats import AppStats
 from pushsvc.frames import isCacheChannel
+from pushsvc.http import util
 from pushsvc.http.util import DEFAULT_MAX_BODY, HTTPError, parseJSONObject, readBody, respond
 from pushsvc.interfaces import BrokerUnavailable, ChannelInfo, IHub
 
@@ -48,6 +52,9 @@ SERVER_TO_USER = names.SERVER_TO_USER_PREFIX
 INFO_ATTRIBUTES = ("subscription_count", "user_count")
 
 Reply = tuple[int, Any]
+# How the fast path answers: (status, JSON object, extra headers, chunked), then it is sent;
+# chunked as twisted.web sends a reply written after render returned (http.util.respond).
+Answer = Callable[[int, Any, Mapping[str, str], bool], None]
 
 
 # Validation: pure, raises HTTPError.
@@ -187,6 +194,19 @@ def queryParams(uri: bytes, allowed: Iterable[str] = ()) -> dict[str, str]:
     return dict(pairs)
 
 
+_PLAIN_QUERY = re.compile(rb"[A-Za-z0-9_.=&~-]*\Z")  # nothing to unescape
+
+
+def _plainQuery(query: bytes) -> dict[str, str]:
+    """L{queryParams} of a query with no escapes (L{_PLAIN_QUERY}), without its parsing."""
+    pairs = [pair.partition("=") for pair in query.decode("ascii").split("&") if pair]
+    try:
+        checkParameterNames([name for name, _, _ in pairs])
+    except ApiAuthError as e:
+        raise HTTPError(e.status, e.message) from None
+    return {name: value for name, _, value in pairs}
+
+
 async def brokerCall(f: Callable[..., Any], *args: Any) -> Any:
     """C{f(*args)}'s result; a L{BrokerUnavailable} failure becomes a 503 (never a 2xx)."""
     try:
@@ -209,6 +229,19 @@ class Call:
 
 
 Handler = Callable[[Call], Coroutine[Any, Any, Reply]]
+
+
+@dataclass(slots=True)  # not frozen: a frozen __init__ costs ~1 us more, per publish
+class CheckedPublish:
+    """A publish that passed every check of the full path: what L{PusherAPI.commitPublish} needs."""
+
+    app: App
+    target: bytes  # the request target as sent: path and query
+    path: str  # as sent (no %-escapes: the fast path takes no other)
+    params: dict[str, str]
+    body: bytes
+    events: list[Event]
+    now: float
 
 
 class PusherAPI(Resource):
@@ -237,6 +270,8 @@ class PusherAPI(Resource):
         self.appStats = AppStats()  # the service shares its own (with the WebSocket side)
         # app id -> (tokens, when counted): max_api_requests_per_second, one bucket an app
         self._buckets: dict[str, tuple[float, float]] = {}
+        # The fast path's commit, an attribute so the recorder can wrap it (pushsvc.recording).
+        self.commitPublish: Callable[[CheckedPublish, Answer], None] = self._commit
 
     def metrics(self) -> list[tuple[str, str, str, float]]:
         """C{(name, help, type, value)} for C{/metrics}."""
@@ -302,6 +337,107 @@ class PusherAPI(Resource):
                 headers={"Retry-After": "1"},
             )
         return handler(Call(app, args, params, body))
+
+    # -- the fast path (pushsvc.http.channel.BoundedHTTPChannel reads the request) ---------------
+
+    def checkPublish(self, target: bytes, body: bytes) -> CheckedPublish | None:
+        """
+        The publish C{POST target} with C{body} asks for, if the full path would publish it and
+        answer C{200 {}} once its signature is right: every check of L{dispatch} and of the
+        endpoint but the signature (which L{commitPublish} makes, recorded, as dispatch does),
+        none of them counted or recorded; None for anything else (another error, C{info}, an
+        unusual path), which the full path then answers as it always did. No effect.
+        """
+        rawPath, _, query = target.partition(b"?")
+        if b"%" in rawPath or not rawPath.isascii():
+            return None
+        path = rawPath.decode("ascii")
+        segments = path.split("/")  # "", "apps", id, endpoint
+        if len(segments) != 4:
+            return None
+        endpoint = segments[3]
+        if endpoint == "events":
+            limit = MAX_BODY
+        elif endpoint == "batch_events":
+            limit = MAX_BATCH_BODY
+        else:
+            return None
+        app = self.apps.byId(segments[2])
+        if app is None or not app.enabled or len(body) > limit:
+            return None
+        try:
+            params = _plainQuery(query) if _PLAIN_QUERY.match(query) else queryParams(target, ())
+            now = self.now()
+            obj = parseJSONObject(body)
+            if endpoint == "events":
+                events = [parseEvent(obj, app)]
+            else:
+                batch = obj.get("batch")
+                if not isinstance(batch, list) or not 0 < len(batch) <= MAX_BATCH:
+                    return None
+                if not all(isinstance(item, dict) for item in batch):
+                    return None
+                events = [parseEvent(item, app, batchItem=True) for item in batch]
+        except Exception:  # an error (or a bug) the full path answers as it always did
+            return None
+        if any(event.info for event in events):
+            return None  # the reply needs the broker's answers: the full path
+        if app.maxApiRequestsPerSecond and not self._hasToken(app, now):
+            return None
+        return CheckedPublish(app, target, path, params, body, events, now)
+
+    def _commit(self, checked: CheckedPublish, answer: Answer) -> None:
+        """
+        Publish what L{checkPublish} passed, as L{dispatch} and the endpoint would: the signature
+        check (recorded), the counters, the rate limiter's token, the hub; then C{answer} the
+        reply: at once when the broker took every event at once (the in-process broker), else
+        when it has (or a 503, or a logged 500, as the full path would).
+        """
+        app = checked.app
+        path = checked.path
+        try:
+            self.verify(app, "POST", path, checked.params, checked.body, checked.now, rawPath=path)
+        except ApiAuthError as e:  # dispatch's answer: before any coroutine, so not chunked
+            answer(e.status, {"error": e.message}, {}, False)
+            return
+        counters = self.appStats.of(app.id)
+        counters.apiRequests += 1
+        if app.maxApiRequestsPerSecond:
+            self._takeToken(app)
+        events = checked.events
+        for i, event in enumerate(events):
+            d = self.hub.publish(app, event.channels, event.name, event.data, event.socketId)
+            if d.called and d.result is None:
+                self.published += 1
+                counters.published += 1
+                continue
+            # Not taken at once, or failed: the rest waits, as the full path's awaits do.
+            rest = ensureDeferred(self._publishRest(app, d, events[i + 1 :]))
+            rest.addCallbacks(
+                lambda _: answer(200, {}, {}, True), partial(self._failed, checked, answer)
+            )
+            return
+        answer(200, {}, {}, True)
+
+    async def _publishRest(self, app: App, first: Deferred[None], rest: list[Event]) -> None:
+        await brokerCall(lambda: first)
+        self.published += 1
+        self.appStats.of(app.id).published += 1
+        for event in rest:
+            await self.publish(app, event)
+
+    def _failed(self, checked: CheckedPublish, answer: Answer, f: Failure) -> None:
+        if isinstance(f.value, HTTPError):
+            answer(f.value.status, {"error": f.value.message}, f.value.headers, True)
+            return
+        util.log.failure("error handling {method} {uri}", f, method=b"POST", uri=checked.target)
+        answer(500, {"error": "Internal server error."}, {}, True)
+
+    def _hasToken(self, app: App, now: float) -> bool:
+        """Whether L{_takeToken} would give C{app} a token at C{now}; takes none."""
+        rate = float(app.maxApiRequestsPerSecond)
+        tokens, at = self._buckets.get(app.id, (rate, now))
+        return min(rate, tokens + max(now - at, 0.0) * rate) >= 1.0
 
     def _takeToken(self, app: App) -> bool:
         """

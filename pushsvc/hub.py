@@ -141,6 +141,9 @@ class Hub:
         self.state.attach(self.nodeId, self)
         # (app, cache channel) -> (frame payload, when); insertion order is age order.
         self._cache: dict[tuple[str, str], tuple[bytes, float]] = {}
+        # The envelope publish just encoded and its fields: the in-process broker hands the same
+        # bytes straight back to receive, which then need not decode them (L{receive}).
+        self._sent: tuple[bytes, list[Any]] | None = None
         self._linkLost = False  # the broker lost its link since it last had it
         # Hears channel_occupied, member_added, client events... (the service sets it).
         self.webhooks: WebhookEvents | None = None
@@ -184,20 +187,23 @@ class Hub:
         Publish C{event} on every one of C{channels}. Fires with None once the broker took all
         of them; fails with L{BrokerUnavailable} (or what the broker failed with).
         """
-        ds = [
-            self._send(
-                app.id,
-                channel,
-                encodeEnvelope(KIND_EVENT, app.id, channel, event, data, exceptSocketId),
-                self._cacheFrame(channel, event, data),
-            )
-            for channel in channels
-        ]
+        ds = [self._sendEvent(app.id, channel, event, data, exceptSocketId) for channel in channels]
         if len(ds) == 1:  # nearly every publish: no DeferredList to gather one result
             return ds[0].addCallback(_none)
         d = gatherResults(ds, consumeErrors=True)
         d.addErrback(_firstFailure)
         return d.addCallback(_none)
+
+    def _sendEvent(
+        self, appId: str, channel: str, event: str, data: str, exceptSocketId: str | None
+    ) -> Deferred[None]:
+        fields: list[Any] = [KIND_EVENT, appId, channel, event, data, exceptSocketId, None]
+        envelope = encodeEnvelope(*fields)
+        self._sent = (envelope, fields)
+        try:
+            return self._send(appId, channel, envelope, self._cacheFrame(channel, event, data))
+        finally:
+            self._sent = None
 
     def clientEvent(
         self, conn: Subscriber, channel: str, event: str, data: str, userId: str | None
@@ -307,8 +313,12 @@ class Hub:
 
     def receive(self, envelope: bytes) -> None:
         """A message from the broker: encode its frame once and deliver it here."""
+        sent = self._sent
         try:
-            kind, appId, channel, event, data, exceptSocketId, userId = json.loads(envelope)
+            if sent is not None and sent[0] is envelope:  # handed straight back: not decoded
+                kind, appId, channel, event, data, exceptSocketId, userId = sent[1]
+            else:
+                kind, appId, channel, event, data, exceptSocketId, userId = json.loads(envelope)
         except (ValueError, TypeError):
             log.error("dropping a malformed envelope from the broker")
             return

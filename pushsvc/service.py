@@ -411,6 +411,9 @@ class PushService(MultiService):
             self.reactor,
         )
         self.site.logPublishes = c.logPublishes
+        # The channel's fast path for publishes (http/channel.py): with the in-process broker,
+        # which takes a publish at once, so the reply is written in the same turn.
+        self.site.publishAPI = self.pusherApi if c.redis is None else None
         self._buildInsideView([self.pusherApi, users], chat)
         return self.site
 
@@ -429,6 +432,7 @@ class PushService(MultiService):
             instrumentRegistry,
             instrumentWebSocket,
             recordedCheck,
+            recordedCommit,
             recordedWebhookPost,
         )
 
@@ -437,7 +441,8 @@ class PushService(MultiService):
             Recorder(self.reactor, c.recordedRequests) if c.recording else None
         )
         if recorder is not None:
-            self.site.resource = RecordingRoot(self.site.resource, recorder, classifier(self.apps))
+            classify = classifier(self.apps)
+            self.site.resource = RecordingRoot(self.site.resource, recorder, classify)
             assert self.store is not None
             chat.store = RecordingStore(self.store, recorder)
             self.hub.broker = RecordingBroker(
@@ -447,6 +452,9 @@ class PushService(MultiService):
             instrumentWebSocket(self.wsFactory, recorder)
             for api in apis:
                 api.verify = recordedCheck(recorder, "signature", api.verify)
+            self.pusherApi.commitPublish = recordedCommit(
+                recorder, classify, self.pusherApi.commitPublish
+            )
             # Webhook POSTs are sent from timers, outside any request: their kind's aggregates.
             self.webhooks.post = recordedWebhookPost(recorder, self.webhooks.post)
         perApp = lambda: perAppFigures(self.registry, [a.id for a in self.apps])  # noqa: E731

@@ -68,6 +68,22 @@ def writable(transport: Any) -> bool:
     )
 
 
+def writeNow(transport: Any, data: bytes) -> None:
+    """
+    C{transport.write(data)}, but straight to the socket when L{writable} (one C{write} instead of
+    two C{epoll_ctl} and a reactor turn); what the socket does not take goes through the
+    transport as usual, which then tells its producer when it is full. For replies written
+    outside twisted.web (the HTTP channel's fast path).
+    """
+    fd = directFd(transport)
+    if fd >= 0 and writable(transport):
+        sent = writeSome(fd, data)
+        if sent == len(data):
+            return
+        data = data[sent:]
+    transport.write(data)
+
+
 @implementer(IPushProducer)
 class Outbound:
     """

@@ -33,10 +33,22 @@ that every received byte restarts:
 A request timed out before it was answered gets a 408 with a JSON body; otherwise the
 connection is just closed. Nothing is timed while a request is being handled, and every timer
 is cancelled when the connection is lost or taken over by a WebSocket (which keeps its own).
+
+The fast path for publishes. Between requests, when what was read starts with a whole
+C{POST /apps/{id}/events} or C{batch_events} of the plainest form (L{readPost}: HTTP/1.1, a
+Content-Length, no Expect, no chunks, no C{Connection} but keep-alive, printable headers) and the
+site's HTTP API (C{PushSite.publishAPI}) says the full path would publish it and answer
+C{200 {}} (L{pushsvc.api.PusherAPI.checkPublish}), the channel has the API publish it and writes
+the reply itself, without a twisted.web Request: the same bytes, the same recording, counters and
+limits. Anything else, every error included, goes through twisted.web as it always did, so its
+answer and log line are today's. Replies keep the requests' order: a publish is taken only when
+no other request is in hand, and the same bounds and deadlines apply.
 """
 
 from __future__ import annotations
 
+import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -47,6 +59,7 @@ from twisted.protocols.basic import LineReceiver
 from twisted.python.failure import Failure
 from twisted.web.http import HTTPChannel, _GenericHTTPChannelProtocol, _NoPushProducer
 
+from pushsvc.fanout.writer import writeNow
 from pushsvc.http.logthrottle import Throttle
 from pushsvc.http.util import jsonBytes
 
@@ -54,6 +67,65 @@ log = Logger()
 
 MAX_PIPELINED = 4  # requests answered from one read before the others wait a reactor turn
 ABORT_GRACE = 5.0  # seconds a timed-out connection has to take its 408 before it is cut
+
+FAST_PREFIX = b"POST /apps/"
+MAX_FAST_HEAD = 8192  # request line and headers of a fast publish, at most
+MAX_FAST_BODY = 1024 * 1024  # the API's own limits are smaller (checkPublish applies them)
+MAX_FAST_HEADERS = 100
+# The request line and headers: printable ASCII, a token before each colon, no folded lines.
+_HEAD = re.compile(
+    rb"POST (/apps/[\x21-\x7e]+) HTTP/1\.1((?:\r\n[!#$%&'*+\-.^_`|~0-9A-Za-z]+:[\t\x20-\x7e]*)*)\Z"
+)
+# Headers that change how a request is read or answered: such a request takes the full path.
+_UNUSUAL = frozenset((b"transfer-encoding", b"expect", b"upgrade", b"te", b"trailer"))
+
+
+@dataclass(slots=True)  # not frozen: a frozen __init__ costs ~1 us more, per publish
+class PlainPost:
+    """A whole request read by L{readPost}."""
+
+    target: bytes
+    headers: Mapping[bytes, bytes]  # names lower-cased, each once
+    body: bytes
+    used: int  # bytes of the buffer it took
+
+
+def readPost(buffer: bytes) -> PlainPost | None:
+    """
+    The C{POST /apps/...} at the start of C{buffer} if it is whole and of the plainest form, one
+    twisted.web reads the same way: C{HTTP/1.1}; CRLF line ends; printable ASCII; each header once,
+    none of L{_UNUSUAL}, no folded lines; C{Connection} absent or C{keep-alive}; a
+    C{Content-Length} of digits, and that many bytes of body in C{buffer}. None otherwise.
+    """
+    if not buffer.startswith(FAST_PREFIX):
+        return None
+    end = buffer.find(b"\r\n\r\n", 0, MAX_FAST_HEAD)
+    if end < 0:
+        return None
+    head = _HEAD.match(buffer, 0, end)
+    if head is None:
+        return None
+    lines = head.group(2).split(b"\r\n")
+    if len(lines) > MAX_FAST_HEADERS:
+        return None
+    headers: dict[bytes, bytes] = {}
+    for line in lines[1:]:
+        name, _, value = line.partition(b":")
+        name = name.lower()
+        if name in headers or name in _UNUSUAL:
+            return None
+        headers[name] = value.strip(b" \t")
+    connection = headers.get(b"connection")
+    if connection is not None and connection.lower() != b"keep-alive":
+        return None
+    length = headers.get(b"content-length")
+    if length is None or not length.isdigit() or len(length) > 7:
+        return None
+    start = end + 4
+    stop = start + int(length)
+    if stop > len(buffer) or stop - start > MAX_FAST_BODY:
+        return None
+    return PlainPost(head.group(1), headers, buffer[start:stop], stop)
 
 
 @dataclass(frozen=True)
@@ -132,6 +204,10 @@ class BoundedHTTPChannel(HTTPChannel):
         self._bodyReceived = 0
         self._done = False  # lost, or taken over by a WebSocket: no timers any more
         self._closing = False  # timed out: only the abort after ABORT_GRACE is left
+        self._host: Any = None  # the transport's getHost(), asked once
+        self.fastPublishes = 0  # publishes answered by the fast path
+        self._committing = False  # a fast publish is being committed
+        self._fastAnswered = False  # ... and was answered meanwhile
 
     # -- timers --------------------------------------------------------------------------
 
@@ -246,7 +322,7 @@ class BoundedHTTPChannel(HTTPChannel):
         self.paused = False
         self._networkProducer.resumeProducing()
         if self._buffer and not self._busyReceiving:
-            LineReceiver.dataReceived(self, b"")  # what was read meanwhile
+            self._parse()  # what was read meanwhile
 
     def _nextTurn(self) -> None:
         self._yieldCall = None
@@ -254,6 +330,13 @@ class BoundedHTTPChannel(HTTPChannel):
         self._resume()
 
     # -- HTTPChannel ------------------------------------------------------------------------
+
+    def getHost(self) -> Any:
+        # Each twisted.web Request asks (a getsockname); a connection's own address never changes.
+        host = self._host
+        if host is None and self.transport is not None:
+            host = self._host = self.transport.getHost()
+        return host
 
     def connectionMade(self) -> None:
         # HTTPChannel's, without its idle timer.
@@ -270,7 +353,95 @@ class BoundedHTTPChannel(HTTPChannel):
             self._arm("headers", self.limits.headerTimeout)
         elif self._phase == "body":
             self._bodyReceived += len(data)
-        LineReceiver.dataReceived(self, data)
+        if self._busyReceiving:
+            LineReceiver.dataReceived(self, data)  # kept for the loop in progress
+            return
+        self._buffer += data
+        self._parse()
+
+    # -- the fast path for publishes (see the module docstring) --------------------------------
+
+    def _parse(self) -> None:
+        """Parse what is buffered: publishes the fast path takes, then twisted.web."""
+        while self._buffer and not self.paused and self._fastPublish():
+            self._answered += 1
+            if self._waitingForTransport or self._answered >= MAX_PIPELINED:
+                self._resume()  # holds, or waits a turn, as after any answered request
+                return
+            if self._done or self._closing or self.transport is None:
+                return
+            self._arm(
+                "headers" if self._buffer else "idle",
+                self.limits.headerTimeout if self._buffer else self.limits.idleTimeout,
+            )
+        if self._buffer and not self.paused:
+            LineReceiver.dataReceived(self, b"")
+
+    def _fastPublish(self) -> bool:
+        """
+        Answer the publish at the start of the buffer if the fast path takes it (see the module
+        docstring); whether it did. Between requests only: none in hand, nothing half parsed.
+        """
+        if (
+            not self.line_mode
+            or self.requests
+            or self._handlingRequest
+            or not self.persistent
+            or self._receivedHeaderSize
+            or self._done
+            or self._closing
+            or getattr(self.transport, "disconnecting", True)  # closing after a 400, a stop
+        ):
+            return False
+        site: Any = getattr(self, "site", None)
+        api = getattr(site, "publishAPI", None)
+        if api is None or site.logPublishes or site.trustedProxies:
+            return False
+        slot = getattr(self, "connectionSlot", None)
+        if slot is not None and (slot.refusal is not None or slot.proxied):
+            return False  # PushRequest answers over a connection cap
+        post = readPost(self._buffer)
+        if post is None:
+            return False
+        checked = api.checkPublish(post.target, post.body)
+        if checked is None:
+            return False
+        self._buffer = self._buffer[post.used :]
+        self._fastPost = post
+        self._fastAnswered = False
+        self._committing = True
+        try:
+            api.commitPublish(checked, self._fastAnswer)
+        finally:
+            self._committing = False
+        self.fastPublishes += 1
+        if self._fastAnswered:
+            return True
+        # The broker has not taken it yet: hold the connection as twisted.web holds one whose
+        # request is being handled; what arrives meanwhile waits in _dataBuffer.
+        self._disarm()
+        self._handlingRequest = True
+        self.setRawMode()
+        if self._buffer:
+            self._dataBuffer.append(self._buffer)
+            self._buffer = b""
+        return False
+
+    def _fastAnswer(self, status: int, obj: Any, headers: Mapping[str, str], chunked: bool) -> None:
+        """Write the reply of the fast publish in hand (what the full path would write)."""
+        self._fastAnswered = True
+        post = self._fastPost
+        site: Any = getattr(self, "site", None)
+        reply, sent = site.publishReply(status, obj, headers, chunked)
+        transport = self.transport
+        if transport is not None and not self._done:
+            writeNow(transport, reply)
+        if status >= 400:
+            site.logFastPublish(self, post, status, sent)
+        if not self._committing:  # answered later: go on as after any request
+            self._handlingRequest = False
+            self._answered += 1
+            self._nextRequest()
 
     def allHeadersReceived(self) -> None:
         super().allHeadersReceived()
@@ -295,6 +466,9 @@ class BoundedHTTPChannel(HTTPChannel):
             return
         self._handlingRequest = False
         self._answered += 1
+        self._nextRequest()
+
+    def _nextRequest(self) -> None:
         # What arrived while the request was handled comes before what is left of the read.
         if self._dataBuffer:
             self._buffer = b"".join(self._dataBuffer) + self._buffer

@@ -81,6 +81,34 @@ class RecordedRender(Resource):
         return result
 
 
+def recordedCommit(recorder: Recorder, classify: Classify, commit: Any) -> Any:
+    """
+    The HTTP API's fast publish (L{pushsvc.api.PusherAPI.commitPublish}) recorded as
+    L{RecordedRender} records a request: begun when it commits, its calls (signature, broker,
+    fan-out) while it runs, ended with the status it answers, once the reply is written.
+    """
+
+    def recorded(checked: Any, answer: Any) -> None:
+        path = truncate(checked.path, MAX_PATH)
+        endpoint, appId = classify(path)
+        record = recorder.begin("POST", path, endpoint, appId)
+
+        def answered(status: int, obj: Any, headers: Any, chunked: bool) -> None:
+            answer(status, obj, headers, chunked)
+            recorder.end(record, status)
+
+        token = recorder.enter(record)
+        try:
+            commit(checked, answered)
+        except BaseException:
+            recorder.end(record, 500)
+            raise
+        finally:
+            recorder.leave(token)
+
+    return recorded
+
+
 def _recordDeferred(
     recorder: Recorder,
     kind: str,
