@@ -31,6 +31,10 @@ HTTP_CHANNEL = (
     "_optimisticEagerReadSize",
     "_requestProducer",
     "_waitingForTransport",
+    # Read and set by the publish fast path (BoundedHTTPChannel.readPost) between requests.
+    "_receivedHeaderSize",
+    "line_mode",
+    "setRawMode",
 )
 # Autobahn's server protocol, slimmed by LeanServerProtocol (pushsvc.ws.autobahn). (Its
 # serverConnectionDropTimeoutCall, made only in some closes, is read with a default.)
