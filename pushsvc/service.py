@@ -52,6 +52,7 @@ from pushsvc.http.proxy import TrustedProxies
 from pushsvc.http.site import JSONNotFound, makeSite, webRoot
 from pushsvc.interfaces import IBroker, PushSettings
 from pushsvc.session import SessionSigner
+from pushsvc.stall import ReactorMeter
 from pushsvc.store import IStore, storeFromURL
 from pushsvc.waiters import Waiters
 from pushsvc.webhooks.format import parseWebhooks
@@ -451,6 +452,8 @@ class PushService(MultiService):
             self.webhooks.post = recordedWebhookPost(recorder, self.webhooks.post)
         perApp = lambda: perAppFigures(self.registry, [a.id for a in self.apps])  # noqa: E731
         self.metricsRegistry = Metrics(self.metricFigures, perApp, recorder, self.appStats.samples)
+        self.reactorMeter = ReactorMeter(self.reactor, describe=self._describeConnections)
+        self.metricsRegistry.watch(self.reactorMeter)
         self.figures = Figures(
             self.reactor,
             self.registry,
@@ -544,6 +547,7 @@ class PushService(MultiService):
                 timer.setServiceParent(self)  # periodic work: the cluster heartbeat
             self._startChildren(listeners)
             self._handleSIGHUP()
+            self.reactorMeter.install(self.reactor)
         except BaseException:
             unlockDataDir(self._lock)
             self._lock = None
@@ -670,6 +674,10 @@ class PushService(MultiService):
             self.storeError = "ok"
             self._readyWaiters.fire()
             log.info("message store ready: {store}", store=store.description)
+            if not self._stopping:
+                # Start-up is over (listening, store open): what is alive now lives as long as
+                # the process; later collections need not walk it.
+                self.reactorMeter.freeze()
 
         def failed(f: Failure) -> Deferred[None] | None:
             self.storeError = f"cannot open {store.description}: {f.getErrorMessage()}"
@@ -774,6 +782,7 @@ class PushService(MultiService):
             ("close the store", lambda: self.store.close() if self.store is not None else None),
             ("stop child services", lambda: MultiService.stopService(self)),
             ("unlock the data directory", self._unlock),
+            ("stop timing the reactor", self.reactorMeter.uninstall),
         ]
 
         def run(_: object, step: Callable[[], Any]) -> Any:

@@ -318,6 +318,11 @@ class ServiceTests(ServiceCase):
         text = yield metrics.text()
         self.assertIn(f'pushsvc_connections{{app_id="{APP_ID}"}} 1.0', text)
         self.assertIn(f'pushsvc_subscriptions{{app_id="{APP_ID}"}} 1.0', text)
+        # The reactor is timed from start, and start-up ended with gc.freeze() (store open).
+        for name in ("pushsvc_reactor_stall_seconds_bucket", "pushsvc_gc_pause_seconds_count"):
+            self.assertIn(name, text)
+        self.assertIn("pushsvc_reactor_stall_longest_seconds", text)
+        self.assertTrue(self.service.reactorMeter.frozen)
 
     @inlineCallbacks
     def test_gracefulStop(self) -> Any:

@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Histogram
+from prometheus_client import CollectorRegistry, Gauge, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.exposition import generate_latest
 from prometheus_client.process_collector import ProcessCollector
@@ -22,6 +22,7 @@ from twisted.web.resource import Resource
 from twisted.web.server import Request
 
 from pushsvc.recording import Recorder
+from pushsvc.stall import ReactorMeter
 
 # Names that changed when /metrics moved to prometheus_client (README, "Metrics").
 RENAMED = {
@@ -36,6 +37,11 @@ RENAMED = {
 PER_APP = ("pushsvc_connections", "pushsvc_subscriptions", "pushsvc_channels")
 
 DURATION_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+# Reactor stalls (iterations busy >= 1 ms) and GC pauses; the benchmark reads these names.
+STALL_BUCKETS = (
+    0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.03, 0.05, 0.075, 0.1, 0.2, 0.5,
+    1, 2, 5,
+)  # fmt: skip
 
 Figures = Callable[[], list[tuple[str, str, str, float]]]
 PerApp = Callable[[], dict[str, dict[str, int]]]
@@ -153,10 +159,47 @@ class Metrics:
             registry=registry,
             buckets=DURATION_BUCKETS,
         )
+        self.reactorStall = Histogram(
+            "pushsvc_reactor_stall_seconds",
+            "Time the reactor was busy between two polls for I/O (iterations busy >= 1 ms)",
+            registry=registry,
+            buckets=STALL_BUCKETS,
+        )
+        self.reactorStallLongest = Gauge(
+            "pushsvc_reactor_stall_longest_seconds",
+            "The longest time the reactor was busy between two polls, since start",
+            registry=registry,
+        )
+        self.gcPause = Histogram(
+            "pushsvc_gc_pause_seconds",
+            "Garbage collector pauses, by generation",
+            ["generation"],
+            registry=registry,
+            buckets=STALL_BUCKETS,
+        )
+        self.gcPauseLongest = Gauge(
+            "pushsvc_gc_pause_longest_seconds",
+            "The longest garbage collector pause since start",
+            registry=registry,
+        )
+        self._byGeneration = [self.gcPause.labels(str(g)) for g in range(3)]
         self._byEndpoint: dict[str, Any] = {}
         if recorder is not None:
             recorder.observeRequest = self._request
             recorder.observeFanOut = self._fanOut
+
+    def watch(self, meter: ReactorMeter) -> None:
+        """Feed the stall and GC metrics from C{meter}."""
+        meter.observeStall = self.reactorStall.observe
+        meter.observeGC = self._gc
+        self.reactorStallLongest.set_function(lambda: meter.longestStall)
+        self.gcPauseLongest.set_function(lambda: meter.longestGC)
+
+    def _gc(self, generation: int, seconds: float) -> None:
+        if 0 <= generation < len(self._byGeneration):
+            self._byGeneration[generation].observe(seconds)
+        else:
+            self.gcPause.labels(str(generation)).observe(seconds)
 
     def _request(self, endpoint: str, seconds: float) -> None:
         child = self._byEndpoint.get(endpoint)
