@@ -62,6 +62,8 @@ log = Logger()
 
 Handler = Callable[["PushServerProtocol", ClientFrame], None]
 
+PING_FRAME = b"\x89\x00"  # a WebSocket ping, FIN set, no payload (RFC 6455, 5.5.2)
+
 
 def _refusal(request: ConnectionRequest, apps: Apps) -> tuple[App | None, int, str]:
     """
@@ -195,7 +197,7 @@ class PushServerProtocol(LeanServerProtocol):
                 self.app.userAuthenticationTimeout, self._notSignedIn
             )
         f.hub.connect(self)
-        f.keepalive.wake()
+        f.keepalive.wake(self)
         self.send(frames.connectionEstablished(self.socketId, f.settings.activityTimeout))
         if f.settings.logWebSockets:
             self.openedAt = self.lastSeen
@@ -210,6 +212,16 @@ class PushServerProtocol(LeanServerProtocol):
         self.lastSeen = self.factory.clock.seconds()
         super().dataReceived(data)
 
+    def sendPing(self, payload: bytes | None = None) -> None:
+        # The keep-alive's ping (no payload) is two constant bytes, written like any frame
+        # (straight to the socket when nothing is buffered): Autobahn builds each one anew and
+        # hands it to transport.write, a reactor turn per connection.
+        outbound = self.outbound
+        if payload or outbound is None or self._closing or self.state != self.STATE_OPEN:
+            super().sendPing(payload)
+            return
+        outbound.send(PING_FRAME)
+
     def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
         if self.outbound is None:
             return
@@ -220,7 +232,7 @@ class PushServerProtocol(LeanServerProtocol):
             self._counters = None
         f = self.factory
         f.hub.disconnect(self)
-        f.keepalive.rest()
+        f.keepalive.rest(self)
         if f.settings.logWebSockets:
             # The code we sent, if we closed and no clean answer came; else the peer's code, or
             # 1006: no close frame at all (RFC 6455).
