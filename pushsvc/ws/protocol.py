@@ -62,6 +62,11 @@ log = Logger()
 
 Handler = Callable[["PushServerProtocol", ClientFrame], None]
 
+
+def _nothing() -> None:
+    pass
+
+
 PING_FRAME = b"\x89\x00"  # a WebSocket ping, FIN set, no payload (RFC 6455, 5.5.2)
 
 
@@ -127,6 +132,14 @@ class PushServerProtocol(LeanServerProtocol):
             self.cancelTimers()
             self._cancelAuthTimer()
             self.factory.registry.untrack(self)
+            self.forgetFutures()
+            outbound = self.outbound
+            if outbound is not None:
+                # Its onOverflow is a method of this protocol: a cycle (protocol, outbound,
+                # transport, Autobahn's per-connection objects: ~20) that only the collector
+                # would free. Nothing writes to a lost connection.
+                outbound.drop()
+                outbound.onOverflow = _nothing
 
     def onConnect(self, request: ConnectionRequest) -> None:
         f = self.factory
@@ -625,4 +638,10 @@ class PushWebSocketResource(WebSocketResource):
             forget = getattr(request.site, "forgetChannel", None)
             if forget is not None:
                 forget(httpProtocol)
+            # The channel and its request refer to each other (requests, request.channel): a
+            # cycle of some 40 objects per connection left for the collector. The request never
+            # finishes, and nothing reads the channel's list again.
+            requests = getattr(channel, "requests", None)
+            if requests:
+                requests.clear()
         return result
