@@ -223,6 +223,18 @@ class PushServerProtocol(LeanServerProtocol):
 
     def dataReceived(self, data: bytes) -> None:
         self.lastSeen = self.factory.clock.seconds()
+        if (
+            len(data) == 6
+            and data[0] == 0x8A  # FIN, pong
+            and data[1] == 0x80  # masked, no payload
+            and self.state == self.STATE_OPEN
+            and not self.data
+            and self.current_frame is None
+        ):
+            # The answer to the keep-alive's ping, alone in its read and between two frames:
+            # nothing to do but note the life (above). Autobahn's parse of it costs ~20x more,
+            # and with 100,000 connections there are thousands a second.
+            return
         super().dataReceived(data)
 
     def sendPing(self, payload: bytes | None = None) -> None:
