@@ -54,6 +54,22 @@ class Conn:
         self.closed = code
 
 
+class CountTests(SynchronousTestCase):
+    def test_connectionsByApp(self) -> None:
+        """Open connections are counted per app as they come and go (no walk over them)."""
+        registry = Registry(PushSettings(), TurnClock())
+        conns = [Conn(i) for i in range(5)]
+        conns[4].appId = "other"
+        for c in conns:
+            registry.addConnection(c)
+        registry.addConnection(conns[0])  # again: still one connection
+        self.assertEqual(registry.connectionsByApp, {"app": 4, "other": 1})
+        for c in conns[3:]:
+            registry.removeConnection(c)
+        registry.removeConnection(conns[4])  # again: nothing more to forget
+        self.assertEqual(registry.connectionsByApp, {"app": 3})
+
+
 class FanOutTests(SynchronousTestCase):
     def setUp(self) -> None:
         self.clock = TurnClock()

@@ -233,12 +233,11 @@ class MetricsResource(Resource):
 def perAppFigures(registry: Any, appIds: Iterable[str] = ()) -> dict[str, dict[str, int]]:
     """
     Connections, subscriptions and occupied channels per app (each of C{appIds} named, with 0s
-    when it has none), from the fan-out registry.
+    when it has none), from the fan-out registry: its counts and channels, not its connections.
     """
     out: dict[str, dict[str, int]] = {appId: {name: 0 for name in PER_APP} for appId in appIds}
-    for conn in registry.openConnections():
-        entry = out.setdefault(conn.appId, {})
-        entry["pushsvc_connections"] = entry.get("pushsvc_connections", 0) + 1
+    for appId, n in registry.connectionsByApp.items():
+        out.setdefault(appId, {})["pushsvc_connections"] = n
     for (appId, _channel), subs in registry._subs.items():
         entry = out.setdefault(appId, {})
         entry["pushsvc_channels"] = entry.get("pushsvc_channels", 0) + 1

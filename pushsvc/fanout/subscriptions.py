@@ -44,15 +44,28 @@ class Subscriptions:
         self.live: set[Any] = set()
         self.connectionsTotal = 0
         self.subscriptions = 0
+        # app id -> its open connections here: counted, so that the figures sampled every
+        # second need not walk 100,000 connections.
+        self.connectionsByApp: dict[str, int] = {}
 
     def addConnection(self, conn: Subscriber) -> None:
+        new = conn not in self._conns
         self._conns[conn] = {}
         self._bySocket[conn.socketId] = conn
         self.connectionsTotal += 1
+        if new:
+            byApp = self.connectionsByApp
+            byApp[conn.appId] = byApp.get(conn.appId, 0) + 1
 
     def removeConnection(self, conn: Subscriber) -> None:
         """Forget C{conn}; the hub unsubscribes it from its channels first."""
-        self._conns.pop(conn, None)
+        if self._conns.pop(conn, None) is not None:
+            byApp = self.connectionsByApp
+            left = byApp.get(conn.appId, 0) - 1
+            if left > 0:
+                byApp[conn.appId] = left
+            else:
+                byApp.pop(conn.appId, None)
         if self._bySocket.get(conn.socketId) is conn:
             del self._bySocket[conn.socketId]
 
