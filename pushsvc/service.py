@@ -175,6 +175,7 @@ class ServiceConfig:
     adminListenGiven: bool = False  # given explicitly: a bind failure stops start-up
     adminTokenFile: Path | None = None
     recording: bool = True  # --no-recording turns it off
+    gcFreeze: str = "survivors"  # --gc-freeze: survivors, startup or off
     recordedRequests: int = 1000  # --recorded-requests: the ring's size
 
 
@@ -674,10 +675,10 @@ class PushService(MultiService):
             self.storeError = "ok"
             self._readyWaiters.fire()
             log.info("message store ready: {store}", store=store.description)
-            if not self._stopping:
+            if not self._stopping and self.config.gcFreeze != "off":
                 # Start-up is over (listening, store open): what is alive now lives as long as
                 # the process; later collections need not walk it.
-                self.reactorMeter.freeze()
+                self.reactorMeter.freeze(survivors=self.config.gcFreeze == "survivors")
 
         def failed(f: Failure) -> Deferred[None] | None:
             self.storeError = f"cannot open {store.description}: {f.getErrorMessage()}"

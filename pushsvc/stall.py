@@ -10,7 +10,9 @@ iterations busy for at least L{STALL_MIN} are reported. On a reactor without a C
 select reactor), C{doIteration} is wrapped instead, which sees the timed calls but not the I/O
 dispatch.
 
-C{gc.callbacks} times every collection, by generation. A stall over L{WARN_STALL} is logged,
+C{gc.callbacks} times every collection, by generation; L{ReactorMeter.freeze} keeps what
+start-up left (and, by default, what each full collection leaves) out of later collections. A
+stall over L{WARN_STALL} is logged,
 throttled, with what is known: how many events the poll before it returned, how much of it the
 collector took, and the caller's description (open connections).
 """
@@ -88,6 +90,7 @@ class ReactorMeter:
         self.gcInIteration = 0.0  # collector time since the last poll returned
         self._gcStart = 0.0
         self.frozen = False
+        self.freezeSurvivors = False
         self._reactor: Any = None
         self._wrapped: str | None = None  # "_poller" or "doIteration"
         self._throttle = Throttle(
@@ -137,15 +140,22 @@ class ReactorMeter:
         if self._gc in gc.callbacks:
             gc.callbacks.remove(self._gc)
         if self.frozen:
-            self.frozen = False
+            self.frozen = self.freezeSurvivors = False
             gc.unfreeze()
 
-    def freeze(self) -> None:
+    def freeze(self, survivors: bool = False) -> None:
         """
         Start-up is over: collect once, then move every object left into the collector's
         permanent generation (C{gc.freeze}), so that no later collection walks the modules,
         classes and long-lived parts of the service again. That collection is not observed.
+
+        With C{survivors}, so are the survivors of every later full collection: a full
+        collection then walks only what was made since the one before (~0.3 s at 19,000
+        connections otherwise, growing with them). The price: a cycle that forms later through
+        a frozen object is never collected. A connection leaves no cycle (the tests say so),
+        so what connections leave behind is freed as ever, by reference counting.
         """
+        self.freezeSurvivors = survivors
         if self.frozen:
             return
         observing = self._gc in gc.callbacks
@@ -193,5 +203,8 @@ class ReactorMeter:
         self.gcInIteration += pause
         if pause > self.longestGC:
             self.longestGC = pause
+        generation = info.get("generation", -1)
         if self.observeGC is not None:
-            self.observeGC(info.get("generation", -1), pause)
+            self.observeGC(generation, pause)
+        if generation == 2 and self.freezeSurvivors:
+            gc.freeze()  # see freeze()

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import gc
 import time
+import weakref
 from typing import Any
 
 from prometheus_client.parser import text_string_to_metric_families
@@ -113,6 +114,40 @@ class MeterTests(SynchronousTestCase):
         self.assertEqual(self.gcs, [])  # the deliberate collection is not a pause to report
         self.meter.uninstall()
         self.assertEqual(gc.get_freeze_count(), 0)
+
+
+class SurvivorTests(SynchronousTestCase):
+    def test_survivorsOfFullCollectionsAreFrozen(self) -> None:
+        """
+        With survivors, what a full collection leaves is frozen too (and cyclic garbage made
+        since is still freed first); only start-up's is frozen otherwise.
+        """
+        for survivors in (False, True):
+            meter = ReactorMeter(Clock())
+            meter.install(FakeReactor())
+            self.addCleanup(meter.uninstall)
+            meter.freeze(survivors=survivors)
+            frozen = gc.get_freeze_count()
+            kept = [[i] for i in range(1000)]
+            cycle: list[Any] = []
+            cycle.append(cycle)
+            ref = weakref.ref(Node(cycle))
+            gc.collect(2)
+            self.assertIsNone(ref())  # the garbage cycle was collected, not frozen
+            grew = gc.get_freeze_count() - frozen
+            if survivors:
+                self.assertGreaterEqual(grew, len(kept))
+            else:
+                self.assertEqual(grew, 0)
+            meter.uninstall()
+            self.assertEqual(gc.get_freeze_count(), 0)
+            del kept, cycle
+
+
+class Node:
+    def __init__(self, other: Any) -> None:
+        self.other = other
+        self.me = self
 
 
 class FallbackTests(SynchronousTestCase):
