@@ -599,6 +599,20 @@ class InMemoryTests(SynchronousTestCase):
         self.assertEqual(self.server.registry.deliveryFailures, 1)
         self.assertEqual(self.server.registry.deliveries, 3)  # queued for three, one write failed
 
+    def test_openConnectionKeepsNoPerConnectionExtras(self) -> None:
+        """
+        An open connection that has read a message keeps neither its own traffic counters nor
+        the unmasker of that message (they are not read again), and still works.
+        """
+        a = self.connect()
+        self.subscribe(a, "news")
+        own = vars(a.protocol)
+        self.assertNotIn("trafficStats", own)
+        self.assertIsNone(a.protocol.current_frame_masker)
+        self.assertEqual(a.send("pusher:ping", {}), [{"event": "pusher:pong", "data": {}}])
+        self.publish("news")
+        self.assertEqual(len(a.events("ev")), 1)
+
     def test_disconnectCleansUp(self) -> None:
         """A closed connection leaves every channel; the channel is no longer occupied."""
         a = self.connect()

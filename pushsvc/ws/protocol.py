@@ -341,6 +341,9 @@ class PushServerProtocol(LeanServerProtocol):
     # -- frames --------------------------------------------------------------------------------
 
     def onMessage(self, payload: bytes, isBinary: bool) -> None:
+        # The unmasker of the frame just read (~0.5 KiB, a cffi object), kept by Autobahn until
+        # the next frame makes its own: idle connections need none.
+        self.current_frame_masker = None
         if self.outbound is None or self._closing:
             return
         try:
