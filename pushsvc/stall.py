@@ -31,6 +31,7 @@ from pushsvc.http.logthrottle import Throttle
 
 log = Logger()
 
+INF = float("inf")
 STALL_MIN = 0.001  # iterations busy less than this are not observed
 WARN_STALL = 0.25  # a warning (throttled) for a stall this long
 
@@ -123,7 +124,9 @@ class ReactorMeter:
 
             reactor.doIteration = doIteration
             self._wrapped = "doIteration"
-        self.woke = monotonic()
+        # Not from now: the rest of start-up (twistd, the reactor's start) is not a stall. The
+        # first poll's return starts the count.
+        self.woke = INF
         gc.callbacks.append(self._gc)
 
     def uninstall(self) -> None:
@@ -169,6 +172,7 @@ class ReactorMeter:
         finally:
             if observing:
                 gc.callbacks.append(self._gc)
+        self.woke += took  # nor is it part of this iteration's busy time: it is start-up's
         self.frozen = True
         log.info(
             "start-up over: {count} objects frozen out of garbage collection ({ms:.0f} ms)",
