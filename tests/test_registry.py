@@ -69,6 +69,27 @@ class CountTests(SynchronousTestCase):
         registry.removeConnection(conns[4])  # again: nothing more to forget
         self.assertEqual(registry.connectionsByApp, {"app": 3})
 
+    def test_channelsByApp(self) -> None:
+        """Occupied channels and subscriptions are counted per app as they come and go."""
+        registry = Registry(PushSettings(), TurnClock())
+        conns = [Conn(i) for i in range(3)]
+        conns[2].appId = "other"
+        for c in conns:
+            registry.addConnection(c)
+        registry.subscribe(conns[0], "a")
+        registry.subscribe(conns[0], "a")  # again: no change
+        registry.subscribe(conns[1], "a")
+        registry.subscribe(conns[1], "b")
+        registry.subscribe(conns[2], "a")
+        self.assertEqual(registry.channelsByApp, {"app": [2, 3], "other": [1, 1]})
+        registry.unsubscribe(conns[0], "a")
+        registry.unsubscribe(conns[1], "b")
+        registry.unsubscribe(conns[1], "b")  # again: no change
+        self.assertEqual(registry.channelsByApp, {"app": [1, 1], "other": [1, 1]})
+        registry.unsubscribe(conns[1], "a")
+        registry.unsubscribe(conns[2], "a")
+        self.assertEqual(registry.channelsByApp, {})
+
 
 class FanOutTests(SynchronousTestCase):
     def setUp(self) -> None:
