@@ -233,7 +233,8 @@ class MetricsResource(Resource):
 def perAppFigures(registry: Any, appIds: Iterable[str] = ()) -> dict[str, dict[str, int]]:
     """
     Connections, subscriptions and occupied channels per app (each of C{appIds} named, with 0s
-    when it has none), from the fan-out registry's counts (not a walk over its connections or channels).
+    when it has none), from the fan-out registry's counts (no walk over its connections or
+    channels).
     """
     out: dict[str, dict[str, int]] = {appId: {name: 0 for name in PER_APP} for appId in appIds}
     for appId, n in registry.connectionsByApp.items():
