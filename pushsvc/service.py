@@ -452,7 +452,13 @@ class PushService(MultiService):
             # Webhook POSTs are sent from timers, outside any request: their kind's aggregates.
             self.webhooks.post = recordedWebhookPost(recorder, self.webhooks.post)
         perApp = lambda: perAppFigures(self.registry, [a.id for a in self.apps])  # noqa: E731
-        self.metricsRegistry = Metrics(self.metricFigures, perApp, recorder, self.appStats.samples)
+        self.metricsRegistry = Metrics(
+            self.metricFigures,
+            perApp,
+            recorder,
+            self.appStats.samples,
+            getattr(self.reactor, "callInThread", None),
+        )
         self.reactorMeter = ReactorMeter(self.reactor, describe=self._describeConnections)
         self.metricsRegistry.watch(self.reactorMeter)
         self.figures = Figures(

@@ -212,6 +212,48 @@ class MetricsTests(SynchronousTestCase):
         self.assertEqual(families["pushsvc_gc_pause_longest_seconds"].samples[0].value, 0.012)
 
 
+class ProcessFiguresTests(SynchronousTestCase):
+    def test_openFdsCountedInAThread(self) -> None:
+        """
+        The process metrics keep prometheus_client's names; open fds are counted on the spot
+        the first time (the registry's own look at the names), then in a thread (one at a time),
+        each scrape giving the last count.
+        """
+        calls: list[Any] = []
+        metrics = Metrics(lambda: [], lambda: {}, None, callInThread=calls.append)
+
+        def scrape() -> dict[str, float]:
+            text = metrics.render().decode()
+            return {
+                f.name: f.samples[0].value
+                for f in text_string_to_metric_families(text)
+                if f.name.startswith("process_")
+            }
+
+        names = set(scrape())
+        self.assertEqual(
+            names,
+            {
+                "process_virtual_memory_bytes",
+                "process_resident_memory_bytes",
+                "process_start_time_seconds",
+                "process_cpu_seconds",
+                "process_open_fds",
+                "process_max_fds",
+            },
+        )
+        self.assertEqual(len(calls), 1)  # the next count, in a thread
+        calls.pop()()
+        before = scrape()["process_open_fds"]  # that count; the next one is started
+        files = [open(__file__) for _ in range(5)]  # noqa: SIM115
+        for f in files:
+            self.addCleanup(f.close)
+        self.assertEqual(scrape()["process_open_fds"], before)
+        self.assertEqual(len(calls), 1)  # one count at a time
+        calls.pop()()
+        self.assertEqual(scrape()["process_open_fds"], before + 5)
+
+
 class RealReactorTests(TestCase):
     @inlineCallbacks
     def test_aBusyCallIsAStall(self) -> Any:

@@ -10,6 +10,8 @@ in one process (tests) do not collide.
 
 from __future__ import annotations
 
+import os
+import resource
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
@@ -47,6 +49,83 @@ Figures = Callable[[], list[tuple[str, str, str, float]]]
 PerApp = Callable[[], dict[str, dict[str, int]]]
 # (name, help, type, labels, value): series labelled per app (AppStats.samples)
 Labelled = Callable[[], list[tuple[str, str, str, dict[str, str], float]]]
+
+
+class ProcessFigures(ProcessCollector):
+    """
+    prometheus_client's process metrics, with C{process_open_fds} counted off the reactor
+    thread: listing C{/proc/self/fd} costs ~1 us a descriptor (~20 ms at 19,000 connections,
+    ~0.1 s at 100,000), a reactor stall at every scrape. A scrape gives the count the one
+    before it started (in a thread); the first one counts there and then.
+    """
+
+    def __init__(
+        self, registry: CollectorRegistry, callInThread: Callable[..., Any] | None = None
+    ) -> None:
+        self.callInThread = callInThread
+        self.openFds: int | None = None
+        self._counting = False
+        super().__init__(registry=registry)
+
+    def _countFds(self) -> None:
+        try:
+            self.openFds = len(os.listdir("/proc/self/fd"))
+        except OSError:
+            self.openFds = None
+        finally:
+            self._counting = False
+
+    def collect(self) -> Iterable[Metric]:
+        if not self._btime:
+            return []
+        result: list[Metric] = []
+        try:
+            with open("/proc/self/stat", "rb") as stat:
+                parts = stat.read().split(b")")[-1].split()
+            ticks = self._ticks
+            result += [
+                GaugeMetricFamily(
+                    "process_virtual_memory_bytes",
+                    "Virtual memory size in bytes.",
+                    value=float(parts[20]),
+                ),
+                GaugeMetricFamily(
+                    "process_resident_memory_bytes",
+                    "Resident memory size in bytes.",
+                    value=float(parts[21]) * self._pagesize,
+                ),
+                GaugeMetricFamily(
+                    "process_start_time_seconds",
+                    "Start time of the process since unix epoch in seconds.",
+                    value=float(parts[19]) / ticks + self._btime,
+                ),
+                CounterMetricFamily(
+                    "process_cpu_seconds_total",
+                    "Total user and system CPU time spent in seconds.",
+                    value=(float(parts[11]) + float(parts[12])) / ticks,
+                ),
+            ]
+        except OSError:
+            pass
+        if self.openFds is None or self.callInThread is None:
+            self._countFds()
+        elif not self._counting:
+            self._counting = True
+            self.callInThread(self._countFds)
+        if self.openFds is not None:
+            result.append(
+                GaugeMetricFamily(
+                    "process_open_fds", "Number of open file descriptors.", value=self.openFds
+                )
+            )
+        result.append(
+            GaugeMetricFamily(
+                "process_max_fds",
+                "Maximum number of open file descriptors.",
+                value=float(resource.getrlimit(resource.RLIMIT_NOFILE)[0]),
+            )
+        )
+        return result
 
 
 class ServiceCollector(Collector):
@@ -136,9 +215,10 @@ class Metrics:
         perApp: PerApp,
         recorder: Recorder | None,
         labelled: Labelled | None = None,
+        callInThread: Callable[..., Any] | None = None,
     ) -> None:
         self.registry = registry = CollectorRegistry(auto_describe=True)
-        ProcessCollector(registry=registry)
+        self.process = ProcessFigures(registry, callInThread)
         registry.register(ServiceCollector(figures, perApp, recorder, labelled))
         self.requestDuration = Histogram(
             "pushsvc_http_request_duration_seconds",
