@@ -132,6 +132,7 @@ class PushServerProtocol(LeanServerProtocol):
             self.cancelTimers()
             self._cancelAuthTimer()
             self.factory.registry.untrack(self)
+            self.factory.keepalive.rest(self)  # (done in onClose; whatever happened, it is out)
             self.forgetFutures()
             outbound = self.outbound
             if outbound is not None:
