@@ -677,14 +677,15 @@ class PushService(MultiService):
         store = self.store
 
         def opened(_: object) -> None:
+            if not self._stopping and self.config.gcFreeze != "off":
+                # Start-up is over (listening, store open): what is alive now lives as long as
+                # the process; later collections need not walk it. Before "ready" is said: the
+                # collection before the freeze takes tens of ms, while nothing is asked yet.
+                self.reactorMeter.freeze(survivors=self.config.gcFreeze == "survivors")
             self.storeReady = True
             self.storeError = "ok"
             self._readyWaiters.fire()
             log.info("message store ready: {store}", store=store.description)
-            if not self._stopping and self.config.gcFreeze != "off":
-                # Start-up is over (listening, store open): what is alive now lives as long as
-                # the process; later collections need not walk it.
-                self.reactorMeter.freeze(survivors=self.config.gcFreeze == "survivors")
 
         def failed(f: Failure) -> Deferred[None] | None:
             self.storeError = f"cannot open {store.description}: {f.getErrorMessage()}"
