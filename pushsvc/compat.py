@@ -44,6 +44,8 @@ AUTOBAHN_PROTOCOL = (
     "state",
     "send_queue",
     "localCloseCode",
+    "data",  # the bytes of a frame not yet whole (PushServerProtocol.dataReceived)
+    "current_frame",
     *(name for name in AUTOBAHN_TIMERS if name != "serverConnectionDropTimeoutCall"),
     *HANDSHAKE_LEFTOVERS,
 )

@@ -175,6 +175,19 @@ def _logFormat(value: str) -> str:
     return value
 
 
+def _gcFreeze(value: str) -> str:
+    if value not in GC_FREEZE:
+        raise ValueError(f"--gc-freeze must be one of {', '.join(GC_FREEZE)}, not {value!r}")
+    return value
+
+
+GC_FREEZE = ("survivors", "startup", "off")
+_gcFreeze.coerceDoc = (  # type: ignore[attr-defined]  # read by usage.Options
+    "survivors: what start-up and each full collection leave; startup: only what start-up "
+    "leaves; off."
+)
+
+
 _logFormat.coerceDoc = "text (twistd's own), or json: one JSON object a line."  # type: ignore[attr-defined]  # read by usage.Options
 
 
@@ -360,6 +373,13 @@ class Options(usage.Options):
             _positiveSeconds("--idle-timeout"),
         ],
         [
+            "gc-freeze",
+            None,
+            "survivors",
+            "Keep objects out of the garbage collector's walks: survivors, startup or off.",
+            _gcFreeze,
+        ],
+        [
             "log-format",
             None,
             "text",
@@ -513,6 +533,7 @@ def makeService(options: Options) -> IService:
         adminTokenFile=options["admin-token-file"],
         recording=not options["no-recording"],
         recordedRequests=options["recorded-requests"],
+        gcFreeze=options["gc-freeze"],
     )
     twistd = getattr(options, "parent", None)  # twistd's own options, when run by twistd
     if twistd is not None and not (twistd.get("nodaemon") or twistd.get("debug")):

@@ -5,6 +5,7 @@ publishes, real WebSocket clients receive, the chat and the webhook publish thro
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import hmac
 import json
@@ -318,6 +319,39 @@ class ServiceTests(ServiceCase):
         text = yield metrics.text()
         self.assertIn(f'pushsvc_connections{{app_id="{APP_ID}"}} 1.0', text)
         self.assertIn(f'pushsvc_subscriptions{{app_id="{APP_ID}"}} 1.0', text)
+        # The reactor is timed from start, and start-up ended with gc.freeze() (store open).
+        for name in ("pushsvc_reactor_stall_seconds_bucket", "pushsvc_gc_pause_seconds_count"):
+            self.assertIn(name, text)
+        self.assertIn("pushsvc_reactor_stall_longest_seconds", text)
+        self.assertTrue(self.service.reactorMeter.frozen)
+
+    @inlineCallbacks
+    def test_connectionLeavesNoCycles(self) -> Any:
+        """
+        A WebSocket connection (its upgrade request, its life, its close) leaves no cycle on the
+        server side: what it used is freed by reference counting, without the collector.
+        """
+        gc.disable()  # no automatic collection frees a cycle before it is looked for
+        self.addCleanup(gc.enable)
+        gc.collect()
+        a = yield self.connect()
+        yield self.subscribe(a, "news")
+        a.transport.loseConnection()
+        yield a.closed
+        yield self.service.registry.whenIdle()
+        gc.set_debug(gc.DEBUG_SAVEALL)
+        try:
+            gc.collect()
+            left = sorted(
+                type(o).__name__
+                for o in gc.garbage
+                if type(o).__name__
+                in ("PushServerProtocol", "Outbound", "BoundedHTTPChannel", "PushRequest", "Server")
+            )
+        finally:
+            gc.set_debug(0)
+            gc.garbage.clear()
+        self.assertEqual(left, [])
 
     @inlineCallbacks
     def test_gracefulStop(self) -> Any:

@@ -241,6 +241,25 @@ class InMemoryTests(SynchronousTestCase):
         self.clock.pump([5] * 10)  # this time it answers nothing
         self.assertEqual(alive.closeCode, 4201)
 
+    def test_pongInPiecesOrWithAFrameIsLife(self) -> None:
+        """
+        A pong split over two reads, or read with a frame after it, is life too (Autobahn parses
+        it), and the frames around it are handled as ever.
+        """
+        self.make(pingInterval=30, pongTimeout=10)
+        split, joined = self.connect(), self.connect()
+        self.clock.pump([5] * 6)  # t=30: both pinged
+        self.assertEqual((split.pings, joined.pings), (1, 1))
+        pong = maskedFrame(b"", 0xA)
+        split.protocol.dataReceived(pong[:3])
+        split.protocol.dataReceived(pong[3:])
+        ping = maskedFrame(json.dumps({"event": "pusher:ping", "data": {}}).encode())
+        joined.protocol.dataReceived(pong + ping)
+        self.assertEqual(joined.read(), [{"event": "pusher:pong", "data": {}}])
+        self.clock.pump([5] * 2)  # t=40: both answered in time
+        self.assertEqual((split.closeCode, joined.closeCode), (None, None))
+        self.assertEqual(split.send("pusher:ping", {}), [{"event": "pusher:pong", "data": {}}])
+
     def test_anyFrameIsLife(self) -> None:
         """A client that keeps sending frames is never pinged nor closed."""
         self.make(pingInterval=30, pongTimeout=10)
@@ -579,6 +598,20 @@ class InMemoryTests(SynchronousTestCase):
         self.assertEqual((len(a.events("ev")), len(c.events("ev"))), (1, 1))
         self.assertEqual(self.server.registry.deliveryFailures, 1)
         self.assertEqual(self.server.registry.deliveries, 3)  # queued for three, one write failed
+
+    def test_openConnectionKeepsNoPerConnectionExtras(self) -> None:
+        """
+        An open connection that has read a message keeps neither its own traffic counters nor
+        the unmasker of that message (they are not read again), and still works.
+        """
+        a = self.connect()
+        self.subscribe(a, "news")
+        own = vars(a.protocol)
+        self.assertNotIn("trafficStats", own)
+        self.assertIsNone(a.protocol.current_frame_masker)
+        self.assertEqual(a.send("pusher:ping", {}), [{"event": "pusher:pong", "data": {}}])
+        self.publish("news")
+        self.assertEqual(len(a.events("ev")), 1)
 
     def test_disconnectCleansUp(self) -> None:
         """A closed connection leaves every channel; the channel is no longer occupied."""

@@ -54,6 +54,43 @@ class Conn:
         self.closed = code
 
 
+class CountTests(SynchronousTestCase):
+    def test_connectionsByApp(self) -> None:
+        """Open connections are counted per app as they come and go (no walk over them)."""
+        registry = Registry(PushSettings(), TurnClock())
+        conns = [Conn(i) for i in range(5)]
+        conns[4].appId = "other"
+        for c in conns:
+            registry.addConnection(c)
+        registry.addConnection(conns[0])  # again: still one connection
+        self.assertEqual(registry.connectionsByApp, {"app": 4, "other": 1})
+        for c in conns[3:]:
+            registry.removeConnection(c)
+        registry.removeConnection(conns[4])  # again: nothing more to forget
+        self.assertEqual(registry.connectionsByApp, {"app": 3})
+
+    def test_channelsByApp(self) -> None:
+        """Occupied channels and subscriptions are counted per app as they come and go."""
+        registry = Registry(PushSettings(), TurnClock())
+        conns = [Conn(i) for i in range(3)]
+        conns[2].appId = "other"
+        for c in conns:
+            registry.addConnection(c)
+        registry.subscribe(conns[0], "a")
+        registry.subscribe(conns[0], "a")  # again: no change
+        registry.subscribe(conns[1], "a")
+        registry.subscribe(conns[1], "b")
+        registry.subscribe(conns[2], "a")
+        self.assertEqual(registry.channelsByApp, {"app": [2, 3], "other": [1, 1]})
+        registry.unsubscribe(conns[0], "a")
+        registry.unsubscribe(conns[1], "b")
+        registry.unsubscribe(conns[1], "b")  # again: no change
+        self.assertEqual(registry.channelsByApp, {"app": [1, 1], "other": [1, 1]})
+        registry.unsubscribe(conns[1], "a")
+        registry.unsubscribe(conns[2], "a")
+        self.assertEqual(registry.channelsByApp, {})
+
+
 class FanOutTests(SynchronousTestCase):
     def setUp(self) -> None:
         self.clock = TurnClock()

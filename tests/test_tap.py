@@ -31,6 +31,14 @@ class OptionsTests(SynchronousTestCase):
         service = makeService(self.parse("--log-publishes"))
         self.assertTrue(service.config.logPublishes)  # type: ignore[attr-defined]  # makeService returns an IService; ours has it
 
+    def test_gcFreeze(self) -> None:
+        """--gc-freeze: survivors by default, startup or off, anything else a usage error."""
+        self.assertEqual(makeService(self.parse()).config.gcFreeze, "survivors")  # type: ignore[attr-defined]  # makeService returns an IService; ours has it
+        service = makeService(self.parse("--gc-freeze", "off"))
+        self.assertEqual(service.config.gcFreeze, "off")  # type: ignore[attr-defined]  # makeService returns an IService; ours has it
+        e = self.assertRaises(SystemExit, self.parse, "--gc-freeze", "always")
+        self.assertIn("--gc-freeze must be one of survivors, startup, off", str(e))
+
     def test_listenRepeatable(self) -> None:
         """--listen may be given several times; every endpoint is kept in order."""
         options = self.parse("--listen", "tcp:1234", "--listen", "unix:/tmp/pushsvc.sock")

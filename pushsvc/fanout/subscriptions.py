@@ -44,15 +44,30 @@ class Subscriptions:
         self.live: set[Any] = set()
         self.connectionsTotal = 0
         self.subscriptions = 0
+        # app id -> its open connections here: counted, so that the figures sampled every
+        # second need not walk 100,000 connections.
+        self.connectionsByApp: dict[str, int] = {}
+        # app id -> [occupied channels, subscriptions] here, counted for the same reason.
+        self.channelsByApp: dict[str, list[int]] = {}
 
     def addConnection(self, conn: Subscriber) -> None:
+        new = conn not in self._conns
         self._conns[conn] = {}
         self._bySocket[conn.socketId] = conn
         self.connectionsTotal += 1
+        if new:
+            byApp = self.connectionsByApp
+            byApp[conn.appId] = byApp.get(conn.appId, 0) + 1
 
     def removeConnection(self, conn: Subscriber) -> None:
         """Forget C{conn}; the hub unsubscribes it from its channels first."""
-        self._conns.pop(conn, None)
+        if self._conns.pop(conn, None) is not None:
+            byApp = self.connectionsByApp
+            left = byApp.get(conn.appId, 0) - 1
+            if left > 0:
+                byApp[conn.appId] = left
+            else:
+                byApp.pop(conn.appId, None)
         if self._bySocket.get(conn.socketId) is conn:
             del self._bySocket[conn.socketId]
 
@@ -83,11 +98,16 @@ class Subscriptions:
         key = (conn.appId, channel)
         subs = self._subs.get(key)
         first = subs is None
+        counts = self.channelsByApp.get(conn.appId)
+        if counts is None:
+            counts = self.channelsByApp[conn.appId] = [0, 0]
         if subs is None:
             subs = self._subs[key] = {}
+            counts[0] += 1
         subs[conn] = outbound
         outbound.owner = self  # type: ignore[assignment]  # the Registry: a FanOut too
         self.subscriptions += 1
+        counts[1] += 1
         userFirst = False
         if member is not None:
             members = self._members.setdefault(key, {})
@@ -118,9 +138,14 @@ class Subscriptions:
         last = False
         if subs is not None and subs.pop(conn, None) is not None:
             self.subscriptions -= 1
+            counts = self.channelsByApp[conn.appId]
+            counts[1] -= 1
             if not subs:
                 del self._subs[key]
                 last = True
+                counts[0] -= 1
+            if not counts[1]:
+                del self.channelsByApp[conn.appId]
         userLeft = None
         if userId is not None:
             members = self._members.get(key, {})

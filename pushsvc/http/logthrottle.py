@@ -46,11 +46,18 @@ class Throttle:
 
     def info(self, format: str, **fields: Any) -> None:
         """Log C{format} with C{fields} at info, unless this period has had its share."""
+        self._emit(self.log.info, format, fields)
+
+    def warn(self, format: str, **fields: Any) -> None:
+        """Log C{format} with C{fields} as a warning, unless this period has had its share."""
+        self._emit(self.log.warn, format, fields)
+
+    def _emit(self, emit: Any, format: str, fields: dict[str, Any]) -> None:
         if self._window is None:
             self._window = self.clock.callLater(self.period, self._endPeriod)
         if self._logged < self.burst:
             self._logged += 1
-            self.log.info(format, **fields)
+            emit(format, **fields)
         else:
             self._left += 1
 

@@ -404,6 +404,10 @@ class PushSite(Site):
         registry closes those on a stop).
         """
         self.channels.discard(channel)
+        # buildProtocol's hooks refer to the channel they are set on: a cycle once it is done.
+        inner = getattr(channel, "_channel", channel)
+        for hook in ("connectionLost", "makeConnection"):
+            vars(inner).pop(hook, None)
         if not self.channels:
             self._whenEmpty.fire()
 
