@@ -90,6 +90,22 @@ def _buckets(samples: Samples, histogram: str) -> dict[float, float]:
     return out
 
 
+def grown(before: Samples | None, after: Samples | None, histogram: str) -> dict[float, float]:
+    """How many observations fell in each bucket (upper bound, s) between two readings."""
+    if before is None or after is None:
+        return {}
+    now, then = _buckets(after, histogram), _buckets(before, histogram)
+    out: dict[float, float] = {}
+    below = 0.0
+    belowThen = 0.0
+    for bound in sorted(now):
+        count = (now[bound] - below) - (then.get(bound, 0.0) - belowThen)
+        below, belowThen = now[bound], then.get(bound, 0.0)
+        if count > 0:
+            out[bound] = count
+    return out
+
+
 def _ms(seconds: float) -> str:
     ms = seconds * 1000
     return f"{ms:.1f}" if ms >= 1 else f"{ms:.2f}"

@@ -476,7 +476,22 @@ def flooded(server: Server, gen: LoadGen, subscribers: int, args: argparse.Names
 
 def benchServer(name: str, args: argparse.Namespace, work: Path) -> Result:
     result = Result(name)
-    # A: steady and flood with the smaller number of subscribers
+    if "A" in args.parts:
+        partA(name, args, work, result)
+    if "B" in args.parts:
+        partB(name, args, work, result)
+    # C: many idle connections
+    if "C" in args.parts and name in args.big_servers and args.big > 0:
+        try:
+            result.big = benchBig(name, args, work, result)
+        except Exception as e:  # A and B stand
+            say(f"{name}: part C failed: {e!r}")
+            result.bigError = repr(e)[:200]
+    return result
+
+
+def partA(name: str, args: argparse.Namespace, work: Path, result: Result) -> None:
+    """Steady and flood with the smaller number of subscribers."""
     with running(name, args, work, result, "A") as (server, gen):
         say(f"{name}: pid {server.pid}, connecting {args.subs}")
         held = gen.connect(args.subs, time.monotonic() + 120)
@@ -492,7 +507,10 @@ def benchServer(name: str, args: argparse.Namespace, work: Path) -> Result:
             args.samples,
         )
         result.phases["flood"] = flooded(server, gen, args.subs, args)
-    # B: memory per idle connection, then a flood, with the larger number
+
+
+def partB(name: str, args: argparse.Namespace, work: Path, result: Result) -> None:
+    """Memory per idle connection, then a flood, with the larger number."""
     with running(name, args, work, result, "B") as (server, gen):
         gen.connect(20, time.monotonic() + 30)  # warm-up: code paths loaded, caches built
         gen.idle(0.5)
@@ -509,14 +527,6 @@ def benchServer(name: str, args: argparse.Namespace, work: Path) -> Result:
         result.rssPerConn = (full - base) / max(1, gen.ready)
         say(f"  RSS {full} KiB: {result.rssPerConn:.2f} KiB per idle connection")
         result.phases["bigflood"] = flooded(server, gen, args.mid, args)
-    # C: many idle connections
-    if name in args.big_servers and args.big > 0:
-        try:
-            result.big = benchBig(name, args, work, result)
-        except Exception as e:  # A and B stand
-            say(f"{name}: part C failed: {e!r}")
-            result.bigError = repr(e)[:200]
-    return result
 
 
 def fdAllowance(asked: int) -> tuple[int, int]:
@@ -603,6 +613,11 @@ def benchBig(name: str, args: argparse.Namespace, work: Path, result: Result) ->
         big.pinged = gen.pinged
         afterIdle = server.metrics()
         big.stallIdle = figures(server, afterConnect, afterIdle)[0]
+        spread = metricstext.grown(afterConnect, afterIdle, metricstext.STALL[0])
+        say(
+            "  stalls of 1 ms or more while idle, by bucket (ms: count): "
+            + (", ".join(f"<{b * 1000:g}: {n:g}" for b, n in spread.items()) or "none")
+        )
         big.pings = gen.pings - pings
         full = rssKiB(server.pid)
         big.held = gen.ready
@@ -642,6 +657,8 @@ def tables(results: list[Result], args: argparse.Namespace) -> str:
             lines.append(f"| {r.server} | failed: {r.error} | | | | | | |")
             continue
         p = r.phases
+        if not {"steady", "flood", "bigflood"} <= p.keys():
+            continue  # a run of some parts only: the per-scenario table has what ran
         lines.append(
             f"| {r.server} | {fmt(p['steady'].usPerDelivery)} | {fmt(p['flood'].usPerDelivery)}"
             f" | {fmt(p['bigflood'].usPerDelivery)} | {fmt(r.rssPerConn)}"
@@ -795,6 +812,11 @@ def parseArgs(argv: list[str] | None = None) -> argparse.Namespace:
         type=int,
         help="idle connections of part C (default 100,000; clamped to the fd hard limit less "
         f"{FD_SPARE}); 0: no part C",
+    )
+    p.add_argument(
+        "--parts",
+        default="ABC",
+        help="the parts to run: A (steady, flood), B (memory, flood), C (many idle); e.g. C",
     )
     p.add_argument(
         "--big-servers",

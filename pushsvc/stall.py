@@ -32,6 +32,10 @@ from pushsvc.http.logthrottle import Throttle
 log = Logger()
 
 INF = float("inf")
+# With survivors frozen, a full collection after every FULL_AFTER + 1 collections of the middle
+# generation (CPython's default: 10): each walks only what those few left (~5 ms at 19,800
+# connections, against ~28 ms with the default, and growing with the connections arriving).
+FULL_AFTER = 1
 STALL_MIN = 0.001  # iterations busy less than this are not observed
 WARN_STALL = 0.25  # a warning (throttled) for a stall this long
 
@@ -92,6 +96,7 @@ class ReactorMeter:
         self._gcStart = 0.0
         self.frozen = False
         self.freezeSurvivors = False
+        self._threshold: tuple[int, int, int] | None = None  # the collector's, before freeze()
         self._reactor: Any = None
         self._wrapped: str | None = None  # "_poller" or "doIteration"
         self._throttle = Throttle(
@@ -145,6 +150,9 @@ class ReactorMeter:
         if self.frozen:
             self.frozen = self.freezeSurvivors = False
             gc.unfreeze()
+        if self._threshold is not None:
+            gc.set_threshold(*self._threshold)
+            self._threshold = None
 
     def freeze(self, survivors: bool = False) -> None:
         """
@@ -156,9 +164,15 @@ class ReactorMeter:
         collection then walks only what was made since the one before (~0.3 s at 19,000
         connections otherwise, growing with them). The price: a cycle that forms later through
         a frozen object is never collected. A connection leaves no cycle (the tests say so),
-        so what connections leave behind is freed as ever, by reference counting.
+        so what connections leave behind is freed as ever, by reference counting. Full
+        collections then come after every L{FULL_AFTER} + 1 of the middle generation, so each
+        walks little: what connections arriving in a burst leave is frozen a few thousand
+        objects at a time, instead of walked all at once by the next full collection.
         """
         self.freezeSurvivors = survivors
+        if survivors and self._threshold is None:
+            self._threshold = gc.get_threshold()
+            gc.set_threshold(self._threshold[0], self._threshold[1], FULL_AFTER)
         if self.frozen:
             return
         observing = self._gc in gc.callbacks

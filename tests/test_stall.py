@@ -19,7 +19,7 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from pushsvc import stall
 from pushsvc.admin.metrics import Metrics
-from pushsvc.stall import ReactorMeter
+from pushsvc.stall import FULL_AFTER, ReactorMeter
 
 
 class FakePoller:
@@ -149,6 +149,21 @@ class SurvivorTests(SynchronousTestCase):
             meter.uninstall()
             self.assertEqual(gc.get_freeze_count(), 0)
             del kept, cycle
+
+    def test_survivorsMakeFullCollectionsFrequent(self) -> None:
+        """
+        With survivors, a full collection follows every FULL_AFTER + 1 middle-generation ones
+        (so each walks little); without, and after uninstall, the collector's thresholds are
+        its own.
+        """
+        before = gc.get_threshold()
+        for survivors, third in ((False, before[2]), (True, FULL_AFTER)):
+            meter = ReactorMeter(Clock())
+            meter.install(FakeReactor())
+            meter.freeze(survivors=survivors)
+            self.assertEqual(gc.get_threshold(), (*before[:2], third))
+            meter.uninstall()
+            self.assertEqual(gc.get_threshold(), before)
 
 
 class Node:
