@@ -115,10 +115,17 @@ def _bound(seconds: float) -> str:
     return f"{seconds * 1000:g}"
 
 
-def longest(before: Samples | None, after: Samples | None, metric: tuple[str, str]) -> str:
+def longest(
+    before: Samples | None,
+    after: Samples | None,
+    metric: tuple[str, str],
+    less: dict[float, float] | None = None,
+) -> str:
     """
     The longest stall (or pause) between two readings of C{/metrics}, in ms, as text: see the
-    module docstring. C{metric} is (histogram, gauge), e.g. L{STALL}.
+    module docstring. C{metric} is (histogram, gauge), e.g. L{STALL}. C{less}: observations to
+    leave out, by bucket (L{grown} between two other readings), e.g. the stall of the
+    C{/metrics} read that opened the window, as measured for the read before it.
     """
     histogram, gauge = metric
     if before is None or after is None:
@@ -127,22 +134,19 @@ def longest(before: Samples | None, after: Samples | None, metric: tuple[str, st
     buckets = _buckets(after, histogram)
     if high is None and not buckets:
         return "n/a"
+    counts = grown(before, after, histogram)
+    for bound, n in (less or {}).items():
+        counts[bound] = counts.get(bound, 0.0) - n
+    left = sorted(b for b, n in counts.items() if n > 0)
     low = _gauge(before, gauge)
     if high is not None and high > (low or 0.0):
-        return _ms(high)
-    earlier = _buckets(before, histogram)
-    bounds = sorted(buckets)
-    grew: float | None = None
-    for i, bound in enumerate(bounds):
-        # the count of this bucket alone: its cumulative count less the one below it
-        below = bounds[i - 1] if i else None
-        now = buckets[bound] - (buckets[below] if below is not None else 0.0)
-        then = earlier.get(bound, 0.0) - (earlier.get(below, 0.0) if below is not None else 0.0)
-        if now > then:
-            grew = bound
-    if grew is None:
+        # the new longest is an observation of this window: exact, unless it was left out
+        if not less or not buckets or (left and min(b for b in buckets if high <= b) == left[-1]):
+            return _ms(high)
+    if not left:
         return "< 1"
-    if math.isinf(grew):
-        finite = [b for b in bounds if not math.isinf(b)]
+    top = left[-1]
+    if math.isinf(top):
+        finite = [b for b in sorted(buckets) if not math.isinf(b)]
         return f"> {_bound(finite[-1])}" if finite else "n/a"
-    return f"< {_bound(grew)}"
+    return f"< {_bound(top)}"

@@ -248,6 +248,21 @@ class MetricsFiguresTests(SynchronousTestCase):
         after = fakeMetrics(s2=1, s5=1, s75=1, sInf=2, longest=0.05)  # one above the last bound
         self.assertEqual(self.longest(before, after), "> 5000")
 
+    def test_lessTheReadThatOpenedTheWindow(self) -> None:
+        """
+        C{less} leaves observations out, by bucket: the highest bucket left is the figure, and
+        the gauge counts only if its value falls in that bucket.
+        """
+        parse, m = self.m.parseMetrics, self.m
+        before = parse(fakeMetrics(longest=0.05))
+        after = parse(fakeMetrics(s2=3, s5=4, s75=4, sInf=4, longest=0.05))  # 2 <= 2 ms, 1 2-5
+        self.assertEqual(m.longest(before, after, m.STALL, less={0.005: 1.0}), "< 2")
+        self.assertEqual(m.longest(before, after, m.STALL, less={0.0075: 1.0}), "< 5")
+        # the new longest (4 ms) is the one left out: not the figure
+        after = parse(fakeMetrics(s2=1, s5=2, s75=2, sInf=2, longest=0.004))
+        self.assertEqual(m.longest(parse(fakeMetrics()), after, m.STALL, less={0.005: 1}), "< 1")
+        self.assertEqual(m.longest(parse(fakeMetrics()), after, m.STALL, less={0.002: 1}), "4.0")
+
     def test_nothingGrew(self) -> None:
         """No iteration of 1 ms or more in the scenario: "< 1"."""
         self.assertEqual(self.longest(fakeMetrics(), fakeMetrics()), "< 1")

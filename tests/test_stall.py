@@ -19,7 +19,7 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from pushsvc import stall
 from pushsvc.admin.metrics import Metrics
-from pushsvc.stall import FULL_AFTER, ReactorMeter
+from pushsvc.stall import FULL_AFTER, MIDDLE_AFTER, ReactorMeter
 
 
 class FakePoller:
@@ -152,16 +152,15 @@ class SurvivorTests(SynchronousTestCase):
 
     def test_survivorsMakeFullCollectionsFrequent(self) -> None:
         """
-        With survivors, a full collection follows every FULL_AFTER + 1 middle-generation ones
-        (so each walks little); without, and after uninstall, the collector's thresholds are
-        its own.
+        With survivors, the older generations are collected often (so each collection walks
+        little); without, and after uninstall, the collector's thresholds are its own.
         """
         before = gc.get_threshold()
-        for survivors, third in ((False, before[2]), (True, FULL_AFTER)):
+        for survivors, older in ((False, before[1:]), (True, (MIDDLE_AFTER, FULL_AFTER))):
             meter = ReactorMeter(Clock())
             meter.install(FakeReactor())
             meter.freeze(survivors=survivors)
-            self.assertEqual(gc.get_threshold(), (*before[:2], third))
+            self.assertEqual(gc.get_threshold(), (before[0], *older))
             meter.uninstall()
             self.assertEqual(gc.get_threshold(), before)
 
