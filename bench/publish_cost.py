@@ -20,7 +20,6 @@ figures of such a run are not comparable).
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
 import shutil
@@ -31,7 +30,6 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
-from urllib.parse import urlencode
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
@@ -40,35 +38,17 @@ sys.path.insert(0, str(HERE))
 from loadgen import CHANNEL, EVENT, LoadGen, PhaseStats, eventData  # noqa: E402
 from run import (  # noqa: E402
     APP_ID,
-    APP_KEY,
-    APP_SECRET,
     CLK_TCK,
     LOAD_CPU,
     Phase,
     Server,
     measured,
     say,
+    signedRequest,
     startServer,
 )
 
-from pushsvc.apiauth import apiSignature  # noqa: E402
-
 BATCH = 10
-
-
-def signedRequest(port: int, path: str, body: bytes) -> bytes:
-    """A whole signed HTTP API POST of C{body} to C{path}, as the SDKs send it."""
-    params = {
-        "auth_key": APP_KEY,
-        "auth_timestamp": str(int(time.time())),
-        "auth_version": "1.0",
-        "body_md5": hashlib.md5(body, usedforsecurity=False).hexdigest(),
-    }
-    params["auth_signature"] = apiSignature(APP_SECRET, "POST", path, params)
-    return (
-        f"POST {path}?{urlencode(params)} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
-        f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
-    ).encode() + body
 
 
 def eventsRequest(port: int, frameBytes: int) -> Callable[[int, int], bytes]:

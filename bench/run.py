@@ -159,6 +159,21 @@ def pinned(argv: list[str]) -> list[str]:
     return ["taskset", "-c", str(SERVER_CPU), *argv]
 
 
+def signedRequest(port: int, path: str, body: bytes) -> bytes:
+    """A whole signed HTTP API POST of C{body} to C{path}, as the SDKs send it."""
+    params = {
+        "auth_key": APP_KEY,
+        "auth_timestamp": str(int(time.time())),
+        "auth_version": "1.0",
+        "body_md5": hashlib.md5(body, usedforsecurity=False).hexdigest(),
+    }
+    params["auth_signature"] = apiSignature(APP_SECRET, "POST", path, params)
+    return (
+        f"POST {path}?{urlencode(params)} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
+        f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
+    ).encode() + body
+
+
 def pusherRequest(port: int, frameBytes: int) -> Callable[[int, int], bytes]:
     path = f"/apps/{APP_ID}/events"
 
@@ -167,17 +182,7 @@ def pusherRequest(port: int, frameBytes: int) -> Callable[[int, int], bytes]:
             {"name": "m", "channel": "bench", "data": eventData(seq, sentNs, frameBytes)},
             separators=(",", ":"),
         ).encode()
-        params = {
-            "auth_key": APP_KEY,
-            "auth_timestamp": str(int(time.time())),
-            "auth_version": "1.0",
-            "body_md5": hashlib.md5(body, usedforsecurity=False).hexdigest(),
-        }
-        params["auth_signature"] = apiSignature(APP_SECRET, "POST", path, params)
-        return (
-            f"POST {path}?{urlencode(params)} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
-            f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
-        ).encode() + body
+        return signedRequest(port, path, body)
 
     return make
 
