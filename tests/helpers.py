@@ -147,3 +147,18 @@ def requirePusherJS() -> str:
     if not (JS / "node_modules" / "pusher-js").is_dir():
         requireService("pusher-js", "is not installed: run npm ci --prefix tests/js")
     return node
+
+
+class KeptConn:
+    """A registry subscriber of app C{appId} whose outbound keeps what it is sent."""
+
+    def __init__(self, n: int, appId: str) -> None:
+        from pushsvc.fanout.writer import Outbound
+
+        self.socketId = f"1.{n}"
+        self.appId = appId
+        self.writes: list[bytes] = []
+        self.outbound: Outbound | None = Outbound(self.writes.append, 10**6, lambda: None)
+
+    def closeWith(self, code: int, reason: str) -> None:
+        pass

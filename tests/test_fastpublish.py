@@ -27,7 +27,6 @@ from pushsvc.api import PusherAPI
 from pushsvc.apiauth import apiSignature, bodyMd5
 from pushsvc.apps import App, Apps
 from pushsvc.fanout.registry import Registry
-from pushsvc.fanout.writer import Outbound
 from pushsvc.http.channel import MAX_PIPELINED, BoundedHTTPChannel, HTTPLimits, readPost
 from pushsvc.http.site import PushSite, makeSite
 from pushsvc.hub import Hub
@@ -41,7 +40,7 @@ from pushsvc.recording.wrap import (
     recordedCheck,
     recordedCommit,
 )
-from tests.helpers import captureLogs
+from tests.helpers import KeptConn, captureLogs
 from tests.test_httpchannel import FullTransport
 
 NOW = 1_800_000_000
@@ -81,17 +80,9 @@ def batch(n: int = 3, **more: Any) -> bytes:
     return json.dumps({"batch": items}).encode()
 
 
-class Conn:
-    """A subscriber whose outbound keeps what it is sent."""
-
-    def __init__(self, n: int) -> None:
-        self.socketId = f"1.{n}"
-        self.appId = APP.id
-        self.writes: list[bytes] = []
-        self.outbound: Outbound | None = Outbound(self.writes.append, 10**6, lambda: None)
-
-    def closeWith(self, code: int, reason: str) -> None:
-        pass
+def Conn(n: int) -> KeptConn:
+    """A subscriber of APP whose outbound keeps what it is sent."""
+    return KeptConn(n, APP.id)
 
 
 class LogFile:

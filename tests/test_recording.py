@@ -21,7 +21,6 @@ from pushsvc.api import makeApiResource
 from pushsvc.apiauth import apiSignature, bodyMd5
 from pushsvc.apps import App, Apps
 from pushsvc.fanout.registry import Registry
-from pushsvc.fanout.writer import Outbound
 from pushsvc.hub import Hub
 from pushsvc.interfaces import IBroker, PushSettings
 from pushsvc.local import LocalBroker
@@ -36,22 +35,14 @@ from pushsvc.recording.wrap import (
 )
 from pushsvc.store import IStore
 from pushsvc.store.memory import MemoryStore
-from tests.helpers import stubTreq
+from tests.helpers import KeptConn, stubTreq
 
 APP = App("1001", "key1", "secret1")
 
 
-class Conn:
-    """A subscriber whose outbound keeps what it is sent."""
-
-    def __init__(self, n: int) -> None:
-        self.socketId = f"1.{n}"
-        self.appId = APP.id
-        self.writes: list[bytes] = []
-        self.outbound: Outbound | None = Outbound(self.writes.append, 10**6, lambda: None)
-
-    def closeWith(self, code: int, reason: str) -> None:
-        pass
+def Conn(n: int) -> KeptConn:
+    """A subscriber of APP whose outbound keeps what it is sent."""
+    return KeptConn(n, APP.id)
 
 
 def signedQuery(method: str, path: str, body: bytes, now: int) -> str:
