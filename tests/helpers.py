@@ -159,6 +159,7 @@ class KeptConn:
         self.appId = appId
         self.writes: list[bytes] = []
         self.outbound: Outbound | None = Outbound(self.writes.append, 10**6, lambda: None)
+        self.closed: int | None = None  # the close code it was sent, if any
 
     def closeWith(self, code: int, reason: str) -> None:
-        pass
+        self.closed = code

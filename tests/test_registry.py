@@ -26,7 +26,7 @@ from pushsvc.fanout.registry import (
 )
 from pushsvc.frames import wsTextFrame
 from pushsvc.interfaces import PushSettings
-from tests.helpers import listenLocal, portOf
+from tests.helpers import KeptConn, listenLocal, portOf
 
 
 class TurnClock(Clock):
@@ -40,18 +40,9 @@ class TurnClock(Clock):
             call.func(*call.args, **call.kw)
 
 
-class Conn:
-    """A subscriber whose outbound records every write (one entry per write)."""
-
-    def __init__(self, n: int) -> None:
-        self.socketId = f"1.{n}"
-        self.appId = "app"
-        self.writes: list[bytes] = []
-        self.outbound: Outbound | None = Outbound(self.writes.append, 10**6, lambda: None)
-        self.closed: int | None = None
-
-    def closeWith(self, code: int, reason: str) -> None:
-        self.closed = code
+def Conn(n: int) -> KeptConn:
+    """A subscriber of "app" whose outbound records every write (one entry per write)."""
+    return KeptConn(n, "app")
 
 
 class CountTests(SynchronousTestCase):
