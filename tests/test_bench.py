@@ -16,6 +16,8 @@ import socket
 import subprocess
 import sys
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +44,26 @@ def loadBench(name: str) -> Any:
 
 def loadAbuse() -> Any:
     return loadBench("abuse")
+
+
+@contextmanager
+def wsloadProcess(binary: Path, port: int, *extra: str) -> Iterator[subprocess.Popen[str]]:
+    """wsload against 127.0.0.1:C{port} (plain WebSocket), driven over its stdin and stdout."""
+    proc = subprocess.Popen(
+        [str(binary), "127.0.0.1", str(port), "/", "plain", *extra],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stdin is not None and proc.stdout is not None
+    try:
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(5)
+        proc.stdin.close()
+        proc.stdout.close()
 
 
 def buildWsload(tmp: str) -> Path:
@@ -83,14 +105,8 @@ class WsloadQuantileTests(SynchronousTestCase):
             listener.listen(16)
             listener.settimeout(10)
             port = listener.getsockname()[1]
-            proc = subprocess.Popen(
-                [str(binary), "127.0.0.1", str(port), "/", "plain", "2"],
-                stdin=subprocess.PIPE,
-                stdout=subprocess.PIPE,
-                text=True,
-            )
-            assert proc.stdin is not None and proc.stdout is not None
-            try:
+            with wsloadProcess(binary, port, "2") as proc:
+                assert proc.stdin is not None and proc.stdout is not None
                 proc.stdin.write("connect 5 10 1\n")
                 proc.stdin.flush()
                 sources = []
@@ -108,12 +124,6 @@ class WsloadQuantileTests(SynchronousTestCase):
                 proc.stdin.flush()
                 self.assertEqual(proc.wait(10), 0)
                 size = dumped.stat().st_size
-            finally:
-                if proc.poll() is None:
-                    proc.kill()
-                    proc.wait(5)
-                proc.stdin.close()
-                proc.stdout.close()
         self.assertEqual(sources, ["127.0.0.1", "127.0.0.1", "127.0.0.2", "127.0.0.2", "127.0.0.3"])
         self.assertEqual(connected[:5], ["connected", "ready", "0", "closed", "5"])
         self.assertEqual((phase[0], dump[:3], size), ("phase", ["dumped", "samples", "0"], 0))
@@ -129,22 +139,16 @@ class WsloadQuantileTests(SynchronousTestCase):
             listener.bind(("127.0.0.1", 0))
             listener.listen(4)
             listener.settimeout(10)
-            proc = subprocess.Popen(
-                [str(binary), "127.0.0.1", str(listener.getsockname()[1]), "/", "plain"],
-                stdin=subprocess.PIPE,
-                stdout=subprocess.PIPE,
-                text=True,
-            )
-            assert proc.stdin is not None and proc.stdout is not None
-
-            def command(line: str) -> dict[str, str]:
+            with wsloadProcess(binary, listener.getsockname()[1]) as proc:
                 assert proc.stdin is not None and proc.stdout is not None
-                proc.stdin.write(line + "\n")
-                proc.stdin.flush()
-                words = proc.stdout.readline().split()
-                return dict(zip(words[1::2], words[2::2], strict=True))
 
-            try:
+                def command(line: str) -> dict[str, str]:
+                    assert proc.stdin is not None and proc.stdout is not None
+                    proc.stdin.write(line + "\n")
+                    proc.stdin.flush()
+                    words = proc.stdout.readline().split()
+                    return dict(zip(words[1::2], words[2::2], strict=True))
+
                 proc.stdin.write("connect 1 10 1\n")
                 proc.stdin.flush()
                 conn, _ = listener.accept()
@@ -163,12 +167,6 @@ class WsloadQuantileTests(SynchronousTestCase):
                     reset = command("pingreset")
                     command("quit")
                 self.assertEqual(proc.wait(10), 0)
-            finally:
-                if proc.poll() is None:
-                    proc.kill()
-                    proc.wait(5)
-                proc.stdin.close()
-                proc.stdout.close()
         self.assertEqual(connected[:3], ["connected", "ready", "1"])
         self.assertEqual(pong[:2], b"\x8a\x81")
         self.assertEqual(bytes([pong[6] ^ pong[2]]), b"x")  # unmasked with the first key byte
